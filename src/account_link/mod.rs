@@ -1,0 +1,71 @@
+//! `AwsAccountLink`: the operator's access to a customer's AWS account. Other kinds reach AWS
+//! only through a link resolved here, which also enforces `allowedNamespaces`.
+
+mod reconcile;
+
+use kube::Api;
+
+use crate::api::{AwsAccountLink, Stack};
+use crate::error::{Error, Result};
+use crate::runtime::conditions;
+use crate::runtime::context::Context;
+
+/// A link a Stack may use: it exists, allows the Stack's namespace, and is Ready.
+pub enum LinkFor {
+    Usable(Box<AwsAccountLink>),
+    /// The link exists and allows the namespace, but is not Ready yet.
+    NotReady {
+        message: String,
+    },
+}
+
+/// Resolves the Stack's link, or says why it cannot be used. No AWS call is made here, so a
+/// Stack in a namespace the link does not allow never reaches AWS.
+pub async fn resolve_for(ctx: &Context, stack: &Stack, namespace: &str) -> Result<LinkFor> {
+    let name = &stack.spec.account_link_ref.name;
+    let link = Api::<AwsAccountLink>::all(ctx.client.clone())
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::AccountLinkNotFound { name: name.clone() })?;
+    if !allows(&link, namespace) {
+        return Err(Error::AccountLinkNotAllowed { link: name.clone(), namespace: namespace.into() });
+    }
+    let status = link.status.as_ref();
+    let ready = status.is_some_and(|s| conditions::is_ready(&s.conditions, link.metadata.generation));
+    if ready {
+        return Ok(LinkFor::Usable(Box::new(link)));
+    }
+    let why = status
+        .and_then(|s| conditions::ready(&s.conditions))
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_else(|| "not reconciled yet".into());
+    Ok(LinkFor::NotReady { message: format!("AwsAccountLink {name:?} is not Ready ({why})") })
+}
+
+/// Whether the link lets Stacks of `namespace` use its account.
+pub fn allows(link: &AwsAccountLink, namespace: &str) -> bool {
+    link.spec.allowed_namespaces.iter().any(|n| n == "*" || n == namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AwsAccountLinkSpec;
+
+    fn link(allowed: &[&str]) -> AwsAccountLink {
+        let spec: AwsAccountLinkSpec = serde_json::from_value(serde_json::json!({
+            "accountId": "123456789012", "region": "us-east-1",
+            "allowedNamespaces": allowed,
+        }))
+        .unwrap();
+        AwsAccountLink::new("l", spec)
+    }
+
+    #[test]
+    fn empty_allows_nothing_and_star_allows_all() {
+        assert!(!allows(&link(&[]), "team-a"));
+        assert!(allows(&link(&["*"]), "team-a"));
+        assert!(allows(&link(&["team-b", "team-a"]), "team-a"));
+        assert!(!allows(&link(&["team-b"]), "team-a"));
+    }
+}

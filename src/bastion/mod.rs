@@ -1,0 +1,3 @@
+//! `Bastion`: a host through which people reach a Stack's Database.
+
+mod reconcile;

@@ -1,0 +1,3 @@
+//! `Database`: PostgreSQL on RDS in the private side of a Stack.
+
+mod reconcile;

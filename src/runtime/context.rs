@@ -1,0 +1,72 @@
+//! What every reconcile shares, built once at start-up: the Kubernetes client, the event
+//! recorder, the metrics and the settings.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tracing::warn;
+
+use super::metrics::Metrics;
+
+/// The operator's name as a field manager, event reporter and `managed-by` value.
+pub const FIELD_MANAGER: &str = "tinystacks-operator";
+
+/// Settings that shape every reconcile.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often an object is reconciled when nothing happens: drift detection and
+    /// re-verification run at this period.
+    pub resync_period: Duration,
+    /// Upper bound of the per-object retry backoff.
+    pub max_backoff: Duration,
+    /// The operator's own namespace (template ConfigMaps, the leader Lease).
+    pub namespace: String,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Metrics, instance: Option<String>) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Publishes an Event about `regarding`. A failure to publish is logged, never fatal: events
+    /// are for people, the conditions are the record.
+    pub async fn event(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: impl Into<String>) {
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
+        if let Err(error) = self.recorder.publish(&event, regarding).await {
+            warn!(%error, reason, "could not publish event");
+        }
+    }
+
+    /// Counts one more consecutive failure of the object and returns how many came before it.
+    pub(crate) fn record_failure(&self, uid: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(uid.to_string()).or_insert(0);
+        let before = *n;
+        *n = n.saturating_add(1);
+        before
+    }
+
+    pub(crate) fn record_success(&self, uid: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+}

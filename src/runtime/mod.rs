@@ -1,0 +1,281 @@
+//! Wiring: start-up checks, the HTTP endpoints, leader election and one controller per kind,
+//! with the watches that let a change of one object wake the objects that depend on it.
+
+pub mod conditions;
+pub mod context;
+mod http;
+mod leader;
+pub mod metrics;
+pub mod reconciler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{debug, error, info};
+
+use crate::api::{AwsAccountLink, Bastion, Database, Stack};
+use context::{Context, Settings};
+use leader::LeaderElection;
+use metrics::Metrics;
+use reconciler::{Managed, error_policy, reconcile};
+
+/// How `tinystacks-operator run` was configured.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub settings: Settings,
+    pub concurrency: u16,
+    /// Watch namespaced kinds in this namespace only; all namespaces if `None`.
+    pub watch_namespace: Option<String>,
+    pub metrics_addr: SocketAddr,
+    pub leader_election: bool,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub identity: String,
+}
+
+/// Why the operator could not start. Each reads as one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot load Kubernetes client configuration (KUBECONFIG or in-cluster): {0}")]
+    Config(String),
+    #[error("cannot reach the Kubernetes API server: {0}")]
+    Unreachable(String),
+    #[error(
+        "the CRD for {0} is not installed; install it with `tinystacks-operator crds | kubectl apply --server-side -f -`"
+    )]
+    CrdMissing(String),
+    #[error(
+        "namespace {0:?} (the operator's namespace, for its Lease and ConfigMaps) does not exist; create it or set --namespace"
+    )]
+    NamespaceMissing(String),
+    #[error("Kubernetes API request failed at start-up: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot serve metrics and health endpoints: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C; returns an error if it could not start or lost
+/// the leader lease.
+pub async fn run(options: Options) -> Result<(), StartupError> {
+    let client = Client::try_default().await.map_err(|e| StartupError::Config(e.to_string()))?;
+    preflight(&client, &options).await?;
+
+    let metrics = Metrics::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(options.metrics_addr).await?;
+    tokio::spawn({
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        async move {
+            if let Err(error) = http::serve(listener, metrics, ready).await {
+                error!(%error, "HTTP endpoints stopped");
+            }
+        }
+    });
+    ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested; finishing running reconciles");
+        let _ = stop_tx.send(true);
+    });
+
+    let election = options.leader_election.then(|| {
+        LeaderElection::new(
+            Api::<Lease>::namespaced(client.clone(), &options.settings.namespace),
+            options.lease_name.clone(),
+            options.identity.clone(),
+            options.lease_duration,
+        )
+    });
+    if let Some(election) = &election {
+        let mut stopped = stop_rx.clone();
+        tokio::select! {
+            acquired = election.acquire() => acquired.map_err(|e| StartupError::Unreachable(e.to_string()))?,
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+
+    let ctx = Arc::new(Context::new(client.clone(), options.settings.clone(), metrics, Some(options.identity.clone())));
+    let controllers = run_controllers(client, ctx, &options, stop_rx);
+    let lost = async {
+        match &election {
+            Some(election) => election.hold().await,
+            None => futures::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = controllers => {
+            if let Some(election) = &election {
+                election.release().await;
+            }
+            info!("stopped");
+            Ok(())
+        }
+        _ = lost => Err(StartupError::Unreachable("lost the leader lease; exiting so that only one replica reconciles".into())),
+    }
+}
+
+/// Fails fast, with one clear line, when the API server or the CRDs are missing.
+async fn preflight(client: &Client, options: &Options) -> Result<(), StartupError> {
+    let version = client.apiserver_version().await.map_err(|e| StartupError::Unreachable(e.to_string()))?;
+    info!(version = %version.git_version, "connected to the Kubernetes API server");
+    let one = ListParams::default().limit(1);
+    check_crd(Api::<AwsAccountLink>::all(client.clone()).list_metadata(&one).await, "AwsAccountLink")?;
+    check_crd(namespaced_api::<Stack>(client, options).list_metadata(&one).await, "Stack")?;
+    check_crd(namespaced_api::<Database>(client, options).list_metadata(&one).await, "Database")?;
+    check_crd(namespaced_api::<Bastion>(client, options).list_metadata(&one).await, "Bastion")?;
+    let ns = &options.settings.namespace;
+    if Api::<Namespace>::all(client.clone()).get_metadata_opt(ns).await?.is_none() {
+        return Err(StartupError::NamespaceMissing(ns.clone()));
+    }
+    Ok(())
+}
+
+fn check_crd<T>(result: kube::Result<T>, kind: &str) -> Result<(), StartupError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => {
+            Err(StartupError::CrdMissing(format!("{kind} (tinystacks.io/v1alpha1)")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn namespaced_api<K>(client: &Client, options: &Options) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match &options.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return futures::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+type Guarded<K> = DeserializeGuard<K>;
+
+/// The objects in `store` whose reference `refers` to the changed object.
+fn referrers<K>(store: &Store<Guarded<K>>, refers: impl Fn(&K) -> bool) -> Vec<ObjectRef<Guarded<K>>>
+where
+    K: Managed,
+{
+    store.state().iter().filter(|o| o.0.as_ref().is_ok_and(&refers)).map(|o| ObjectRef::from_obj(o.as_ref())).collect()
+}
+
+async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, stop: watch::Receiver<bool>) {
+    let wc = watcher::Config::default;
+    let config = ControllerConfig::default().concurrency(options.concurrency);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let links = Api::<Guarded<AwsAccountLink>>::all(client.clone());
+    let stacks = namespaced_api::<Guarded<Stack>>(&client, options);
+    let databases = namespaced_api::<Guarded<Database>>(&client, options);
+    let bastions = namespaced_api::<Guarded<Bastion>>(&client, options);
+
+    // A link wakes when a Stack that uses it changes (deletion waits for them).
+    let link_controller = Controller::new(links.clone(), wc())
+        .with_config(config.clone())
+        .watches(stacks.clone(), wc(), |s: Guarded<Stack>| {
+            s.0.ok().map(|s| ObjectRef::new(&s.spec.account_link_ref.name))
+        })
+        .graceful_shutdown_on(stopped());
+
+    // A Stack wakes when its link changes, and when its Databases or Bastions change.
+    let stack_controller = Controller::new(stacks.clone(), wc()).with_config(config.clone());
+    let store = stack_controller.store();
+    let stack_controller = stack_controller
+        .watches(links, wc(), move |l: Guarded<AwsAccountLink>| {
+            let name = l.name_any();
+            referrers(&store, |s: &Stack| s.spec.account_link_ref.name == name)
+        })
+        .watches(databases.clone(), wc(), |d: Guarded<Database>| {
+            let ns = d.namespace();
+            d.0.ok().map(|d| ObjectRef::new(&d.spec.stack_ref.name).within(ns.as_deref().unwrap_or_default()))
+        })
+        .watches(bastions.clone(), wc(), |b: Guarded<Bastion>| {
+            let ns = b.namespace();
+            b.0.ok().map(|b| ObjectRef::new(&b.spec.stack_ref.name).within(ns.as_deref().unwrap_or_default()))
+        })
+        .graceful_shutdown_on(stopped());
+
+    // A Database wakes when its Stack changes, and when a Bastion of its Stack comes or goes.
+    let database_controller = Controller::new(databases, wc()).with_config(config.clone());
+    let db_store = database_controller.store();
+    let db_store_2 = db_store.clone();
+    let database_controller = database_controller
+        .watches(stacks.clone(), wc(), move |s: Guarded<Stack>| {
+            let (name, ns) = (s.name_any(), s.namespace());
+            referrers(&db_store, |d: &Database| d.spec.stack_ref.name == name && d.namespace() == ns)
+        })
+        .watches(bastions.clone(), wc(), move |b: Guarded<Bastion>| {
+            let ns = b.namespace();
+            let Ok(b) = b.0 else { return Vec::new() };
+            referrers(&db_store_2, |d: &Database| d.spec.stack_ref.name == b.spec.stack_ref.name && d.namespace() == ns)
+        })
+        .graceful_shutdown_on(stopped());
+
+    // A Bastion wakes when its Stack changes.
+    let bastion_controller = Controller::new(bastions, wc()).with_config(config);
+    let bastion_store = bastion_controller.store();
+    let bastion_controller = bastion_controller
+        .watches(stacks, wc(), move |s: Guarded<Stack>| {
+            let (name, ns) = (s.name_any(), s.namespace());
+            referrers(&bastion_store, |b: &Bastion| b.spec.stack_ref.name == name && b.namespace() == ns)
+        })
+        .graceful_shutdown_on(stopped());
+
+    info!("controllers started");
+    futures::join!(
+        drain(link_controller.run(reconcile::<AwsAccountLink>, error_policy::<AwsAccountLink>, ctx.clone())),
+        drain(stack_controller.run(reconcile::<Stack>, error_policy::<Stack>, ctx.clone())),
+        drain(database_controller.run(reconcile::<Database>, error_policy::<Database>, ctx.clone())),
+        drain(bastion_controller.run(reconcile::<Bastion>, error_policy::<Bastion>, ctx)),
+    );
+}
+
+async fn drain<S, T, E>(stream: S)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    stream
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "controller event");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,240 @@
+//! The reconcile loop every kind shares: skip malformed objects, honour the pause annotation,
+//! hold the finalizer, run the kind's own steps, turn the outcome or error into conditions,
+//! events, metrics and a requeue. A kind only says what its AWS side looks like.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::Request;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::conditions::{self, Health};
+use super::context::{Context, FIELD_MANAGER};
+use crate::api::{FINALIZER, HasConditions, PAUSED_ANNOTATION};
+use crate::error::{Error, ErrorKind, Result};
+
+/// What a kind's reconcile found and did.
+pub struct Step<S> {
+    /// The kind's status fields (conditions and generation are filled in by the runtime).
+    pub status: S,
+    pub health: Health,
+    /// When to look again; the resync period if `None`.
+    pub requeue_after: Option<Duration>,
+}
+
+/// What a kind's cleanup found.
+pub enum Cleanup {
+    /// Everything is gone (or retained): the finalizer can go.
+    Done,
+    /// Still waiting; the object keeps its finalizer and says why.
+    Pending { reason: &'static str, message: String, requeue_after: Duration },
+}
+
+/// A kind the operator manages.
+pub trait Managed:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    type Status: HasConditions + Clone + Default + Debug + PartialEq + Serialize + Send + Sync;
+
+    fn status(&self) -> Option<&Self::Status>;
+
+    /// Converges the AWS side towards the spec, one step at a time.
+    fn reconcile(&self, ctx: &Context) -> impl Future<Output = Result<Step<Self::Status>>> + Send;
+
+    /// Removes (or releases) the AWS side after deletion was requested.
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<Cleanup>> + Send;
+}
+
+/// The entry point handed to `kube::runtime::Controller::run`.
+pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Context>) -> Result<Action> {
+    let obj = match &guard.0 {
+        Ok(obj) => obj,
+        Err(invalid) => {
+            warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace,
+                error = %invalid.error, "skipping malformed object");
+            return Ok(Action::await_change());
+        }
+    };
+    let kind = K::kind(&());
+    let started = Instant::now();
+    let outcome = drive(obj, &ctx).await;
+    ctx.metrics.reconciled(&kind, started.elapsed());
+    let uid = obj.uid().unwrap_or_default();
+    match outcome {
+        Ok(Some(step)) => {
+            ctx.record_success(&uid);
+            let requeue = step.requeue_after.unwrap_or(ctx.settings.resync_period);
+            publish(obj, &ctx, step.status, &step.health, true).await?;
+            Ok(Action::requeue(requeue))
+        }
+        Ok(None) => {
+            ctx.record_success(&uid);
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            ctx.metrics.failed(&kind, error.reason());
+            let reference = obj.object_ref(&());
+            ctx.event(&reference, EventType::Warning, error.reason(), error.to_string()).await;
+            let (health, action) = match error.kind() {
+                ErrorKind::Transient => {
+                    let delay = crate::error::backoff(ctx.record_failure(&uid), ctx.settings.max_backoff);
+                    warn!(%kind, name = %obj.name_any(), %error, retry_in = ?delay, "reconcile failed");
+                    (Health::progressing(error.reason(), error.to_string()), Action::requeue(delay))
+                }
+                ErrorKind::User => {
+                    info!(%kind, name = %obj.name_any(), %error, "stalled until the spec or a referenced object changes");
+                    (Health::stalled(error.reason(), error.to_string()), Action::await_change())
+                }
+                ErrorKind::Permission => {
+                    warn!(%kind, name = %obj.name_any(), %error, "stalled on a missing permission");
+                    (Health::stalled(error.reason(), error.to_string()), Action::requeue(ctx.settings.resync_period))
+                }
+            };
+            let status = obj.status().cloned().unwrap_or_default();
+            publish(obj, &ctx, status, &health, false).await?;
+            Ok(action)
+        }
+    }
+}
+
+/// Requeues after a failed status write; reconcile errors themselves are handled above.
+pub fn error_policy<K: Managed>(guard: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let uid = guard.uid().unwrap_or_default();
+    let delay = crate::error::backoff(ctx.record_failure(&uid), ctx.settings.max_backoff);
+    warn!(kind = %K::kind(&()), name = %guard.name_any(), %error, retry_in = ?delay, "status write failed");
+    Action::requeue(delay)
+}
+
+/// Runs the steps; `Ok(None)` means nothing more is to be written (the object is on its way out).
+async fn drive<K: Managed>(obj: &K, ctx: &Context) -> Result<Option<Step<K::Status>>> {
+    let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
+    let existing = obj.status().cloned().unwrap_or_default();
+    if paused {
+        debug!(name = %obj.name_any(), "paused");
+        return Ok(Some(Step { status: existing, health: Health::Paused, requeue_after: None }));
+    }
+    if obj.meta().deletion_timestamp.is_some() {
+        if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(None);
+        }
+        return match obj.cleanup(ctx).await? {
+            Cleanup::Done => {
+                remove_finalizer(obj, ctx).await?;
+                info!(kind = %K::kind(&()), name = %obj.name_any(), "cleanup finished, finalizer removed");
+                Ok(None)
+            }
+            Cleanup::Pending { reason, message, requeue_after } => Ok(Some(Step {
+                status: existing,
+                health: Health::progressing(reason, message),
+                requeue_after: Some(requeue_after),
+            })),
+        };
+    }
+    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(obj, ctx).await?;
+    }
+    obj.reconcile(ctx).await.map(Some)
+}
+
+/// PATCHes the object (or one of its subresources) through its own URL, whatever its scope.
+async fn patch<K: Managed, P: Serialize + Debug>(
+    obj: &K,
+    ctx: &Context,
+    subresource: Option<&str>,
+    params: &PatchParams,
+    patch: &Patch<P>,
+) -> Result<()> {
+    let request = Request::new(K::url_path(&(), obj.namespace().as_deref()));
+    let name = obj.name_any();
+    let request = match subresource {
+        Some(sub) => request.patch_subresource(sub, &name, params, patch),
+        None => request.patch(&name, params, patch),
+    }
+    .map_err(kube::Error::BuildRequest)?;
+    ctx.client.request::<serde_json::Value>(request).await?;
+    Ok(())
+}
+
+async fn add_finalizer<K: Managed>(obj: &K, ctx: &Context) -> Result<()> {
+    // The `test` on resourceVersion makes a concurrent change fail the patch instead of losing
+    // someone else's finalizer; the next reconcile sees the fresh object.
+    let patch = match &obj.meta().finalizers {
+        Some(list) if !list.is_empty() => json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": obj.resource_version() },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+        ]),
+        _ => json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": obj.resource_version() },
+            { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+        ]),
+    };
+    patch_json(obj, ctx, patch).await
+}
+
+async fn remove_finalizer<K: Managed>(obj: &K, ctx: &Context) -> Result<()> {
+    let Some(index) = obj.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch = json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]);
+    match patch_json(obj, ctx, patch).await {
+        // Already gone: someone else finished the job.
+        Err(Error::Kube(kube::Error::Api(status))) if status.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
+async fn patch_json<K: Managed>(obj: &K, ctx: &Context, patch: serde_json::Value) -> Result<()> {
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    self::patch(obj, ctx, None, &PatchParams::default(), &Patch::<()>::Json(patch)).await
+}
+
+/// Writes the status with server-side apply under the operator's field manager, unless it would
+/// change nothing; with `announce`, a change of `Ready` becomes a Normal Event.
+async fn publish<K: Managed>(
+    obj: &K,
+    ctx: &Context,
+    mut status: K::Status,
+    health: &Health,
+    announce: bool,
+) -> Result<()> {
+    let previous = obj.status();
+    let previous_conditions = previous.map(|s| s.conditions().to_vec()).unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let conditions = conditions::compute(&previous_conditions, health, obj.meta().generation, &now);
+    status.set_conditions(conditions, obj.meta().generation);
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    patch(obj, ctx, Some("status"), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+
+    // Errors publish their own Warning event; here only progress and readiness are announced.
+    let was = conditions::ready(&previous_conditions).map(|c| (c.status.as_str(), c.reason.as_str()));
+    if announce
+        && let Some(ready) = conditions::ready(status.conditions())
+        && was != Some((ready.status.as_str(), ready.reason.as_str()))
+    {
+        ctx.event(&obj.object_ref(&()), EventType::Normal, &ready.reason, ready.message.clone()).await;
+    }
+    Ok(())
+}
