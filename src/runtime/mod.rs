@@ -148,7 +148,8 @@ async fn preflight(client: &Client, options: &Options) -> Result<(), StartupErro
 fn check_crd<T>(result: kube::Result<T>, kind: &str) -> Result<(), StartupError> {
     match result {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() => {
+        // An unknown resource path answers a plain-text 404, not a Status with reason NotFound.
+        Err(kube::Error::Api(s)) if s.code == 404 => {
             Err(StartupError::CrdMissing(format!("{kind} (tinystacks.io/v1alpha1)")))
         }
         Err(e) => Err(e.into()),

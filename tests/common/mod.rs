@@ -208,3 +208,22 @@ where
     })
     .await
 }
+
+/// Serializes the tests that run an operator: each operator watches the whole cluster, so two at
+/// once would both reconcile the other test's objects.
+pub static OPERATOR_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The reasons of the Events about the object `name` in `namespace`.
+pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<(String, String)> {
+    use k8s_openapi::api::events::v1::Event;
+    let events = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    events
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect()
+}
