@@ -32,7 +32,7 @@ pub async fn resolve(ctx: &Context, namespace: &str, name: &str) -> Result<Stack
     }
     let why = status
         .and_then(|s| conditions::ready(&s.conditions))
-        .map(|c| format!("{}: {}", c.reason, c.message))
+        .map(|c| c.reason.clone())
         .unwrap_or_else(|| "not reconciled yet".into());
     Ok(StackFor::NotReady { message: format!("Stack {name:?} is not Ready ({why})") })
 }

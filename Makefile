@@ -1,0 +1,25 @@
+# The two commands of the README, and a few helpers around them.
+.PHONY: dev dev-down test testenv testenv-down crds
+
+## Build what is missing, start a local control plane and moto, run the operator, apply the
+## examples and show them settle. Stop everything with `make dev-down`.
+dev:
+	hack/dev.sh up
+
+dev-down:
+	hack/dev.sh down
+
+## The whole test suite: fmt, clippy, unit and integration tests against the real environment.
+test:
+	hack/test.sh
+
+## Only the environment (source the printed env file to use it).
+testenv:
+	hack/testenv.sh up
+
+testenv-down:
+	hack/testenv.sh down
+
+## Regenerate the committed CRDs from the Rust types.
+crds:
+	cargo run --quiet -- crds > crds/tinystacks.io.yaml
