@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local test environment: a real etcd, kube-apiserver and kube-controller-manager built
-# from the official Go module sources, helm, and a moto server, all on loopback.
+# from the official Go module sources, helm, and a moto server, all on loopback; plus the kstatus
+# helper (hack/kstatus) and lupa, which the GitOps health tests use.
 #
 #   hack/testenv.sh build   build whatever is missing into the cache (idempotent)
 #   hack/testenv.sh up      build if needed, then start everything; writes $STATE/env and
@@ -18,10 +19,14 @@ K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 MOTO_VERSION=${MOTO_VERSION:-5.2.5}
+LUPA_VERSION=${LUPA_VERSION:-2.8}
 
 CACHE=${TINYSTACKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tinystacks-operator}
 BIN=$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION
 VENV=$CACHE/moto-$MOTO_VERSION
+LUPA_VENV=$CACHE/lupa-$LUPA_VERSION
+# The kstatus helper's sources (its go.mod pins sigs.k8s.io/cli-utils).
+KSTATUS_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kstatus
 STATE=${TINYSTACKS_STATE:-$CACHE/run}
 # The env file and pid files outlive the caller's working directory.
 case $STATE in /*) ;; *) STATE=$PWD/$STATE ;; esac
@@ -142,11 +147,42 @@ build_moto() {
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 }
 
+# kstatus: the real kstatus library in a tiny program, for the GitOps health tests. Rebuilt when
+# its sources change (the stamp holds their checksum), which the versioned $BIN name cannot tell.
+build_kstatus() {
+  local sum
+  sum=$(cat "$KSTATUS_SRC/go.mod" "$KSTATUS_SRC/go.sum" "$KSTATUS_SRC/main.go" | sha256sum)
+  sum=${sum%% *}
+  if [ -x "$BIN/kstatus" ] && [ "$(cat "$BIN/kstatus.sum" 2>/dev/null)" = "$sum" ]; then return 0; fi
+  log "building kstatus (sigs.k8s.io/cli-utils as pinned in hack/kstatus/go.mod)"
+  mkdir -p "$BIN"
+  (
+    cd "$KSTATUS_SRC"
+    GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/kstatus" .
+  )
+  echo "$sum" >"$BIN/kstatus.sum"
+}
+
+# lupa: Lua 5.1 (the Lua of Argo CD's health checks) from Python, to test the chart's Argo CD
+# health check. `lupa-python` lands in $BIN, which the env file puts on PATH.
+build_lupa() {
+  if [ -x "$BIN/lupa-python" ] && "$BIN/lupa-python" -c 'import lupa.lua51' 2>/dev/null; then return 0; fi
+  log "installing lupa==$LUPA_VERSION into $LUPA_VENV"
+  python3 -m venv "$LUPA_VENV"
+  "$LUPA_VENV/bin/pip" install --quiet --disable-pip-version-check "lupa==$LUPA_VERSION"
+  mkdir -p "$BIN"
+  printf '#!/usr/bin/env bash\n# Python with lupa %s, for the Argo CD health check tests.\nexec %q "$@"\n' \
+    "$LUPA_VERSION" "$LUPA_VENV/bin/python" >"$BIN/lupa-python"
+  chmod +x "$BIN/lupa-python"
+}
+
 cmd_build() {
   build_moto
+  build_lupa
   build_etcd
   build_helm
   build_kubernetes
+  build_kstatus
   log "binaries in $BIN"
 }
 
