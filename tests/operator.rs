@@ -26,45 +26,36 @@ fn start(ns: &TestNamespace) -> Operator {
     })
 }
 
+/// Creates an object of kind `K` with the given spec.
+async fn create<K>(api: &Api<K>, name: &str, spec: serde_json::Value)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("a valid object");
+    api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("create {} {name}: {e}", K::kind(&())));
+}
+
 async fn link(client: &Client, allowed: &[&str]) -> String {
     let name = format!("link-{}", suffix());
-    let obj: AwsAccountLink = serde_json::from_value(json!({
-        "apiVersion": "tinystacks.io/v1alpha1", "kind": "AwsAccountLink", "metadata": {"name": name},
-        "spec": {"accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed},
-    }))
-    .expect("link");
-    Api::<AwsAccountLink>::all(client.clone()).create(&PostParams::default(), &obj).await.expect("create link");
+    let spec = json!({"accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed});
+    create(&Api::<AwsAccountLink>::all(client.clone()), &name, spec).await;
     name
 }
 
 async fn stack(client: &Client, ns: &str, name: &str, link: &str) {
-    let obj: Stack = serde_json::from_value(json!({
-        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": name},
-        "spec": {"accountLinkRef": {"name": link}},
-    }))
-    .expect("stack");
-    Api::<Stack>::namespaced(client.clone(), ns).create(&PostParams::default(), &obj).await.expect("create stack");
+    create(&Api::<Stack>::namespaced(client.clone(), ns), name, json!({"accountLinkRef": {"name": link}})).await;
 }
 
 async fn database(client: &Client, ns: &str, name: &str, stack: &str) {
-    let obj: Database = serde_json::from_value(json!({
-        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Database", "metadata": {"name": name},
-        "spec": {"stackRef": {"name": stack}, "deletionPolicy": "Delete"},
-    }))
-    .expect("database");
-    Api::<Database>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create database");
+    let spec = json!({"stackRef": {"name": stack}, "deletionPolicy": "Delete"});
+    create(&Api::<Database>::namespaced(client.clone(), ns), name, spec).await;
 }
 
 async fn bastion(client: &Client, ns: &str, name: &str, stack: &str) {
-    let obj: Bastion = serde_json::from_value(json!({
-        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Bastion", "metadata": {"name": name},
-        "spec": {"stackRef": {"name": stack}},
-    }))
-    .expect("bastion");
-    Api::<Bastion>::namespaced(client.clone(), ns).create(&PostParams::default(), &obj).await.expect("create bastion");
+    create(&Api::<Bastion>::namespaced(client.clone(), ns), name, json!({"stackRef": {"name": stack}})).await;
 }
 
 async fn wait_gone<K>(api: &Api<K>, name: &str)
