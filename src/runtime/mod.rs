@@ -44,6 +44,7 @@ pub struct Options {
     pub lease_name: String,
     pub lease_duration: Duration,
     pub identity: String,
+    pub aws: crate::aws::AwsOptions,
 }
 
 /// Why the operator could not start. Each reads as one line that says what to do.
@@ -109,7 +110,9 @@ pub async fn run(options: Options) -> Result<(), StartupError> {
         }
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), options.settings.clone(), metrics, Some(options.identity.clone())));
+    let aws = crate::aws::Aws::new(options.aws.clone(), metrics.clone());
+    let ctx =
+        Arc::new(Context::new(client.clone(), options.settings.clone(), metrics, aws, Some(options.identity.clone())));
     let controllers = run_controllers(client, ctx, &options, stop_rx);
     let lost = async {
         match &election {
