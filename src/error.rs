@@ -61,7 +61,7 @@ pub enum Error {
     #[error("bootstrap credentials Secret {namespace}/{name} has no usable key {key}; {why}")]
     BootstrapSecretInvalid { namespace: String, name: String, key: String, why: String },
 
-    #[error("{what} belongs to AWS account {actual}, but spec.accountId is {expected}; {remedy}")]
+    #[error("{what}: AWS account {actual}, but spec.accountId is {expected}; {remedy}")]
     AccountMismatch { what: String, expected: String, actual: String, remedy: String },
 
     #[error("CloudFormation stack {stack} is {status}: {reason}; {remedy}")]

@@ -158,7 +158,10 @@ fn options(args: RunArgs) -> runtime::Options {
         lease_name: args.lease_name,
         lease_duration: args.lease_duration,
         identity,
-        aws: AwsOptions { service_role_arn: args.service_role_arn, role_propagation_grace: args.role_propagation_grace },
+        aws: AwsOptions {
+            service_role_arn: args.service_role_arn,
+            role_propagation_grace: args.role_propagation_grace,
+        },
     }
 }
 

@@ -44,7 +44,9 @@ impl Bootstrap {
     /// error names the Secret and the key, never a value.
     pub async fn connect(ctx: &Context, link: &AwsAccountLink) -> Result<Self> {
         let reference = link.spec.bootstrap.credentials_secret_ref.as_ref().ok_or_else(|| {
-            Error::InvalidSpec("spec.bootstrap.credentialsSecretRef is required when bootstrap.mode is CloudFormation".into())
+            Error::InvalidSpec(
+                "spec.bootstrap.credentialsSecretRef is required when bootstrap.mode is CloudFormation".into(),
+            )
         })?;
         let credentials = read_credentials(ctx, reference).await?;
         let config = ctx.aws.bootstrap_config(&credentials, &link.spec.region).await;
@@ -65,11 +67,8 @@ impl Bootstrap {
     /// The account the bootstrap credentials belong to.
     pub async fn account(&self, ctx: &Context) -> Result<String> {
         let sts: aws_sdk_sts::Client = ctx.aws.client(&self.config);
-        let identity = sts
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| aws_error("sts:GetCallerIdentity", &self.caller, e))?;
+        let identity =
+            sts.get_caller_identity().send().await.map_err(|e| aws_error("sts:GetCallerIdentity", &self.caller, e))?;
         Ok(identity.account().unwrap_or_default().to_string())
     }
 
@@ -199,7 +198,8 @@ fn message_of<E: aws_smithy_types::error::metadata::ProvideErrorMetadata, R>(
 fn is_missing<E: aws_smithy_types::error::metadata::ProvideErrorMetadata, R>(
     e: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
 ) -> bool {
-    e.as_service_error().is_some_and(|s| s.code() == Some("ValidationError")) && message_of(e).contains("does not exist")
+    e.as_service_error().is_some_and(|s| s.code() == Some("ValidationError"))
+        && message_of(e).contains("does not exist")
 }
 
 /// The credentials in the Secret; values are trimmed because `kubectl create secret --from-file`

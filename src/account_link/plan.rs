@@ -28,8 +28,13 @@ pub fn phase(status: &str) -> StackPhase {
         "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => StackPhase::Complete,
         "UPDATE_ROLLBACK_COMPLETE" | "IMPORT_ROLLBACK_COMPLETE" => StackPhase::UpdateRolledBack,
         "ROLLBACK_COMPLETE" => StackPhase::CreateRolledBack,
-        "ROLLBACK_IN_PROGRESS" | "CREATE_FAILED" | "ROLLBACK_FAILED" | "UPDATE_FAILED" | "UPDATE_ROLLBACK_FAILED"
-        | "DELETE_FAILED" | "IMPORT_ROLLBACK_FAILED" => StackPhase::Failed,
+        "ROLLBACK_IN_PROGRESS"
+        | "CREATE_FAILED"
+        | "ROLLBACK_FAILED"
+        | "UPDATE_FAILED"
+        | "UPDATE_ROLLBACK_FAILED"
+        | "DELETE_FAILED"
+        | "IMPORT_ROLLBACK_FAILED" => StackPhase::Failed,
         "DELETE_IN_PROGRESS" => StackPhase::Deleting,
         "DELETE_COMPLETE" => StackPhase::Deleted,
         // CREATE_/UPDATE_/IMPORT_IN_PROGRESS, REVIEW_IN_PROGRESS, the cleanup and rollback phases
@@ -114,7 +119,8 @@ pub fn config_map_name(link_name: &str) -> String {
         return full;
     }
     // FNV-1a: stable across versions and platforms, unlike std's hasher.
-    let hash = link_name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        link_name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let keep = MAX - PREFIX.len() - 17;
     let head = link_name[..keep].trim_end_matches(['-', '.']);
     format!("{PREFIX}{head}-{hash:016x}")

@@ -73,7 +73,7 @@ impl Managed for AwsAccountLink {
                 (identity::role_arn(&self.spec.account_id, &self.spec.role_name, &self.spec.region), None)
             }
             BootstrapMode::CloudFormation => match deploy(self, ctx, &template, status.clone()).await? {
-                Deployment::Progressing(step) => return Ok(step),
+                Deployment::Progressing(step) => return Ok(*step),
                 Deployment::Complete { status: observed, role_arn, changed } => {
                     status = *observed;
                     (role_arn, changed)
@@ -261,7 +261,7 @@ async fn apply_config_map(
 /// Where the CloudFormation stack stands.
 enum Deployment {
     /// CloudFormation is working, or the operator just asked it to: this step is the reconcile's.
-    Progressing(Step<AwsAccountLinkStatus>),
+    Progressing(Box<Step<AwsAccountLinkStatus>>),
     /// The stack is complete with the current template.
     Complete { status: Box<AwsAccountLinkStatus>, role_arn: String, changed: Option<SystemTime> },
 }
@@ -279,11 +279,11 @@ async fn deploy(
     let tags = stack_tags(link);
     let reference = link.object_ref(&());
     let progressing = |status: AwsAccountLinkStatus, reason: &str, message: String| {
-        Ok(Deployment::Progressing(Step {
+        Ok(Deployment::Progressing(Box::new(Step {
             status,
             health: Health::progressing(reason, message),
             requeue_after: Some(STACK_POLL),
-        }))
+        })))
     };
 
     let Some(stack) = bootstrap.describe(ctx, stack_name).await? else {
@@ -294,8 +294,9 @@ async fn deploy(
                 what: format!("the bootstrap credentials in Secret {}", bootstrap.secret()),
                 expected: link.spec.account_id.clone(),
                 actual: account,
-                remedy: "put credentials of the link's account into the Secret, or fix spec.accountId; no stack was created"
-                    .into(),
+                remedy:
+                    "put credentials of the link's account into the Secret, or fix spec.accountId; no stack was created"
+                        .into(),
             });
         }
         let id = bootstrap.create(ctx, template, &tags).await?;
@@ -308,7 +309,8 @@ async fn deploy(
         return Err(Error::CloudFormationStackFailed {
             stack: stack_name.clone(),
             status: stack.status.clone(),
-            reason: "the stack exists but was not created by the operator for this link (its tags say otherwise)".into(),
+            reason: "the stack exists but was not created by the operator for this link (its tags say otherwise)"
+                .into(),
             remedy: "choose another spec.bootstrap.stackName, or delete that stack".into(),
         });
     }
@@ -326,7 +328,8 @@ async fn deploy(
             // An empty stack that can only be deleted: delete it so that the next pass creates it
             // again, at most once per resync period.
             bootstrap.delete(ctx, &stack.id).await?;
-            let note = format!("deleted the failed CloudFormation stack {stack_name} ({}) to create it again", stack.id);
+            let note =
+                format!("deleted the failed CloudFormation stack {stack_name} ({}) to create it again", stack.id);
             ctx.event(&reference, EventType::Normal, "DeletedCloudFormationStack", note).await;
             progressing(status, "RecreatingStack", format!("deleting the failed stack {stack_name} to create it again"))
         }

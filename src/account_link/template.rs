@@ -419,6 +419,8 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::read("ec2:DescribeKeyPairs"),
             Rule::read("ec2:DescribeImages"),
             Rule::read("ec2:DescribeNetworkInterfaces"),
+            // DNS support and hostnames of the VPC (interface endpoints need both).
+            Rule::read("ec2:DescribeVpcAttribute"),
             // VPC.
             Rule::create("ec2:CreateVpc"),
             Rule::mutate("ec2:ModifyVpcAttribute"),
@@ -558,6 +560,9 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::create("secretsmanager:TagResource").on(SECRETS),
             Rule::mutate("secretsmanager:TagResource").on(SECRETS),
             Rule::mutate("secretsmanager:PutSecretValue").on(SECRETS),
+            // Repairing a secret's KMS key or description, and undoing a deletion someone scheduled.
+            Rule::mutate("secretsmanager:UpdateSecret").on(SECRETS),
+            Rule::mutate("secretsmanager:RestoreSecret").on(SECRETS),
             // Reading a secret's value is not harmless, so it is limited like a change.
             Rule::mutate("secretsmanager:GetSecretValue").on(SECRETS),
             Rule::mutate("secretsmanager:DeleteSecret").on(SECRETS),

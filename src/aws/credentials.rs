@@ -167,7 +167,10 @@ mod tests {
     }
 
     fn session(expires: SystemTime) -> Session {
-        Session { credentials: Credentials::new("AKIDEXAMPLE", "very-secret", Some("token".into()), None, "t"), expires }
+        Session {
+            credentials: Credentials::new("AKIDEXAMPLE", "very-secret", Some("token".into()), None, "t"),
+            expires,
+        }
     }
 
     #[test]
@@ -202,7 +205,9 @@ mod tests {
             session_token: Some("FwoGZXIvYXdzEJr".into()),
         };
         let shown = format!("{creds:?} {:?}", session(SystemTime::now()));
-        for secret in ["AKIAABCDEFGHIJKLMNOP", "wJalrXUtnFEMI", "FwoGZXIvYXdzEJr", "very-secret", "AKIDEXAMPLE", "token\""] {
+        for secret in
+            ["AKIAABCDEFGHIJKLMNOP", "wJalrXUtnFEMI", "FwoGZXIvYXdzEJr", "very-secret", "AKIDEXAMPLE", "token\""]
+        {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
     }

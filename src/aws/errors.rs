@@ -91,7 +91,9 @@ impl Caller {
                 "check the operator's AWS credentials (environment, web identity or instance profile)".into()
             }
             Caller::Bootstrap { secret } => format!("put valid, unexpired credentials into the Secret {secret}"),
-            Caller::LinkRole { .. } => "the role's session was rejected; it is assumed again at the next attempt".into(),
+            Caller::LinkRole { .. } => {
+                "the role's session was rejected; it is assumed again at the next attempt".into()
+            }
         }
     }
 }
@@ -149,11 +151,9 @@ where
                     whose: caller.describe(),
                     remedy: caller.remedy(),
                 },
-                Failure::ClientError => Error::AwsRequestFailed {
-                    action,
-                    code: code.unwrap_or_else(|| format!("HTTP {status}")),
-                    message,
-                },
+                Failure::ClientError => {
+                    Error::AwsRequestFailed { action, code: code.unwrap_or_else(|| format!("HTTP {status}")), message }
+                }
             }
         }
         _ => Error::AwsUnavailable { action, detail: scrub(&source_chain(&error)) },
@@ -280,7 +280,10 @@ mod tests {
         let m = scrub("The key AKIAIOSFODNN7EXAMPLE is bad, so is ASIA1234567890ABCDEF.");
         assert!(!m.contains("IOSFODNN7EXAMPLE") && !m.contains("1234567890ABCDEF"), "{m}");
         assert!(m.starts_with("The key AKIA…(redacted) is bad"), "{m}");
-        assert_eq!(scrub("arn:aws:iam::123456789012:role/TinyStacksRole"), "arn:aws:iam::123456789012:role/TinyStacksRole");
+        assert_eq!(
+            scrub("arn:aws:iam::123456789012:role/TinyStacksRole"),
+            "arn:aws:iam::123456789012:role/TinyStacksRole"
+        );
         assert_eq!(scrub("MASIAXX"), "MASIAXX");
     }
 

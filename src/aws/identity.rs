@@ -16,7 +16,8 @@ pub fn principal_from_caller_arn(arn: &str) -> Result<String, String> {
     }
     match (service, resource.split_once('/')) {
         ("sts", Some(("assumed-role", rest))) => {
-            let role = rest.split('/').next().filter(|r| !r.is_empty()).ok_or_else(|| format!("{arn:?} names no role"))?;
+            let role =
+                rest.split('/').next().filter(|r| !r.is_empty()).ok_or_else(|| format!("{arn:?} names no role"))?;
             Ok(format!("arn:{partition}:iam::{account}:role/{role}"))
         }
         // Some emulators report users under sts; IAM names them under iam.
@@ -96,7 +97,10 @@ mod tests {
 
     #[test]
     fn partitions_and_role_arns() {
-        assert_eq!(role_arn("111122223333", "TinyStacksRole", "eu-west-1"), "arn:aws:iam::111122223333:role/TinyStacksRole");
+        assert_eq!(
+            role_arn("111122223333", "TinyStacksRole", "eu-west-1"),
+            "arn:aws:iam::111122223333:role/TinyStacksRole"
+        );
         assert_eq!(role_arn("111122223333", "R", "cn-north-1"), "arn:aws-cn:iam::111122223333:role/R");
         assert_eq!(partition_for_region("us-gov-west-1"), "aws-us-gov");
         assert_eq!(account_of("arn:aws:sts::111122223333:assumed-role/R/s"), Some("111122223333"));
