@@ -94,6 +94,12 @@ pub struct OperatorConfig<'a> {
 
 impl Operator {
     pub fn start(config: OperatorConfig<'_>) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like `start`, with extra environment variables, e.g. a `KUBECONFIG` holding another
+    /// identity's token (the chart test runs the operator as the chart's ServiceAccount).
+    pub fn start_with_env(config: OperatorConfig<'_>, env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
         let identity = format!("test-operator-{}", suffix());
         let log = std::env::temp_dir().join(format!("{identity}.log"));
@@ -110,6 +116,7 @@ impl Operator {
             .args(&config.extra_args)
             .env("RUST_LOG", "debug,hyper=info,tower=info,rustls=info,kube_client=info")
             .env("TINYSTACKS_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
