@@ -165,17 +165,18 @@ fn options(args: RunArgs) -> runtime::Options {
     }
 }
 
-/// Targets whose trace output holds request headers or response bodies: a session token in a
-/// signed request, the credentials in an AssumeRole response, a Secret's data. Capped whatever
-/// RUST_LOG asks for, because secrets stay out of logs at every level.
+/// Targets whose debug or trace output holds credential values: the SDK's orchestrator prints the
+/// resolved identity (access key ID included) at debug, signed requests and AssumeRole responses at
+/// trace; kube's client a Secret's data at trace. Capped whatever RUST_LOG asks for, because
+/// secrets stay out of logs at every level.
 const CREDENTIAL_BEARING_TARGETS: &[&str] = &[
-    "aws_smithy_runtime=debug",
-    "aws_smithy_runtime_api=debug",
-    "aws_smithy_http_client=debug",
-    "aws_sigv4=debug",
-    "aws_runtime=debug",
-    "aws_config=debug",
-    "aws_credential_types=debug",
+    "aws_smithy_runtime=info",
+    "aws_smithy_runtime_api=info",
+    "aws_smithy_http_client=info",
+    "aws_sigv4=info",
+    "aws_runtime=info",
+    "aws_config=info",
+    "aws_credential_types=info",
     "hyper=info",
     "hyper_util=info",
     "h2=info",

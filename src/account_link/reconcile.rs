@@ -92,7 +92,14 @@ impl Managed for AwsAccountLink {
             external_id,
         };
         if let Err(error) = ctx.aws.assume(&role, &self.spec.region).await {
-            let waiting = Waiting { link: self, ctx, principal: &principal, config_map: &config_map, stack_changed };
+            let waiting = Waiting {
+                link: self,
+                ctx,
+                principal: &principal,
+                config_map: &config_map,
+                stack_changed,
+                verified_before: status.verified_identity.is_some(),
+            };
             return Err(waiting.explain(error, &role_arn));
         }
         let who = verify::identity(ctx, &role, &self.spec.region).await?;
@@ -389,21 +396,30 @@ async fn stack_failed(ctx: &Context, bootstrap: &Bootstrap, stack: &ObservedStac
     }
 }
 
-/// Explains a failed AssumeRole: in `Manual` mode the role may simply not be there yet; after a
-/// stack change IAM may still be propagating; otherwise the trust policy refuses the operator.
+/// Explains a failed AssumeRole: in `Manual` mode the role may simply not be there yet (AWS says
+/// the same for a missing role and a refusing one), unless the operator assumed it before; after
+/// a stack change IAM may still be propagating; otherwise the trust policy refuses the operator.
 struct Waiting<'a> {
     link: &'a AwsAccountLink,
     ctx: &'a Context,
     principal: &'a str,
     config_map: &'a str,
     stack_changed: Option<SystemTime>,
+    verified_before: bool,
 }
 
 impl Waiting<'_> {
     fn explain(&self, error: Error, role_arn: &str) -> Error {
         let Error::AccessDenied { message, .. } = &error else { return error };
         let config_map = format!("{}/{}", self.ctx.settings.namespace, self.config_map);
+        let denied = || Error::AssumeRoleDenied {
+            role_arn: role_arn.into(),
+            principal: self.principal.into(),
+            detail: message.clone(),
+            config_map: config_map.clone(),
+        };
         match self.link.spec.bootstrap.mode {
+            BootstrapMode::Manual if self.verified_before => denied(),
             BootstrapMode::Manual => Error::WaitingForRole {
                 role_arn: role_arn.into(),
                 detail: format!(
@@ -420,12 +436,7 @@ impl Waiting<'_> {
                         detail: "IAM is still propagating the role the stack just created or changed".into(),
                     }
                 } else {
-                    Error::AssumeRoleDenied {
-                        role_arn: role_arn.into(),
-                        principal: self.principal.into(),
-                        detail: message.clone(),
-                        config_map,
-                    }
+                    denied()
                 }
             }
         }

@@ -128,9 +128,18 @@ where
             detail: format!("the request could not be built ({})", scrub(&source_chain(&error))),
         },
         SdkError::ServiceError(service) => {
-            let code = service.err().code().map(str::to_string);
-            let message = scrub(service.err().message().unwrap_or(""));
-            let status = service.raw().status().as_u16();
+            // The body is read again when the SDK could not parse it (an error format of the wrong
+            // protocol, as some emulators send): the code decides what happens next.
+            let raw = service.raw();
+            let body = raw.body().bytes().unwrap_or_default();
+            let code = service
+                .err()
+                .code()
+                .map(str::to_string)
+                .or_else(|| error_code(raw.headers().get("x-amzn-errortype"), body));
+            let message =
+                scrub(&service.err().message().map(str::to_string).or_else(|| error_message(body)).unwrap_or_default());
+            let status = raw.status().as_u16();
             match classify(code.as_deref(), Some(status)) {
                 Failure::Throttled => Error::AwsThrottled { action },
                 Failure::ServerError => Error::AwsUnavailable {
@@ -247,6 +256,18 @@ pub fn error_code(header: Option<&str>, body: &[u8]) -> Option<String> {
     Some(raw.rsplit('#').next().unwrap_or(raw).to_string())
 }
 
+/// The message of a raw error response: `<Message>` (query and XML protocols), else `"message"`
+/// (JSON bodies).
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let body = std::str::from_utf8(body).ok()?;
+    if let Some(start) = body.find("<Message>") {
+        let rest = &body[start + 9..];
+        return rest.find("</Message>").map(|end| rest[..end].trim().to_string());
+    }
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(value.get("message").or_else(|| value.get("Message"))?.as_str()?.to_string())
+}
+
 /// Debug output that never shows the wrapped value, for types that hold credentials.
 pub struct Redacted;
 
@@ -310,6 +331,8 @@ mod tests {
             Some("ThrottlingException")
         );
         assert_eq!(error_code(None, b"oops"), None);
+        assert_eq!(error_message(xml).as_deref(), Some("no"));
+        assert_eq!(error_message(json).as_deref(), Some("no"));
         assert_eq!(outcome(Some("AccessDenied"), 403), "denied");
         assert_eq!(outcome(None, 200), "success");
         assert_eq!(outcome(Some("Throttling"), 400), "throttled");
