@@ -235,8 +235,11 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
         })
         .graceful_shutdown_on(stopped());
 
-    // A Database wakes when its Stack changes, and when a Bastion of its Stack comes or goes.
+    // A Database wakes when its Stack changes, when a Bastion of its Stack comes or goes, and when
+    // its connection Secret is edited or deleted (so that it is written again at once).
     let database_controller = Controller::new(databases, wc()).with_config(config.clone());
+    let connection_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
+    let managed = format!("{}={}", crate::database::MANAGED_LABEL, context::FIELD_MANAGER);
     let db_store = database_controller.store();
     let db_store_2 = db_store.clone();
     let database_controller = database_controller
@@ -249,6 +252,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
             let Ok(b) = b.0 else { return Vec::new() };
             referrers(&db_store_2, |d: &Database| d.spec.stack_ref.name == b.spec.stack_ref.name && d.namespace() == ns)
         })
+        .owns(connection_secrets, wc().labels(&managed))
         .graceful_shutdown_on(stopped());
 
     // A Bastion wakes when its Stack changes.

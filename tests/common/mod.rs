@@ -137,6 +137,11 @@ impl Operator {
         false
     }
 
+    /// The exit code if the process has ended (`-1` for a signal), without waiting.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -234,3 +239,6 @@ pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<
         .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
         .collect()
 }
+
+pub mod fault_proxy;
+pub mod moto;
