@@ -12,6 +12,9 @@ use tracing::{error, info};
 
 /// The environment variable that arms the failpoint; inert when unset.
 pub const FAILPOINT_ENV: &str = "TINYSTACKS_FAILPOINT_EXIT_AFTER_MUTATIONS";
+/// Multiplies every bucket's rate and burst: for accounts whose quotas AWS raised, and for tests
+/// against an emulator that has no limits.
+pub const RATE_SCALE_ENV: &str = "TINYSTACKS_AWS_MUTATION_RATE_SCALE";
 
 /// The services the operator mutates, each with its own bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,6 +53,7 @@ pub struct Limiter {
     buckets: Mutex<HashMap<(String, Service), Bucket>>,
     /// Exit after this many successful mutations (the failpoint), if set.
     exit_after: Option<u64>,
+    scale: f64,
     mutations: AtomicU64,
 }
 
@@ -61,7 +65,7 @@ impl Default for Limiter {
 
 impl Limiter {
     pub fn new(exit_after: Option<u64>) -> Self {
-        Self { buckets: Mutex::default(), exit_after, mutations: AtomicU64::new(0) }
+        Self { buckets: Mutex::default(), exit_after, scale: 1.0, mutations: AtomicU64::new(0) }
     }
 
     /// A limiter with the failpoint from the environment.
@@ -70,7 +74,8 @@ impl Limiter {
         if let Some(n) = exit_after {
             info!(n, "failpoint armed: the process exits right after mutation number {n}");
         }
-        Self::new(exit_after)
+        let scale = std::env::var(RATE_SCALE_ENV).ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| *s > 0.0);
+        Self { scale: scale.unwrap_or(1.0), ..Self::new(exit_after) }
     }
 
     /// Runs the mutation `call` for `account` once the service's bucket allows it.
@@ -101,6 +106,7 @@ impl Limiter {
     /// Takes a token, or says how long to wait for one.
     fn take(&self, account: &str, service: Service, now: Instant) -> Option<Duration> {
         let (rate, burst) = service.rate();
+        let (rate, burst) = (rate * self.scale, burst * self.scale);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = buckets.entry((account.to_string(), service)).or_insert(Bucket { tokens: burst, at: now });
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
