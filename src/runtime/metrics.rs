@@ -20,8 +20,9 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
-/// One AWS API call: the service as the SDK names it (lowercase), the operation, and how it ended
-/// (`success`, `throttled`, `denied`, `client_error`, `server_error`, `timeout`, `transport_error`).
+/// One attempt of an AWS API call: the service by its IAM prefix (`sts`, `ec2`, ...), the
+/// operation, and how it ended (`success`, `throttled`, `denied`, `client_error`, `server_error`,
+/// `timeout`, `transport_error`, or `not_sent` when it failed before reaching AWS).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AwsRequestLabels {
     pub service: String,
@@ -70,7 +71,7 @@ impl Metrics {
         self.errors.get_or_create(&ErrorLabels { kind: kind.into(), reason: reason.into() }).inc();
     }
 
-    /// Counts one AWS API call (retries of one call count once: the SDK retries inside it).
+    /// Counts one attempt of an AWS API call (each SDK retry is one more request against AWS).
     pub fn aws_request(&self, service: &str, operation: &str, outcome: &str) {
         let labels = AwsRequestLabels { service: service.into(), operation: operation.into(), outcome: outcome.into() };
         self.aws_requests.get_or_create(&labels).inc();
