@@ -3,7 +3,7 @@
 
 mod common;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, Stack};
@@ -374,10 +374,11 @@ async fn immutable_fields_cannot_change_and_storage_only_grows() {
         let mut spec = kind.spec();
         merge(&mut spec, &initial);
         let name = format!("immutable-{i}-{}", suffix());
-        let created = create(&client, &ns.name, kind, &name, spec).await.unwrap_or_else(|e| panic!("case {i}: {e}"));
-        let mut updated = created.clone();
-        merge(&mut updated.data["spec"], &change);
-        let result = kind.api(&client, &ns.name).replace(&name, &PostParams::default(), &updated).await;
+        create(&client, &ns.name, kind, &name, spec).await.unwrap_or_else(|e| panic!("case {i}: {e}"));
+        // A merge patch, not a replace: a running operator adding its finalizer must not turn
+        // the expected rejection into a conflict.
+        let patch = Patch::Merge(json!({ "spec": change }));
+        let result = kind.api(&client, &ns.name).patch(&name, &PatchParams::default(), &patch).await;
         match result {
             Ok(_) => failures.push(format!("case {i} ({change}) was accepted")),
             Err(_) => {
@@ -393,15 +394,11 @@ async fn immutable_fields_cannot_change_and_storage_only_grows() {
     }
 
     // Growth and the mutable fields are accepted.
-    let created = create(&client, &ns.name, Kind::Database, "grows", Kind::Database.spec()).await.expect("database");
-    let mut grown = created.clone();
-    merge(
-        &mut grown.data["spec"],
-        &json!({"allocatedStorageGiB": 100, "instanceClass": "db.t4g.small", "multiAz": true, "engineVersion": "17"}),
-    );
+    create(&client, &ns.name, Kind::Database, "grows", Kind::Database.spec()).await.expect("database");
+    let grown = json!({"spec": {"allocatedStorageGiB": 100, "instanceClass": "db.t4g.small", "multiAz": true, "engineVersion": "17"}});
     Kind::Database
         .api(&client, &ns.name)
-        .replace("grows", &PostParams::default(), &grown)
+        .patch("grows", &PatchParams::default(), &Patch::Merge(grown))
         .await
         .expect("growth accepted");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
