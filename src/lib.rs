@@ -5,7 +5,6 @@
 
 pub mod account_link;
 pub mod api;
-pub mod aws;
 pub mod bastion;
 pub mod database;
 pub mod error;

@@ -1,9 +1,3 @@
-//! `Database`: PostgreSQL on RDS in the private side of a Stack, its master credentials in a
-//! Secrets Manager secret and in a Kubernetes Secret for `envFrom`.
+//! `Database`: PostgreSQL on RDS in the private side of a Stack.
 
-mod aws;
-mod credentials;
-mod plan;
 mod reconcile;
-
-pub use reconcile::MANAGED_LABEL;
