@@ -20,6 +20,8 @@ testenv:
 testenv-down:
 	hack/testenv.sh down
 
-## Regenerate the committed CRDs from the Rust types.
+## Regenerate the committed CRDs from the Rust types, and the Helm chart's copy of them (Helm
+## installs CRDs only from a chart's own crds/ folder; tests/chart.rs checks the copy is identical).
 crds:
 	cargo run --quiet -- crds > crds/tinystacks.io.yaml
+	cp crds/tinystacks.io.yaml charts/tinystacks-operator/crds/tinystacks.io.yaml

@@ -14,6 +14,9 @@ pub enum ErrorKind {
     /// The AWS identity lacks a permission; `Stalled=True`, rechecked at the resync period since
     /// the fix happens outside the cluster.
     Permission,
+    /// A person must fix something the operator does not watch (a failed CloudFormation stack, a
+    /// role's trust policy, a bootstrap Secret); `Stalled=True`, rechecked at the resync period.
+    External,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,66 @@ pub enum Error {
 
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+
+    #[error("AWS throttled {action}; retrying with backoff")]
+    AwsThrottled { action: String },
+
+    #[error("AWS could not be reached or failed for {action}: {detail}; retrying with backoff")]
+    AwsUnavailable { action: String, detail: String },
+
+    #[error("AWS denied {action}: {message}; grant {action} to that identity")]
+    AccessDenied { action: String, message: String },
+
+    #[error("AWS rejected the credentials {whose} used for {action} ({code}); {remedy}")]
+    AwsCredentialsRejected { action: String, code: String, whose: String, remedy: String },
+
+    #[error("AWS refused {action} ({code}): {message}")]
+    AwsRequestFailed { action: String, code: String, message: String },
+
+    #[error(
+        "bootstrap credentials Secret {namespace}/{name} does not exist; create it with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials), or fix spec.bootstrap.credentialsSecretRef"
+    )]
+    BootstrapSecretMissing { namespace: String, name: String },
+
+    #[error("bootstrap credentials Secret {namespace}/{name} has no usable key {key}; {why}")]
+    BootstrapSecretInvalid { namespace: String, name: String, key: String, why: String },
+
+    #[error("{what}: AWS account {actual}, but spec.accountId is {expected}; {remedy}")]
+    AccountMismatch { what: String, expected: String, actual: String, remedy: String },
+
+    #[error("CloudFormation stack {stack} is {status}: {reason}; {remedy}")]
+    CloudFormationStackFailed { stack: String, status: String, reason: String, remedy: String },
+
+    #[error(
+        "the operator ({principal}) may not assume {role_arn} with this link's external ID ({detail}); the role's trust policy must allow exactly that principal with sts:ExternalId equal to status.externalId, as in the template in ConfigMap {config_map}"
+    )]
+    AssumeRoleDenied { role_arn: String, principal: String, detail: String, config_map: String },
+
+    #[error("waiting for the role {role_arn}: {detail}")]
+    WaitingForRole { role_arn: String, detail: String },
+
+    #[error(
+        "{what} {name:?} already exists but is not this object's: {why}; remove or rename it, or rename this object"
+    )]
+    NameTaken { what: String, name: String, why: String },
+
+    #[error("RDS reports the DB instance {identifier} as {status:?}; it needs a person (see its RDS events)")]
+    DbInstanceUnhealthy { identifier: String, status: String },
+
+    #[error(
+        "the DB instance {identifier} cannot meet the Database's guarantees in place: {why}; replace it (snapshot, delete, re-create)"
+    )]
+    DbInstanceNotCompliant { identifier: String, why: String },
+
+    #[error(
+        "the Secrets Manager secret {name} holds no usable credentials: {why}; restore its value (JSON with engine, host, port, username, password, dbname, dbInstanceIdentifier): a new password is never generated while the secret exists"
+    )]
+    SecretUnusable { name: String, why: String },
+
+    #[error(
+        "the Stack's KMS key {key_id} is scheduled for deletion by someone else; cancel the deletion (kms:CancelKeyDeletion) and enable the key"
+    )]
+    KmsKeyPendingDeletion { key_id: String },
 }
 
 impl Error {
@@ -44,6 +107,21 @@ impl Error {
             | Error::AccountLinkNotAllowed { .. }
             | Error::StackNotFound { .. }
             | Error::InvalidSpec(_) => ErrorKind::User,
+            Error::AwsThrottled { .. }
+            | Error::AwsUnavailable { .. }
+            | Error::AwsRequestFailed { .. }
+            | Error::WaitingForRole { .. } => ErrorKind::Transient,
+            Error::AccessDenied { .. } | Error::AwsCredentialsRejected { .. } => ErrorKind::Permission,
+            Error::BootstrapSecretMissing { .. }
+            | Error::BootstrapSecretInvalid { .. }
+            | Error::AccountMismatch { .. }
+            | Error::CloudFormationStackFailed { .. }
+            | Error::AssumeRoleDenied { .. }
+            | Error::NameTaken { .. }
+            | Error::DbInstanceUnhealthy { .. }
+            | Error::DbInstanceNotCompliant { .. }
+            | Error::SecretUnusable { .. }
+            | Error::KmsKeyPendingDeletion { .. } => ErrorKind::External,
         }
     }
 
@@ -55,6 +133,22 @@ impl Error {
             Error::AccountLinkNotAllowed { .. } => "AccountLinkNotAllowed",
             Error::StackNotFound { .. } => "StackNotFound",
             Error::InvalidSpec(_) => "InvalidSpec",
+            Error::AwsThrottled { .. } => "AwsThrottled",
+            Error::AwsUnavailable { .. } => "AwsUnavailable",
+            Error::AccessDenied { .. } => "AccessDenied",
+            Error::AwsCredentialsRejected { .. } => "AwsCredentialsRejected",
+            Error::AwsRequestFailed { .. } => "AwsRequestFailed",
+            Error::BootstrapSecretMissing { .. } => "BootstrapSecretMissing",
+            Error::BootstrapSecretInvalid { .. } => "BootstrapSecretInvalid",
+            Error::AccountMismatch { .. } => "AccountMismatch",
+            Error::CloudFormationStackFailed { .. } => "CloudFormationStackFailed",
+            Error::AssumeRoleDenied { .. } => "AssumeRoleDenied",
+            Error::WaitingForRole { .. } => "WaitingForRole",
+            Error::NameTaken { .. } => "NameTaken",
+            Error::DbInstanceUnhealthy { .. } => "DbInstanceUnhealthy",
+            Error::DbInstanceNotCompliant { .. } => "DbInstanceNotCompliant",
+            Error::SecretUnusable { .. } => "SecretUnusable",
+            Error::KmsKeyPendingDeletion { .. } => "KmsKeyPendingDeletion",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod account_link;
 pub mod api;
+pub mod aws;
 pub mod bastion;
 pub mod database;
 pub mod error;

@@ -1,10 +1,11 @@
-//! The `tinystacks-operator` command line: `run`, `crds`.
+//! The `tinystacks-operator` command line: `run`, `crds`, `account-template`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tinystacks_operator::aws::AwsOptions;
 use tinystacks_operator::runtime::{self, context::Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +22,21 @@ enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Print the CloudFormation template of an AwsAccountLink, to deploy by hand in Manual mode.
+    AccountTemplate(AccountTemplateArgs),
+}
+
+#[derive(clap::Args)]
+struct AccountTemplateArgs {
+    /// Name of the AwsAccountLink.
+    link: String,
+    /// The principal the role trusts (the operator's role); default: the one the operator recorded
+    /// in the link's template ConfigMap.
+    #[arg(long, env = "TINYSTACKS_SERVICE_ROLE_ARN")]
+    service_role_arn: Option<String>,
+    /// The operator's namespace, where the template ConfigMaps live.
+    #[arg(long, env = "TINYSTACKS_NAMESPACE", default_value = "tinystacks-system")]
+    namespace: String,
 }
 
 #[derive(clap::Args)]
@@ -58,6 +74,15 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "TINYSTACKS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The IAM principal link roles trust (the operator's service role). Default: the operator's
+    /// own identity from sts:GetCallerIdentity (an assumed-role session becomes its role's ARN;
+    /// set this flag when that role has a path).
+    #[arg(long, env = "TINYSTACKS_SERVICE_ROLE_ARN")]
+    service_role_arn: Option<String>,
+    /// How long after its CloudFormation stack changed a role that refuses AssumeRole is taken for
+    /// IAM still propagating, rather than for a wrong trust policy.
+    #[arg(long, env = "TINYSTACKS_ROLE_PROPAGATION_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    role_propagation_grace: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +101,31 @@ fn main() -> ExitCode {
             }
             Err(error) => fail(&format!("cannot render the CRDs: {error}")),
         },
+        Command::AccountTemplate(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
+            };
+            let rendered = runtime.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| format!("cannot load Kubernetes client configuration: {e}"))?;
+                tinystacks_operator::account_link::template_for(
+                    &client,
+                    &args.namespace,
+                    &args.link,
+                    args.service_role_arn.as_deref(),
+                )
+                .await
+            });
+            match rendered {
+                Ok(template) => {
+                    print!("{template}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&error),
+            }
+        }
         Command::Run(args) => {
             init_logging(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -108,11 +158,38 @@ fn options(args: RunArgs) -> runtime::Options {
         lease_name: args.lease_name,
         lease_duration: args.lease_duration,
         identity,
+        aws: AwsOptions {
+            service_role_arn: args.service_role_arn,
+            role_propagation_grace: args.role_propagation_grace,
+        },
     }
 }
 
+/// Targets whose debug or trace output holds credential values: the SDK's orchestrator prints the
+/// resolved identity (access key ID included) at debug, signed requests and AssumeRole responses at
+/// trace; kube's client a Secret's data at trace. Capped whatever RUST_LOG asks for, because
+/// secrets stay out of logs at every level.
+const CREDENTIAL_BEARING_TARGETS: &[&str] = &[
+    "aws_smithy_runtime=info",
+    "aws_smithy_runtime_api=info",
+    "aws_smithy_http_client=info",
+    "aws_sigv4=info",
+    "aws_runtime=info",
+    "aws_config=info",
+    "aws_credential_types=info",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+    "kube_client=debug",
+];
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in CREDENTIAL_BEARING_TARGETS {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -1,8 +1,15 @@
 //! `AwsAccountLink`: the operator's access to a customer's AWS account. Other kinds reach AWS
 //! only through a link resolved here, which also enforces `allowedNamespaces`.
 
+mod cloudformation;
+#[cfg(test)]
+mod least_privilege;
+mod plan;
 mod reconcile;
+pub mod template;
+mod verify;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
 use crate::api::{AwsAccountLink, Stack};
@@ -40,6 +47,43 @@ pub async fn resolve_for(ctx: &Context, stack: &Stack, namespace: &str) -> Resul
         .map(|c| format!("{}: {}", c.reason, c.message))
         .unwrap_or_else(|| "not reconciled yet".into());
     Ok(LinkFor::NotReady { message: format!("AwsAccountLink {name:?} is not Ready ({why})") })
+}
+
+/// The CloudFormation template of the link `name`, as `tinystacks-operator account-template`
+/// prints it: rendered from the link in the cluster, with the external ID from its spec or status
+/// and the trusted principal from `principal`, else from the ConfigMap the operator wrote.
+pub async fn template_for(
+    client: &kube::Client,
+    operator_namespace: &str,
+    name: &str,
+    principal: Option<&str>,
+) -> std::result::Result<String, String> {
+    let link = Api::<AwsAccountLink>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read AwsAccountLink {name:?}: {e}"))?
+        .ok_or_else(|| format!("AwsAccountLink {name:?} does not exist"))?;
+    let external_id =
+        link.spec.external_id.clone().or_else(|| link.status.as_ref().and_then(|s| s.external_id.clone())).ok_or_else(
+            || format!("AwsAccountLink {name:?} has no external ID yet: the operator records one in status.externalId when it first reconciles the link (or set spec.externalId)"),
+        )?;
+    let principal = match principal {
+        Some(p) => p.to_string(),
+        None => {
+            let config_map = plan::config_map_name(name);
+            Api::<ConfigMap>::namespaced(client.clone(), operator_namespace)
+                .get_opt(&config_map)
+                .await
+                .map_err(|e| format!("cannot read ConfigMap {operator_namespace}/{config_map}: {e}"))?
+                .and_then(|cm| cm.data?.remove(reconcile::PRINCIPAL_KEY))
+                .ok_or_else(|| {
+                    format!(
+                        "the operator's identity is not known yet (ConfigMap {operator_namespace}/{config_map} has none); pass --service-role-arn"
+                    )
+                })?
+        }
+    };
+    Ok(template::render_string(&reconcile::template_input(&link, &principal, &external_id)))
 }
 
 /// Whether the link lets Stacks of `namespace` use its account.

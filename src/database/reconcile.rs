@@ -1,14 +1,39 @@
-//! The Database's reconcile steps: wait for its Stack, then converge the instance and its
-//! secrets.
+//! The Database's reconcile steps, one AWS mutation per pass: wait for the Stack (no AWS call until
+//! it is Ready), then the security group and its ingress, the subnet group, the secret (before the
+//! instance, so that its password can never be lost), the instance, drift and in-place changes,
+//! and last the endpoint in both secrets. Deletion follows `deletionPolicy`.
 
-use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use crate::api::{Database, DatabaseStatus};
-use crate::error::Result;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, warn};
+
+use super::aws::{CreateInstance, DatabaseAws, Deleted, SecretInfo};
+use super::credentials::{self, SecretDocument};
+use super::plan::{self, DesiredInstance, Names, Phase, Placement};
+use crate::account_link::{self, LinkFor};
+use crate::api::{
+    AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint, Stack,
+};
+use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
-use crate::runtime::context::Context;
+use crate::runtime::context::{Context, FIELD_MANAGER};
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
 use crate::stack::{self, StackFor};
+
+/// The label on connection Secrets; the controller watches Secrets with it (and owned by a
+/// Database) so that one deleted or edited by hand is written again at once.
+pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The Secrets Manager version a connection Secret was written from: a rotation outside the
+/// operator makes it stale, which is noticed without reading the secret's value on every pass.
+const VERSION_ANNOTATION: &str = "tinystacks.io/secret-version";
+/// The connection Secret keys that do not hold the password, compared on every pass.
+const PLAIN_KEYS: [&str; 5] = ["PG_HOST", "PG_PORT", "PG_DATABASE", "PG_USER", "PG_CREDENTIALS_SECRET"];
 
 impl Managed for Database {
     type Status = DatabaseStatus;
@@ -20,17 +45,628 @@ impl Managed for Database {
     async fn reconcile(&self, ctx: &Context) -> Result<Step<Self::Status>> {
         let namespace = self.namespace().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
-        let health = match stack::resolve(ctx, &namespace, &self.spec.stack_ref.name).await? {
-            StackFor::NotReady { message } => Health::progressing("WaitingForStack", message),
-            StackFor::Usable(stack) => Health::progressing(
-                "InstancePending",
-                format!("Stack {:?} is Ready; the database instance is not converged yet", stack.name_any()),
-            ),
+        let stack = match stack::resolve(ctx, &namespace, &self.spec.stack_ref.name).await? {
+            StackFor::NotReady { message } => return Ok(waiting(status, message)),
+            StackFor::Usable(stack) => stack,
         };
-        Ok(Step { status, health, requeue_after: None })
+        let placement = match plan::placement(&stack) {
+            Ok(p) => p,
+            Err(why) => {
+                let message = format!("Stack {:?} is Ready, but {why}", stack.name_any());
+                return Ok(waiting(status, message));
+            }
+        };
+        let link = match account_link::resolve_for(ctx, &stack, &namespace).await? {
+            LinkFor::NotReady { message } => return Ok(waiting(status, message)),
+            LinkFor::Usable(link) => link,
+        };
+        let aws = connect(ctx, &stack, &link).await?;
+        Converge::new(self, ctx, &stack, placement, aws, status).run().await
     }
 
-    async fn cleanup(&self, _ctx: &Context) -> Result<Cleanup> {
+    async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
+        let namespace = self.namespace().unwrap_or_default();
+        let reference = self.object_ref(&());
+        let names = names(self);
+        if self.spec.deletion_policy == DatabaseDeletionPolicy::Retain {
+            let note = format!(
+                "deletionPolicy Retain: left the DB instance {} and the secret {} in AWS",
+                names.instance, names.secret
+            );
+            ctx.event(&reference, EventType::Normal, "Retained", note).await;
+            return Ok(Cleanup::Done);
+        }
+        let stacks = Api::<Stack>::namespaced(ctx.client.clone(), &namespace);
+        let Some(stack) = stacks.get_opt(&self.spec.stack_ref.name).await? else {
+            // Stacks wait for their Databases, so this takes a Stack removed by force: there is no
+            // way left to reach the account, and holding the finalizer would block the namespace.
+            let note = format!(
+                "Stack {:?} is gone, so its AWS account cannot be reached; the DB instance {} and secret {} may remain",
+                self.spec.stack_ref.name, names.instance, names.secret
+            );
+            ctx.event(&reference, EventType::Warning, "StackGone", note).await;
+            return Ok(Cleanup::Done);
+        };
+        let links = Api::<AwsAccountLink>::all(ctx.client.clone());
+        let link = links.get_opt(&stack.spec.account_link_ref.name).await?;
+        let Some(link) = link.filter(|l| crate::aws::link_role(l).is_some()) else {
+            return Ok(Cleanup::Pending {
+                reason: "WaitingForAccountLink",
+                message: format!(
+                    "AwsAccountLink {:?} has no verified role, so the database cannot be deleted yet",
+                    stack.spec.account_link_ref.name
+                ),
+                requeue_after: ctx.settings.resync_period,
+            });
+        };
+        let aws = connect(ctx, &stack, &link).await?;
+        let vpc_id = stack.status.as_ref().and_then(|s| s.vpc_id.clone());
+        Teardown { db: self, ctx, aws, names, vpc_id }.run().await
+    }
+}
+
+/// The Database's names, from its namespace, Stack, name and UID.
+fn names(db: &Database) -> Names {
+    let namespace = db.namespace().unwrap_or_default();
+    Names::new(&namespace, &db.spec.stack_ref.name, &db.name_any(), &db.uid().unwrap_or_default(), &db.spec)
+}
+
+fn waiting(status: DatabaseStatus, message: String) -> Step<DatabaseStatus> {
+    Step { status, health: Health::progressing("WaitingForStack", message), requeue_after: None }
+}
+
+/// How soon to look again while RDS is working: soon enough to notice `available` quickly, never
+/// later than the resync period.
+fn poll(ctx: &Context) -> Duration {
+    ctx.settings.resync_period.min(Duration::from_secs(15))
+}
+
+/// The AWS clients of the Stack's account and region, acting as its link's role.
+async fn connect<'a>(ctx: &'a Context, stack: &Stack, link: &AwsAccountLink) -> Result<DatabaseAws<'a>> {
+    let region = stack.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
+    let config = ctx.aws.for_link(link, &region).await?;
+    let role_arn = link.status.as_ref().and_then(|s| s.role_arn.clone()).unwrap_or_default();
+    Ok(DatabaseAws::new(&ctx.aws, &config, role_arn, link.spec.account_id.clone(), &ctx.limiter))
+}
+
+/// One pass towards the spec.
+struct Converge<'a> {
+    db: &'a Database,
+    ctx: &'a Context,
+    stack: &'a Stack,
+    placement: Placement,
+    aws: DatabaseAws<'a>,
+    names: Names,
+    owner: String,
+    tags: Vec<(String, String)>,
+    status: DatabaseStatus,
+}
+
+impl<'a> Converge<'a> {
+    fn new(
+        db: &'a Database,
+        ctx: &'a Context,
+        stack: &'a Stack,
+        placement: Placement,
+        aws: DatabaseAws<'a>,
+        mut status: DatabaseStatus,
+    ) -> Self {
+        let namespace = db.namespace().unwrap_or_default();
+        let names = names(db);
+        let mut tags = plan::tags(&namespace, &db.name_any(), &db.uid().unwrap_or_default(), &names.display);
+        // The Stack's extra tags go on everything of the stack; the operator's own keys win.
+        for (k, v) in &stack.spec.tags {
+            if !tags.iter().any(|(key, _)| key == k) {
+                tags.push((k.clone(), v.clone()));
+            }
+        }
+        status.db_instance_identifier = Some(names.instance.clone());
+        Self { db, ctx, stack, placement, aws, owner: plan::owner(&namespace, &db.name_any()), names, tags, status }
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        self.ctx.event(&self.db.object_ref(&()), type_, reason, note).await;
+    }
+
+    /// A mutation was made: record it and look again at once.
+    fn next(&mut self, reason: &str, message: String) -> Result<Step<DatabaseStatus>> {
+        let status = std::mem::take(&mut self.status);
+        Ok(Step { status, health: Health::progressing(reason, message), requeue_after: Some(Duration::ZERO) })
+    }
+
+    /// RDS is working: look again in a while.
+    fn busy(&mut self, reason: &str, message: String) -> Result<Step<DatabaseStatus>> {
+        let (status, requeue_after) = (std::mem::take(&mut self.status), Some(poll(self.ctx)));
+        Ok(Step { status, health: Health::progressing(reason, message), requeue_after })
+    }
+
+    fn claim(&self, what: &str, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        match plan::claimed_by_other(tags, &self.owner) {
+            None => Ok(()),
+            Some(why) => Err(Error::NameTaken { what: what.into(), name: name.into(), why }),
+        }
+    }
+
+    async fn run(mut self) -> Result<Step<DatabaseStatus>> {
+        // 1. The dedicated security group.
+        let Some(group) = self.aws.security_group(&self.placement.vpc_id, &self.names.instance).await? else {
+            let description = format!(
+                "PostgreSQL of Database {}: 5432 from the stack's app and bastion groups only",
+                self.names.display
+            );
+            let id = self
+                .aws
+                .create_security_group(&self.placement.vpc_id, &self.names.instance, &description, &self.tags)
+                .await?;
+            self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
+            self.status.security_group_id = Some(id.clone());
+            return self.next("CreatingSecurityGroup", format!("created the database's security group {id}"));
+        };
+        self.claim("security group", &self.names.instance, &group.tags)?;
+        self.status.security_group_id = Some(group.id.clone());
+
+        // 2. Its ingress: exactly 5432 from the app group and the Bastions' groups.
+        let bastions = bastion_groups(self.ctx, self.db, &self.stack.name_any()).await?;
+        let desired = plan::desired_ingress(&self.placement.app_security_group, bastions.iter().map(String::as_str));
+        let changes = plan::ingress_changes(&group.ingress, &desired);
+        if !changes.revoke.is_empty() {
+            self.aws.revoke_ingress(&group.id, &changes.revoke).await?;
+            let (holes, stale): (Vec<_>, Vec<_>) = changes.revoke.iter().partition(|r| plan::is_hole(r));
+            if !holes.is_empty() {
+                let what: Vec<String> = holes.iter().map(|r| plan::describe_rule(r)).collect();
+                let note =
+                    format!("revoked ingress on the database's security group {}: {}", group.id, what.join(", "));
+                self.event(EventType::Warning, "DriftRepaired", note).await;
+            }
+            if !stale.is_empty() {
+                let what: Vec<String> = stale.iter().map(|r| plan::describe_rule(r)).collect();
+                let note = format!("revoked ingress no longer wanted on {}: {}", group.id, what.join(", "));
+                self.event(EventType::Normal, "RevokedIngress", note).await;
+            }
+            return self.next("UpdatingSecurityGroup", format!("revoked ingress on {}", group.id));
+        }
+        if !changes.authorize.is_empty() {
+            self.aws.authorize_ingress(&group.id, &changes.authorize).await?;
+            let what: Vec<String> = changes.authorize.iter().map(plan::describe_rule).collect();
+            let note = format!("allowed on {}: {}", group.id, what.join(", "));
+            self.event(EventType::Normal, "AuthorizedIngress", note).await;
+            return self.next("UpdatingSecurityGroup", format!("allowed {} on {}", what.join(", "), group.id));
+        }
+
+        // 3. The subnet group over the private (or isolated) subnets.
+        let subnets: Vec<String> = self.placement.subnet_ids.iter().cloned().collect();
+        match self.aws.subnet_group(&self.names.instance).await? {
+            None => {
+                let description = format!("Database {}: the stack's private side", self.names.display);
+                self.aws.create_subnet_group(&self.names.instance, &description, &subnets, &self.tags).await?;
+                let note = format!("created DB subnet group {} over {}", self.names.instance, subnets.join(", "));
+                self.event(EventType::Normal, "CreatedDbSubnetGroup", note).await;
+                self.status.subnet_group_name = Some(self.names.instance.clone());
+                return self.next("CreatingSubnetGroup", format!("created DB subnet group {}", self.names.instance));
+            }
+            Some(found) if found.subnet_ids.iter().cloned().collect::<BTreeSet<_>>() != self.placement.subnet_ids => {
+                self.aws.modify_subnet_group(&self.names.instance, &subnets).await?;
+                let note = format!(
+                    "DB subnet group {} had the subnets {}; set to {}",
+                    self.names.instance,
+                    found.subnet_ids.join(", "),
+                    subnets.join(", ")
+                );
+                self.event(EventType::Warning, "DriftRepaired", note).await;
+                return self.next("UpdatingSubnetGroup", format!("set the subnets of {}", self.names.instance));
+            }
+            Some(_) => self.status.subnet_group_name = Some(self.names.instance.clone()),
+        }
+
+        // 4. The secret, before the instance: the password exists in AWS before anything uses it.
+        let Some(secret) = self.aws.secret(&self.names.secret).await? else {
+            return self.create_secret().await;
+        };
+        self.claim("Secrets Manager secret", &self.names.secret, &secret.tags)?;
+        self.status.secret_arn = Some(secret.arn.clone());
+        if secret.scheduled_for_deletion {
+            self.aws.restore_secret(&secret.arn).await?;
+            let note = format!("the secret {} was scheduled for deletion; restored it", self.names.secret);
+            self.event(EventType::Warning, "DriftRepaired", note).await;
+            return self.next("RestoringSecret", format!("restored the secret {}", self.names.secret));
+        }
+        if secret.kms_key_id.as_deref().is_some_and(|k| k != self.placement.kms_key_arn) {
+            self.aws.set_secret_key(&secret.arn, &self.placement.kms_key_arn).await?;
+            let note = format!("the secret {} is encrypted with the Stack's key again", self.names.secret);
+            self.event(EventType::Warning, "DriftRepaired", note).await;
+            return self.next("UpdatingSecret", format!("set the KMS key of {}", self.names.secret));
+        }
+
+        // 5. The instance.
+        let Some(instance) = self.aws.instance(&self.names.instance).await? else {
+            return self.create_instance(&secret).await;
+        };
+        self.claim("DB instance", &self.names.instance, &instance.tags)?;
+        self.status.arn = instance.arn.clone();
+        match plan::phase(&instance.status) {
+            Phase::Available => {}
+            Phase::Busy | Phase::Deleting => {
+                let message = format!("RDS reports the DB instance {} as {:?}", self.names.instance, instance.status);
+                return self.busy("InstanceNotAvailable", message);
+            }
+            Phase::Broken => {
+                return Err(Error::DbInstanceUnhealthy {
+                    identifier: self.names.instance.clone(),
+                    status: instance.status.clone(),
+                });
+            }
+        }
+
+        // 6. Security drift and in-place changes, in one ModifyDBInstance.
+        let desired = DesiredInstance::from_spec(&self.db.spec);
+        let changes = plan::instance_changes(&desired, &group.id, &instance).map_err(Error::InvalidSpec)?;
+        if !changes.is_empty() {
+            self.aws.modify_instance(&self.names.instance, &changes).await?;
+            if !changes.drift.is_empty() {
+                let note = format!("DB instance {}: {}", self.names.instance, changes.drift.join("; "));
+                self.event(EventType::Warning, "DriftRepaired", note).await;
+            }
+            if !changes.updates.is_empty() {
+                let note = format!("DB instance {}: {}", self.names.instance, changes.updates.join("; "));
+                self.event(EventType::Normal, "ModifyingDbInstance", note).await;
+            }
+            let what: Vec<String> = changes.drift.iter().chain(&changes.updates).cloned().collect();
+            return self.busy("ModifyingInstance", format!("applying to {}: {}", self.names.instance, what.join("; ")));
+        }
+        let faults = plan::placement_faults(&instance, &self.names.instance, &self.placement.kms_key_arn);
+        if !faults.is_empty() {
+            return Err(Error::DbInstanceNotCompliant {
+                identifier: self.names.instance.clone(),
+                why: faults.join("; "),
+            });
+        }
+
+        // 7. The endpoint in the secret, and the connection Secret.
+        let Some((host, port)) = instance.endpoint.clone() else {
+            return self
+                .busy("InstanceNotAvailable", format!("RDS reports no endpoint for {} yet", self.names.instance));
+        };
+        self.sync_credentials(&secret, &host, port).await?;
+        self.status.endpoint = Some(StatusEndpoint { address: host.clone(), port });
+        self.status.connection_secret_name =
+            self.db.spec.connection_secret.enabled.then(|| self.names.connection_secret.clone());
+
+        let message = format!(
+            "PostgreSQL {} is available at {host}:{port}; credentials in the Secrets Manager secret {}{}",
+            instance.engine_version,
+            self.names.secret,
+            match &self.status.connection_secret_name {
+                Some(name) => format!(" and the Secret {name}"),
+                None => String::new(),
+            }
+        );
+        Ok(Step { status: self.status, health: Health::ready("Available", message), requeue_after: None })
+    }
+
+    /// The only place a password is made: when no secret exists under the Database's name. Once
+    /// the secret exists, its password is the one the instance gets, whatever crashes when.
+    async fn create_secret(mut self) -> Result<Step<DatabaseStatus>> {
+        if self.aws.instance(&self.names.instance).await?.is_some() {
+            // An instance whose password is nowhere: a new one would not be the instance's.
+            return Err(Error::SecretUnusable {
+                name: self.names.secret.clone(),
+                why: format!("it was deleted while the DB instance {} exists", self.names.instance),
+            });
+        }
+        let password = self.aws.random_password().await?;
+        let spec = &self.db.spec;
+        let document = SecretDocument::new(&spec.master_username, password, &spec.database_name, &self.names.instance);
+        let description = format!("Master credentials of Database {} (RDS PostgreSQL)", self.names.display);
+        self.aws
+            .create_secret(&self.names.secret, &description, &self.placement.kms_key_arn, &document, &self.tags)
+            .await?;
+        let note = format!("stored generated master credentials in the Secrets Manager secret {}", self.names.secret);
+        self.event(EventType::Normal, "CreatedSecret", note).await;
+        self.next("CreatingSecret", format!("created the secret {}", self.names.secret))
+    }
+
+    async fn create_instance(mut self, secret: &SecretInfo) -> Result<Step<DatabaseStatus>> {
+        let value = self.aws.secret_value(&secret.arn).await?;
+        let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
+        let spec = &self.db.spec;
+        self.aws
+            .create_instance(&CreateInstance {
+                identifier: &self.names.instance,
+                engine_version: &spec.engine_version,
+                class: &spec.instance_class,
+                storage_gib: spec.allocated_storage_gi_b,
+                db_name: &spec.database_name,
+                username: &document.username,
+                password: &document.password,
+                subnet_group: &self.names.instance,
+                security_group: self.status.security_group_id.as_deref().unwrap_or_default(),
+                kms_key_arn: &self.placement.kms_key_arn,
+                multi_az: spec.multi_az,
+                backup_days: spec.backup_retention_days,
+                tags: &self.tags,
+            })
+            .await?;
+        let note = format!(
+            "creating DB instance {} (PostgreSQL {}, {}, {} GiB, encrypted, not public)",
+            self.names.instance, spec.engine_version, spec.instance_class, spec.allocated_storage_gi_b
+        );
+        self.event(EventType::Normal, "CreatingDbInstance", note).await;
+        self.busy("InstanceNotAvailable", format!("RDS is creating the DB instance {}", self.names.instance))
+    }
+
+    /// Brings the secret's host and port, and the connection Secret, in step with the instance.
+    /// The secret's value is read only when something looks stale: a new endpoint (the status
+    /// records the one the secret holds), or a connection Secret that is missing, edited, or
+    /// written from an older version of the secret.
+    async fn sync_credentials(&self, secret: &SecretInfo, host: &str, port: i32) -> Result<()> {
+        let enabled = self.db.spec.connection_secret.enabled;
+        let namespace = self.db.namespace().unwrap_or_default();
+        let secrets = Api::<Secret>::namespaced(self.ctx.client.clone(), &namespace);
+        self.remove_stale_connection_secret(&secrets).await?;
+
+        let recorded = self.db.status.as_ref().and_then(|s| s.endpoint.as_ref());
+        let endpoint_known = recorded.is_some_and(|e| e.address == host && e.port == port);
+        let expected = plain_keys(host, port, &self.db.spec.database_name, &self.db.spec.master_username, &secret.arn);
+        let connection_current = if enabled {
+            let existing = secrets.get_opt(&self.names.connection_secret).await?;
+            existing.is_some_and(|s| connection_secret_current(&s, &expected, secret.current_version.as_deref()))
+        } else {
+            true
+        };
+        if endpoint_known && connection_current {
+            return Ok(());
+        }
+
+        let value = self.aws.secret_value(&secret.arn).await?;
+        let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
+        let spec = &self.db.spec;
+        let wanted = document.updated(host, port, &document.username, &spec.database_name, &self.names.instance);
+        let version = if wanted != document {
+            let version = self.aws.put_secret_value(&secret.arn, &wanted).await?;
+            let note = format!("wrote the endpoint {host}:{port} into the secret {}", self.names.secret);
+            self.event(EventType::Normal, "UpdatedSecret", note).await;
+            version
+        } else {
+            value.version
+        };
+        if enabled {
+            self.apply_connection_secret(&secrets, &wanted, &secret.arn, version.as_deref()).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_connection_secret(
+        &self,
+        secrets: &Api<Secret>,
+        document: &SecretDocument,
+        arn: &str,
+        version: Option<&str>,
+    ) -> Result<()> {
+        let name = &self.names.connection_secret;
+        let data = credentials::connection_data(document, arn);
+        let owner = self.db.controller_owner_ref(&());
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: self.db.namespace(),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_LABEL.to_string(), FIELD_MANAGER.to_string()),
+                    ("tinystacks.io/database".to_string(), self.db.name_any()),
+                ])),
+                annotations: version.map(|v| BTreeMap::from([(VERSION_ANNOTATION.to_string(), v.to_string())])),
+                owner_references: owner.map(|o| vec![o]),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+            ..Default::default()
+        };
+        // The payload holds the password: only the name goes to logs and events.
+        secrets.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
+        debug!(secret = %name, "connection Secret written");
+        let note = format!("wrote the connection Secret {name} (for envFrom)");
+        self.event(EventType::Normal, "WroteConnectionSecret", note).await;
+        Ok(())
+    }
+
+    /// Deletes the connection Secret the status names when it is no longer wanted under that name
+    /// (renamed, or disabled), if this Database controls it.
+    async fn remove_stale_connection_secret(&self, secrets: &Api<Secret>) -> Result<()> {
+        let Some(old) = self.db.status.as_ref().and_then(|s| s.connection_secret_name.clone()) else {
+            return Ok(());
+        };
+        if self.db.spec.connection_secret.enabled && old == self.names.connection_secret {
+            return Ok(());
+        }
+        let uid = self.db.uid();
+        let Some(existing) = secrets.get_opt(&old).await? else { return Ok(()) };
+        let controlled =
+            existing.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+        if controlled {
+            secrets.delete(&old, &DeleteParams::default()).await?;
+            self.event(EventType::Normal, "DeletedConnectionSecret", format!("deleted the Secret {old}")).await;
+        }
+        Ok(())
+    }
+}
+
+/// The connection Secret's keys that carry no password.
+fn plain_keys(host: &str, port: i32, dbname: &str, user: &str, arn: &str) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("PG_HOST", host.to_string()),
+        ("PG_PORT", port.to_string()),
+        ("PG_DATABASE", dbname.to_string()),
+        ("PG_USER", user.to_string()),
+        ("PG_CREDENTIALS_SECRET", arn.to_string()),
+    ])
+}
+
+/// Whether a connection Secret needs no rewrite: its plain keys are as expected, the password
+/// keys are there, and it was written from the secret's current version.
+fn connection_secret_current(
+    secret: &Secret,
+    expected: &BTreeMap<&'static str, String>,
+    version: Option<&str>,
+) -> bool {
+    let Some(data) = &secret.data else { return false };
+    let value = |k: &str| data.get(k).map(|v| v.0.as_slice());
+    let plain = PLAIN_KEYS.iter().all(|k| value(k) == expected.get(k).map(|v| v.as_bytes()));
+    let secret_keys = ["PG_PASSWORD", "DATABASE_URL"].iter().all(|k| value(k).is_some_and(|v| !v.is_empty()));
+    let annotated = secret.annotations().get(VERSION_ANNOTATION).map(String::as_str);
+    plain && secret_keys && (version.is_none() || annotated == version)
+}
+
+/// The security groups of the Stack's Bastions that are not being deleted: a Bastion on its way
+/// out loses its access first, so that its own group can then be deleted.
+async fn bastion_groups(ctx: &Context, db: &Database, stack: &str) -> Result<BTreeSet<String>> {
+    let namespace = db.namespace().unwrap_or_default();
+    let bastions = Api::<Bastion>::namespaced(ctx.client.clone(), &namespace).list(&ListParams::default()).await?;
+    Ok(bastions
+        .items
+        .into_iter()
+        .filter(|b| b.spec.stack_ref.name == stack && b.metadata.deletion_timestamp.is_none())
+        .filter_map(|b| b.status?.security_group_id)
+        .collect())
+}
+
+/// One pass of deletion (policies `Snapshot` and `Delete`): the instance first, with deletion
+/// protection lifted only now; then, once RDS no longer lists it, the subnet group, the security
+/// group and the secret. Every step is confirmed by a lookup on a later pass.
+struct Teardown<'a> {
+    db: &'a Database,
+    ctx: &'a Context,
+    aws: DatabaseAws<'a>,
+    names: Names,
+    vpc_id: Option<String>,
+}
+
+impl Teardown<'_> {
+    fn pending(&self, reason: &'static str, message: String, requeue_after: Duration) -> Result<Cleanup> {
+        Ok(Cleanup::Pending { reason, message, requeue_after })
+    }
+
+    fn ours(&self, tags: &BTreeMap<String, String>) -> bool {
+        let owner = plan::owner(&self.db.namespace().unwrap_or_default(), &self.db.name_any());
+        plan::claimed_by_other(tags, &owner).is_none()
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        self.ctx.event(&self.db.object_ref(&()), type_, reason, note).await;
+    }
+
+    async fn run(self) -> Result<Cleanup> {
+        let names = &self.names;
+        if let Some(instance) = self.aws.instance(&names.instance).await?.filter(|i| self.ours(&i.tags)) {
+            let phase = plan::phase(&instance.status);
+            if phase == Phase::Deleting {
+                let message = format!("RDS is deleting the DB instance {}", names.instance);
+                return self.pending("DeletingInstance", message, poll(self.ctx));
+            }
+            if phase == Phase::Busy {
+                let message =
+                    format!("waiting for RDS to finish {:?} on {} before deleting it", instance.status, names.instance);
+                return self.pending("DeletingInstance", message, poll(self.ctx));
+            }
+            if instance.deletion_protection {
+                self.aws.allow_deletion(&names.instance).await?;
+                let note = format!("lifted deletion protection of {} to delete it", names.instance);
+                self.event(EventType::Normal, "DeletionProtectionLifted", note).await;
+                return self.pending(
+                    "DeletingInstance",
+                    format!("lifted deletion protection of {}", names.instance),
+                    Duration::ZERO,
+                );
+            }
+            let snapshot = (self.db.spec.deletion_policy == DatabaseDeletionPolicy::Snapshot)
+                .then_some(names.final_snapshot.as_str());
+            if self.aws.delete_instance(&names.instance, snapshot).await? {
+                let note = match snapshot {
+                    Some(s) => format!("deleting DB instance {} after a final snapshot named {s}", names.instance),
+                    None => format!("deleting DB instance {} without a final snapshot", names.instance),
+                };
+                self.event(EventType::Normal, "DeletingDbInstance", note).await;
+            }
+            return self.pending(
+                "DeletingInstance",
+                format!("RDS is deleting the DB instance {}", names.instance),
+                poll(self.ctx),
+            );
+        }
+
+        if let Some(vpc_id) = &self.vpc_id
+            && let Some(group) = self.aws.security_group(vpc_id, &names.instance).await?.filter(|g| self.ours(&g.tags))
+        {
+            return match self.aws.delete_security_group(&group.id).await? {
+                Deleted::Done => {
+                    self.event(
+                        EventType::Normal,
+                        "DeletedSecurityGroup",
+                        format!("deleted security group {}", group.id),
+                    )
+                    .await;
+                    self.pending(
+                        "DeletingSecurityGroup",
+                        format!("deleted security group {}", group.id),
+                        Duration::ZERO,
+                    )
+                }
+                Deleted::StillInUse => {
+                    let message = format!(
+                        "security group {} is still in use (network interfaces of the deleted instance)",
+                        group.id
+                    );
+                    self.pending("DeletingSecurityGroup", message, poll(self.ctx))
+                }
+            };
+        }
+
+        if self.aws.subnet_group(&names.instance).await?.is_some() {
+            return match self.aws.delete_subnet_group(&names.instance).await? {
+                Deleted::Done => {
+                    let note = format!("deleted DB subnet group {}", names.instance);
+                    self.event(EventType::Normal, "DeletedDbSubnetGroup", note).await;
+                    self.pending(
+                        "DeletingSubnetGroup",
+                        format!("deleted DB subnet group {}", names.instance),
+                        Duration::ZERO,
+                    )
+                }
+                Deleted::StillInUse => {
+                    let message = format!("DB subnet group {} is still in use", names.instance);
+                    self.pending("DeletingSubnetGroup", message, poll(self.ctx))
+                }
+            };
+        }
+
+        if let Some(secret) =
+            self.aws.secret(&names.secret).await?.filter(|s| self.ours(&s.tags) && !s.scheduled_for_deletion)
+        {
+            self.aws.delete_secret(&secret.arn).await?;
+            self.event(
+                EventType::Normal,
+                "DeletedSecret",
+                format!("deleted the Secrets Manager secret {}", names.secret),
+            )
+            .await;
+            return self.pending("DeletingSecret", format!("deleted the secret {}", names.secret), Duration::ZERO);
+        }
+        if let Err(error) = self.forget_connection_secret().await {
+            warn!(%error, "could not delete the connection Secret; the garbage collector will");
+        }
         Ok(Cleanup::Done)
+    }
+
+    /// The owner reference would have the garbage collector delete it too, but only after the
+    /// Database is gone; deleting it now keeps the password from outliving the database.
+    async fn forget_connection_secret(&self) -> Result<()> {
+        let Some(name) = self.db.status.as_ref().and_then(|s| s.connection_secret_name.clone()) else {
+            return Ok(());
+        };
+        let secrets = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.db.namespace().unwrap_or_default());
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! What every reconcile shares, built once at start-up: the Kubernetes client, the event
-//! recorder, the metrics and the settings.
+//! recorder, the metrics, the settings and the AWS client factory.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +11,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::warn;
 
 use super::metrics::Metrics;
+use crate::aws::Aws;
+use crate::aws::inventory::Inventory;
+use crate::aws::limiter::Limiter;
 
 /// The operator's name as a field manager, event reporter and `managed-by` value.
 pub const FIELD_MANAGER: &str = "tinystacks-operator";
@@ -31,18 +34,27 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Metrics,
+    /// Every AWS client a reconcile uses comes from here.
+    pub aws: Aws,
+    /// What the operator's AWS resources look like, per (account, region), shared by all reconciles.
+    pub inventory: Inventory,
+    /// The rate limiter (and crash-test failpoint) every AWS mutation goes through.
+    pub limiter: Limiter,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Metrics, instance: Option<String>) -> Self {
+    pub fn new(client: Client, settings: Settings, metrics: Metrics, aws: Aws, instance: Option<String>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
             metrics,
+            aws,
+            inventory: Inventory::default(),
+            limiter: Limiter::from_env(),
             failures: Mutex::default(),
         }
     }

@@ -20,12 +20,23 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+/// One attempt of an AWS API call: the service by its IAM prefix (`sts`, `ec2`, ...), the
+/// operation, and how it ended (`success`, `throttled`, `denied`, `client_error`, `server_error`,
+/// `timeout`, `transport_error`, or `not_sent` when it failed before reaching AWS).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsRequestLabels {
+    pub service: String,
+    pub operation: String,
+    pub outcome: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     reconciles: Family<KindLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: Family<KindLabels, Histogram>,
+    aws_requests: Family<AwsRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -39,7 +50,13 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that ended in an error, by kind and reason", errors.clone());
         registry.register("reconcile_duration_seconds", "Time spent in one reconcile, by kind", duration.clone());
-        Self { registry: Arc::new(registry), reconciles, errors, duration }
+        let aws_requests = Family::<AwsRequestLabels, Counter>::default();
+        registry.register(
+            "aws_requests",
+            "AWS API calls the operator made, by service, operation and outcome",
+            aws_requests.clone(),
+        );
+        Self { registry: Arc::new(registry), reconciles, errors, duration, aws_requests }
     }
 }
 
@@ -52,6 +69,12 @@ impl Metrics {
 
     pub fn failed(&self, kind: &str, reason: &str) {
         self.errors.get_or_create(&ErrorLabels { kind: kind.into(), reason: reason.into() }).inc();
+    }
+
+    /// Counts one attempt of an AWS API call (each SDK retry is one more request against AWS).
+    pub fn aws_request(&self, service: &str, operation: &str, outcome: &str) {
+        let labels = AwsRequestLabels { service: service.into(), operation: operation.into(), outcome: outcome.into() };
+        self.aws_requests.get_or_create(&labels).inc();
     }
 
     /// The Prometheus text exposition of every metric.

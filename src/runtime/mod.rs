@@ -44,6 +44,7 @@ pub struct Options {
     pub lease_name: String,
     pub lease_duration: Duration,
     pub identity: String,
+    pub aws: crate::aws::AwsOptions,
 }
 
 /// Why the operator could not start. Each reads as one line that says what to do.
@@ -109,7 +110,9 @@ pub async fn run(options: Options) -> Result<(), StartupError> {
         }
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), options.settings.clone(), metrics, Some(options.identity.clone())));
+    let aws = crate::aws::Aws::new(options.aws.clone(), metrics.clone());
+    let ctx =
+        Arc::new(Context::new(client.clone(), options.settings.clone(), metrics, aws, Some(options.identity.clone())));
     let controllers = run_controllers(client, ctx, &options, stop_rx);
     let lost = async {
         match &election {
@@ -232,8 +235,11 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
         })
         .graceful_shutdown_on(stopped());
 
-    // A Database wakes when its Stack changes, and when a Bastion of its Stack comes or goes.
+    // A Database wakes when its Stack changes, when a Bastion of its Stack comes or goes, and when
+    // its connection Secret is edited or deleted (so that it is written again at once).
     let database_controller = Controller::new(databases, wc()).with_config(config.clone());
+    let connection_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
+    let managed = format!("{}={}", crate::database::MANAGED_LABEL, context::FIELD_MANAGER);
     let db_store = database_controller.store();
     let db_store_2 = db_store.clone();
     let database_controller = database_controller
@@ -246,6 +252,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
             let Ok(b) = b.0 else { return Vec::new() };
             referrers(&db_store_2, |d: &Database| d.spec.stack_ref.name == b.spec.stack_ref.name && d.namespace() == ns)
         })
+        .owns(connection_secrets, wc().labels(&managed))
         .graceful_shutdown_on(stopped());
 
     // A Bastion wakes when its Stack changes.

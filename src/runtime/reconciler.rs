@@ -101,6 +101,10 @@ pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Con
                     warn!(%kind, name = %obj.name_any(), %error, "stalled on a missing permission");
                     (Health::stalled(error.reason(), error.to_string()), Action::requeue(ctx.settings.resync_period))
                 }
+                ErrorKind::External => {
+                    warn!(%kind, name = %obj.name_any(), %error, "stalled until a person fixes it outside the cluster");
+                    (Health::stalled(error.reason(), error.to_string()), Action::requeue(ctx.settings.resync_period))
+                }
             };
             let status = obj.status().cloned().unwrap_or_default();
             publish(obj, &ctx, status, &health, false).await?;

@@ -1,6 +1,8 @@
 //! `Stack`: the VPC a team's application lives in. Databases and Bastions reach their Stack
 //! through `resolve`, which also decides whether they must wait.
 
+mod aws;
+mod plan;
 mod reconcile;
 
 use kube::Api;

@@ -1,18 +1,29 @@
 //! The Stack's reconcile steps: resolve the account link (enforcing `allowedNamespaces` before
-//! any AWS call), then converge the network. Deletion waits for the Stack's Databases and
-//! Bastions.
+//! any AWS call), read the account from the shared inventory, plan the network, make the first
+//! change the diff names (one mutation per pass), and report every ID in status. Deletion waits
+//! for the Stack's Databases and Bastions, then tears the network down in dependency order.
 
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::info;
 
+use super::aws::Network;
+use super::plan::{self, Observed, Owner, Previous, Teardown};
 use crate::account_link::{self, LinkFor};
-use crate::api::{Bastion, Database, Stack, StackStatus};
-use crate::error::Result;
-use crate::runtime::conditions::Health;
+use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Stack, StackStatus};
+use crate::error::{Error, Result};
+use crate::runtime::conditions::{self, Health};
 use crate::runtime::context::Context;
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
+
+/// How often a stack waiting for AWS (a NAT gateway becoming available, a deletion) looks again.
+const AWS_POLL: Duration = Duration::from_secs(3);
+/// The `Ready` reason while drift is being repaired, so that every step of a repair (not only the
+/// first) is announced as `DriftRepaired`.
+const REPAIRING: &str = "RepairingDrift";
 
 impl Managed for Stack {
     type Status = StackStatus;
@@ -24,14 +35,70 @@ impl Managed for Stack {
     async fn reconcile(&self, ctx: &Context) -> Result<Step<Self::Status>> {
         let namespace = self.namespace().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
-        let health = match account_link::resolve_for(ctx, self, &namespace).await? {
-            LinkFor::NotReady { message } => Health::progressing("WaitingForAccountLink", message),
-            LinkFor::Usable(link) => Health::progressing(
-                "NetworkPending",
-                format!("account {} is linked; the network is not converged yet", link.spec.account_id),
-            ),
+        let link = match account_link::resolve_for(ctx, self, &namespace).await? {
+            LinkFor::NotReady { message } => {
+                return Ok(Step {
+                    status,
+                    health: Health::progressing("WaitingForAccountLink", message),
+                    requeue_after: None,
+                });
+            }
+            LinkFor::Usable(link) => link,
         };
-        Ok(Step { status, health, requeue_after: None })
+        let owner = owner(self);
+        let region = self.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
+        let network = Network::connect(ctx, &link, &region).await?;
+        let snapshot = network.snapshot(ctx).await?;
+        let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
+        let zones = plan::choose_zones(
+            self.spec.network.availability_zones.as_deref(),
+            &snapshot.zones,
+            &observed.zones_in_use(),
+        )
+        .map_err(Error::InvalidSpec)?;
+        let plan = plan::plan_network(owner, &self.spec, &region, zones).map_err(Error::InvalidSpec)?;
+        let diff = plan::diff(&plan, &observed, &Previous::of(&status));
+        if let Some(conflict) = diff.conflict {
+            return Err(conflict);
+        }
+        let observed_status = plan::status_of(&plan, &observed);
+
+        let Some(first) = diff.changes.first() else {
+            if !diff.waiting.is_empty() {
+                let message = format!("waiting for AWS: {}", diff.waiting.join("; "));
+                let health = Health::progressing("WaitingForAws", message);
+                return Ok(Step { status: observed_status, health, requeue_after: Some(AWS_POLL) });
+            }
+            let message = format!(
+                "the {:?} network matches the spec: VPC {}, {} subnets, KMS key {}",
+                plan.pattern,
+                observed_status.vpc_id.as_deref().unwrap_or_default(),
+                observed_status.subnets.len(),
+                observed_status.kms_key_arn.as_deref().unwrap_or_default(),
+            );
+            return Ok(Step {
+                status: observed_status,
+                health: Health::ready("Converged", message),
+                requeue_after: None,
+            });
+        };
+
+        // A stack that was Ready for this spec and now differs has drifted; anything else is
+        // progress towards the spec.
+        let drift = conditions::is_ready(&status.conditions, self.metadata.generation)
+            || conditions::ready(&status.conditions).is_some_and(|c| c.reason == REPAIRING);
+        let id = network.apply(ctx, &first.action).await?;
+        let (reason, note) = if drift {
+            ("DriftRepaired", format!("repaired {}: {} ({}: {id})", first.component, first.what, first.action.reason()))
+        } else {
+            (first.action.reason(), format!("{}: {id} ({})", first.component, first.what))
+        };
+        info!(stack = %self.name_any(), %namespace, reason, %note, "AWS mutation");
+        ctx.event(&self.object_ref(&()), EventType::Normal, reason, note.clone()).await;
+        let left = diff.changes.len() - 1;
+        let message = if left == 0 { note } else { format!("{note}; {left} more difference(s) to fix") };
+        let health = Health::progressing(if drift { REPAIRING } else { "Converging" }, message);
+        Ok(Step { status: merged(observed_status, &status), health, requeue_after: Some(Duration::ZERO) })
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
@@ -60,6 +127,74 @@ impl Managed for Stack {
                 requeue_after: Duration::from_secs(30),
             });
         }
-        Ok(Cleanup::Done)
+        if self.spec.deletion_policy == DeletionPolicy::Retain {
+            let note = "deletionPolicy is Retain: the AWS resources stay, with their tags".to_string();
+            ctx.event(&self.object_ref(&()), EventType::Normal, "Retained", note).await;
+            return Ok(Cleanup::Done);
+        }
+        let link = match account_link::resolve_for(ctx, self, &namespace).await {
+            Ok(LinkFor::Usable(link)) => link,
+            Ok(LinkFor::NotReady { message }) => {
+                return Ok(Cleanup::Pending { reason: "WaitingForAccountLink", message, requeue_after: AWS_POLL });
+            }
+            // No link, no access: nothing can have been created through it, and nothing can be removed.
+            Err(Error::AccountLinkNotFound { name }) => {
+                info!(stack = %name, "the account link is gone; nothing to delete in AWS");
+                return Ok(Cleanup::Done);
+            }
+            Err(e) => return Err(e),
+        };
+        teardown(self, ctx, &link).await
     }
+}
+
+/// One step of the teardown.
+async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result<Cleanup> {
+    let owner = owner(stack);
+    let region = stack.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
+    let network = Network::connect(ctx, link, &region).await?;
+    let snapshot = network.snapshot(ctx).await?;
+    let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
+    match plan::teardown(&observed, &owner.kms_alias()) {
+        Teardown::Done => {
+            let note = "every AWS resource of the stack is deleted (the KMS key waits out its deletion window)";
+            ctx.event(&stack.object_ref(&()), EventType::Normal, "Deleted", note).await;
+            Ok(Cleanup::Done)
+        }
+        Teardown::Waiting(message) => {
+            Ok(Cleanup::Pending { reason: "WaitingForAws", message, requeue_after: AWS_POLL })
+        }
+        Teardown::Step(change) => {
+            let id = network.apply(ctx, &change.action).await?;
+            let reason = change.action.reason();
+            let note = format!("{} ({id})", change.what);
+            info!(stack = %stack.name_any(), reason, %note, "AWS mutation");
+            ctx.event(&stack.object_ref(&()), EventType::Normal, reason, note.clone()).await;
+            Ok(Cleanup::Pending { reason: "Deleting", message: note, requeue_after: Duration::ZERO })
+        }
+    }
+}
+
+fn owner(stack: &Stack) -> Owner {
+    Owner {
+        namespace: stack.namespace().unwrap_or_default(),
+        name: stack.name_any(),
+        uid: stack.uid().unwrap_or_default(),
+    }
+}
+
+/// The status after a mutation: what was observed before it, keeping the IDs the status already
+/// knew where the observation had none yet. Those IDs salt the idempotency tokens, so they must
+/// not vanish from one step to the next.
+fn merged(mut observed: StackStatus, previous: &StackStatus) -> StackStatus {
+    for (now, before) in [
+        (&mut observed.route_table_ids, &previous.route_table_ids),
+        (&mut observed.nat_gateway_ids, &previous.nat_gateway_ids),
+        (&mut observed.vpc_endpoint_ids, &previous.vpc_endpoint_ids),
+    ] {
+        if now.is_empty() {
+            now.clone_from(before);
+        }
+    }
+    observed
 }

@@ -94,6 +94,12 @@ pub struct OperatorConfig<'a> {
 
 impl Operator {
     pub fn start(config: OperatorConfig<'_>) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like `start`, with extra environment variables, e.g. a `KUBECONFIG` holding another
+    /// identity's token (the chart test runs the operator as the chart's ServiceAccount).
+    pub fn start_with_env(config: OperatorConfig<'_>, env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
         let identity = format!("test-operator-{}", suffix());
         let log = std::env::temp_dir().join(format!("{identity}.log"));
@@ -110,6 +116,7 @@ impl Operator {
             .args(&config.extra_args)
             .env("RUST_LOG", "debug,hyper=info,tower=info,rustls=info,kube_client=info")
             .env("TINYSTACKS_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -128,6 +135,11 @@ impl Operator {
             std::thread::sleep(Duration::from_millis(100));
         }
         false
+    }
+
+    /// The exit code if the process has ended (`-1` for a signal), without waiting.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
     }
 
     pub fn logs(&self) -> String {
@@ -227,3 +239,6 @@ pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<
         .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
         .collect()
 }
+
+pub mod fault_proxy;
+pub mod moto;

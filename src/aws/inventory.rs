@@ -1,0 +1,1035 @@
+//! What the operator's resources in one (account, region) look like, observed in bulk: one
+//! tag-filtered, paginated Describe per resource type, shared by every reconcile of that account
+//! and refreshed when older than the resync period (DESIGN §3). Mutations update it from their
+//! responses, so AWS calls in steady state grow with the number of resource types, not of objects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, IpPermission};
+
+use super::errors::{Caller, aws_error};
+use crate::account_link::template::OWNER_UID_TAG;
+use crate::error::{Error, Result};
+
+/// How long a resource the operator created is believed to exist although a Describe does not show
+/// it yet: EC2 and the other APIs are eventually consistent, and a create repeated because a list
+/// lagged would be a duplicate.
+const CREATE_GRACE: Duration = Duration::from_secs(120);
+
+pub type Tags = BTreeMap<String, String>;
+
+/// The (account, region) an inventory describes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub account: String,
+    pub region: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vpc {
+    pub id: String,
+    pub cidr: String,
+    pub tags: Tags,
+    /// `enableDnsSupport` and `enableDnsHostnames`; EC2 reports them only per VPC, so they are
+    /// asked once when the VPC is first seen and then kept up to date from the operator's changes.
+    pub dns_support: Option<bool>,
+    pub dns_hostnames: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subnet {
+    pub id: String,
+    pub vpc_id: String,
+    pub cidr: String,
+    pub zone: String,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteTarget {
+    Local,
+    /// An internet gateway or a gateway VPC endpoint.
+    Gateway(String),
+    Nat(String),
+    /// Anything else (peering, transit gateway, instance, ...): never one of the operator's.
+    Other(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// A CIDR, or a prefix list ID for gateway endpoint routes.
+    pub destination: String,
+    pub target: RouteTarget,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Association {
+    pub id: String,
+    pub subnet_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteTable {
+    pub id: String,
+    pub vpc_id: String,
+    pub routes: Vec<Route>,
+    pub associations: Vec<Association>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InternetGateway {
+    pub id: String,
+    pub attached_vpcs: Vec<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Address {
+    pub allocation_id: String,
+    pub association_id: Option<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatGateway {
+    pub id: String,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`.
+    pub state: String,
+    pub allocation_ids: Vec<String>,
+    pub tags: Tags,
+}
+
+/// Where a security group rule admits traffic from (ingress) or to (egress).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    Cidr(String),
+    CidrV6(String),
+    Group(String),
+    PrefixList(String),
+}
+
+/// One security group rule with a single source: EC2 groups rules by port range, this splits them
+/// so that sets can be compared.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rule {
+    /// `tcp`, `udp`, `icmp` or `-1` (all).
+    pub protocol: String,
+    pub from: Option<i32>,
+    pub to: Option<i32>,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub vpc_id: String,
+    pub name: String,
+    pub ingress: BTreeSet<Rule>,
+    pub egress: BTreeSet<Rule>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VpcEndpoint {
+    pub id: String,
+    pub vpc_id: String,
+    pub service: String,
+    pub gateway: bool,
+    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`, ...
+    pub state: String,
+    pub subnet_ids: BTreeSet<String>,
+    pub route_table_ids: BTreeSet<String>,
+    pub group_ids: BTreeSet<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VpcLink {
+    pub id: String,
+    pub name: String,
+    pub subnet_ids: BTreeSet<String>,
+    pub group_ids: BTreeSet<String>,
+    /// `PENDING`, `AVAILABLE`, `DELETING`, `FAILED`, `INACTIVE`.
+    pub status: String,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KmsKey {
+    pub key_id: String,
+    pub arn: String,
+    /// `Enabled`, `PendingDeletion`, ...; asked once per key (DescribeKey), then kept up to date
+    /// from the operator's own changes.
+    pub state: Option<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KmsAlias {
+    pub name: String,
+    pub target_key_id: Option<String>,
+}
+
+/// The resource types the inventory lists, one bulk call (and its pages) each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Vpcs,
+    Subnets,
+    RouteTables,
+    InternetGateways,
+    Addresses,
+    NatGateways,
+    SecurityGroups,
+    VpcEndpoints,
+    VpcLinks,
+    KmsKeys,
+    KmsAliases,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 11] = [
+        Kind::Vpcs,
+        Kind::Subnets,
+        Kind::RouteTables,
+        Kind::InternetGateways,
+        Kind::Addresses,
+        Kind::NatGateways,
+        Kind::SecurityGroups,
+        Kind::VpcEndpoints,
+        Kind::VpcLinks,
+        Kind::KmsKeys,
+        Kind::KmsAliases,
+    ];
+}
+
+/// A resource the operator just created, taken from the create call's response.
+#[derive(Clone, Debug)]
+pub enum Created {
+    Vpc(Vpc),
+    Subnet(Subnet),
+    RouteTable(RouteTable),
+    InternetGateway(InternetGateway),
+    Address(Address),
+    NatGateway(NatGateway),
+    SecurityGroup(SecurityGroup),
+    VpcEndpoint(VpcEndpoint),
+    VpcLink(VpcLink),
+    KmsKey(KmsKey),
+}
+
+impl Created {
+    fn kind(&self) -> Kind {
+        match self {
+            Created::Vpc(_) => Kind::Vpcs,
+            Created::Subnet(_) => Kind::Subnets,
+            Created::RouteTable(_) => Kind::RouteTables,
+            Created::InternetGateway(_) => Kind::InternetGateways,
+            Created::Address(_) => Kind::Addresses,
+            Created::NatGateway(_) => Kind::NatGateways,
+            Created::SecurityGroup(_) => Kind::SecurityGroups,
+            Created::VpcEndpoint(_) => Kind::VpcEndpoints,
+            Created::VpcLink(_) => Kind::VpcLinks,
+            Created::KmsKey(_) => Kind::KmsKeys,
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Created::Vpc(r) => &r.id,
+            Created::Subnet(r) => &r.id,
+            Created::RouteTable(r) => &r.id,
+            Created::InternetGateway(r) => &r.id,
+            Created::Address(r) => &r.allocation_id,
+            Created::NatGateway(r) => &r.id,
+            Created::SecurityGroup(r) => &r.id,
+            Created::VpcEndpoint(r) => &r.id,
+            Created::VpcLink(r) => &r.id,
+            Created::KmsKey(r) => &r.key_id,
+        }
+    }
+}
+
+/// What a mutation changed, so that the inventory stays true without waiting for its period.
+#[derive(Clone, Debug)]
+pub enum Recorded {
+    /// A new resource, from the create call's response.
+    Created(Created),
+    /// Resources of this kind changed (or went): listed again at the next read.
+    Changed(Kind),
+    /// A resource was deleted: forgotten at once, and its kind listed again at the next read.
+    Deleted(Kind, String),
+    /// The DNS attributes of a VPC were set.
+    VpcDns { vpc_id: String, support: Option<bool>, hostnames: Option<bool> },
+    /// A key's state changed (created, scheduled for deletion).
+    KeyState { key_id: String, state: String },
+}
+
+/// One consistent view of an (account, region), as a reconcile reads it. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Availability zones in the region, by name.
+    pub zones: Arc<Vec<String>>,
+    pub vpcs: Arc<Vec<Vpc>>,
+    pub subnets: Arc<Vec<Subnet>>,
+    pub route_tables: Arc<Vec<RouteTable>>,
+    pub internet_gateways: Arc<Vec<InternetGateway>>,
+    pub addresses: Arc<Vec<Address>>,
+    pub nat_gateways: Arc<Vec<NatGateway>>,
+    pub security_groups: Arc<Vec<SecurityGroup>>,
+    pub vpc_endpoints: Arc<Vec<VpcEndpoint>>,
+    pub vpc_links: Arc<Vec<VpcLink>>,
+    pub kms_keys: Arc<Vec<KmsKey>>,
+    pub kms_aliases: Arc<Vec<KmsAlias>>,
+}
+
+/// The clients a refresh uses, all acting as one link's role in the scope's region.
+pub struct Clients<'a> {
+    pub ec2: &'a aws_sdk_ec2::Client,
+    pub apigateway: &'a aws_sdk_apigatewayv2::Client,
+    pub kms: &'a aws_sdk_kms::Client,
+    pub tagging: &'a aws_sdk_resourcegroupstagging::Client,
+    pub caller: &'a Caller,
+}
+
+/// The inventories of every (account, region) the operator works in.
+#[derive(Default)]
+pub struct Inventory {
+    scopes: Mutex<HashMap<Scope, Arc<tokio::sync::Mutex<State>>>>,
+}
+
+#[derive(Default)]
+struct State {
+    snapshot: Snapshot,
+    /// When each kind was last listed, and whether a mutation made that list stale.
+    listed: HashMap<Kind, (Instant, bool)>,
+    /// Resources created by the operator that a list has not shown yet, with when they were made.
+    pending: Vec<(Instant, Created)>,
+    /// DNS attributes per VPC ID and key states per key ID, which the bulk lists do not carry.
+    vpc_dns: HashMap<String, (Option<bool>, Option<bool>)>,
+    key_states: HashMap<String, String>,
+}
+
+impl Inventory {
+    fn state(&self, scope: &Scope) -> Arc<tokio::sync::Mutex<State>> {
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        scopes.entry(scope.clone()).or_default().clone()
+    }
+
+    /// The scope's resources, listing again each kind older than `max_age` or changed since. One
+    /// refresh at a time per scope: concurrent reconciles of the same account wait for it and share
+    /// its result.
+    pub async fn snapshot(&self, scope: &Scope, clients: &Clients<'_>, max_age: Duration) -> Result<Snapshot> {
+        let state = self.state(scope);
+        let mut state = state.lock().await;
+        if state.snapshot.zones.is_empty() {
+            state.snapshot.zones = Arc::new(list_zones(clients).await?);
+        }
+        let now = Instant::now();
+        let stale: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| state.listed.get(k).is_none_or(|(at, dirty)| *dirty || now.duration_since(*at) > max_age))
+            .collect();
+        if !stale.is_empty() {
+            let lists = futures::future::try_join_all(stale.iter().map(|k| list(*k, clients))).await?;
+            for (kind, listed) in stale.iter().zip(lists) {
+                state.apply(listed);
+                state.listed.insert(*kind, (now, false));
+            }
+            state.fill_details(clients).await?;
+            state.merge_pending(now);
+        }
+        Ok(state.snapshot.clone())
+    }
+
+    /// Records what a mutation did.
+    pub async fn record(&self, scope: &Scope, recorded: Recorded) {
+        let state = self.state(scope);
+        let mut state = state.lock().await;
+        match recorded {
+            Recorded::Created(created) => {
+                let kind = created.kind();
+                state.pending.push((Instant::now(), created));
+                state.merge_pending(Instant::now());
+                state.mark_changed(kind);
+            }
+            Recorded::Changed(kind) => state.mark_changed(kind),
+            Recorded::Deleted(kind, id) => {
+                state.pending.retain(|(_, c)| c.id() != id);
+                state.forget(kind, &id);
+                state.mark_changed(kind);
+            }
+            Recorded::VpcDns { vpc_id, support, hostnames } => {
+                let entry = state.vpc_dns.entry(vpc_id.clone()).or_default();
+                entry.0 = support.or(entry.0);
+                entry.1 = hostnames.or(entry.1);
+                let (support, hostnames) = *entry;
+                let vpcs = Arc::make_mut(&mut state.snapshot.vpcs);
+                for vpc in vpcs.iter_mut().filter(|v| v.id == vpc_id) {
+                    vpc.dns_support = support;
+                    vpc.dns_hostnames = hostnames;
+                }
+            }
+            Recorded::KeyState { key_id, state: key_state } => {
+                state.key_states.insert(key_id.clone(), key_state.clone());
+                let keys = Arc::make_mut(&mut state.snapshot.kms_keys);
+                for key in keys.iter_mut().filter(|k| k.key_id == key_id) {
+                    key.state = Some(key_state.clone());
+                }
+            }
+        }
+    }
+}
+
+/// One kind's list, as returned by AWS.
+enum Listed {
+    Vpcs(Vec<Vpc>),
+    Subnets(Vec<Subnet>),
+    RouteTables(Vec<RouteTable>),
+    InternetGateways(Vec<InternetGateway>),
+    Addresses(Vec<Address>),
+    NatGateways(Vec<NatGateway>),
+    SecurityGroups(Vec<SecurityGroup>),
+    VpcEndpoints(Vec<VpcEndpoint>),
+    VpcLinks(Vec<VpcLink>),
+    KmsKeys(Vec<KmsKey>),
+    KmsAliases(Vec<KmsAlias>),
+}
+
+impl State {
+    fn apply(&mut self, listed: Listed) {
+        let s = &mut self.snapshot;
+        match listed {
+            Listed::Vpcs(v) => s.vpcs = Arc::new(v),
+            Listed::Subnets(v) => s.subnets = Arc::new(v),
+            Listed::RouteTables(v) => s.route_tables = Arc::new(v),
+            Listed::InternetGateways(v) => s.internet_gateways = Arc::new(v),
+            Listed::Addresses(v) => s.addresses = Arc::new(v),
+            Listed::NatGateways(v) => s.nat_gateways = Arc::new(v),
+            Listed::SecurityGroups(v) => s.security_groups = Arc::new(v),
+            Listed::VpcEndpoints(v) => s.vpc_endpoints = Arc::new(v),
+            Listed::VpcLinks(v) => s.vpc_links = Arc::new(v),
+            Listed::KmsKeys(v) => s.kms_keys = Arc::new(v),
+            Listed::KmsAliases(v) => s.kms_aliases = Arc::new(v),
+        }
+    }
+
+    fn mark_changed(&mut self, kind: Kind) {
+        if let Some((_, dirty)) = self.listed.get_mut(&kind) {
+            *dirty = true;
+        }
+    }
+
+    fn forget(&mut self, kind: Kind, id: &str) {
+        let s = &mut self.snapshot;
+        match kind {
+            Kind::Vpcs => Arc::make_mut(&mut s.vpcs).retain(|r| r.id != id),
+            Kind::Subnets => Arc::make_mut(&mut s.subnets).retain(|r| r.id != id),
+            Kind::RouteTables => Arc::make_mut(&mut s.route_tables).retain(|r| r.id != id),
+            Kind::InternetGateways => Arc::make_mut(&mut s.internet_gateways).retain(|r| r.id != id),
+            Kind::Addresses => Arc::make_mut(&mut s.addresses).retain(|r| r.allocation_id != id),
+            Kind::NatGateways => Arc::make_mut(&mut s.nat_gateways).retain(|r| r.id != id),
+            Kind::SecurityGroups => Arc::make_mut(&mut s.security_groups).retain(|r| r.id != id),
+            Kind::VpcEndpoints => Arc::make_mut(&mut s.vpc_endpoints).retain(|r| r.id != id),
+            Kind::VpcLinks => Arc::make_mut(&mut s.vpc_links).retain(|r| r.id != id),
+            Kind::KmsKeys => Arc::make_mut(&mut s.kms_keys).retain(|r| r.key_id != id),
+            Kind::KmsAliases => Arc::make_mut(&mut s.kms_aliases).retain(|r| r.name != id),
+        }
+    }
+
+    /// Adds the operator's recent creations that the lists do not show yet; drops those the lists
+    /// show (the list is the better record) and those past the grace period.
+    fn merge_pending(&mut self, now: Instant) {
+        let pending = std::mem::take(&mut self.pending);
+        let s = &mut self.snapshot;
+        for (at, created) in pending {
+            if now.duration_since(at) > CREATE_GRACE {
+                continue;
+            }
+            let shown = match &created {
+                Created::Vpc(r) => upsert(&mut s.vpcs, r, |x| x.id == r.id),
+                Created::Subnet(r) => upsert(&mut s.subnets, r, |x| x.id == r.id),
+                Created::RouteTable(r) => upsert(&mut s.route_tables, r, |x| x.id == r.id),
+                Created::InternetGateway(r) => upsert(&mut s.internet_gateways, r, |x| x.id == r.id),
+                Created::Address(r) => upsert(&mut s.addresses, r, |x| x.allocation_id == r.allocation_id),
+                Created::NatGateway(r) => upsert(&mut s.nat_gateways, r, |x| x.id == r.id),
+                Created::SecurityGroup(r) => upsert(&mut s.security_groups, r, |x| x.id == r.id),
+                Created::VpcEndpoint(r) => upsert(&mut s.vpc_endpoints, r, |x| x.id == r.id),
+                Created::VpcLink(r) => upsert(&mut s.vpc_links, r, |x| x.id == r.id),
+                Created::KmsKey(r) => upsert(&mut s.kms_keys, r, |x| x.key_id == r.key_id),
+            };
+            if !shown {
+                self.pending.push((at, created));
+            }
+        }
+    }
+
+    /// Asks for what the bulk lists lack (VPC DNS attributes, key states) for resources seen for the
+    /// first time; later the operator's own changes keep them current.
+    async fn fill_details(&mut self, clients: &Clients<'_>) -> Result<()> {
+        for vpc in self.snapshot.vpcs.iter() {
+            if !self.vpc_dns.contains_key(&vpc.id) {
+                let support = vpc_attribute(clients, &vpc.id, aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport);
+                let hostnames =
+                    vpc_attribute(clients, &vpc.id, aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames);
+                let (support, hostnames) = futures::try_join!(support, hostnames)?;
+                self.vpc_dns.insert(vpc.id.clone(), (Some(support), Some(hostnames)));
+            }
+        }
+        for key in self.snapshot.kms_keys.iter() {
+            if !self.key_states.contains_key(&key.key_id) {
+                let described = clients
+                    .kms
+                    .describe_key()
+                    .key_id(&key.key_id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("kms:DescribeKey", clients.caller, e))?;
+                let state = described.key_metadata().and_then(|m| m.key_state()).map(|s| s.as_str().to_string());
+                self.key_states.insert(key.key_id.clone(), state.unwrap_or_default());
+            }
+        }
+        let (dns, states) = (&self.vpc_dns, &self.key_states);
+        for vpc in Arc::make_mut(&mut self.snapshot.vpcs).iter_mut() {
+            if let Some((support, hostnames)) = dns.get(&vpc.id) {
+                vpc.dns_support = *support;
+                vpc.dns_hostnames = *hostnames;
+            }
+        }
+        for key in Arc::make_mut(&mut self.snapshot.kms_keys).iter_mut() {
+            key.state = states.get(&key.key_id).filter(|s| !s.is_empty()).cloned();
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the entry that `same` finds, or adds `item`; returns whether the list already had it.
+fn upsert<T: Clone>(list: &mut Arc<Vec<T>>, item: &T, same: impl Fn(&T) -> bool) -> bool {
+    let list = Arc::make_mut(list);
+    if list.iter().any(&same) {
+        return true;
+    }
+    list.push(item.clone());
+    false
+}
+
+/// Only resources that carry the owner-UID tag: the operator's, and not other tools'.
+fn owned() -> Filter {
+    Filter::builder().name("tag-key").values(OWNER_UID_TAG).build()
+}
+
+fn ec2_tags(tags: &[aws_sdk_ec2::types::Tag]) -> Tags {
+    tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect()
+}
+
+fn is_owned(tags: &Tags) -> bool {
+    tags.contains_key(OWNER_UID_TAG)
+}
+
+async fn list_zones(clients: &Clients<'_>) -> Result<Vec<String>> {
+    let out = clients
+        .ec2
+        .describe_availability_zones()
+        .filters(Filter::builder().name("zone-type").values("availability-zone").build())
+        .filters(Filter::builder().name("state").values("available").build())
+        .send()
+        .await
+        .map_err(|e| aws_error("ec2:DescribeAvailabilityZones", clients.caller, e))?;
+    let mut zones: Vec<String> =
+        out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
+    zones.sort();
+    Ok(zones)
+}
+
+async fn vpc_attribute(
+    clients: &Clients<'_>,
+    vpc_id: &str,
+    attribute: aws_sdk_ec2::types::VpcAttributeName,
+) -> Result<bool> {
+    let out = clients
+        .ec2
+        .describe_vpc_attribute()
+        .vpc_id(vpc_id)
+        .attribute(attribute.clone())
+        .send()
+        .await
+        .map_err(|e| aws_error("ec2:DescribeVpcAttribute", clients.caller, e))?;
+    let value = match attribute {
+        aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames => out.enable_dns_hostnames(),
+        _ => out.enable_dns_support(),
+    };
+    Ok(value.and_then(|v| v.value()).unwrap_or(false))
+}
+
+/// Splits EC2's grouped permissions into one rule per source.
+pub fn rules_of(permissions: &[IpPermission]) -> BTreeSet<Rule> {
+    let mut out = BTreeSet::new();
+    for p in permissions {
+        let protocol = p.ip_protocol().unwrap_or("-1").to_string();
+        let all = protocol == "-1";
+        let (from, to) = if all { (None, None) } else { (p.from_port(), p.to_port()) };
+        let rule = |source| Rule { protocol: protocol.clone(), from, to, source };
+        out.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(|c| rule(Source::Cidr(c.into()))));
+        out.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(|c| rule(Source::CidrV6(c.into()))));
+        out.extend(p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(|g| rule(Source::Group(g.into()))));
+        out.extend(
+            p.prefix_list_ids().iter().filter_map(|l| l.prefix_list_id()).map(|l| rule(Source::PrefixList(l.into()))),
+        );
+    }
+    out
+}
+
+/// The EC2 permission that grants exactly `rule`.
+pub fn permission_of(rule: &Rule) -> IpPermission {
+    use aws_sdk_ec2::types::{IpRange, Ipv6Range, PrefixListId, UserIdGroupPair};
+    let mut p = IpPermission::builder().ip_protocol(&rule.protocol).set_from_port(rule.from).set_to_port(rule.to);
+    p = match &rule.source {
+        Source::Cidr(c) => p.ip_ranges(IpRange::builder().cidr_ip(c).build()),
+        Source::CidrV6(c) => p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build()),
+        Source::Group(g) => p.user_id_group_pairs(UserIdGroupPair::builder().group_id(g).build()),
+        Source::PrefixList(l) => p.prefix_list_ids(PrefixListId::builder().prefix_list_id(l).build()),
+    };
+    p.build()
+}
+
+pub fn vpc_of(v: &aws_sdk_ec2::types::Vpc) -> Option<Vpc> {
+    Some(Vpc {
+        id: v.vpc_id()?.into(),
+        cidr: v.cidr_block().unwrap_or_default().into(),
+        tags: ec2_tags(v.tags()),
+        dns_support: None,
+        dns_hostnames: None,
+    })
+}
+
+pub fn subnet_of(s: &aws_sdk_ec2::types::Subnet) -> Option<Subnet> {
+    Some(Subnet {
+        id: s.subnet_id()?.into(),
+        vpc_id: s.vpc_id().unwrap_or_default().into(),
+        cidr: s.cidr_block().unwrap_or_default().into(),
+        zone: s.availability_zone().unwrap_or_default().into(),
+        tags: ec2_tags(s.tags()),
+    })
+}
+
+pub fn route_table_of(t: &aws_sdk_ec2::types::RouteTable) -> Option<RouteTable> {
+    let routes = t
+        .routes()
+        .iter()
+        .filter_map(|r| {
+            let destination = r.destination_cidr_block().or(r.destination_prefix_list_id())?.to_string();
+            let target = match (r.gateway_id(), r.nat_gateway_id()) {
+                (Some("local"), _) => RouteTarget::Local,
+                (Some(g), _) => RouteTarget::Gateway(g.into()),
+                (None, Some(n)) => RouteTarget::Nat(n.into()),
+                _ => RouteTarget::Other(
+                    r.transit_gateway_id()
+                        .or(r.vpc_peering_connection_id())
+                        .or(r.network_interface_id())
+                        .or(r.instance_id())
+                        .unwrap_or("unknown")
+                        .into(),
+                ),
+            };
+            Some(Route { destination, target })
+        })
+        .collect();
+    let associations = t
+        .associations()
+        .iter()
+        .filter(|a| !a.main().unwrap_or(false))
+        .filter_map(|a| {
+            Some(Association { id: a.route_table_association_id()?.into(), subnet_id: a.subnet_id().map(Into::into) })
+        })
+        .collect();
+    Some(RouteTable {
+        id: t.route_table_id()?.into(),
+        vpc_id: t.vpc_id().unwrap_or_default().into(),
+        routes,
+        associations,
+        tags: ec2_tags(t.tags()),
+    })
+}
+
+pub fn internet_gateway_of(g: &aws_sdk_ec2::types::InternetGateway) -> Option<InternetGateway> {
+    Some(InternetGateway {
+        id: g.internet_gateway_id()?.into(),
+        attached_vpcs: g.attachments().iter().filter_map(|a| a.vpc_id().map(Into::into)).collect(),
+        tags: ec2_tags(g.tags()),
+    })
+}
+
+pub fn nat_gateway_of(n: &aws_sdk_ec2::types::NatGateway) -> Option<NatGateway> {
+    Some(NatGateway {
+        id: n.nat_gateway_id()?.into(),
+        vpc_id: n.vpc_id().unwrap_or_default().into(),
+        subnet_id: n.subnet_id().unwrap_or_default().into(),
+        state: n.state().map(|s| s.as_str().to_ascii_lowercase()).unwrap_or_default(),
+        allocation_ids: n.nat_gateway_addresses().iter().filter_map(|a| a.allocation_id().map(Into::into)).collect(),
+        tags: ec2_tags(n.tags()),
+    })
+}
+
+pub fn security_group_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Option<SecurityGroup> {
+    Some(SecurityGroup {
+        id: g.group_id()?.into(),
+        vpc_id: g.vpc_id().unwrap_or_default().into(),
+        name: g.group_name().unwrap_or_default().into(),
+        ingress: rules_of(g.ip_permissions()),
+        egress: rules_of(g.ip_permissions_egress()),
+        tags: ec2_tags(g.tags()),
+    })
+}
+
+pub fn vpc_endpoint_of(e: &aws_sdk_ec2::types::VpcEndpoint) -> Option<VpcEndpoint> {
+    Some(VpcEndpoint {
+        id: e.vpc_endpoint_id()?.into(),
+        vpc_id: e.vpc_id().unwrap_or_default().into(),
+        service: e.service_name().unwrap_or_default().into(),
+        gateway: e.vpc_endpoint_type().is_some_and(|t| t.as_str().eq_ignore_ascii_case("gateway")),
+        state: e.state().map(|s| s.as_str().to_ascii_lowercase()).unwrap_or_default(),
+        subnet_ids: e.subnet_ids().iter().cloned().collect(),
+        route_table_ids: e.route_table_ids().iter().cloned().collect(),
+        group_ids: e.groups().iter().filter_map(|g| g.group_id().map(Into::into)).collect(),
+        tags: ec2_tags(e.tags()),
+    })
+}
+
+pub fn vpc_link_of(l: &aws_sdk_apigatewayv2::types::VpcLink) -> Option<VpcLink> {
+    Some(VpcLink {
+        id: l.vpc_link_id()?.into(),
+        name: l.name().unwrap_or_default().into(),
+        subnet_ids: l.subnet_ids().iter().cloned().collect(),
+        group_ids: l.security_group_ids().iter().cloned().collect(),
+        status: l.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
+        tags: l.tags().map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+    })
+}
+
+/// The IAM action for an EC2 list, for error messages.
+fn ec2_action(operation: &str) -> String {
+    format!("ec2:{operation}")
+}
+
+async fn list(kind: Kind, c: &Clients<'_>) -> Result<Listed> {
+    let caller = c.caller;
+    Ok(match kind {
+        Kind::Vpcs => {
+            let pages: Vec<_> = c
+                .ec2
+                .describe_vpcs()
+                .filters(owned())
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeVpcs"), caller, e))?;
+            Listed::Vpcs(pages.iter().flat_map(|p| p.vpcs()).filter_map(vpc_of).filter(|v| is_owned(&v.tags)).collect())
+        }
+        Kind::Subnets => {
+            let pages: Vec<_> = c
+                .ec2
+                .describe_subnets()
+                .filters(owned())
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeSubnets"), caller, e))?;
+            Listed::Subnets(
+                pages.iter().flat_map(|p| p.subnets()).filter_map(subnet_of).filter(|s| is_owned(&s.tags)).collect(),
+            )
+        }
+        Kind::RouteTables => {
+            let pages: Vec<_> = c
+                .ec2
+                .describe_route_tables()
+                .filters(owned())
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeRouteTables"), caller, e))?;
+            Listed::RouteTables(
+                pages
+                    .iter()
+                    .flat_map(|p| p.route_tables())
+                    .filter_map(route_table_of)
+                    .filter(|t| is_owned(&t.tags))
+                    .collect(),
+            )
+        }
+        Kind::InternetGateways => {
+            let pages: Vec<_> = c
+                .ec2
+                .describe_internet_gateways()
+                .filters(owned())
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeInternetGateways"), caller, e))?;
+            Listed::InternetGateways(
+                pages
+                    .iter()
+                    .flat_map(|p| p.internet_gateways())
+                    .filter_map(internet_gateway_of)
+                    .filter(|g| is_owned(&g.tags))
+                    .collect(),
+            )
+        }
+        Kind::Addresses => {
+            // DescribeAddresses has no pages: an account holds few Elastic IPs.
+            let out = c
+                .ec2
+                .describe_addresses()
+                .filters(owned())
+                .send()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeAddresses"), caller, e))?;
+            Listed::Addresses(
+                out.addresses()
+                    .iter()
+                    .filter_map(|a| {
+                        Some(Address {
+                            allocation_id: a.allocation_id()?.into(),
+                            association_id: a.association_id().map(Into::into),
+                            tags: ec2_tags(a.tags()),
+                        })
+                    })
+                    .filter(|a| is_owned(&a.tags))
+                    .collect(),
+            )
+        }
+        Kind::NatGateways => {
+            let pages: Vec<_> = c
+                .ec2
+                .describe_nat_gateways()
+                .filter(owned())
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeNatGateways"), caller, e))?;
+            Listed::NatGateways(
+                pages
+                    .iter()
+                    .flat_map(|p| p.nat_gateways())
+                    .filter_map(nat_gateway_of)
+                    .filter(|n| is_owned(&n.tags))
+                    .collect(),
+            )
+        }
+        Kind::SecurityGroups => {
+            let pages: Vec<_> = c
+                .ec2
+                .describe_security_groups()
+                .filters(owned())
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeSecurityGroups"), caller, e))?;
+            Listed::SecurityGroups(
+                pages
+                    .iter()
+                    .flat_map(|p| p.security_groups())
+                    .filter_map(security_group_of)
+                    .filter(|g| is_owned(&g.tags))
+                    .collect(),
+            )
+        }
+        Kind::VpcEndpoints => {
+            let pages: Vec<_> = c
+                .ec2
+                .describe_vpc_endpoints()
+                .filters(owned())
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error(&ec2_action("DescribeVpcEndpoints"), caller, e))?;
+            Listed::VpcEndpoints(
+                pages
+                    .iter()
+                    .flat_map(|p| p.vpc_endpoints())
+                    .filter_map(vpc_endpoint_of)
+                    .filter(|e| is_owned(&e.tags))
+                    .collect(),
+            )
+        }
+        Kind::VpcLinks => {
+            // GetVpcLinks has no tag filter: the account's links are listed and filtered here.
+            let mut links = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let out = c
+                    .apigateway
+                    .get_vpc_links()
+                    .max_results("100")
+                    .set_next_token(token.clone())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("apigateway:GET", caller, e))?;
+                links.extend(out.items().iter().filter_map(vpc_link_of).filter(|l| is_owned(&l.tags)));
+                token = out.next_token().filter(|t| !t.is_empty()).map(Into::into);
+                if token.is_none() {
+                    break;
+                }
+            }
+            Listed::VpcLinks(links)
+        }
+        Kind::KmsKeys => {
+            // KMS lists keys without tags; the tagging API lists the tagged ones, with their tags.
+            let filter = aws_sdk_resourcegroupstagging::types::TagFilter::builder().key(OWNER_UID_TAG).build();
+            let pages: Vec<_> = c
+                .tagging
+                .get_resources()
+                .resource_type_filters("kms:key")
+                .tag_filters(filter)
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error("tag:GetResources", caller, e))?;
+            Listed::KmsKeys(
+                pages
+                    .iter()
+                    .flat_map(|p| p.resource_tag_mapping_list())
+                    .filter_map(|m| {
+                        let arn = m.resource_arn()?;
+                        let key_id = arn.rsplit_once(":key/")?.1;
+                        Some(KmsKey {
+                            key_id: key_id.into(),
+                            arn: arn.into(),
+                            state: None,
+                            tags: m.tags().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect(),
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        Kind::KmsAliases => {
+            let pages: Vec<_> = c
+                .kms
+                .list_aliases()
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error("kms:ListAliases", caller, e))?;
+            Listed::KmsAliases(
+                pages
+                    .iter()
+                    .flat_map(|p| p.aliases())
+                    .filter_map(|a| {
+                        let name = a.alias_name()?;
+                        // AWS's own aliases (alias/aws/...) are never the operator's.
+                        (!name.starts_with("alias/aws/"))
+                            .then(|| KmsAlias { name: name.into(), target_key_id: a.target_key_id().map(Into::into) })
+                    })
+                    .collect(),
+            )
+        }
+    })
+}
+
+/// Errors from a missing response field, for the few values the code cannot go on without.
+pub fn missing(action: &str, what: &str) -> Error {
+    Error::AwsUnavailable { action: action.into(), detail: format!("the response held no {what}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_split_into_one_rule_per_source_and_back() {
+        use aws_sdk_ec2::types::{IpRange, UserIdGroupPair};
+        let grouped = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(443)
+            .to_port(443)
+            .ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/16").build())
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id("sg-1").build())
+            .build();
+        let all = IpPermission::builder()
+            .ip_protocol("-1")
+            .from_port(-1)
+            .to_port(-1)
+            .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+            .build();
+        let rules = rules_of(&[grouped, all]);
+        assert_eq!(rules.len(), 3);
+        let everything = Rule { protocol: "-1".into(), from: None, to: None, source: Source::Cidr("0.0.0.0/0".into()) };
+        assert!(rules.contains(&everything), "ports of all-protocol rules are ignored: {rules:?}");
+        for rule in &rules {
+            assert_eq!(rules_of(&[permission_of(rule)]), BTreeSet::from([rule.clone()]));
+        }
+    }
+
+    #[test]
+    fn routes_are_read_with_their_targets() {
+        use aws_sdk_ec2::types::{Route as Ec2Route, RouteTableAssociation};
+        let table = aws_sdk_ec2::types::RouteTable::builder()
+            .route_table_id("rtb-1")
+            .vpc_id("vpc-1")
+            .routes(Ec2Route::builder().destination_cidr_block("10.0.0.0/16").gateway_id("local").build())
+            .routes(Ec2Route::builder().destination_cidr_block("0.0.0.0/0").nat_gateway_id("nat-1").build())
+            .routes(Ec2Route::builder().destination_prefix_list_id("pl-1").gateway_id("vpce-1").build())
+            .associations(RouteTableAssociation::builder().route_table_association_id("a-1").subnet_id("s-1").build())
+            .associations(RouteTableAssociation::builder().route_table_association_id("a-0").main(true).build())
+            .build();
+        let t = route_table_of(&table).unwrap();
+        assert_eq!(
+            t.routes.iter().map(|r| (r.destination.as_str(), r.target.clone())).collect::<Vec<_>>(),
+            vec![
+                ("10.0.0.0/16", RouteTarget::Local),
+                ("0.0.0.0/0", RouteTarget::Nat("nat-1".into())),
+                ("pl-1", RouteTarget::Gateway("vpce-1".into())),
+            ]
+        );
+        assert_eq!(t.associations, vec![Association { id: "a-1".into(), subnet_id: Some("s-1".into()) }]);
+    }
+
+    #[test]
+    fn creations_survive_a_list_that_does_not_show_them_yet() {
+        let mut state = State::default();
+        let vpc = Vpc {
+            id: "vpc-1".into(),
+            cidr: "10.0.0.0/16".into(),
+            tags: Tags::new(),
+            dns_support: None,
+            dns_hostnames: None,
+        };
+        let now = Instant::now();
+        state.pending.push((now, Created::Vpc(vpc.clone())));
+        state.merge_pending(now);
+        assert_eq!(state.snapshot.vpcs.len(), 1);
+        // A list without it (eventual consistency) keeps it while the grace lasts...
+        state.apply(Listed::Vpcs(vec![]));
+        state.merge_pending(now + Duration::from_secs(1));
+        assert_eq!(state.snapshot.vpcs.len(), 1);
+        // ...a list with it makes the pending entry redundant...
+        state.apply(Listed::Vpcs(vec![vpc]));
+        state.merge_pending(now + Duration::from_secs(2));
+        assert!(state.pending.is_empty());
+        // ...and without a list ever showing it, it is dropped after the grace period.
+        state.pending.push((
+            now,
+            Created::Subnet(Subnet {
+                id: "s".into(),
+                vpc_id: "vpc-1".into(),
+                cidr: String::new(),
+                zone: String::new(),
+                tags: Tags::new(),
+            }),
+        ));
+        state.merge_pending(now + CREATE_GRACE + Duration::from_secs(1));
+        assert!(state.pending.is_empty());
+    }
+}

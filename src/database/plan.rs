@@ -1,0 +1,573 @@
+//! The Database's pure logic: deterministic AWS names, where the instance goes (from the Stack's
+//! status), and what differs between the spec and what RDS and EC2 report. No I/O, so the odd
+//! cases (long names, version strings, drift) are unit-tested here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
+use crate::api::{DatabaseSpec, NetworkPattern, Stack, SubnetTier};
+use crate::aws::inventory::{Rule, Source};
+
+/// PostgreSQL's port; RDS's default for the engine, and the only port the security group opens.
+pub const PORT: i32 = 5432;
+/// The engine name as RDS and the rotation functions' secret JSON spell it.
+pub const ENGINE: &str = "postgres";
+/// RDS limits DB instance identifiers to 63 characters.
+const MAX_IDENTIFIER: usize = 63;
+
+/// The names of everything the operator creates for one Database. Deterministic, so that a
+/// restart after any crash finds what an earlier run created instead of creating it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// DB instance identifier; also the name of the subnet group and of the security group.
+    pub instance: String,
+    /// `tinystacks/<namespace>/<stack>/<database>` (API.md).
+    pub secret: String,
+    /// The final snapshot of the `Snapshot` policy: unique per object, so that a Database re-created
+    /// under the same name never collides with the snapshot its predecessor left.
+    pub final_snapshot: String,
+    /// The Kubernetes Secret for `envFrom`.
+    pub connection_secret: String,
+    /// The `Name` tag: readable in the AWS console.
+    pub display: String,
+}
+
+impl Names {
+    pub fn new(namespace: &str, stack: &str, name: &str, uid: &str, spec: &DatabaseSpec) -> Self {
+        let instance = instance_identifier(namespace, stack, name);
+        let uid_part: String = uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+        Self {
+            final_snapshot: format!("{instance}-final-{}", uid_part.to_ascii_lowercase()),
+            instance,
+            secret: format!("tinystacks/{namespace}/{stack}/{name}"),
+            connection_secret: spec.connection_secret.name.clone().unwrap_or_else(|| format!("{name}-connection")),
+            display: format!("{namespace}/{stack}/{name}"),
+        }
+    }
+}
+
+/// The DB instance identifier of a Database: readable (`<namespace>-<stack>-<name>` in RDS's
+/// alphabet), cut to fit 63 characters, and always ending in a hash of the exact triple, because
+/// different triples can read the same once `.` and `--` are folded (`a-b/c/d` and `a/b-c/d`).
+pub fn instance_identifier(namespace: &str, stack: &str, name: &str) -> String {
+    let hash = format!("{:08x}", fnv1a(format!("{namespace}/{stack}/{name}").as_bytes()) as u32);
+    let mut readable = String::new();
+    for c in format!("{namespace}-{stack}-{name}").chars() {
+        let c = if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' };
+        if !(c == '-' && (readable.is_empty() || readable.ends_with('-'))) {
+            readable.push(c);
+        }
+    }
+    // The first character must be a letter; namespaces may start with a digit.
+    if !readable.starts_with(|c: char| c.is_ascii_lowercase()) {
+        readable.insert_str(0, "db-");
+    }
+    readable.truncate(MAX_IDENTIFIER - hash.len() - 1);
+    let readable = readable.trim_end_matches('-');
+    format!("{readable}-{hash}")
+}
+
+/// 64-bit FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`), which a name
+/// that must come out the same after an upgrade needs.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The tags of everything created for the Database (API.md, common to every kind).
+pub fn tags(namespace: &str, name: &str, uid: &str, display: &str) -> Vec<(String, String)> {
+    vec![
+        (MANAGED_BY_TAG.into(), MANAGED_BY_VALUE.into()),
+        (OWNER_TAG.into(), owner(namespace, name)),
+        (OWNER_UID_TAG.into(), uid.into()),
+        ("Name".into(), display.into()),
+    ]
+}
+
+/// The `tinystacks.io/owner` value of a Database.
+pub fn owner(namespace: &str, name: &str) -> String {
+    format!("Database/{namespace}/{name}")
+}
+
+/// Whether a resource found under one of the Database's deterministic names is its own: made by
+/// this operator for a Database of the same namespace and name. A previous object of that name
+/// (deleted with `Retain`) counts as the same owner, so a re-created Database adopts what it left.
+pub fn claimed_by_other(tags: &BTreeMap<String, String>, owner: &str) -> Option<String> {
+    if tags.get(MANAGED_BY_TAG).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        return Some("it was not created by tinystacks-operator".into());
+    }
+    match tags.get(OWNER_TAG) {
+        Some(o) if o == owner => None,
+        Some(o) => Some(format!("it belongs to {o}")),
+        None => Some(format!("it has no {OWNER_TAG} tag")),
+    }
+}
+
+/// Where the instance goes, read from a Ready Stack's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub vpc_id: String,
+    /// The private subnets (`PublicPrivate`) or the isolated ones (`PrivateIsolated`).
+    pub subnet_ids: BTreeSet<String>,
+    pub app_security_group: String,
+    pub kms_key_arn: String,
+}
+
+/// The placement from the Stack's status, or what is still missing from it.
+pub fn placement(stack: &Stack) -> Result<Placement, String> {
+    let status = stack.status.as_ref().ok_or("the Stack has no status yet")?;
+    let tier = match stack.spec.network.pattern {
+        NetworkPattern::PublicPrivate => SubnetTier::Private,
+        NetworkPattern::PrivateIsolated => SubnetTier::Isolated,
+    };
+    let subnet_ids: BTreeSet<String> = status.subnets.iter().filter(|s| s.tier == tier).map(|s| s.id.clone()).collect();
+    // RDS wants subnets in at least two zones; both patterns give two or three.
+    if subnet_ids.len() < 2 {
+        return Err(format!("the Stack's status lists fewer than two {tier:?} subnets"));
+    }
+    Ok(Placement {
+        vpc_id: status.vpc_id.clone().ok_or("the Stack's status has no vpcId")?,
+        subnet_ids,
+        app_security_group: status
+            .app_security_group_id
+            .clone()
+            .ok_or("the Stack's status has no appSecurityGroupId")?,
+        kms_key_arn: status.kms_key_arn.clone().ok_or("the Stack's status has no kmsKeyArn")?,
+    })
+}
+
+/// The ingress the database's security group must have, exactly: 5432 from the app group and
+/// from each Bastion's group.
+pub fn desired_ingress<'a>(app_group: &'a str, bastion_groups: impl IntoIterator<Item = &'a str>) -> BTreeSet<Rule> {
+    std::iter::once(app_group)
+        .chain(bastion_groups)
+        .map(|g| Rule { protocol: "tcp".into(), from: Some(PORT), to: Some(PORT), source: Source::Group(g.into()) })
+        .collect()
+}
+
+/// The rules to revoke and to add so that the group holds exactly `desired`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngressChanges {
+    pub revoke: Vec<Rule>,
+    pub authorize: Vec<Rule>,
+}
+
+pub fn ingress_changes(observed: &BTreeSet<Rule>, desired: &BTreeSet<Rule>) -> IngressChanges {
+    IngressChanges {
+        revoke: observed.difference(desired).cloned().collect(),
+        authorize: desired.difference(observed).cloned().collect(),
+    }
+}
+
+/// Whether a rule is a hole rather than a stale entry: anything that is not a security-group
+/// source (a CIDR or prefix list: `0.0.0.0/0` most of all) was never the operator's.
+pub fn is_hole(rule: &Rule) -> bool {
+    !matches!(rule.source, Source::Group(_))
+}
+
+/// A rule as people read it, for events and messages.
+pub fn describe_rule(rule: &Rule) -> String {
+    let ports = match (rule.from, rule.to) {
+        (Some(a), Some(b)) if a == b => format!("{}/{a}", rule.protocol),
+        (Some(a), Some(b)) => format!("{}/{a}-{b}", rule.protocol),
+        _ => "all traffic".to_string(),
+    };
+    let source = match &rule.source {
+        Source::Cidr(c) | Source::CidrV6(c) => c.clone(),
+        Source::Group(g) => format!("security group {g}"),
+        Source::PrefixList(p) => format!("prefix list {p}"),
+    };
+    format!("{ports} from {source}")
+}
+
+/// What the instance should be, from the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredInstance {
+    pub class: String,
+    pub storage_gib: i32,
+    pub multi_az: bool,
+    pub backup_days: i32,
+    pub engine_version: String,
+}
+
+impl DesiredInstance {
+    pub fn from_spec(spec: &DatabaseSpec) -> Self {
+        Self {
+            class: spec.instance_class.clone(),
+            storage_gib: spec.allocated_storage_gi_b,
+            multi_az: spec.multi_az,
+            backup_days: spec.backup_retention_days,
+            engine_version: spec.engine_version.clone(),
+        }
+    }
+}
+
+/// What RDS reports about the instance; the `pending_*` values are changes RDS accepted but has
+/// not applied yet, which must not be asked for again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedInstance {
+    pub identifier: String,
+    pub arn: Option<String>,
+    /// `creating`, `available`, `modifying`, `backing-up`, `deleting`, ...
+    pub status: String,
+    pub endpoint: Option<(String, i32)>,
+    pub publicly_accessible: bool,
+    pub storage_encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub security_groups: Vec<String>,
+    pub subnet_group: Option<String>,
+    pub deletion_protection: bool,
+    pub class: String,
+    pub storage_gib: i32,
+    pub multi_az: bool,
+    pub backup_days: i32,
+    pub engine_version: String,
+    pub pending_class: Option<String>,
+    pub pending_storage_gib: Option<i32>,
+    pub pending_multi_az: Option<bool>,
+    pub pending_backup_days: Option<i32>,
+    pub pending_engine_version: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// How far along RDS is with the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Usable, and changes can be made.
+    Available,
+    /// RDS is working on it (creating, modifying, backing up, ...): look again soon.
+    Busy,
+    /// Being deleted.
+    Deleting,
+    /// RDS cannot go on without a person (`failed`, `storage-full`, lost KMS access, ...).
+    Broken,
+}
+
+pub fn phase(status: &str) -> Phase {
+    match status {
+        "available" => Phase::Available,
+        "deleting" => Phase::Deleting,
+        "failed"
+        | "inaccessible-encryption-credentials"
+        | "inaccessible-encryption-credentials-recoverable"
+        | "incompatible-network"
+        | "incompatible-option-group"
+        | "incompatible-parameters"
+        | "incompatible-restore"
+        | "insufficient-capacity"
+        | "restore-error"
+        | "storage-full"
+        | "stopped" => Phase::Broken,
+        _ => Phase::Busy,
+    }
+}
+
+/// One ModifyDBInstance call: security repairs (drift) and in-place changes from the spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceChanges {
+    pub publicly_accessible: Option<bool>,
+    pub security_groups: Option<Vec<String>>,
+    pub deletion_protection: Option<bool>,
+    pub class: Option<String>,
+    pub storage_gib: Option<i32>,
+    pub multi_az: Option<bool>,
+    pub backup_days: Option<i32>,
+    pub engine_version: Option<String>,
+    pub allow_major_upgrade: bool,
+    /// The security holes being closed, for the Warning event.
+    pub drift: Vec<String>,
+    /// The spec changes being applied, for the Normal event.
+    pub updates: Vec<String>,
+}
+
+impl InstanceChanges {
+    pub fn is_empty(&self) -> bool {
+        self.drift.is_empty() && self.updates.is_empty()
+    }
+}
+
+/// What must change on an available instance, or why the spec cannot be met in place.
+pub fn instance_changes(
+    desired: &DesiredInstance,
+    security_group: &str,
+    observed: &ObservedInstance,
+) -> Result<InstanceChanges, String> {
+    let mut c = InstanceChanges::default();
+    if observed.publicly_accessible {
+        c.publicly_accessible = Some(false);
+        c.drift.push("PubliclyAccessible was turned on; turned off".into());
+    }
+    if observed.security_groups != [security_group] {
+        c.security_groups = Some(vec![security_group.to_string()]);
+        c.drift.push(format!(
+            "the instance had the security groups [{}]; only {security_group} is allowed",
+            observed.security_groups.join(", ")
+        ));
+    }
+    if !observed.deletion_protection {
+        c.deletion_protection = Some(true);
+        c.drift.push("deletion protection was turned off; turned on".into());
+    }
+    let class = observed.pending_class.as_ref().unwrap_or(&observed.class);
+    if *class != desired.class {
+        c.class = Some(desired.class.clone());
+        c.updates.push(format!("instance class {class} → {}", desired.class));
+    }
+    // Storage only grows (the API's CEL rule); a larger instance than the spec (grown by hand or
+    // by RDS storage autoscaling) is left alone.
+    let storage = observed.pending_storage_gib.unwrap_or(observed.storage_gib);
+    if desired.storage_gib > storage {
+        c.storage_gib = Some(desired.storage_gib);
+        c.updates.push(format!("allocated storage {storage} GiB → {} GiB", desired.storage_gib));
+    }
+    let multi_az = observed.pending_multi_az.unwrap_or(observed.multi_az);
+    if multi_az != desired.multi_az {
+        c.multi_az = Some(desired.multi_az);
+        c.updates.push(format!("Multi-AZ {multi_az} → {}", desired.multi_az));
+    }
+    let backup = observed.pending_backup_days.unwrap_or(observed.backup_days);
+    if backup != desired.backup_days {
+        c.backup_days = Some(desired.backup_days);
+        c.updates.push(format!("backup retention {backup} → {} days", desired.backup_days));
+    }
+    let version = observed.pending_engine_version.as_ref().unwrap_or(&observed.engine_version);
+    match version_change(&desired.engine_version, version) {
+        VersionChange::None => {}
+        VersionChange::Minor => {
+            c.engine_version = Some(desired.engine_version.clone());
+            c.updates.push(format!("engine version {version} → {}", desired.engine_version));
+        }
+        VersionChange::Major => {
+            c.engine_version = Some(desired.engine_version.clone());
+            c.allow_major_upgrade = true;
+            c.updates.push(format!("engine version {version} → {} (major upgrade)", desired.engine_version));
+        }
+        VersionChange::Downgrade => {
+            return Err(format!(
+                "engineVersion {:?} is older than the instance's {version}; RDS cannot downgrade, so set it to {version} or later",
+                desired.engine_version
+            ));
+        }
+    }
+    Ok(c)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionChange {
+    None,
+    Minor,
+    Major,
+    Downgrade,
+}
+
+/// How `running` must change to satisfy `wanted`. `"16"` means any 16.x; `"16.4"` means 16.4 or a
+/// later 16.x (RDS applies minor upgrades on its own, and they are never undone).
+pub fn version_change(wanted: &str, running: &str) -> VersionChange {
+    let parse = |v: &str| -> Vec<u32> { v.split('.').map_while(|p| p.parse().ok()).collect() };
+    let (w, r) = (parse(wanted), parse(running));
+    let (Some(wm), Some(rm)) = (w.first(), r.first()) else { return VersionChange::None };
+    if wm > rm {
+        return VersionChange::Major;
+    }
+    if wm < rm {
+        return VersionChange::Downgrade;
+    }
+    match (w.get(1), r.get(1)) {
+        (Some(wn), Some(rn)) if wn > rn => VersionChange::Minor,
+        (Some(_), None) => VersionChange::Minor,
+        _ => VersionChange::None,
+    }
+}
+
+/// Whether the placement guarantees hold for an instance: private, encrypted with the stack's
+/// key, in its subnet group; each is a reason not to call it Ready.
+pub fn placement_faults(observed: &ObservedInstance, subnet_group: &str, kms_key_arn: &str) -> Vec<String> {
+    let mut faults = Vec::new();
+    if !observed.storage_encrypted {
+        faults.push("its storage is not encrypted".to_string());
+    } else if let Some(key) = &observed.kms_key_id
+        && !same_key(key, kms_key_arn)
+    {
+        faults.push(format!("its storage is encrypted with {key}, not the Stack's key {kms_key_arn}"));
+    }
+    if observed.subnet_group.as_deref() != Some(subnet_group) {
+        faults.push(format!(
+            "it is in the subnet group {:?}, not {subnet_group:?}",
+            observed.subnet_group.as_deref().unwrap_or("none")
+        ));
+    }
+    faults
+}
+
+/// KMS keys are named by ARN or by bare key ID, depending on who reports them.
+fn same_key(a: &str, b: &str) -> bool {
+    let id = |k: &str| k.rsplit_once(":key/").map_or(k, |(_, id)| id).to_string();
+    id(a) == id(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DatabaseSpec {
+        serde_json::from_value(serde_json::json!({"stackRef": {"name": "web"}})).unwrap()
+    }
+
+    fn valid_identifier(id: &str) -> bool {
+        id.len() <= 63
+            && id.starts_with(|c: char| c.is_ascii_lowercase())
+            && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !id.contains("--")
+            && !id.ends_with('-')
+    }
+
+    #[test]
+    fn identifiers_are_readable_valid_and_distinct() {
+        let id = instance_identifier("team-a", "web", "orders");
+        assert!(id.starts_with("team-a-web-orders-"), "{id}");
+        assert!(valid_identifier(&id), "{id}");
+        assert_eq!(id, instance_identifier("team-a", "web", "orders"), "deterministic");
+        // Same readable part, different objects.
+        assert_ne!(instance_identifier("a-b", "c", "d"), instance_identifier("a", "b-c", "d"));
+        let long = "x".repeat(63);
+        for (ns, stack, name) in
+            [(long.as_str(), "web", "orders"), ("1team", "web.v2", "db"), ("a", "b", "c--d."), ("9", "9", "9")]
+        {
+            let id = instance_identifier(ns, stack, name);
+            assert!(valid_identifier(&id), "{ns}/{stack}/{name} → {id}");
+        }
+        assert_ne!(instance_identifier(&long, "web", "a"), instance_identifier(&long, "web", "b"));
+    }
+
+    #[test]
+    fn names_follow_the_api() {
+        let names = Names::new("team-a", "web", "orders", "0123abcd-4567", &spec());
+        assert_eq!(names.secret, "tinystacks/team-a/web/orders");
+        assert_eq!(names.connection_secret, "orders-connection");
+        assert_eq!(names.final_snapshot, format!("{}-final-0123abcd", names.instance));
+        let mut custom = spec();
+        custom.connection_secret.name = Some("pg".into());
+        assert_eq!(Names::new("n", "s", "d", "u", &custom).connection_secret, "pg");
+    }
+
+    #[test]
+    fn ownership_needs_the_operator_and_the_same_owner() {
+        let mut tags: BTreeMap<String, String> =
+            tags("ns", "db", "uid-1", "x").into_iter().collect::<BTreeMap<String, String>>();
+        assert_eq!(claimed_by_other(&tags, &owner("ns", "db")), None);
+        assert!(claimed_by_other(&tags, &owner("ns", "other")).is_some_and(|m| m.contains("Database/ns/db")));
+        tags.remove(MANAGED_BY_TAG);
+        assert!(claimed_by_other(&tags, &owner("ns", "db")).is_some());
+    }
+
+    #[test]
+    fn ingress_is_exactly_the_app_and_bastion_groups() {
+        let desired = desired_ingress("sg-app", ["sg-b1"]);
+        let open =
+            Rule { protocol: "tcp".into(), from: Some(5432), to: Some(5432), source: Source::Cidr("0.0.0.0/0".into()) };
+        let old_bastion = Rule { source: Source::Group("sg-b0".into()), ..open.clone() };
+        let app = Rule { source: Source::Group("sg-app".into()), ..open.clone() };
+        let observed = BTreeSet::from([open.clone(), old_bastion.clone(), app]);
+        let changes = ingress_changes(&observed, &desired);
+        assert_eq!(changes.revoke, vec![open.clone(), old_bastion.clone()]);
+        assert_eq!(changes.authorize.len(), 1);
+        assert!(is_hole(&open) && !is_hole(&old_bastion));
+        assert_eq!(describe_rule(&open), "tcp/5432 from 0.0.0.0/0");
+    }
+
+    fn observed() -> ObservedInstance {
+        ObservedInstance {
+            identifier: "db".into(),
+            status: "available".into(),
+            security_groups: vec!["sg-db".into()],
+            deletion_protection: true,
+            storage_encrypted: true,
+            kms_key_id: Some("arn:aws:kms:us-east-1:1:key/k1".into()),
+            subnet_group: Some("db".into()),
+            class: "db.t4g.micro".into(),
+            storage_gib: 20,
+            backup_days: 7,
+            engine_version: "16.4".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_matching_instance_needs_nothing() {
+        let desired = DesiredInstance::from_spec(&spec());
+        assert_eq!(instance_changes(&desired, "sg-db", &observed()), Ok(InstanceChanges::default()));
+        assert!(placement_faults(&observed(), "db", "k1").is_empty());
+        assert_eq!(placement_faults(&observed(), "other", "k2").len(), 2);
+    }
+
+    #[test]
+    fn security_drift_is_repaired_and_named() {
+        let desired = DesiredInstance::from_spec(&spec());
+        let mut o = observed();
+        o.publicly_accessible = true;
+        o.security_groups = vec!["sg-db".into(), "sg-open".into()];
+        let c = instance_changes(&desired, "sg-db", &o).unwrap();
+        assert_eq!(c.publicly_accessible, Some(false));
+        assert_eq!(c.security_groups, Some(vec!["sg-db".to_string()]));
+        assert_eq!(c.drift.len(), 2);
+        assert!(c.updates.is_empty());
+    }
+
+    #[test]
+    fn spec_changes_are_applied_once() {
+        let mut spec = spec();
+        spec.instance_class = "db.t4g.small".into();
+        spec.allocated_storage_gi_b = 30;
+        spec.multi_az = true;
+        spec.backup_retention_days = 3;
+        spec.engine_version = "17".into();
+        let desired = DesiredInstance::from_spec(&spec);
+        let c = instance_changes(&desired, "sg-db", &observed()).unwrap();
+        assert_eq!(c.class.as_deref(), Some("db.t4g.small"));
+        assert_eq!(c.storage_gib, Some(30));
+        assert_eq!(c.multi_az, Some(true));
+        assert_eq!(c.backup_days, Some(3));
+        assert_eq!(c.engine_version.as_deref(), Some("17"));
+        assert!(c.allow_major_upgrade);
+        assert_eq!(c.updates.len(), 5);
+        // Accepted by RDS but still pending: not asked for again.
+        let mut pending = observed();
+        pending.pending_class = Some("db.t4g.small".into());
+        pending.pending_storage_gib = Some(30);
+        pending.pending_multi_az = Some(true);
+        pending.pending_backup_days = Some(3);
+        pending.pending_engine_version = Some("17.2".into());
+        assert_eq!(instance_changes(&desired, "sg-db", &pending), Ok(InstanceChanges::default()));
+    }
+
+    #[test]
+    fn storage_never_shrinks_and_versions_never_go_back() {
+        let mut o = observed();
+        o.storage_gib = 100;
+        let desired = DesiredInstance::from_spec(&spec());
+        assert_eq!(instance_changes(&desired, "sg-db", &o).unwrap().storage_gib, None);
+        let mut old = spec();
+        old.engine_version = "15".into();
+        assert!(instance_changes(&DesiredInstance::from_spec(&old), "sg-db", &o).is_err());
+    }
+
+    #[test]
+    fn versions_compare_by_major_then_minor() {
+        assert_eq!(version_change("16", "16.4"), VersionChange::None);
+        assert_eq!(version_change("16.4", "16.4"), VersionChange::None);
+        assert_eq!(version_change("16.3", "16.4"), VersionChange::None);
+        assert_eq!(version_change("16.5", "16.4"), VersionChange::Minor);
+        assert_eq!(version_change("16.1", "16"), VersionChange::Minor);
+        assert_eq!(version_change("17", "16.4"), VersionChange::Major);
+        assert_eq!(version_change("15", "16.4"), VersionChange::Downgrade);
+    }
+
+    #[test]
+    fn phases() {
+        assert_eq!(phase("available"), Phase::Available);
+        for busy in ["creating", "modifying", "backing-up", "rebooting", "upgrading", "storage-optimization"] {
+            assert_eq!(phase(busy), Phase::Busy, "{busy}");
+        }
+        assert_eq!(phase("deleting"), Phase::Deleting);
+        assert_eq!(phase("storage-full"), Phase::Broken);
+    }
+}

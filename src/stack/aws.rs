@@ -1,0 +1,637 @@
+//! The Stack's AWS calls: each plan action as one EC2, API Gateway v2 or KMS mutation, made
+//! through the rate limiter and written back into the shared inventory. Calls that find their work
+//! already done (a retry after a crash, a resource someone else removed) count as done.
+
+use std::collections::HashMap;
+
+use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, TagSpecification, VpcEndpointType};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use super::plan::{Action, Deletion, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
+use crate::api::AwsAccountLink;
+use crate::aws::errors::{Caller, aws_error};
+use crate::aws::inventory::{
+    self, Address, Clients, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Scope, SecurityGroup,
+    Snapshot, Tags, VpcEndpoint, VpcLink, missing,
+};
+use crate::aws::limiter::Service;
+use crate::error::{Error, Result};
+use crate::runtime::context::Context;
+
+/// The clients of one Stack's account and region, acting as its link's role.
+pub struct Network {
+    pub scope: Scope,
+    ec2: aws_sdk_ec2::Client,
+    apigateway: aws_sdk_apigatewayv2::Client,
+    kms: aws_sdk_kms::Client,
+    tagging: aws_sdk_resourcegroupstagging::Client,
+    caller: Caller,
+}
+
+impl Network {
+    pub async fn connect(ctx: &Context, link: &AwsAccountLink, region: &str) -> Result<Self> {
+        let config = ctx.aws.for_link(link, region).await?;
+        let role_arn = link.status.as_ref().and_then(|s| s.role_arn.clone()).unwrap_or_default();
+        Ok(Self {
+            scope: Scope { account: link.spec.account_id.clone(), region: region.to_string() },
+            ec2: ctx.aws.client(&config),
+            apigateway: ctx.aws.client(&config),
+            kms: ctx.aws.client(&config),
+            tagging: ctx.aws.client(&config),
+            caller: Caller::LinkRole { role_arn },
+        })
+    }
+
+    /// The account's resources, from the shared inventory (listed again when older than the
+    /// resync period).
+    pub async fn snapshot(&self, ctx: &Context) -> Result<Snapshot> {
+        let clients = Clients {
+            ec2: &self.ec2,
+            apigateway: &self.apigateway,
+            kms: &self.kms,
+            tagging: &self.tagging,
+            caller: &self.caller,
+        };
+        ctx.inventory.snapshot(&self.scope, &clients, ctx.settings.resync_period).await
+    }
+
+    /// Makes the mutation `action`; returns the ID of what it created or changed, for the Event.
+    pub async fn apply(&self, ctx: &Context, action: &Action) -> Result<String> {
+        let (id, recorded) = self.call(ctx, action).await?;
+        for r in recorded {
+            ctx.inventory.record(&self.scope, r).await;
+        }
+        Ok(id)
+    }
+
+    /// Runs an EC2 mutation through the limiter; an error whose code is in `done` means the work
+    /// was already done (`Ok(None)`).
+    async fn ec2<T, E, F, Fut>(&self, ctx: &Context, action: &str, done: &[&str], call: F) -> Result<Option<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.mutate(ctx, Service::Ec2, action, done, call).await
+    }
+
+    async fn mutate<T, E, F, Fut>(
+        &self,
+        ctx: &Context,
+        service: Service,
+        action: &str,
+        done: &[&str],
+        call: F,
+    ) -> Result<Option<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match ctx.limiter.mutate(&self.scope.account, service, call).await {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if e.code().is_some_and(|c| done.contains(&c) || (done.contains(&NOT_FOUND) && is_not_found(c))) => {
+                Ok(None)
+            }
+            Err(e) => Err(aws_error(action, &self.caller, e)),
+        }
+    }
+
+    async fn call(&self, ctx: &Context, action: &Action) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok(match action {
+            Action::CreateVpc { cidr, tags } => {
+                let out = self
+                    .ec2(ctx, "ec2:CreateVpc", &[], || {
+                        ec2.create_vpc().cidr_block(cidr).tag_specifications(spec(ResourceType::Vpc, tags)).send()
+                    })
+                    .await?;
+                let vpc = out.as_ref().and_then(|o| o.vpc()).and_then(inventory::vpc_of);
+                let mut vpc = vpc.ok_or_else(|| missing("ec2:CreateVpc", "VPC"))?;
+                vpc.tags = tags.clone();
+                let id = vpc.id.clone();
+                // A new VPC has DNS support on and DNS hostnames off: no need to ask.
+                let dns = Recorded::VpcDns { vpc_id: id.clone(), support: Some(true), hostnames: Some(false) };
+                (id, vec![Recorded::Created(Created::Vpc(vpc)), dns])
+            }
+            Action::EnableVpcDns { vpc_id, hostnames } => {
+                let on = AttributeBooleanValue::builder().value(true).build();
+                self.ec2(ctx, "ec2:ModifyVpcAttribute", &[], || {
+                    let call = ec2.modify_vpc_attribute().vpc_id(vpc_id);
+                    if *hostnames { call.enable_dns_hostnames(on) } else { call.enable_dns_support(on) }.send()
+                })
+                .await?;
+                let (support, hostnames) = if *hostnames { (None, Some(true)) } else { (Some(true), None) };
+                (vpc_id.clone(), vec![Recorded::VpcDns { vpc_id: vpc_id.clone(), support, hostnames }])
+            }
+            Action::CreateInternetGateway { tags } => {
+                let out = self
+                    .ec2(ctx, "ec2:CreateInternetGateway", &[], || {
+                        ec2.create_internet_gateway()
+                            .tag_specifications(spec(ResourceType::InternetGateway, tags))
+                            .send()
+                    })
+                    .await?;
+                let id = out
+                    .as_ref()
+                    .and_then(|o| o.internet_gateway())
+                    .and_then(|g| g.internet_gateway_id())
+                    .ok_or_else(|| missing("ec2:CreateInternetGateway", "internet gateway ID"))?
+                    .to_string();
+                let created = InternetGateway { id: id.clone(), attached_vpcs: vec![], tags: tags.clone() };
+                (id, vec![Recorded::Created(Created::InternetGateway(created))])
+            }
+            Action::AttachInternetGateway { gateway_id, vpc_id } => {
+                self.ec2(ctx, "ec2:AttachInternetGateway", &["Resource.AlreadyAssociated"], || {
+                    ec2.attach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
+                })
+                .await?;
+                (gateway_id.clone(), vec![Recorded::Changed(Kind::InternetGateways)])
+            }
+            Action::CreateSubnet { vpc_id, cidr, zone, tags } => {
+                let out = self
+                    .ec2(ctx, "ec2:CreateSubnet", &[], || {
+                        ec2.create_subnet()
+                            .vpc_id(vpc_id)
+                            .cidr_block(cidr)
+                            .availability_zone(zone)
+                            .tag_specifications(spec(ResourceType::Subnet, tags))
+                            .send()
+                    })
+                    .await?;
+                let subnet = out.as_ref().and_then(|o| o.subnet()).and_then(inventory::subnet_of);
+                let mut subnet = subnet.ok_or_else(|| missing("ec2:CreateSubnet", "subnet"))?;
+                subnet.tags = tags.clone();
+                (subnet.id.clone(), vec![Recorded::Created(Created::Subnet(subnet))])
+            }
+            Action::CreateRouteTable { vpc_id, token, tags } => {
+                let out = self
+                    .ec2(ctx, "ec2:CreateRouteTable", &[], || {
+                        ec2.create_route_table()
+                            .vpc_id(vpc_id)
+                            .client_token(token)
+                            .tag_specifications(spec(ResourceType::RouteTable, tags))
+                            .send()
+                    })
+                    .await?;
+                let table = out.as_ref().and_then(|o| o.route_table()).and_then(inventory::route_table_of);
+                let mut table = table.ok_or_else(|| missing("ec2:CreateRouteTable", "route table"))?;
+                table.tags = tags.clone();
+                (table.id.clone(), vec![Recorded::Created(Created::RouteTable(table))])
+            }
+            Action::AssociateRouteTable { route_table_id, subnet_id } => {
+                self.ec2(ctx, "ec2:AssociateRouteTable", &[], || {
+                    ec2.associate_route_table().route_table_id(route_table_id).subnet_id(subnet_id).send()
+                })
+                .await?;
+                (format!("{subnet_id} to {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+            }
+            Action::CreateRoute { route_table_id, destination, target } => {
+                self.ec2(ctx, "ec2:CreateRoute", &["RouteAlreadyExists"], || {
+                    let call = ec2.create_route().route_table_id(route_table_id).destination_cidr_block(destination);
+                    match target {
+                        RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                        RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
+                        RouteTarget::Local => call.gateway_id("local"),
+                    }
+                    .send()
+                })
+                .await?;
+                (format!("{destination} in {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+            }
+            Action::ReplaceRoute { route_table_id, destination, target } => {
+                self.ec2(ctx, "ec2:ReplaceRoute", &[], || {
+                    let call = ec2.replace_route().route_table_id(route_table_id).destination_cidr_block(destination);
+                    match target {
+                        RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                        RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
+                        RouteTarget::Local => call.local_target(true),
+                    }
+                    .send()
+                })
+                .await?;
+                (format!("{destination} in {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+            }
+            Action::DeleteRoute { route_table_id, destination } => {
+                self.ec2(ctx, "ec2:DeleteRoute", &["InvalidRoute.NotFound", NOT_FOUND], || {
+                    let call = ec2.delete_route().route_table_id(route_table_id);
+                    if destination.starts_with("pl-") {
+                        call.destination_prefix_list_id(destination)
+                    } else {
+                        call.destination_cidr_block(destination)
+                    }
+                    .send()
+                })
+                .await?;
+                (format!("{destination} in {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+            }
+            Action::AllocateAddress { tags } => {
+                let out = self
+                    .ec2(ctx, "ec2:AllocateAddress", &[], || {
+                        ec2.allocate_address()
+                            .domain(DomainType::Vpc)
+                            .tag_specifications(spec(ResourceType::ElasticIp, tags))
+                            .send()
+                    })
+                    .await?;
+                let id = out
+                    .as_ref()
+                    .and_then(|o| o.allocation_id())
+                    .ok_or_else(|| missing("ec2:AllocateAddress", "allocation ID"))?
+                    .to_string();
+                let created = Address { allocation_id: id.clone(), association_id: None, tags: tags.clone() };
+                (id, vec![Recorded::Created(Created::Address(created))])
+            }
+            Action::CreateNatGateway { subnet_id, allocation_id, token, tags } => {
+                let out = self
+                    .ec2(ctx, "ec2:CreateNatGateway", &[], || {
+                        ec2.create_nat_gateway()
+                            .subnet_id(subnet_id)
+                            .allocation_id(allocation_id)
+                            .client_token(token)
+                            .tag_specifications(spec(ResourceType::Natgateway, tags))
+                            .send()
+                    })
+                    .await?;
+                let nat = out.as_ref().and_then(|o| o.nat_gateway()).and_then(inventory::nat_gateway_of);
+                let mut nat = nat.ok_or_else(|| missing("ec2:CreateNatGateway", "NAT gateway"))?;
+                nat.tags = tags.clone();
+                let id = nat.id.clone();
+                (id, vec![Recorded::Created(Created::NatGateway(nat)), Recorded::Changed(Kind::Addresses)])
+            }
+            Action::CreateSecurityGroup { vpc_id, name, description, tags } => {
+                let out = self
+                    .ec2(ctx, "ec2:CreateSecurityGroup", &[], || {
+                        ec2.create_security_group()
+                            .vpc_id(vpc_id)
+                            .group_name(name)
+                            .description(description)
+                            .tag_specifications(spec(ResourceType::SecurityGroup, tags))
+                            .send()
+                    })
+                    .await?;
+                let id = out
+                    .as_ref()
+                    .and_then(|o| o.group_id())
+                    .ok_or_else(|| missing("ec2:CreateSecurityGroup", "group ID"))?
+                    .to_string();
+                // The response holds no rules; the list that follows (the kind is marked changed)
+                // shows EC2's default egress rule.
+                let created = SecurityGroup {
+                    id: id.clone(),
+                    vpc_id: vpc_id.clone(),
+                    name: name.clone(),
+                    ingress: Default::default(),
+                    egress: Default::default(),
+                    tags: tags.clone(),
+                };
+                (id, vec![Recorded::Created(Created::SecurityGroup(created))])
+            }
+            Action::Authorize { group_id, egress, rule } => {
+                let permission = inventory::permission_of(rule);
+                if *egress {
+                    self.ec2(ctx, "ec2:AuthorizeSecurityGroupEgress", &["InvalidPermission.Duplicate"], || {
+                        ec2.authorize_security_group_egress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
+                } else {
+                    self.ec2(ctx, "ec2:AuthorizeSecurityGroupIngress", &["InvalidPermission.Duplicate"], || {
+                        ec2.authorize_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
+                }
+                (group_id.clone(), vec![Recorded::Changed(Kind::SecurityGroups)])
+            }
+            Action::Revoke { group_id, egress, rule } => {
+                let permission = inventory::permission_of(rule);
+                if *egress {
+                    self.ec2(ctx, "ec2:RevokeSecurityGroupEgress", &["InvalidPermission.NotFound"], || {
+                        ec2.revoke_security_group_egress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
+                } else {
+                    self.ec2(ctx, "ec2:RevokeSecurityGroupIngress", &["InvalidPermission.NotFound"], || {
+                        ec2.revoke_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
+                }
+                (group_id.clone(), vec![Recorded::Changed(Kind::SecurityGroups)])
+            }
+            Action::CreateVpcEndpoint(e) => self.create_endpoint(ctx, e).await?,
+            Action::ModifyVpcEndpoint(c) => {
+                let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+                self.ec2(ctx, "ec2:ModifyVpcEndpoint", &[], || {
+                    ec2.modify_vpc_endpoint()
+                        .vpc_endpoint_id(&c.endpoint_id)
+                        .set_add_route_table_ids(some(&c.add_route_tables))
+                        .set_remove_route_table_ids(some(&c.remove_route_tables))
+                        .set_add_subnet_ids(some(&c.add_subnets))
+                        .set_remove_subnet_ids(some(&c.remove_subnets))
+                        .set_add_security_group_ids(some(&c.add_groups))
+                        .set_remove_security_group_ids(some(&c.remove_groups))
+                        .send()
+                })
+                .await?;
+                (
+                    c.endpoint_id.clone(),
+                    vec![Recorded::Changed(Kind::VpcEndpoints), Recorded::Changed(Kind::RouteTables)],
+                )
+            }
+            Action::CreateVpcLink { name, subnet_ids, group_ids, tags } => {
+                let apigateway = &self.apigateway;
+                let out = self
+                    .mutate(ctx, Service::ApiGateway, "apigateway:POST", &[], || {
+                        apigateway
+                            .create_vpc_link()
+                            .name(name)
+                            .set_subnet_ids(Some(subnet_ids.clone()))
+                            .set_security_group_ids(Some(group_ids.clone()))
+                            .set_tags(Some(tags.clone().into_iter().collect::<HashMap<_, _>>()))
+                            .send()
+                    })
+                    .await?;
+                let out = out.ok_or_else(|| missing("apigateway:POST", "VPC Link"))?;
+                let id = out.vpc_link_id().ok_or_else(|| missing("apigateway:POST", "VPC Link ID"))?.to_string();
+                let link = VpcLink {
+                    id: id.clone(),
+                    name: name.clone(),
+                    subnet_ids: subnet_ids.iter().cloned().collect(),
+                    group_ids: group_ids.iter().cloned().collect(),
+                    status: out.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
+                    tags: tags.clone(),
+                };
+                (id, vec![Recorded::Created(Created::VpcLink(link))])
+            }
+            Action::CreateKey { description, tags } => {
+                let kms = &self.kms;
+                let kms_tags = tags
+                    .iter()
+                    .map(|(k, v)| aws_sdk_kms::types::Tag::builder().tag_key(k).tag_value(v).build())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::InvalidSpec(format!("a tag cannot be sent to KMS: {e}")))?;
+                let out = self
+                    .mutate(ctx, Service::Kms, "kms:CreateKey", &[], || {
+                        kms.create_key().description(description).set_tags(Some(kms_tags)).send()
+                    })
+                    .await?;
+                let meta =
+                    out.as_ref().and_then(|o| o.key_metadata()).ok_or_else(|| missing("kms:CreateKey", "key"))?;
+                let key = KmsKey {
+                    key_id: meta.key_id().to_string(),
+                    arn: meta.arn().unwrap_or_default().to_string(),
+                    state: Some("Enabled".into()),
+                    tags: tags.clone(),
+                };
+                let state = Recorded::KeyState { key_id: key.key_id.clone(), state: "Enabled".into() };
+                (key.key_id.clone(), vec![Recorded::Created(Created::KmsKey(key)), state])
+            }
+            Action::CreateAlias { alias, key_id } => {
+                let kms = &self.kms;
+                self.mutate(ctx, Service::Kms, "kms:CreateAlias", &["AlreadyExistsException"], || {
+                    kms.create_alias().alias_name(alias).target_key_id(key_id).send()
+                })
+                .await?;
+                (alias.clone(), vec![Recorded::Changed(Kind::KmsAliases)])
+            }
+            Action::Retag { resource, add, remove } => self.retag(ctx, resource, add, remove).await?,
+            Action::Delete(deletion) => self.delete(ctx, deletion).await?,
+        })
+    }
+
+    async fn create_endpoint(&self, ctx: &Context, e: &EndpointSpec) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let out = self
+            .ec2(ctx, "ec2:CreateVpcEndpoint", &[], || {
+                let call = ec2
+                    .create_vpc_endpoint()
+                    .vpc_id(&e.vpc_id)
+                    .service_name(&e.service)
+                    .client_token(&e.token)
+                    .tag_specifications(spec(ResourceType::VpcEndpoint, &e.tags));
+                if e.gateway {
+                    call.vpc_endpoint_type(VpcEndpointType::Gateway).set_route_table_ids(some(&e.route_table_ids))
+                } else {
+                    call.vpc_endpoint_type(VpcEndpointType::Interface)
+                        .set_subnet_ids(some(&e.subnet_ids))
+                        .set_security_group_ids(some(&e.group_ids))
+                        // Workloads reach the service by its usual name, resolved to the endpoint.
+                        .private_dns_enabled(true)
+                }
+                .send()
+            })
+            .await?;
+        let endpoint = out.as_ref().and_then(|o| o.vpc_endpoint()).and_then(inventory::vpc_endpoint_of);
+        let mut endpoint: VpcEndpoint = endpoint.ok_or_else(|| missing("ec2:CreateVpcEndpoint", "endpoint"))?;
+        endpoint.tags = e.tags.clone();
+        let id = endpoint.id.clone();
+        // A gateway endpoint adds routes to the tables it serves.
+        Ok((id, vec![Recorded::Created(Created::VpcEndpoint(endpoint)), Recorded::Changed(Kind::RouteTables)]))
+    }
+
+    /// One tag call: additions first, removals at the next step.
+    async fn retag(
+        &self,
+        ctx: &Context,
+        resource: &Tagged,
+        add: &Tags,
+        remove: &[String],
+    ) -> Result<(String, Vec<Recorded>)> {
+        match resource {
+            Tagged::Ec2(id) => {
+                let ec2 = &self.ec2;
+                if !add.is_empty() {
+                    self.ec2(ctx, "ec2:CreateTags", &[], || {
+                        ec2.create_tags().resources(id).set_tags(Some(ec2_tags(add))).send()
+                    })
+                    .await?;
+                } else {
+                    let keys: Vec<Tag> = remove.iter().map(|k| Tag::builder().key(k).build()).collect();
+                    self.ec2(ctx, "ec2:DeleteTags", &[], || {
+                        ec2.delete_tags().resources(id).set_tags(Some(keys)).send()
+                    })
+                    .await?;
+                }
+                // The ID's prefix says which list holds it.
+                let kind = match id.split('-').next().unwrap_or_default() {
+                    "vpc" => Kind::Vpcs,
+                    "subnet" => Kind::Subnets,
+                    "rtb" => Kind::RouteTables,
+                    "igw" => Kind::InternetGateways,
+                    "eipalloc" => Kind::Addresses,
+                    "nat" => Kind::NatGateways,
+                    "sg" => Kind::SecurityGroups,
+                    _ => Kind::VpcEndpoints,
+                };
+                Ok((id.clone(), vec![Recorded::Changed(kind)]))
+            }
+            Tagged::VpcLink(id) => {
+                let apigateway = &self.apigateway;
+                let arn = format!("arn:aws:apigateway:{}::/vpclinks/{id}", self.scope.region);
+                if !add.is_empty() {
+                    self.mutate(ctx, Service::ApiGateway, "apigateway:POST", &[], || {
+                        apigateway
+                            .tag_resource()
+                            .resource_arn(&arn)
+                            .set_tags(Some(add.clone().into_iter().collect()))
+                            .send()
+                    })
+                    .await?;
+                } else {
+                    self.mutate(ctx, Service::ApiGateway, "apigateway:DELETE", &[], || {
+                        apigateway.untag_resource().resource_arn(&arn).set_tag_keys(Some(remove.to_vec())).send()
+                    })
+                    .await?;
+                }
+                Ok((id.clone(), vec![Recorded::Changed(Kind::VpcLinks)]))
+            }
+            Tagged::Key(id) => {
+                let kms = &self.kms;
+                if !add.is_empty() {
+                    let tags = add
+                        .iter()
+                        .map(|(k, v)| aws_sdk_kms::types::Tag::builder().tag_key(k).tag_value(v).build())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| Error::InvalidSpec(format!("a tag cannot be sent to KMS: {e}")))?;
+                    self.mutate(ctx, Service::Kms, "kms:TagResource", &[], || {
+                        kms.tag_resource().key_id(id).set_tags(Some(tags)).send()
+                    })
+                    .await?;
+                } else {
+                    self.mutate(ctx, Service::Kms, "kms:UntagResource", &[], || {
+                        kms.untag_resource().key_id(id).set_tag_keys(Some(remove.to_vec())).send()
+                    })
+                    .await?;
+                }
+                Ok((id.clone(), vec![Recorded::Changed(Kind::KmsKeys)]))
+            }
+        }
+    }
+
+    async fn delete(&self, ctx: &Context, deletion: &Deletion) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        let gone = &[NOT_FOUND];
+        Ok(match deletion {
+            Deletion::VpcLink(id) => {
+                let apigateway = &self.apigateway;
+                self.mutate(ctx, Service::ApiGateway, "apigateway:DELETE", &["NotFoundException"], || {
+                    apigateway.delete_vpc_link().vpc_link_id(id).send()
+                })
+                .await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::VpcLinks, id.clone())])
+            }
+            Deletion::VpcEndpoints(ids) => {
+                let out = self
+                    .ec2(ctx, "ec2:DeleteVpcEndpoints", gone, || {
+                        ec2.delete_vpc_endpoints().set_vpc_endpoint_ids(Some(ids.clone())).send()
+                    })
+                    .await?;
+                // The call succeeds as a whole and lists the endpoints it could not delete.
+                if let Some(failed) = out.as_ref().and_then(|o| o.unsuccessful().first()) {
+                    let detail = failed.error().and_then(|e| e.message()).unwrap_or("no reason given");
+                    if !failed.error().and_then(|e| e.code()).is_some_and(is_not_found) {
+                        return Err(Error::AwsRequestFailed {
+                            action: "ec2:DeleteVpcEndpoints".into(),
+                            code: failed.error().and_then(|e| e.code()).unwrap_or("Unsuccessful").into(),
+                            message: format!("{}: {detail}", failed.resource_id().unwrap_or_default()),
+                        });
+                    }
+                }
+                let mut recorded: Vec<Recorded> =
+                    ids.iter().map(|id| Recorded::Deleted(Kind::VpcEndpoints, id.clone())).collect();
+                recorded.push(Recorded::Changed(Kind::RouteTables));
+                (ids.join(", "), recorded)
+            }
+            Deletion::NatGateway(id) => {
+                self.ec2(ctx, "ec2:DeleteNatGateway", &["NatGatewayNotFound", NOT_FOUND], || {
+                    ec2.delete_nat_gateway().nat_gateway_id(id).send()
+                })
+                .await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::NatGateways, id.clone()), Recorded::Changed(Kind::Addresses)])
+            }
+            Deletion::Address(id) => {
+                self.ec2(ctx, "ec2:ReleaseAddress", gone, || ec2.release_address().allocation_id(id).send()).await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::Addresses, id.clone())])
+            }
+            Deletion::DetachInternetGateway { gateway_id, vpc_id } => {
+                self.ec2(ctx, "ec2:DetachInternetGateway", &["Gateway.NotAttached", NOT_FOUND], || {
+                    ec2.detach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
+                })
+                .await?;
+                (gateway_id.clone(), vec![Recorded::Changed(Kind::InternetGateways)])
+            }
+            Deletion::InternetGateway(id) => {
+                self.ec2(ctx, "ec2:DeleteInternetGateway", gone, || {
+                    ec2.delete_internet_gateway().internet_gateway_id(id).send()
+                })
+                .await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::InternetGateways, id.clone())])
+            }
+            Deletion::Disassociate(id) => {
+                self.ec2(ctx, "ec2:DisassociateRouteTable", gone, || {
+                    ec2.disassociate_route_table().association_id(id).send()
+                })
+                .await?;
+                (id.clone(), vec![Recorded::Changed(Kind::RouteTables)])
+            }
+            Deletion::RouteTable(id) => {
+                self.ec2(ctx, "ec2:DeleteRouteTable", gone, || ec2.delete_route_table().route_table_id(id).send())
+                    .await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::RouteTables, id.clone())])
+            }
+            Deletion::SecurityGroup(id) => {
+                self.ec2(ctx, "ec2:DeleteSecurityGroup", gone, || ec2.delete_security_group().group_id(id).send())
+                    .await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::SecurityGroups, id.clone())])
+            }
+            Deletion::Subnet(id) => {
+                self.ec2(ctx, "ec2:DeleteSubnet", gone, || ec2.delete_subnet().subnet_id(id).send()).await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::Subnets, id.clone())])
+            }
+            Deletion::Vpc(id) => {
+                self.ec2(ctx, "ec2:DeleteVpc", gone, || ec2.delete_vpc().vpc_id(id).send()).await?;
+                (id.clone(), vec![Recorded::Deleted(Kind::Vpcs, id.clone())])
+            }
+            Deletion::Alias(name) => {
+                let kms = &self.kms;
+                self.mutate(ctx, Service::Kms, "kms:DeleteAlias", &["NotFoundException"], || {
+                    kms.delete_alias().alias_name(name).send()
+                })
+                .await?;
+                (name.clone(), vec![Recorded::Deleted(Kind::KmsAliases, name.clone())])
+            }
+            Deletion::Key(id) => {
+                let kms = &self.kms;
+                // Already pending deletion (a retry) answers KMSInvalidStateException.
+                self.mutate(
+                    ctx,
+                    Service::Kms,
+                    "kms:ScheduleKeyDeletion",
+                    &["NotFoundException", "KMSInvalidStateException"],
+                    || kms.schedule_key_deletion().key_id(id).pending_window_in_days(KEY_DELETION_WINDOW_DAYS).send(),
+                )
+                .await?;
+                (id.clone(), vec![Recorded::KeyState { key_id: id.clone(), state: "PendingDeletion".into() }])
+            }
+        })
+    }
+}
+
+/// In a list of tolerated codes: any "not found" (`InvalidVpcID.NotFound`, `InvalidGroup.NotFound`,
+/// ...), which a deletion takes for done.
+const NOT_FOUND: &str = "*.NotFound";
+
+fn is_not_found(code: &str) -> bool {
+    code.ends_with(".NotFound") || code.ends_with("NotFound") || code == "NotFoundException"
+}
+
+fn ec2_tags(tags: &Tags) -> Vec<Tag> {
+    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// Tags given at creation, so that the resource is never without its owner's UID.
+fn spec(resource_type: ResourceType, tags: &Tags) -> TagSpecification {
+    TagSpecification::builder().resource_type(resource_type).set_tags(Some(ec2_tags(tags))).build()
+}

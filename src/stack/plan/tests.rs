@@ -1,0 +1,666 @@
+//! The plan and the diff, driven to convergence against an in-memory account: every step the
+//! diff asks for is applied the way AWS would, until nothing differs; then drift is made and the
+//! diff must name it and repair it; then the teardown must leave nothing.
+
+use super::*;
+use crate::aws::inventory::{Association, Route};
+
+fn owner() -> Owner {
+    Owner { namespace: "team-a".into(), name: "web".into(), uid: "uid-1".into() }
+}
+
+fn spec(json: serde_json::Value) -> StackSpec {
+    serde_json::from_value(json).unwrap()
+}
+
+fn zones() -> Vec<String> {
+    vec!["us-east-1a".into(), "us-east-1b".into(), "us-east-1c".into()]
+}
+
+fn plan_of(json: serde_json::Value) -> NetworkPlan {
+    plan_network(owner(), &spec(json), "us-east-1", zones()).unwrap()
+}
+
+fn public_private() -> NetworkPlan {
+    plan_of(
+        serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"pattern": "PublicPrivate", "cidr": "10.20.0.0/16"}, "tags": {"team": "a"}}),
+    )
+}
+
+fn private_isolated() -> NetworkPlan {
+    plan_of(
+        serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"pattern": "PrivateIsolated", "cidr": "10.30.0.0/22"}}),
+    )
+}
+
+/// An account that does what the actions say, handing out sequential IDs.
+#[derive(Default)]
+struct Account {
+    observed: Observed,
+    next: u32,
+    mutations: usize,
+}
+
+impl Account {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}-{:04}", self.next)
+    }
+
+    fn tags_of(&mut self, resource: &Tagged) -> &mut Tags {
+        let o = &mut self.observed;
+        match resource {
+            Tagged::Ec2(id) => {
+                if let Some(v) = o.vpcs.iter_mut().find(|x| x.id == *id) {
+                    return &mut v.tags;
+                }
+                if let Some(v) = o.subnets.iter_mut().find(|x| x.id == *id) {
+                    return &mut v.tags;
+                }
+                if let Some(v) = o.route_tables.iter_mut().find(|x| x.id == *id) {
+                    return &mut v.tags;
+                }
+                if let Some(v) = o.internet_gateways.iter_mut().find(|x| x.id == *id) {
+                    return &mut v.tags;
+                }
+                if let Some(v) = o.addresses.iter_mut().find(|x| x.allocation_id == *id) {
+                    return &mut v.tags;
+                }
+                if let Some(v) = o.nat_gateways.iter_mut().find(|x| x.id == *id) {
+                    return &mut v.tags;
+                }
+                if let Some(v) = o.security_groups.iter_mut().find(|x| x.id == *id) {
+                    return &mut v.tags;
+                }
+                &mut o.vpc_endpoints.iter_mut().find(|x| x.id == *id).expect("tagged resource").tags
+            }
+            Tagged::VpcLink(id) => &mut o.vpc_links.iter_mut().find(|x| x.id == *id).unwrap().tags,
+            Tagged::Key(id) => &mut o.kms_keys.iter_mut().find(|x| x.key_id == *id).unwrap().tags,
+        }
+    }
+
+    fn apply(&mut self, action: &Action) {
+        self.mutations += 1;
+        match action.clone() {
+            Action::CreateVpc { cidr, tags } => {
+                let id = self.id("vpc");
+                self.observed.vpcs.push(Vpc { id, cidr, tags, dns_support: Some(true), dns_hostnames: Some(false) });
+            }
+            Action::EnableVpcDns { vpc_id, hostnames } => {
+                let vpc = self.observed.vpcs.iter_mut().find(|v| v.id == vpc_id).unwrap();
+                if hostnames { vpc.dns_hostnames = Some(true) } else { vpc.dns_support = Some(true) }
+            }
+            Action::CreateInternetGateway { tags } => {
+                let id = self.id("igw");
+                self.observed.internet_gateways.push(InternetGateway { id, attached_vpcs: vec![], tags });
+            }
+            Action::AttachInternetGateway { gateway_id, vpc_id } => self
+                .observed
+                .internet_gateways
+                .iter_mut()
+                .find(|g| g.id == gateway_id)
+                .unwrap()
+                .attached_vpcs
+                .push(vpc_id),
+            Action::CreateSubnet { vpc_id, cidr, zone, tags } => {
+                let id = self.id("subnet");
+                self.observed.subnets.push(Subnet { id, vpc_id, cidr, zone, tags });
+            }
+            Action::CreateRouteTable { vpc_id, tags, .. } => {
+                let id = self.id("rtb");
+                let routes = vec![Route { destination: "10.0.0.0/8".into(), target: RouteTarget::Local }];
+                self.observed.route_tables.push(RouteTable { id, vpc_id, routes, associations: vec![], tags });
+            }
+            Action::AssociateRouteTable { route_table_id, subnet_id } => {
+                let id = self.id("rtbassoc");
+                let t = self.observed.route_tables.iter_mut().find(|t| t.id == route_table_id).unwrap();
+                t.associations.push(Association { id, subnet_id: Some(subnet_id) });
+            }
+            Action::CreateRoute { route_table_id, destination, target } => {
+                let t = self.observed.route_tables.iter_mut().find(|t| t.id == route_table_id).unwrap();
+                assert!(!t.routes.iter().any(|r| r.destination == destination), "route exists");
+                t.routes.push(Route { destination, target });
+            }
+            Action::ReplaceRoute { route_table_id, destination, target } => {
+                let t = self.observed.route_tables.iter_mut().find(|t| t.id == route_table_id).unwrap();
+                t.routes.iter_mut().find(|r| r.destination == destination).unwrap().target = target;
+            }
+            Action::DeleteRoute { route_table_id, destination } => {
+                let t = self.observed.route_tables.iter_mut().find(|t| t.id == route_table_id).unwrap();
+                t.routes.retain(|r| r.destination != destination);
+            }
+            Action::AllocateAddress { tags } => {
+                let allocation_id = self.id("eipalloc");
+                self.observed.addresses.push(Address { allocation_id, association_id: None, tags });
+            }
+            Action::CreateNatGateway { subnet_id, allocation_id, tags, .. } => {
+                let id = self.id("nat");
+                let vpc_id = self.observed.subnets.iter().find(|s| s.id == subnet_id).unwrap().vpc_id.clone();
+                let a = self.observed.addresses.iter_mut().find(|a| a.allocation_id == allocation_id).unwrap();
+                assert!(a.association_id.is_none(), "address in use");
+                a.association_id = Some(format!("assoc-{id}"));
+                self.observed.nat_gateways.push(NatGateway {
+                    id,
+                    vpc_id,
+                    subnet_id,
+                    state: "available".into(),
+                    allocation_ids: vec![allocation_id],
+                    tags,
+                });
+            }
+            Action::CreateSecurityGroup { vpc_id, name, tags, .. } => {
+                let id = self.id("sg");
+                let everything =
+                    Rule { protocol: "-1".into(), from: None, to: None, source: Source::Cidr("0.0.0.0/0".into()) };
+                self.observed.security_groups.push(SecurityGroup {
+                    id,
+                    vpc_id,
+                    name,
+                    ingress: BTreeSet::new(),
+                    egress: BTreeSet::from([everything]),
+                    tags,
+                });
+            }
+            Action::Authorize { group_id, egress, rule } | Action::Revoke { group_id, egress, rule } => {
+                let add = matches!(action, Action::Authorize { .. });
+                let g = self.observed.security_groups.iter_mut().find(|g| g.id == group_id).unwrap();
+                let set = if egress { &mut g.egress } else { &mut g.ingress };
+                if add {
+                    set.insert(rule)
+                } else {
+                    set.remove(&rule)
+                };
+            }
+            Action::CreateVpcEndpoint(e) => {
+                let id = self.id("vpce");
+                if e.gateway {
+                    for t in self.observed.route_tables.iter_mut().filter(|t| e.route_table_ids.contains(&t.id)) {
+                        t.routes.push(Route { destination: "pl-s3".into(), target: RouteTarget::Gateway(id.clone()) });
+                    }
+                }
+                self.observed.vpc_endpoints.push(VpcEndpoint {
+                    id,
+                    vpc_id: e.vpc_id,
+                    service: e.service,
+                    gateway: e.gateway,
+                    state: "available".into(),
+                    subnet_ids: e.subnet_ids.into_iter().collect(),
+                    route_table_ids: e.route_table_ids.into_iter().collect(),
+                    group_ids: e.group_ids.into_iter().collect(),
+                    tags: e.tags,
+                });
+            }
+            Action::ModifyVpcEndpoint(c) => {
+                let e = self.observed.vpc_endpoints.iter_mut().find(|e| e.id == c.endpoint_id).unwrap();
+                e.subnet_ids.extend(c.add_subnets);
+                e.subnet_ids.retain(|s| !c.remove_subnets.contains(s));
+                e.route_table_ids.extend(c.add_route_tables);
+                e.route_table_ids.retain(|s| !c.remove_route_tables.contains(s));
+                e.group_ids.extend(c.add_groups);
+                e.group_ids.retain(|s| !c.remove_groups.contains(s));
+            }
+            Action::CreateVpcLink { name, subnet_ids, group_ids, tags } => {
+                let id = self.id("vl");
+                self.observed.vpc_links.push(VpcLink {
+                    id,
+                    name,
+                    subnet_ids: subnet_ids.into_iter().collect(),
+                    group_ids: group_ids.into_iter().collect(),
+                    status: "AVAILABLE".into(),
+                    tags,
+                });
+            }
+            Action::CreateKey { tags, .. } => {
+                let key_id = self.id("key");
+                let arn = format!("arn:aws:kms:us-east-1:111:key/{key_id}");
+                self.observed.kms_keys.push(KmsKey { key_id, arn, state: Some("Enabled".into()), tags });
+            }
+            Action::CreateAlias { alias, key_id } => {
+                self.observed.alias = Some(KmsAlias { name: alias, target_key_id: Some(key_id) })
+            }
+            Action::Retag { resource, add, remove } => {
+                let tags = self.tags_of(&resource);
+                tags.extend(add);
+                tags.retain(|k, _| !remove.contains(k));
+            }
+            Action::Delete(d) => self.delete(d),
+        }
+    }
+
+    fn delete(&mut self, d: Deletion) {
+        let o = &mut self.observed;
+        match d {
+            Deletion::VpcLink(id) => o.vpc_links.retain(|l| l.id != id),
+            Deletion::VpcEndpoints(ids) => {
+                o.vpc_endpoints.retain(|e| !ids.contains(&e.id));
+                for t in &mut o.route_tables {
+                    t.routes.retain(|r| !matches!(&r.target, RouteTarget::Gateway(g) if ids.contains(g)));
+                }
+            }
+            Deletion::NatGateway(id) => {
+                let n = o.nat_gateways.iter_mut().find(|n| n.id == id).unwrap();
+                n.state = "deleted".into();
+                for a in o.addresses.iter_mut().filter(|a| n.allocation_ids.contains(&a.allocation_id)) {
+                    a.association_id = None;
+                }
+            }
+            Deletion::Address(id) => {
+                assert!(o.addresses.iter().any(|a| a.allocation_id == id && a.association_id.is_none()), "in use");
+                o.addresses.retain(|a| a.allocation_id != id)
+            }
+            Deletion::DetachInternetGateway { gateway_id, vpc_id } => o
+                .internet_gateways
+                .iter_mut()
+                .find(|g| g.id == gateway_id)
+                .unwrap()
+                .attached_vpcs
+                .retain(|v| *v != vpc_id),
+            Deletion::InternetGateway(id) => {
+                assert!(o.internet_gateways.iter().any(|g| g.id == id && g.attached_vpcs.is_empty()), "attached");
+                o.internet_gateways.retain(|g| g.id != id)
+            }
+            Deletion::Disassociate(id) => {
+                for t in &mut o.route_tables {
+                    t.associations.retain(|a| a.id != id);
+                }
+            }
+            Deletion::RouteTable(id) => {
+                assert!(o.route_tables.iter().any(|t| t.id == id && t.associations.is_empty()), "associated");
+                o.route_tables.retain(|t| t.id != id)
+            }
+            Deletion::SecurityGroup(id) => {
+                assert!(!o.vpc_links.iter().any(|l| l.group_ids.contains(&id)), "group in use by a VPC Link");
+                assert!(!o.vpc_endpoints.iter().any(|e| e.group_ids.contains(&id) && !gone(&e.state)), "group in use");
+                o.security_groups.retain(|g| g.id != id)
+            }
+            Deletion::Subnet(id) => {
+                assert!(!o.nat_gateways.iter().any(|n| n.subnet_id == id && !gone(&n.state)), "subnet in use");
+                o.subnets.retain(|s| s.id != id)
+            }
+            Deletion::Vpc(id) => {
+                assert!(!o.subnets.iter().any(|s| s.vpc_id == id), "VPC has subnets");
+                o.vpcs.retain(|v| v.id != id)
+            }
+            Deletion::Alias(name) => {
+                assert_eq!(o.alias.as_ref().map(|a| a.name.clone()), Some(name));
+                o.alias = None
+            }
+            Deletion::Key(id) => {
+                o.kms_keys.iter_mut().find(|k| k.key_id == id).unwrap().state = Some("PendingDeletion".into())
+            }
+        }
+    }
+
+    /// Applies the diff's first change until there is none; returns the reasons of the steps.
+    fn converge(&mut self, plan: &NetworkPlan) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        for _ in 0..200 {
+            let d = diff(plan, &self.observed, &Previous::default());
+            assert!(d.conflict.is_none(), "{:?}", d.conflict);
+            let Some(first) = d.changes.first() else {
+                assert!(d.waiting.is_empty(), "{:?}", d.waiting);
+                return reasons;
+            };
+            reasons.push(first.action.reason());
+            self.apply(&first.action);
+        }
+        panic!("no convergence after 200 steps: {:?}", diff(plan, &self.observed, &Previous::default()).changes);
+    }
+
+    fn tear_down(&mut self, alias: &str) -> usize {
+        for n in 0..200 {
+            match teardown(&self.observed, alias) {
+                Teardown::Done => return n,
+                Teardown::Waiting(w) => panic!("nothing should wait in memory: {w}"),
+                Teardown::Step(change) => self.apply(&change.action),
+            }
+        }
+        panic!("teardown does not end");
+    }
+}
+
+#[test]
+fn cidrs_are_carved_deterministically_from_16_to_22() {
+    assert_eq!(carve("10.0.0.0/16", 3).unwrap(), vec!["10.0.0.0/19", "10.0.32.0/19", "10.0.64.0/19"]);
+    assert_eq!(carve("10.30.0.0/22", 6).unwrap().last().unwrap(), "10.30.2.128/25");
+    assert!(carve("10.0.0.0/15", 5).unwrap_err().contains("/16 to /22"));
+    assert!(carve("10.0.0.0/23", 5).is_err());
+    assert!(carve("10.0.0.1/16", 5).unwrap_err().contains("host bits"));
+    assert!(carve("nonsense", 5).is_err());
+    assert_eq!(carve("10.0.0.0/16", 6).unwrap(), carve("10.0.0.0/16", 6).unwrap());
+}
+
+#[test]
+fn public_private_has_three_public_and_two_private_subnets() {
+    let plan = public_private();
+    let layout: Vec<(&str, &str, &str)> =
+        plan.subnets.iter().map(|s| (s.component.as_str(), s.zone.as_str(), s.cidr.as_str())).collect();
+    assert_eq!(
+        layout,
+        vec![
+            ("subnet/public/0", "us-east-1a", "10.20.0.0/19"),
+            ("subnet/public/1", "us-east-1b", "10.20.32.0/19"),
+            ("subnet/public/2", "us-east-1c", "10.20.64.0/19"),
+            ("subnet/private/0", "us-east-1a", "10.20.96.0/19"),
+            ("subnet/private/1", "us-east-1b", "10.20.128.0/19"),
+        ]
+    );
+    assert!(plan.internet_gateway);
+    assert_eq!(plan.nat_gateways.len(), 1, "Single by default");
+    assert_eq!(plan.route_tables[0].default_route, Some(DefaultRoute::InternetGateway));
+    assert_eq!(plan.route_tables[1].default_route, Some(DefaultRoute::Nat("nat/0".into())));
+    assert_eq!(plan.route_tables[2].default_route, Some(DefaultRoute::Nat("nat/0".into())));
+    assert!(plan.endpoints.is_empty());
+    assert_eq!(plan.vpc_link.as_ref().unwrap().subnets, vec!["subnet/public/0", "subnet/public/1", "subnet/public/2"]);
+    let groups: Vec<&str> = plan.security_groups.iter().map(|g| g.component.as_str()).collect();
+    assert_eq!(groups, vec![SG_APP, SG_VPCLINK]);
+}
+
+#[test]
+fn per_az_nat_gateways_serve_each_private_zone() {
+    let plan = plan_of(
+        serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"natGateways": "PerAz", "vpcLink": false}}),
+    );
+    assert_eq!(
+        plan.nat_gateways.iter().map(|n| n.subnet.as_str()).collect::<Vec<_>>(),
+        vec!["subnet/public/0", "subnet/public/1"]
+    );
+    assert_eq!(plan.route_tables[2].default_route, Some(DefaultRoute::Nat("nat/1".into())));
+    assert!(plan.vpc_link.is_none());
+    assert_eq!(plan.security_groups.len(), 1);
+    let none = plan_of(serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"natGateways": "None"}}));
+    assert!(none.nat_gateways.is_empty());
+    assert!(none.route_tables.iter().skip(1).all(|t| t.default_route.is_none()));
+}
+
+#[test]
+fn private_isolated_has_no_way_out_and_endpoints_behind_443_from_the_vpc() {
+    let plan = private_isolated();
+    assert!(!plan.internet_gateway);
+    assert!(plan.nat_gateways.is_empty());
+    assert!(plan.route_tables.iter().all(|t| t.default_route.is_none()));
+    assert_eq!(plan.subnets.iter().filter(|s| s.tier == SubnetTier::Isolated).count(), 3);
+    assert_eq!(plan.subnets.iter().filter(|s| s.tier == SubnetTier::Private).count(), 3);
+    let services: Vec<&str> = plan.endpoints.iter().map(|e| e.service.as_str()).collect();
+    assert_eq!(
+        services,
+        vec![
+            "com.amazonaws.us-east-1.s3",
+            "com.amazonaws.us-east-1.secretsmanager",
+            "com.amazonaws.us-east-1.ssm",
+            "com.amazonaws.us-east-1.ssmmessages",
+            "com.amazonaws.us-east-1.ec2messages",
+            "com.amazonaws.us-east-1.logs",
+        ]
+    );
+    assert_eq!(plan.endpoints[0].route_tables, vec!["rtb/private/0", "rtb/private/1", "rtb/private/2"]);
+    let endpoints_sg = plan.security_groups.iter().find(|g| g.component == SG_ENDPOINTS).unwrap();
+    assert_eq!(
+        endpoints_sg.ingress,
+        BTreeSet::from([Rule {
+            protocol: "tcp".into(),
+            from: Some(443),
+            to: Some(443),
+            source: Source::Cidr("10.30.0.0/22".into())
+        }])
+    );
+    assert!(endpoints_sg.egress.is_empty());
+    assert_eq!(
+        plan.vpc_link.as_ref().unwrap().subnets,
+        vec!["subnet/private/0", "subnet/private/1", "subnet/private/2"]
+    );
+}
+
+#[test]
+fn zones_come_from_the_spec_else_stay_where_subnets_are() {
+    let region: Vec<String> = ["a", "b", "c", "d"].iter().map(|z| format!("us-east-1{z}")).collect();
+    assert_eq!(choose_zones(None, &region, &BTreeMap::new()).unwrap(), region[..3].to_vec());
+    let existing = BTreeMap::from([(0, "us-east-1d".to_string())]);
+    assert_eq!(choose_zones(None, &region, &existing).unwrap(), vec!["us-east-1d", "us-east-1a", "us-east-1b"]);
+    let spec = vec!["x".to_string(), "y".into(), "z".into()];
+    assert_eq!(choose_zones(Some(&spec), &region, &existing).unwrap(), spec);
+    assert!(choose_zones(None, &region[..2], &BTreeMap::new()).unwrap_err().contains("needs three"));
+}
+
+#[test]
+fn every_resource_carries_identity_component_name_and_user_tags() {
+    let plan = public_private();
+    let tags = plan.tags_for("subnet/public/0");
+    assert_eq!(tags[MANAGED_BY_TAG], "tinystacks-operator");
+    assert_eq!(tags[OWNER_TAG], "Stack/team-a/web");
+    assert_eq!(tags[OWNER_UID_TAG], "uid-1");
+    assert_eq!(tags[COMPONENT_TAG], "subnet/public/0");
+    assert_eq!(tags["Name"], "team-a-web-subnet-public-0");
+    assert_eq!(tags["team"], "a");
+}
+
+#[test]
+fn tokens_are_stable_and_change_with_the_previous_ids() {
+    let o = owner();
+    assert_eq!(o.client_token("nat/0", &[]), o.client_token("nat/0", &[]));
+    assert_ne!(o.client_token("nat/0", &[]), o.client_token("nat/1", &[]));
+    assert_ne!(o.client_token("nat/0", &[]), o.client_token("nat/0", &["nat-1".into()]));
+    assert!(o.client_token("nat/0", &[]).len() <= 64);
+}
+
+#[test]
+fn public_private_converges_one_step_at_a_time_and_tears_down() {
+    let plan = public_private();
+    let mut account = Account::default();
+    let reasons = account.converge(&plan);
+    assert_eq!(reasons[0], "CreatedVpc");
+    assert_eq!(reasons.iter().filter(|r| **r == "CreatedSubnet").count(), 5);
+    assert_eq!(reasons.iter().filter(|r| **r == "AssociatedRouteTable").count(), 5);
+    assert_eq!(reasons.iter().filter(|r| **r == "CreatedRoute").count(), 3);
+    let o = &account.observed;
+    assert_eq!((o.vpcs.len(), o.subnets.len(), o.route_tables.len(), o.nat_gateways.len()), (1, 5, 3, 1));
+    let status = status_of(&plan, o);
+    assert_eq!(status.subnets.len(), 5);
+    assert_eq!(status.nat_gateway_ids.len(), 1);
+    assert!(status.internet_gateway_id.is_some() && status.vpc_link_id.is_some() && status.kms_key_arn.is_some());
+    assert!(status.vpc_endpoint_ids.is_empty());
+    // The public table routes out through the gateway, the private ones through NAT.
+    let igw = status.internet_gateway_id.clone().unwrap();
+    let nat = status.nat_gateway_ids[0].clone();
+    let default_targets: Vec<RouteTarget> = o
+        .route_tables
+        .iter()
+        .map(|t| t.routes.iter().find(|r| r.destination == DEFAULT_ROUTE).unwrap().target.clone())
+        .collect();
+    assert_eq!(default_targets, vec![RouteTarget::Gateway(igw), RouteTarget::Nat(nat.clone()), RouteTarget::Nat(nat)]);
+
+    let steps = account.tear_down(&owner().kms_alias());
+    assert!(account.observed.is_empty(), "{:?}", account.observed);
+    assert!(steps > 20, "{steps}");
+}
+
+#[test]
+fn private_isolated_converges_and_tears_down() {
+    let plan = private_isolated();
+    let mut account = Account::default();
+    account.converge(&plan);
+    let o = &account.observed;
+    assert!(o.internet_gateways.is_empty() && o.nat_gateways.is_empty() && o.addresses.is_empty());
+    assert_eq!(o.vpc_endpoints.len(), 6);
+    assert!(o.route_tables.iter().all(|t| !t.routes.iter().any(|r| r.destination == DEFAULT_ROUTE)));
+    let s3 = o.vpc_endpoints.iter().find(|e| e.gateway).unwrap();
+    assert_eq!(s3.route_table_ids.len(), 3);
+    let status = status_of(&plan, o);
+    assert_eq!(status.vpc_endpoint_ids.len(), 6);
+    assert_eq!(status.route_table_ids.len(), 4);
+    assert!(status.internet_gateway_id.is_none());
+    account.tear_down(&owner().kms_alias());
+    assert!(account.observed.is_empty());
+}
+
+/// Converges, applies `drift`, and checks that the diff names it and that converging again
+/// repairs it with the expected first step.
+fn repaired(plan: &NetworkPlan, drift: impl FnOnce(&mut Observed), first: &str, named: &str) {
+    let mut account = Account::default();
+    account.converge(plan);
+    drift(&mut account.observed);
+    let d = diff(plan, &account.observed, &Previous::default());
+    let change = d.changes.first().unwrap_or_else(|| panic!("drift not seen: {named}"));
+    assert_eq!(change.action.reason(), first, "{change:?}");
+    assert!(change.what.contains(named), "{:?} should name {named}", change.what);
+    account.converge(plan);
+}
+
+#[test]
+fn drift_is_named_and_repaired() {
+    let pp = public_private();
+    repaired(
+        &pp,
+        |o| o.route_tables[0].routes.retain(|r| r.destination != DEFAULT_ROUTE),
+        "CreatedRoute",
+        "rtb/public",
+    );
+    repaired(&pp, |o| o.internet_gateways[0].attached_vpcs.clear(), "AttachedInternetGateway", "not attached");
+    repaired(
+        &pp,
+        |o| o.subnets.retain(|s| s.tags[COMPONENT_TAG] != "subnet/private/1"),
+        "CreatedSubnet",
+        "subnet/private/1",
+    );
+    repaired(
+        &pp,
+        |o| {
+            o.subnets[0].tags.remove("team");
+        },
+        "UpdatedTags",
+        "team",
+    );
+    repaired(
+        &pp,
+        |o| {
+            o.vpcs[0].tags.insert("extra".into(), "x".into());
+        },
+        "UpdatedTags",
+        "extra",
+    );
+    let ssh = Rule { protocol: "tcp".into(), from: Some(22), to: Some(22), source: Source::Cidr("0.0.0.0/0".into()) };
+    repaired(
+        &pp,
+        |o| {
+            o.security_groups.iter_mut().find(|g| g.tags[COMPONENT_TAG] == SG_APP).unwrap().ingress.insert(ssh);
+        },
+        "RevokedSecurityGroupRule",
+        "port 22",
+    );
+    repaired(
+        &pp,
+        |o| {
+            o.route_tables[1].routes.iter_mut().find(|r| r.destination == DEFAULT_ROUTE).unwrap().target =
+                RouteTarget::Other("pcx-1".into())
+        },
+        "ReplacedRoute",
+        "rtb/private/0",
+    );
+    let pi = private_isolated();
+    repaired(
+        &pi,
+        |o| o.vpc_endpoints.retain(|e| e.service != "com.amazonaws.us-east-1.ssm"),
+        "CreatedVpcEndpoint",
+        "vpce/ssm",
+    );
+    repaired(
+        &pi,
+        |o| {
+            let isolated = o.route_tables.iter_mut().find(|t| t.tags[COMPONENT_TAG] == "rtb/isolated").unwrap();
+            isolated
+                .routes
+                .push(Route { destination: DEFAULT_ROUTE.into(), target: RouteTarget::Gateway("igw-foreign".into()) });
+        },
+        "DeletedRoute",
+        "rtb/isolated",
+    );
+    repaired(
+        &pi,
+        |o| o.subnets.retain(|s| s.tags[COMPONENT_TAG] != "subnet/private/2"),
+        "CreatedSubnet",
+        "subnet/private/2",
+    );
+}
+
+#[test]
+fn spec_changes_converge_in_place() {
+    let single = public_private();
+    let mut account = Account::default();
+    account.converge(&single);
+    let vpc = account.observed.vpcs[0].id.clone();
+
+    let per_az = plan_of(
+        serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"cidr": "10.20.0.0/16", "natGateways": "PerAz"}, "tags": {"team": "b", "cost": "1"}}),
+    );
+    account.converge(&per_az);
+    let live: Vec<&NatGateway> = account.observed.nat_gateways.iter().filter(|n| n.state == "available").collect();
+    assert_eq!(live.len(), 2);
+    assert_eq!(account.observed.vpcs[0].id, vpc, "the VPC stays");
+    assert!(account.observed.subnets.iter().all(|s| s.tags["team"] == "b" && s.tags["cost"] == "1"));
+
+    let none = plan_of(
+        serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"cidr": "10.20.0.0/16", "natGateways": "None", "vpcLink": false}}),
+    );
+    account.converge(&none);
+    assert!(account.observed.nat_gateways.iter().all(|n| n.state == "deleted"));
+    assert!(account.observed.addresses.is_empty(), "Elastic IPs released");
+    assert!(account.observed.vpc_links.is_empty());
+    assert!(!account.observed.security_groups.iter().any(|g| g.tags[COMPONENT_TAG] == SG_VPCLINK));
+    assert!(
+        account.observed.route_tables.iter().skip(1).all(|t| !t.routes.iter().any(|r| r.destination == DEFAULT_ROUTE))
+    );
+    assert!(account.observed.subnets.iter().all(|s| !s.tags.contains_key("team")));
+}
+
+#[test]
+fn an_unaliased_key_is_found_by_its_tags_and_a_foreign_alias_is_a_conflict() {
+    let plan = public_private();
+    let mut account = Account::default();
+    account.converge(&plan);
+    let key = account.observed.kms_keys[0].key_id.clone();
+    account.observed.alias = None;
+    let d = diff(&plan, &account.observed, &Previous::default());
+    assert_eq!(d.changes[0].action, Action::CreateAlias { alias: owner().kms_alias(), key_id: key });
+    account.observed.alias = Some(KmsAlias { name: owner().kms_alias(), target_key_id: Some("someone-else".into()) });
+    assert!(
+        diff(&plan, &account.observed, &Previous::default()).conflict.unwrap().to_string().contains("did not create")
+    );
+}
+
+#[test]
+fn waiting_states_keep_the_stack_from_ready() {
+    let plan = public_private();
+    let mut account = Account::default();
+    account.converge(&plan);
+    account.observed.nat_gateways[0].state = "pending".into();
+    let d = diff(&plan, &account.observed, &Previous::default());
+    assert!(d.changes.is_empty());
+    assert!(d.waiting[0].contains("pending"));
+    account.observed.nat_gateways[0].state = "deleting".into();
+    assert_eq!(
+        teardown(&account.observed, "a"),
+        Teardown::Step(Change {
+            what: format!("deleting the VPC Link {}", account.observed.vpc_links[0].id),
+            component: VPCLINK.into(),
+            action: Action::Delete(Deletion::VpcLink(account.observed.vpc_links[0].id.clone())),
+        })
+    );
+    account.observed.vpc_links.clear();
+    assert!(matches!(teardown(&account.observed, "a"), Teardown::Waiting(w) if w.contains("NAT")));
+}
+
+#[test]
+fn only_the_owner_s_resources_are_observed() {
+    let mut snapshot = Snapshot::default();
+    let tagged = |uid: &str| Tags::from([(OWNER_UID_TAG.to_string(), uid.to_string())]);
+    snapshot.vpcs = std::sync::Arc::new(vec![
+        Vpc { id: "vpc-1".into(), cidr: String::new(), tags: tagged("uid-1"), dns_support: None, dns_hostnames: None },
+        Vpc { id: "vpc-2".into(), cidr: String::new(), tags: tagged("uid-2"), dns_support: None, dns_hostnames: None },
+    ]);
+    snapshot.kms_aliases =
+        std::sync::Arc::new(vec![KmsAlias { name: "alias/tinystacks/team-a/web".into(), target_key_id: None }]);
+    let o = Observed::of(&snapshot, "uid-1", "alias/tinystacks/team-a/web");
+    assert_eq!(o.vpcs.len(), 1);
+    assert_eq!(o.vpcs[0].id, "vpc-1");
+    assert!(o.alias.is_some());
+}

@@ -1,0 +1,958 @@
+//! The Helm chart, and how the operator fits GitOps tools:
+//! - the chart's CRDs are the generated ones, `helm lint` is clean, and it renders a restricted,
+//!   highly available, least-privilege install whose settings reach flags the binary knows;
+//! - installed into the real API server, its ServiceAccount's token (TokenRequest API) runs the
+//!   operator out of cluster through every kind's lifecycle with no RBAC denial, and a rule taken
+//!   away is reported with its verb and resource;
+//! - over live objects, the real kstatus library (Flux, `kubectl wait`), the Argo CD health check
+//!   in Lua, and `kubectl wait --for=condition=Ready` say what the conditions mean.
+//!
+//! Needs the environment of `hack/testenv.sh up` (`helm`, `kubectl`, `kstatus`, `lupa-python`
+//! on PATH through its env file).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, FINALIZER, PAUSED_ANNOTATION, Stack};
+
+use common::*;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/tinystacks-operator");
+/// The oldest Kubernetes the chart supports (Chart.yaml kubeVersion): rendering for it proves
+/// that no newer API is used.
+const MIN_KUBE_VERSION: &str = "1.33.0";
+const WAIT: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------------------------------------
+// Tools
+
+/// Runs `cmd`, optionally feeding `stdin`; panics with the command's output if it cannot start.
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e}; source the env file of `hack/testenv.sh up` (it puts the tools on PATH)")
+    });
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for the command")
+}
+
+/// Runs `cmd` and returns its stdout; panics with both outputs unless it succeeds.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd, None);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn helm() -> Command {
+    Command::new("helm")
+}
+
+fn kubectl() -> Command {
+    Command::new("kubectl")
+}
+
+/// `helm template` of the chart with `--set` values; the documents, or helm's error.
+fn render(sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut cmd = helm();
+    cmd.args(["template", "t", CHART, "--namespace", "tinystacks-system", "--kube-version", MIN_KUBE_VERSION]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = run(&mut cmd, None);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| format!("rendered YAML: {e}"))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn rendered(sets: &[&str]) -> Vec<Value> {
+    render(sets).unwrap_or_else(|e| panic!("helm template with {sets:?} failed: {e}"))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| d["kind"] == kind)
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter().filter_map(|d| d["kind"].as_str().map(String::from)).collect()
+}
+
+fn container(docs: &[Value]) -> &Value {
+    &find(docs, "Deployment").expect("a Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The container's environment as (name, value or valueFrom).
+fn env_of(docs: &[Value]) -> Vec<(String, Value)> {
+    container(docs)["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.get("value").or(e.get("valueFrom")).cloned().unwrap()))
+        .collect()
+}
+
+fn env_value(docs: &[Value], name: &str) -> Option<Value> {
+    env_of(docs).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The chart on its own
+
+#[test]
+fn the_charts_crds_are_the_generated_ones_byte_for_byte() {
+    let committed = std::fs::read(format!("{REPO}/crds/tinystacks.io.yaml")).expect("crds/tinystacks.io.yaml");
+    let chart = std::fs::read(format!("{CHART}/crds/tinystacks.io.yaml")).expect("the chart's crds/");
+    assert!(committed == chart, "charts/tinystacks-operator/crds/ differs from crds/: run `make crds`");
+    let generated = tinystacks_operator::api::crds_yaml().expect("render the CRDs");
+    assert!(chart == generated.as_bytes(), "the chart's CRDs differ from the Rust types: run `make crds`");
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    let out = run(helm().args(["lint", CHART, "--strict", "--kube-version", MIN_KUBE_VERSION]), None);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "helm lint failed:\n{text}");
+    assert!(!text.contains("[WARNING]") && !text.contains("[ERROR]"), "helm lint is not clean:\n{text}");
+    // With every optional object on, too.
+    let all_on = [
+        "metrics.serviceMonitor.enabled=true",
+        "networkPolicy.enabled=true",
+        "networkPolicy.egress.enabled=true",
+        "serviceAccount.roleArn=arn:aws:iam::123456789012:role/tinystacks-operator",
+    ];
+    let mut cmd = helm();
+    cmd.args(["lint", CHART, "--strict", "--kube-version", MIN_KUBE_VERSION]);
+    for set in all_on {
+        cmd.args(["--set", set]);
+    }
+    let out = run(&mut cmd, None);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("[WARNING]"), "helm lint with {all_on:?}:\n{text}");
+}
+
+#[test]
+fn the_default_install_is_highly_available_restricted_and_probed() {
+    let docs = rendered(&[]);
+    let expected: BTreeSet<String> = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(kinds(&docs), expected, "the optional ServiceMonitor and NetworkPolicy are off by default");
+
+    let deployment = find(&docs, "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = container(&docs);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(c["resources"][kind][resource].is_string(), "resources.{kind}.{resource} is set");
+        }
+    }
+    assert_eq!(c["livenessProbe"]["httpGet"], json!({"path": "/healthz", "port": "metrics"}));
+    assert_eq!(c["readinessProbe"]["httpGet"], json!({"path": "/readyz", "port": "metrics"}));
+    assert_eq!(c["ports"][0], json!({"name": "metrics", "containerPort": 8080, "protocol": "TCP"}));
+    assert_eq!(c["args"], json!(["run"]));
+    assert_eq!(c["image"], "tinystacks-operator:0.1.0", "the default tag is the appVersion");
+
+    // Each replica's identity and the operator's namespace come from the downward API.
+    assert_eq!(env_value(&docs, "POD_NAME").unwrap(), json!({"fieldRef": {"fieldPath": "metadata.name"}}));
+    assert_eq!(
+        env_value(&docs, "TINYSTACKS_NAMESPACE").unwrap(),
+        json!({"fieldRef": {"fieldPath": "metadata.namespace"}})
+    );
+    assert_eq!(env_value(&docs, "TINYSTACKS_LEADER_ELECTION").unwrap(), "true");
+    assert_eq!(env_value(&docs, "TINYSTACKS_METRICS_ADDR").unwrap(), "0.0.0.0:8080");
+
+    let pdb = find(&docs, "PodDisruptionBudget").unwrap();
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["selector"], deployment["spec"]["selector"]);
+    let service = find(&docs, "Service").unwrap();
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    assert_eq!(&service["spec"]["selector"], &deployment["spec"]["selector"]["matchLabels"]);
+
+    // One replica: no PDB, which would block every node drain.
+    assert!(find(&rendered(&["replicaCount=1"]), "PodDisruptionBudget").is_none());
+}
+
+#[test]
+fn values_reach_the_operator_as_flags_it_knows() {
+    let docs = rendered(&[
+        "aws.region=eu-west-1",
+        "aws.endpointUrl=http://127.0.0.1:5000",
+        "aws.serviceRoleArn=arn:aws:iam::123456789012:role/ops/tinystacks",
+        "operator.resyncPeriod=2m",
+        "operator.maxBackoff=1m",
+        "operator.concurrency=8",
+        "operator.logFormat=text",
+        "operator.logLevel=debug",
+        "operator.watchNamespace=team-a",
+        "operator.leaderElection.leaseName=my-lease",
+        "operator.leaderElection.leaseDuration=20s",
+        "metrics.port=9090",
+        "image.repository=registry.example/tinystacks-operator",
+        "image.tag=1.2.3",
+    ]);
+    for (name, value) in [
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ("TINYSTACKS_SERVICE_ROLE_ARN", "arn:aws:iam::123456789012:role/ops/tinystacks"),
+        ("TINYSTACKS_RESYNC_PERIOD", "2m"),
+        ("TINYSTACKS_MAX_BACKOFF", "1m"),
+        ("TINYSTACKS_CONCURRENCY", "8"),
+        ("TINYSTACKS_LOG_FORMAT", "text"),
+        ("RUST_LOG", "debug"),
+        ("TINYSTACKS_WATCH_NAMESPACE", "team-a"),
+        ("TINYSTACKS_LEASE_NAME", "my-lease"),
+        ("TINYSTACKS_LEASE_DURATION", "20s"),
+        ("TINYSTACKS_METRICS_ADDR", "0.0.0.0:9090"),
+    ] {
+        assert_eq!(env_value(&docs, name), Some(json!(value)), "{name}");
+    }
+    assert_eq!(container(&docs)["image"], "registry.example/tinystacks-operator:1.2.3");
+    assert_eq!(container(&docs)["ports"][0]["containerPort"], 9090);
+    let role = find(&docs, "Role").unwrap();
+    assert!(role["rules"].as_array().unwrap().iter().any(|r| r["resourceNames"] == json!(["my-lease"])));
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let pinned = rendered(&[&format!("image.digest={digest}")]);
+    assert_eq!(container(&pinned)["image"], format!("tinystacks-operator@{digest}"));
+
+    // Every TINYSTACKS_* variable the chart sets is one `tinystacks-operator run` reads.
+    let help = run_ok(Command::new(env!("CARGO_BIN_EXE_tinystacks-operator")).args(["run", "--help"]));
+    for (name, _) in env_of(&docs) {
+        if name.starts_with("TINYSTACKS_") || name == "POD_NAME" {
+            assert!(help.contains(&format!("env: {name}")), "`run --help` does not know {name}:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn optional_objects_and_the_irsa_annotation() {
+    let docs = rendered(&[
+        "serviceAccount.roleArn=arn:aws:iam::123456789012:role/tinystacks-operator",
+        "serviceAccount.annotations.team=platform",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prometheus",
+        "networkPolicy.enabled=true",
+        "networkPolicy.egress.enabled=true",
+    ]);
+    let sa = find(&docs, "ServiceAccount").unwrap();
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/tinystacks-operator"
+    );
+    assert_eq!(sa["metadata"]["annotations"]["team"], "platform");
+    assert!(find(&rendered(&[]), "ServiceAccount").unwrap()["metadata"].get("annotations").is_none());
+
+    let monitor = find(&docs, "ServiceMonitor").expect("a ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["selector"]["matchLabels"], find(&docs, "Service").unwrap()["spec"]["selector"]);
+
+    let policy = find(&docs, "NetworkPolicy").expect("a NetworkPolicy");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
+    let egress_ports: Vec<&Value> =
+        policy["spec"]["egress"].as_array().unwrap().iter().flat_map(|r| r["ports"].as_array().unwrap()).collect();
+    assert!(egress_ports.iter().any(|p| p["port"] == 53 && p["protocol"] == "UDP"), "DNS");
+    assert!(egress_ports.iter().any(|p| p["port"] == 443), "AWS");
+    let ingress_only = rendered(&["networkPolicy.enabled=true"]);
+    assert_eq!(find(&ingress_only, "NetworkPolicy").unwrap()["spec"]["policyTypes"], json!(["Ingress"]));
+}
+
+#[test]
+fn the_schema_and_the_templates_reject_mistakes_with_a_clear_message() {
+    for (set, expected) in [
+        ("operator.logFormat=xml", "/operator/logFormat"),
+        ("operator.concurrency=0", "/operator/concurrency"),
+        ("operator.resyncPeriod=soon", "/operator/resyncPeriod"),
+        ("replicaCount=0", "/replicaCount"),
+        ("serviceAccount.roleArn=my-role", "/serviceAccount/roleArn"),
+        ("aws.endpointUrl=moto:5000", "/aws/endpointUrl"),
+        ("image.digest=latest", "/image/digest"),
+        ("reslurces.limits.cpu=1", "reslurces"),
+    ] {
+        let error = render(&[set]).expect_err(set);
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+    let error = render(&["operator.leaderElection.enabled=false"]).expect_err("two replicas without a Lease");
+    assert!(error.contains("leaderElection.enabled must be true"), "{error}");
+    render(&["operator.leaderElection.enabled=false", "replicaCount=1"]).expect("one replica needs no Lease");
+    let error = render(&["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"]).expect_err("monitor");
+    assert!(error.contains("metrics.service.enabled"), "{error}");
+}
+
+/// Least privilege, checked on the rendered rules; the installed test proves they are enough.
+#[test]
+fn the_roles_grant_no_wildcard_write_all_or_escalation() {
+    let docs = rendered(&[]);
+    for kind in ["ClusterRole", "Role"] {
+        let role = find(&docs, kind).unwrap();
+        for rule in role["rules"].as_array().unwrap() {
+            for field in ["apiGroups", "resources", "verbs"] {
+                assert!(!rule[field].as_array().unwrap().contains(&json!("*")), "{kind} has a wildcard: {rule}");
+            }
+            for verb in ["deletecollection", "escalate", "bind", "impersonate", "use", "approve"] {
+                assert!(!rule["verbs"].as_array().unwrap().contains(&json!(verb)), "{kind} grants {verb}: {rule}");
+            }
+        }
+    }
+    let cluster = &find(&docs, "ClusterRole").unwrap()["rules"];
+    let rule_for = |resource: &str| {
+        cluster
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"].as_array().unwrap().contains(&json!(resource)))
+            .cloned()
+    };
+    let secrets = rule_for("secrets").expect("a rule for Secrets");
+    assert_eq!(secrets["verbs"], json!(["get", "list", "watch", "create", "patch", "delete"]), "no update");
+    assert_eq!(rule_for("namespaces").unwrap()["resourceNames"], json!(["tinystacks-system"]));
+    assert!(rule_for("leases").is_none() && rule_for("configmaps").is_none(), "those stay in the Role");
+    let kinds = rule_for("stacks").unwrap();
+    assert_eq!(
+        kinds["verbs"],
+        json!(["get", "list", "watch", "patch"]),
+        "no create, update or delete of users' objects"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Installed into the test control plane
+
+/// A release of the chart in a namespace of its own, and a kubeconfig holding a token of its
+/// ServiceAccount; uninstalled (its cluster-scoped RBAC with it) when dropped.
+struct Release {
+    name: String,
+    service_account: String,
+    kubeconfig: PathBuf,
+    client: Client,
+    // Dropped after `drop` uninstalled the release.
+    namespace: TestNamespace,
+}
+
+impl Release {
+    async fn install(client: &Client, prefix: &str) -> Self {
+        install_crds(client).await;
+        let namespace = TestNamespace::new(client, prefix).await;
+        let name = format!("ts-{}", suffix());
+        // Everything optional that the API server can hold is on: the NetworkPolicy, the IRSA
+        // annotation. No pod runs here (no kubelet); the operator runs out of cluster below.
+        run_ok(helm().args([
+            "install",
+            &name,
+            CHART,
+            "--namespace",
+            &namespace.name,
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.egress.enabled=true",
+            "--set",
+            "serviceAccount.roleArn=arn:aws:iam::123456789012:role/tinystacks-operator",
+        ]));
+        let service_account = format!("{name}-tinystacks-operator");
+        // The TokenRequest API: a short-lived token bound to the ServiceAccount.
+        let token = run_ok(kubectl().args([
+            "create",
+            "token",
+            &service_account,
+            "--namespace",
+            &namespace.name,
+            "--duration",
+            "2h",
+        ]));
+        let kubeconfig = std::env::temp_dir().join(format!("tinystacks-{name}.kubeconfig"));
+        std::fs::write(&kubeconfig, service_account_kubeconfig(token.trim())).expect("write the kubeconfig");
+        Self { name, service_account, kubeconfig, client: client.clone(), namespace }
+    }
+
+    fn operator(&self) -> Operator {
+        let config = OperatorConfig {
+            namespace: &self.namespace.name,
+            lease_name: "tinystacks-operator",
+            resync: "2s",
+            extra_args: vec![],
+        };
+        Operator::start_with_env(config, &[("KUBECONFIG", self.kubeconfig.to_str().unwrap())])
+    }
+
+    fn user(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace.name, self.service_account)
+    }
+
+    /// The release's ClusterRole rules, edited by `edit` (as an administrator would by hand).
+    async fn edit_cluster_role(&self, edit: impl FnOnce(&mut Vec<PolicyRule>)) {
+        let api = Api::<ClusterRole>::all(self.client.clone());
+        let mut role = api.get(&self.fullname()).await.expect("the ClusterRole");
+        edit(role.rules.get_or_insert_with(Vec::new));
+        role.metadata.managed_fields = None;
+        api.replace(&self.fullname(), &PostParams::default(), &role).await.expect("replace the ClusterRole");
+    }
+
+    async fn edit_role(&self, edit: impl FnOnce(&mut Vec<PolicyRule>)) {
+        let api = Api::<Role>::namespaced(self.client.clone(), &self.namespace.name);
+        let mut role = api.get(&self.fullname()).await.expect("the Role");
+        edit(role.rules.get_or_insert_with(Vec::new));
+        role.metadata.managed_fields = None;
+        api.replace(&self.fullname(), &PostParams::default(), &role).await.expect("replace the Role");
+    }
+
+    /// Puts the chart's rules back.
+    fn restore_rules(&self) {
+        run_ok(helm().args(["upgrade", &self.name, CHART, "--namespace", &self.namespace.name, "--reuse-values"]));
+    }
+
+    fn fullname(&self) -> String {
+        format!("{}-tinystacks-operator", self.name)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = Command::new("helm")
+            .args(["uninstall", &self.name, "--namespace", &self.namespace.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+/// A kubeconfig for `token`, with the server and CA of the admin kubeconfig of the test env.
+fn service_account_kubeconfig(token: &str) -> String {
+    let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(&admin).expect("read KUBECONFIG")).expect("YAML");
+    let cluster = &admin["clusters"][0]["cluster"];
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": {
+            "server": cluster["server"],
+            "certificate-authority-data": cluster["certificate-authority-data"],
+        }}],
+        "users": [{"name": "chart-service-account", "user": {"token": token}}],
+        "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": "chart-service-account"}}],
+        "current-context": "testenv",
+    });
+    serde_json::to_string_pretty(&config).expect("kubeconfig")
+}
+
+async fn create<K>(api: &Api<K>, name: &str, annotations: Value, spec: Value)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "metadata": {"name": name, "annotations": annotations}, "spec": spec,
+    }))
+    .expect("a valid object");
+    api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("create {} {name}: {e}", K::kind(&())));
+}
+
+fn link_spec(allowed: &[&str]) -> Value {
+    json!({"accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed})
+}
+
+/// Lets a Stack that its link did not allow go: src/stack's cleanup fails with
+/// AccountLinkNotAllowed for it (although no AWS call was ever made for it), so the test allows
+/// the namespace once the Stack is being deleted. Remove when that cleanup returns Done.
+async fn allow_for_cleanup(links: &Api<AwsAccountLink>, link: &str, namespace: &str) {
+    let allow = json!({"spec": {"allowedNamespaces": [namespace]}});
+    links.patch(link, &PatchParams::default(), &Patch::Merge(&allow)).await.expect("allow the namespace");
+}
+
+/// Waits until the object holds the finalizer and a `Ready` condition for its generation.
+async fn wait_reconciled<K>(api: &Api<K>, name: &str) -> Value
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    eventually(&format!("{name} to be reconciled"), WAIT, || async {
+        let obj = api.get(name).await.map_err(|e| e.to_string())?;
+        let value = serde_json::to_value(&obj).map_err(|e| e.to_string())?;
+        let ready = common::condition(&value, "Ready");
+        let current = ready.as_ref().is_some_and(|c| c["observedGeneration"] == value["metadata"]["generation"]);
+        if current && obj.finalizers().iter().any(|f| f == FINALIZER) {
+            Ok(value)
+        } else {
+            Err(format!("finalizers {:?}, Ready {ready:?}", obj.finalizers()))
+        }
+    })
+    .await
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(&format!("{name} to be deleted"), WAIT, || async {
+        match api.get_opt(name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(o)) => Err(format!("still there, finalizers {:?}", o.finalizers())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// The operator's JSON log lines at WARN or ERROR whose text, with quotes and escapes removed,
+/// contains every one of `needles`.
+fn warnings_with(log: &str, needles: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| matches!(line["level"].as_str(), Some("WARN" | "ERROR")))
+        .map(|line| line["fields"].to_string().replace(['\\', '"'], ""))
+        .filter(|text| needles.iter().all(|n| text.contains(n)))
+        .collect()
+}
+
+/// Fails with the lines if RBAC denied the operator anything. RBAC's message is `... is
+/// forbidden: User "..." cannot <verb> resource ...`; other 403s (an Event into a namespace
+/// being deleted) are not about the chart.
+fn assert_no_rbac_denial(log: &str) {
+    let denied: Vec<&str> = log.lines().filter(|l| l.contains("forbidden: User")).take(5).collect();
+    assert!(denied.is_empty(), "the chart's RBAC denied the operator:\n{}", denied.join("\n"));
+}
+
+/// The `# TYPE` families of a scrape, as the names of their samples (counters end in `_total`).
+fn scraped_metrics(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (name, kind) = (parts.next()?, parts.next()?);
+            Some(if kind == "counter" { format!("{name}_total") } else { name.to_string() })
+        })
+        .collect()
+}
+
+/// The metric names listed in the README's "Metrics" section.
+fn documented_metrics() -> BTreeSet<String> {
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).expect("README.md");
+    let section = readme.split("\n## Metrics").nth(1).expect("a `## Metrics` section in README.md");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `tinystacks_"))
+        .filter_map(|l| l.split('`').nth(1).map(String::from))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_without_rbac_denial() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    let release = Release::install(&client, "chart-rbac").await;
+    let team = TestNamespace::new(&client, "chart-team").await;
+    let operator = release.operator();
+
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    let stacks = Api::<Stack>::namespaced(client.clone(), &team.name);
+    let databases = Api::<Database>::namespaced(client.clone(), &team.name);
+    let bastions = Api::<Bastion>::namespaced(client.clone(), &team.name);
+    let (link, denying) = (format!("chart-{}", suffix()), format!("chart-deny-{}", suffix()));
+    create(&links, &link, json!({}), link_spec(&[&team.name])).await;
+    create(&links, &denying, json!({}), link_spec(&["nobody"])).await;
+    create(&stacks, "web", json!({}), json!({"accountLinkRef": {"name": link}})).await;
+    create(&stacks, "lost", json!({}), json!({"accountLinkRef": {"name": denying}})).await;
+    create(&databases, "orders", json!({}), json!({"stackRef": {"name": "web"}, "deletionPolicy": "Delete"})).await;
+    create(&bastions, "ops", json!({}), json!({"stackRef": {"name": "web"}})).await;
+
+    // Every kind got its finalizer (a patch) and its conditions (status patch) from the operator
+    // running as the chart's ServiceAccount.
+    let l = wait_reconciled(&links, &link).await;
+    wait_reconciled(&links, &denying).await;
+    wait_reconciled(&stacks, "web").await;
+    wait_reconciled(&databases, "orders").await;
+    wait_reconciled(&bastions, "ops").await;
+    wait_condition(&stacks, "lost", "Stalled", "True", "AccountLinkNotAllowed").await;
+
+    // The other writes of the chart's rules: Events (the Stall is a Warning), the Lease in the
+    // release's namespace, and the link's template ConfigMap where the link has written one.
+    let events = event_reasons(&client, &team.name, "lost").await;
+    assert!(events.iter().any(|(t, r)| t == "Warning" && r == "AccountLinkNotAllowed"), "events: {events:?}");
+    let lease = Api::<Lease>::namespaced(client.clone(), &release.namespace.name).get("tinystacks-operator").await;
+    assert_eq!(lease.expect("the Lease").spec.and_then(|s| s.holder_identity), Some(operator.identity.clone()));
+    if let Some(config_map) = l["status"]["templateConfigMap"].as_str() {
+        let cms = Api::<ConfigMap>::namespaced(client.clone(), &release.namespace.name);
+        assert!(cms.get_opt(config_map).await.expect("get ConfigMap").is_some(), "ConfigMap {config_map}");
+    }
+
+    // Metrics: every family is documented in the README, every documented one is served. The
+    // scrape is kept as the README's sample.
+    let (code, scrape) = operator.get("/metrics");
+    assert_eq!(code, 200);
+    let sample = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrics-sample.txt");
+    std::fs::write(&sample, &scrape).expect("write the sample scrape");
+    assert!(scrape.contains("tinystacks_reconciles_total{kind=\"Stack\"}"), "{scrape}");
+    assert_eq!(scraped_metrics(&scrape), documented_metrics(), "README's metrics differ from {}", sample.display());
+
+    // Deletion: the Stacks with their Database and Bastion at once (the Stack waits for them),
+    // then the links. The links go last because a Stack tears its network down through its
+    // link, which must still be Ready then.
+    for name in ["web", "lost"] {
+        stacks.delete(name, &DeleteParams::default()).await.expect("delete stack");
+    }
+    databases.delete("orders", &DeleteParams::default()).await.expect("delete database");
+    bastions.delete("ops", &DeleteParams::default()).await.expect("delete bastion");
+    wait_gone(&databases, "orders").await;
+    wait_gone(&bastions, "ops").await;
+    wait_gone(&stacks, "web").await;
+    allow_for_cleanup(&links, &denying, &team.name).await;
+    wait_gone(&stacks, "lost").await;
+    for name in [&link, &denying] {
+        links.delete(name, &DeleteParams::default()).await.expect("delete link");
+    }
+    wait_gone(&links, &link).await;
+    wait_gone(&links, &denying).await;
+
+    assert_no_rbac_denial(&operator.logs());
+}
+
+#[tokio::test]
+async fn a_rule_taken_away_is_reported_with_its_verb_and_resource() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    let release = Release::install(&client, "chart-deny").await;
+    let team = TestNamespace::new(&client, "chart-deny-team").await;
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    let stacks = Api::<Stack>::namespaced(client.clone(), &team.name);
+    let denying = format!("chart-deny-{}", suffix());
+    create(&links, &denying, json!({}), link_spec(&["nobody"])).await;
+    let user = release.user();
+
+    // No status subresource: every status write fails with a warning that names the verb and
+    // the subresource, retried with backoff.
+    release
+        .edit_cluster_role(|rules| rules.retain(|r| !r.resources.iter().flatten().any(|x| x.ends_with("/status"))))
+        .await;
+    let operator = release.operator();
+    create(&stacks, "web", json!({}), json!({"accountLinkRef": {"name": denying}})).await;
+    let denied =
+        ["status write failed", "cannot patch resource stacks/status in API group tinystacks.io", user.as_str()];
+    eventually("a warning about the status subresource", WAIT, || async {
+        let lines = warnings_with(&operator.logs(), &denied);
+        (!lines.is_empty()).then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+    assert!(stacks.get("web").await.unwrap().status.is_none(), "no status could be written");
+    drop(operator);
+
+    // No Events: the reconcile goes on (the Stall is in the conditions), each lost Event is a
+    // warning naming the verb, the resource and its group.
+    release.restore_rules();
+    release
+        .edit_cluster_role(|rules| rules.retain(|r| !r.api_groups.iter().flatten().any(|g| g == "events.k8s.io")))
+        .await;
+    let operator = release.operator();
+    wait_condition(&stacks, "web", "Stalled", "True", "AccountLinkNotAllowed").await;
+    let denied = ["could not publish event", "cannot create resource events in API group events.k8s.io"];
+    eventually("a warning about Events", WAIT, || async {
+        (!warnings_with(&operator.logs(), &denied).is_empty()).then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+    drop(operator);
+
+    // No watch on the kinds: the watcher warns, naming the verb and each kind.
+    release.restore_rules();
+    release
+        .edit_cluster_role(|rules| {
+            for rule in rules.iter_mut().filter(|r| r.resources.iter().flatten().any(|x| x == "stacks")) {
+                rule.verbs.retain(|v| v != "watch");
+            }
+        })
+        .await;
+    let operator = release.operator();
+    eventually("a warning about the watch", WAIT, || async {
+        let log = operator.logs();
+        let all = ["stacks", "databases", "bastions", "awsaccountlinks"].iter().all(|kind| {
+            !warnings_with(&log, &[&format!("cannot watch resource {kind} in API group tinystacks.io")]).is_empty()
+        });
+        all.then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+    drop(operator);
+
+    // No Lease: leader election warns on every attempt, naming the verb and the resource.
+    release.restore_rules();
+    release.edit_role(|rules| rules.retain(|r| !r.resources.iter().flatten().any(|x| x == "leases"))).await;
+    let operator = release.operator();
+    let denied = ["leader election attempt failed", "cannot get resource leases in API group coordination.k8s.io"];
+    eventually("a warning about the Lease", WAIT, || async {
+        (!warnings_with(&operator.logs(), &denied).is_empty()).then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+    drop(operator);
+
+    // No access to its own namespace: the start-up check fails with one line.
+    release.restore_rules();
+    release.edit_cluster_role(|rules| rules.retain(|r| !r.resources.iter().flatten().any(|x| x == "namespaces"))).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tinystacks-operator"))
+        .args(["run", "--namespace", &release.namespace.name, "--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("KUBECONFIG", &release.kubeconfig)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the operator");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the operator did not exit without access to its namespace");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().expect("output");
+    assert!(!output.status.success());
+    // The exit message is the one `error:` line (RUST_LOG=off does not silence every target).
+    let stderr = String::from_utf8_lossy(&output.stderr).replace(['\\', '"'], "");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(errors[0].contains("cannot get resource namespaces"), "{stderr}");
+
+    // With the rules back, the operator lets the objects go.
+    release.restore_rules();
+    let operator = release.operator();
+    stacks.delete("web", &DeleteParams::default()).await.expect("delete stack");
+    allow_for_cleanup(&links, &denying, &team.name).await;
+    wait_gone(&stacks, "web").await;
+    links.delete(&denying, &DeleteParams::default()).await.expect("delete link");
+    wait_gone(&links, &denying).await;
+    assert_no_rbac_denial(&operator.logs());
+}
+
+// ------------------------------------------------------------------------------------------------
+// GitOps health over live objects
+
+/// The object as GitOps tools read it: `kubectl get -o json`.
+fn live(resource: &str, namespace: Option<&str>) -> String {
+    let mut cmd = kubectl();
+    cmd.args(["get", resource, "-o", "json"]);
+    if let Some(ns) = namespace {
+        cmd.args(["--namespace", ns]);
+    }
+    run_ok(&mut cmd)
+}
+
+/// (status, message) as computed by a helper program (JSON on stdin, JSON on stdout).
+fn health(cmd: &mut Command, object: &str) -> (String, String) {
+    let out = run(cmd, Some(object));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let result: Value = serde_json::from_slice(&out.stdout).expect("JSON from the helper");
+    (result["status"].as_str().unwrap_or_default().into(), result["message"].as_str().unwrap_or_default().into())
+}
+
+/// The real kstatus library (hack/kstatus), as Flux and `kubectl wait`-style tools use it.
+fn kstatus(object: &str) -> (String, String) {
+    health(&mut Command::new("kstatus"), object)
+}
+
+/// The chart's Argo CD health check, in Lua 5.1 as Argo CD runs it.
+fn argocd(object: &str) -> (String, String) {
+    health(
+        Command::new("lupa-python")
+            .args([&format!("{REPO}/hack/argocd_health.py"), &format!("{CHART}/docs/argocd-health.lua")]),
+        object,
+    )
+}
+
+fn kubectl_wait(condition: &str, resource: &str, namespace: Option<&str>, timeout: &str) -> Output {
+    let mut cmd = kubectl();
+    cmd.args(["wait", &format!("--for=condition={condition}"), &format!("--timeout={timeout}"), resource]);
+    if let Some(ns) = namespace {
+        cmd.args(["--namespace", ns]);
+    }
+    run(&mut cmd, None)
+}
+
+/// Writes `Ready=True` (and `Reconciling`/`Stalled` False) for the object's generation into its
+/// status, as an administrator could: no Stack, Database or Bastion reaches Ready against moto yet.
+async fn write_ready<K>(api: &Api<K>, name: &str)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let generation = api.get(name).await.expect("get").meta().generation;
+    let now = "2026-01-01T00:00:00Z";
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": message,
+               "observedGeneration": generation, "lastTransitionTime": now})
+    };
+    let status = json!({"status": {"observedGeneration": generation, "conditions": [
+        condition("Ready", "True", "Provisioned", "written by the test"),
+        condition("Reconciling", "False", "Idle", ""),
+        condition("Stalled", "False", "NotStalled", ""),
+    ]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("write the status");
+}
+
+#[tokio::test]
+async fn gitops_health_follows_kstatus_argocd_and_kubectl_wait_over_live_objects() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    let release = Release::install(&client, "chart-gitops").await;
+    let team = TestNamespace::new(&client, "gitops-team").await;
+    let ns = Some(team.name.as_str());
+    let mut operator = release.operator();
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    let stacks = Api::<Stack>::namespaced(client.clone(), &team.name);
+    let databases = Api::<Database>::namespaced(client.clone(), &team.name);
+    let bastions = Api::<Bastion>::namespaced(client.clone(), &team.name);
+    let paused = json!({PAUSED_ANNOTATION: "true"});
+
+    // A Stack waiting for its (paused) link: InProgress, Progressing, not Ready.
+    let (link, denying) = (format!("gitops-{}", suffix()), format!("gitops-deny-{}", suffix()));
+    create(&links, &link, paused.clone(), link_spec(&[&team.name])).await;
+    create(&links, &denying, json!({}), link_spec(&["nobody"])).await;
+    create(&stacks, "waiting", json!({}), json!({"accountLinkRef": {"name": link}})).await;
+    wait_condition(&stacks, "waiting", "Ready", "False", "WaitingForAccountLink").await;
+    let waiting = live("stacks.tinystacks.io/waiting", ns);
+    assert_eq!(kstatus(&waiting).0, "InProgress", "{waiting}");
+    let (status, message) = argocd(&waiting);
+    assert_eq!(status, "Progressing");
+    assert!(message.starts_with("WaitingForAccountLink"), "{message}");
+    let out = kubectl_wait("Ready", "stacks.tinystacks.io/waiting", ns, "2s");
+    assert!(!out.status.success(), "kubectl wait returned for a Stack that is not Ready");
+    // The paused link itself: Ready is Unknown, so kstatus says InProgress; Argo CD, Suspended.
+    wait_condition(&links, &link, "Ready", "Unknown", "Paused").await;
+    let link_resource = format!("awsaccountlinks.tinystacks.io/{link}");
+    let paused_link = live(&link_resource, None);
+    assert_eq!(kstatus(&paused_link).0, "InProgress");
+    assert_eq!(argocd(&paused_link).0, "Suspended");
+
+    // A Stalled Stack (its link does not allow the namespace): Failed, Degraded.
+    create(&stacks, "stalled", json!({}), json!({"accountLinkRef": {"name": denying}})).await;
+    wait_condition(&stacks, "stalled", "Stalled", "True", "AccountLinkNotAllowed").await;
+    let stalled = live("stacks.tinystacks.io/stalled", ns);
+    let (status, message) = kstatus(&stalled);
+    assert_eq!(status, "Failed");
+    assert!(message.contains("allowedNamespaces"), "{message}");
+    let (status, message) = argocd(&stalled);
+    assert_eq!(status, "Degraded");
+    assert!(message.starts_with("AccountLinkNotAllowed: ") && message.contains("allowedNamespaces"), "{message}");
+    let out = kubectl_wait("Stalled", "stacks.tinystacks.io/stalled", ns, "20s");
+    assert!(out.status.success(), "kubectl wait --for=condition=Stalled: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Resumed, the link verifies its role (moto) and becomes Ready: InProgress, then Current;
+    // Suspended, then Healthy; `kubectl wait --for=condition=Ready` returns.
+    let resume = json!({"metadata": {"annotations": {PAUSED_ANNOTATION: null}}});
+    links.patch(&link, &PatchParams::default(), &Patch::Merge(&resume)).await.expect("resume the link");
+    let out = kubectl_wait("Ready", &link_resource, None, "60s");
+    assert!(out.status.success(), "kubectl wait {link_resource}: {}", String::from_utf8_lossy(&out.stderr));
+    let ready_link = live(&link_resource, None);
+    assert_eq!(kstatus(&ready_link), ("Current".to_string(), "Resource is Ready".to_string()), "{ready_link}");
+    assert_eq!(argocd(&ready_link).0, "Healthy", "{ready_link}");
+
+    // Ready=True for the other kinds. None reaches Ready against moto yet, so these are paused
+    // objects whose status is written by hand; the operator keeps Ready=True (reason Paused).
+    create(&stacks, "done", paused.clone(), json!({"accountLinkRef": {"name": link}})).await;
+    create(&databases, "done", paused.clone(), json!({"stackRef": {"name": "done"}})).await;
+    create(&bastions, "done", paused.clone(), json!({"stackRef": {"name": "done"}})).await;
+    wait_condition(&stacks, "done", "Ready", "Unknown", "Paused").await;
+    wait_condition(&databases, "done", "Ready", "Unknown", "Paused").await;
+    wait_condition(&bastions, "done", "Ready", "Unknown", "Paused").await;
+    write_ready(&stacks, "done").await;
+    write_ready(&databases, "done").await;
+    write_ready(&bastions, "done").await;
+    wait_condition(&stacks, "done", "Ready", "True", "Paused").await;
+    wait_condition(&databases, "done", "Ready", "True", "Paused").await;
+    wait_condition(&bastions, "done", "Ready", "True", "Paused").await;
+    for (resource, namespace) in [
+        ("stacks.tinystacks.io/done".to_string(), ns),
+        ("databases.tinystacks.io/done".to_string(), ns),
+        ("bastions.tinystacks.io/done".to_string(), ns),
+    ] {
+        let out = kubectl_wait("Ready", &resource, namespace, "20s");
+        assert!(out.status.success(), "kubectl wait {resource}: {}", String::from_utf8_lossy(&out.stderr));
+        let object = live(&resource, namespace);
+        assert_eq!(kstatus(&object).0, "Current", "{resource}: {object}");
+        assert_eq!(argocd(&object).0, "Suspended", "{resource}");
+    }
+
+    // Healthy, Current: with the operator stopped, the waiting Stack's status says Ready=True.
+    assert!(operator.terminate(), "the operator stops cleanly");
+    write_ready(&stacks, "waiting").await;
+    let ready = live("stacks.tinystacks.io/waiting", ns);
+    assert_eq!(kstatus(&ready), ("Current".to_string(), "Resource is Ready".to_string()));
+    assert_eq!(argocd(&ready), ("Healthy".to_string(), "Provisioned: written by the test".to_string()));
+    let out = kubectl_wait("Ready", "stacks.tinystacks.io/waiting", ns, "20s");
+    assert!(out.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&out.stderr));
+    // A spec change not yet observed is InProgress again; a deletion in progress is Terminating.
+    stacks
+        .patch("waiting", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tags": {"team": "a"}}})))
+        .await
+        .expect("change the spec");
+    let changed = live("stacks.tinystacks.io/waiting", ns);
+    assert_eq!(kstatus(&changed).0, "InProgress", "{changed}");
+    assert_eq!(argocd(&changed).0, "Progressing");
+    stacks.delete("waiting", &DeleteParams::default()).await.expect("delete");
+    let deleting = live("stacks.tinystacks.io/waiting", ns);
+    assert_eq!(kstatus(&deleting).0, "Terminating");
+    assert_eq!(argocd(&deleting).0, "Progressing");
+
+    // The operator lets everything go (paused objects never got the finalizer), the links last.
+    operator = release.operator();
+    for name in ["done", "stalled"] {
+        stacks.delete(name, &DeleteParams::default()).await.expect("delete stack");
+    }
+    databases.delete("done", &DeleteParams::default()).await.expect("delete database");
+    bastions.delete("done", &DeleteParams::default()).await.expect("delete bastion");
+    wait_gone(&databases, "done").await;
+    wait_gone(&bastions, "done").await;
+    allow_for_cleanup(&links, &denying, &team.name).await;
+    for name in ["waiting", "stalled", "done"] {
+        wait_gone(&stacks, name).await;
+    }
+    for name in [&link, &denying] {
+        links.delete(name, &DeleteParams::default()).await.expect("delete link");
+    }
+    wait_gone(&links, &link).await;
+    wait_gone(&links, &denying).await;
+    assert_no_rbac_denial(&operator.logs());
+}

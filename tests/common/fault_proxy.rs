@@ -1,0 +1,201 @@
+//! A fault-injecting HTTP proxy between the operator and moto: it forwards every request, counts
+//! AWS actions, and rewrites chosen answers for a number of calls, so that tests see what moto
+//! does not do (an RDS instance that stays `creating` for minutes).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A rewrite of `from` into `to` in the responses to `action`, for the next `times` responses
+/// that contain `from`.
+struct Rewrite {
+    action: String,
+    from: String,
+    to: String,
+    times: usize,
+}
+
+#[derive(Default)]
+struct State {
+    counts: HashMap<String, usize>,
+    rewrites: Vec<Rewrite>,
+    rewritten: HashMap<String, usize>,
+    /// Every request as text (head and body), for questions such as "did any call name account X".
+    requests: Vec<String>,
+}
+
+/// The proxy; its listener runs on the test's runtime until the proxy is dropped.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:PORT`, for the operator's `AWS_ENDPOINT_URL`.
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let state = Arc::new(Mutex::new(State::default()));
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(serve(client, upstream.clone(), state.clone()));
+                }
+            }
+        });
+        Self { url, state, task }
+    }
+
+    /// Rewrites `from` into `to` in the next `times` answers to `action` that contain `from`.
+    pub fn rewrite(&self, action: &str, from: &str, to: &str, times: usize) {
+        let rewrite = Rewrite { action: action.into(), from: from.into(), to: to.into(), times };
+        self.state.lock().unwrap().rewrites.push(rewrite);
+    }
+
+    /// How many requests for `action` (`CreateDBInstance`, `GetSecretValue`, ...) went through.
+    pub fn count(&self, action: &str) -> usize {
+        self.state.lock().unwrap().counts.get(action).copied().unwrap_or(0)
+    }
+
+    /// How many requests contain `needle` in their head or body (URL-encoded or not).
+    pub fn requests_mentioning(&self, needle: &str) -> usize {
+        self.state.lock().unwrap().requests.iter().filter(|r| r.contains(needle)).count()
+    }
+
+    /// How many answers to `action` were rewritten.
+    pub fn rewritten(&self, action: &str) -> usize {
+        self.state.lock().unwrap().rewritten.get(action).copied().unwrap_or(0)
+    }
+}
+
+/// One client connection: requests one after the other (keep-alive), each forwarded on a fresh
+/// upstream connection that moto closes after answering.
+async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>) {
+    loop {
+        let Some((head, body)) = read_message(&mut client, true).await else { return };
+        let action = action_of(&head, &body);
+        {
+            let mut state = state.lock().unwrap();
+            *state.counts.entry(action.clone()).or_default() += 1;
+            let text = String::from_utf8_lossy(&head).into_owned() + &String::from_utf8_lossy(&body);
+            state.requests.push(text);
+        }
+        let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+        let mut request = rewrite_header(&head, "connection", Some("close"));
+        request.extend_from_slice(&body);
+        if server.write_all(&request).await.is_err() {
+            return;
+        }
+        let Some((head, mut body)) = read_message(&mut server, false).await else { return };
+        {
+            let mut state = state.lock().unwrap();
+            let text = String::from_utf8_lossy(&body).to_string();
+            let found = state.rewrites.iter_mut().find(|r| r.action == action && r.times > 0 && text.contains(&r.from));
+            if let Some(rewrite) = found {
+                rewrite.times -= 1;
+                body = text.replace(&rewrite.from, &rewrite.to).into_bytes();
+                *state.rewritten.entry(action.clone()).or_default() += 1;
+            }
+        }
+        let head = rewrite_header(&head, "transfer-encoding", None);
+        let head = rewrite_header(&head, "content-length", Some(&body.len().to_string()));
+        let mut head = rewrite_header(&head, "connection", Some("keep-alive"));
+        head.extend_from_slice(&body);
+        if client.write_all(&head).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 message: its head (up to and including the blank line) and its body, with a
+/// chunked body decoded. A response without a length is read to the end of the connection.
+async fn read_message<S: AsyncRead + Unpin>(stream: &mut S, request: bool) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = buf[..end].to_vec();
+    let mut body = buf[end..].to_vec();
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    let header =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()));
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while body.len() < len {
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body.truncate(len);
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        stream.read_to_end(&mut body).await.ok()?;
+        body = dechunk(&body);
+    } else if !request {
+        stream.read_to_end(&mut body).await.ok()?;
+    }
+    Some((head, body))
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&raw[..i]).split(';').next().unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = i + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    out
+}
+
+/// The head with header `name` removed, then set to `value` if given; ends with the blank line.
+fn rewrite_header(head: &[u8], name: &str, value: Option<&str>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines: Vec<String> = text
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.to_lowercase().starts_with(&format!("{name}:")))
+        .map(str::to_string)
+        .collect();
+    if let Some(value) = value {
+        lines.push(format!("{name}: {value}"));
+    }
+    format!("{}\r\n\r\n", lines.join("\r\n")).into_bytes()
+}
+
+/// The AWS action of a request: `X-Amz-Target` (JSON protocols) or `Action=` (query protocols).
+fn action_of(head: &[u8], body: &[u8]) -> String {
+    let head = String::from_utf8_lossy(head);
+    if let Some(target) =
+        head.lines().find_map(|l| l.to_lowercase().starts_with("x-amz-target:").then(|| l[13..].trim().to_string()))
+    {
+        return target.rsplit('.').next().unwrap_or_default().to_string();
+    }
+    let body = String::from_utf8_lossy(body);
+    body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("unknown").to_string()
+}

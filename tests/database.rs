@@ -1,0 +1,879 @@
+//! The Database against the real API server and moto, with the real operator binary: placement and
+//! guarantees in RDS and EC2, both secrets, `envFrom`, the password kept out of every log line,
+//! event and status, drift repair, in-place changes, the three deletion policies, a crash after
+//! every mutating call, and an instance that RDS (through a fault-injecting proxy) keeps `creating`.
+//!
+//! Each test gets a namespace and an AWS account of its own. The Stack and the AwsAccountLink are
+//! fixtures: paused (the operator makes no AWS call for them and keeps their `Ready`), with the
+//! network made here in moto and their status written here, so that these tests depend only on
+//! the Database's code.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, Stack};
+
+use common::fault_proxy::FaultProxy;
+use common::moto::{account_config, new_account_id, role_arn};
+use common::*;
+
+const READY: Duration = Duration::from_secs(90);
+const FAILPOINT: &str = "TINYSTACKS_FAILPOINT_EXIT_AFTER_MUTATIONS";
+
+/// The network of the fixture Stack, made in moto.
+struct Network {
+    vpc: String,
+    /// The subnets the database must use (private, or isolated).
+    database_subnets: BTreeSet<String>,
+    app_group: String,
+    kms_key_arn: String,
+}
+
+/// One test's world: its namespace, AWS account, fixture network, link and Stack.
+struct World {
+    client: Client,
+    ns: TestNamespace,
+    aws: SdkConfig,
+    link: String,
+    stack: String,
+    net: Network,
+}
+
+impl World {
+    async fn new(pattern: &str) -> Self {
+        let mut world = Self::linked().await;
+        world.net = network(&world.aws, pattern).await;
+        world.fixture_stack(pattern).await;
+        world
+    }
+
+    /// A namespace, an account and a fixture link, but no Stack yet (its network is empty).
+    async fn linked() -> Self {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::new(&client, "db").await;
+        let account = new_account_id();
+        let aws = account_config(&account).await;
+        let link = format!("db-link-{}", suffix());
+        let stack = "web".to_string();
+        let net = Network {
+            vpc: String::new(),
+            database_subnets: BTreeSet::new(),
+            app_group: String::new(),
+            kms_key_arn: String::new(),
+        };
+        let world = Self { client, ns, aws, link, stack, net };
+        world.fixture_link(&account).await;
+        world
+    }
+
+    fn rds(&self) -> aws_sdk_rds::Client {
+        aws_sdk_rds::Client::new(&self.aws)
+    }
+    fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.aws)
+    }
+    fn secrets(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.aws)
+    }
+    fn databases(&self) -> Api<Database> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    async fn fixture_link(&self, account: &str) {
+        let link: AwsAccountLink = serde_json::from_value(json!({
+            "apiVersion": "tinystacks.io/v1alpha1", "kind": "AwsAccountLink",
+            "metadata": {"name": self.link, "annotations": {"tinystacks.io/paused": "true"}},
+            "spec": {"accountId": account, "region": "us-east-1", "allowedNamespaces": [self.ns.name]},
+        }))
+        .expect("link");
+        let api = Api::<AwsAccountLink>::all(self.client.clone());
+        api.create(&PostParams::default(), &link).await.expect("create link");
+        let status = json!({"status": {
+            "externalId": "tinystacks-tests-external-id-0123456789",
+            "roleArn": role_arn(account),
+            "conditions": [ready_condition()],
+            "observedGeneration": 1,
+        }});
+        write_status(&api, &self.link, &status).await;
+    }
+
+    async fn fixture_stack(&self, pattern: &str) {
+        let stack: Stack = serde_json::from_value(json!({
+            "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack",
+            "metadata": {"name": self.stack, "annotations": {"tinystacks.io/paused": "true"}},
+            "spec": {"accountLinkRef": {"name": self.link}, "network": {"pattern": pattern}, "tags": {"team": "tests"}},
+        }))
+        .expect("stack");
+        let api = Api::<Stack>::namespaced(self.client.clone(), &self.ns.name);
+        api.create(&PostParams::default(), &stack).await.expect("create stack");
+        let subnets = describe_subnets(&self.aws, &self.net.vpc).await;
+        let status = json!({"status": {
+            "vpcId": self.net.vpc,
+            "subnets": subnets,
+            "appSecurityGroupId": self.net.app_group,
+            "kmsKeyArn": self.net.kms_key_arn,
+            "conditions": [ready_condition()],
+            "observedGeneration": 1,
+        }});
+        write_status(&api, &self.stack, &status).await;
+    }
+
+    async fn database(&self, name: &str, spec: Value) {
+        let mut full = json!({"stackRef": {"name": self.stack}});
+        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+            full.extend(extra.clone());
+        }
+        let db: Database = serde_json::from_value(json!({
+            "apiVersion": "tinystacks.io/v1alpha1", "kind": "Database", "metadata": {"name": name}, "spec": full,
+        }))
+        .expect("database");
+        self.databases().create(&PostParams::default(), &db).await.expect("create database");
+    }
+
+    /// A paused Bastion of the Stack whose status names `group`, as the Bastion's own reconcile
+    /// would.
+    async fn bastion(&self, name: &str, group: &str) {
+        let bastion: Bastion = serde_json::from_value(json!({
+            "apiVersion": "tinystacks.io/v1alpha1", "kind": "Bastion",
+            "metadata": {"name": name, "annotations": {"tinystacks.io/paused": "true"}},
+            "spec": {"stackRef": {"name": self.stack}},
+        }))
+        .expect("bastion");
+        let api = Api::<Bastion>::namespaced(self.client.clone(), &self.ns.name);
+        api.create(&PostParams::default(), &bastion).await.expect("create bastion");
+        let status = json!({"status": {"securityGroupId": group}});
+        write_status(&api, name, &status).await;
+    }
+
+    fn operator(&self, env: &[(&str, &str)]) -> Operator {
+        let config = OperatorConfig {
+            namespace: &self.ns.name,
+            lease_name: "tinystacks-operator",
+            resync: "2s",
+            extra_args: vec![
+                "--watch-namespace".into(),
+                self.ns.name.clone(),
+                "--leader-election".into(),
+                "false".into(),
+            ],
+        };
+        Operator::start_with_env(config, env)
+    }
+
+    async fn wait_ready(&self, name: &str) -> Database {
+        let api = self.databases();
+        eventually(&format!("Database {name} Ready"), READY, || async {
+            let db = api.get(name).await.map_err(|e| e.to_string())?;
+            let value = serde_json::to_value(&db).map_err(|e| e.to_string())?;
+            let ready = condition(&value, "Ready");
+            let generation = db.metadata.generation;
+            match &ready {
+                Some(c) if c["status"] == "True" && c["observedGeneration"].as_i64() == generation => Ok(db),
+                _ => Err(format!("{ready:?}")),
+            }
+        })
+        .await
+    }
+
+    async fn wait_gone(&self, name: &str) {
+        let api = self.databases();
+        eventually(&format!("Database {name} to be deleted"), READY, || async {
+            match api.get_opt(name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(d)) => Err(format!("still there: {:?}", d.status.map(|s| s.conditions))),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    }
+
+    async fn delete(&self, name: &str) {
+        self.databases().delete(name, &DeleteParams::default()).await.expect("delete database");
+    }
+
+    async fn instance(&self, id: &str) -> Option<aws_sdk_rds::types::DbInstance> {
+        self.rds()
+            .describe_db_instances()
+            .db_instance_identifier(id)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.db_instances().first().cloned())
+    }
+
+    async fn ingress(&self, group: &str) -> BTreeSet<(String, Option<i32>, Option<i32>, String)> {
+        let out = self.ec2().describe_security_groups().group_ids(group).send().await.expect("describe group");
+        let mut rules = BTreeSet::new();
+        for p in out.security_groups().first().map(|g| g.ip_permissions()).unwrap_or_default() {
+            let key =
+                |source: String| (p.ip_protocol().unwrap_or_default().to_string(), p.from_port(), p.to_port(), source);
+            rules.extend(p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(|g| key(g.to_string())));
+            rules.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(|c| key(c.to_string())));
+            rules.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(|c| key(c.to_string())));
+        }
+        rules
+    }
+
+    async fn secret_json(&self, id: &str) -> Value {
+        let out = self.secrets().get_secret_value().secret_id(id).send().await.expect("secret value");
+        serde_json::from_str(out.secret_string().expect("a string secret")).expect("secret JSON")
+    }
+
+    async fn event_notes(&self) -> Vec<(String, String, String)> {
+        use k8s_openapi::api::events::v1::Event;
+        let events = Api::<Event>::namespaced(self.client.clone(), &self.ns.name).list(&Default::default()).await;
+        events
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn wait_event(&self, type_: &str, reason: &str, contains: &str) -> String {
+        eventually(&format!("a {type_} event {reason} mentioning {contains:?}"), READY, || async {
+            let events = self.event_notes().await;
+            events
+                .iter()
+                .find(|(t, r, n)| t == type_ && r == reason && n.contains(contains))
+                .map(|(_, _, n)| n.clone())
+                .ok_or_else(|| format!("{events:?}"))
+        })
+        .await
+    }
+
+    /// How many times an event was reported: the recorder folds repeats (same type, reason and
+    /// object) into one event whose series counts them, keeping the first note.
+    async fn event_count(&self, type_: &str, reason: &str) -> i32 {
+        use k8s_openapi::api::events::v1::Event;
+        let events = Api::<Event>::namespaced(self.client.clone(), &self.ns.name).list(&Default::default()).await;
+        events
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.type_.as_deref() == Some(type_) && e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum()
+    }
+
+    /// Waits until the event was reported more than `before` times.
+    async fn wait_event_count(&self, type_: &str, reason: &str, before: i32) {
+        eventually(&format!("another {type_} event {reason}"), READY, || async {
+            let now = self.event_count(type_, reason).await;
+            if now > before { Ok(()) } else { Err(format!("{now} reported")) }
+        })
+        .await;
+    }
+
+    /// The resources the operator made in the account: (instances, secrets, subnet groups, the
+    /// security groups it tagged).
+    async fn inventory(&self) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+        let rds = self.rds();
+        let instances = rds.describe_db_instances().send().await.expect("instances");
+        let groups = rds.describe_db_subnet_groups().send().await.expect("subnet groups");
+        let secrets = self.secrets().list_secrets().send().await.expect("secrets");
+        let sgs = self
+            .ec2()
+            .describe_security_groups()
+            .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("tinystacks.io/owner-uid").build())
+            .send()
+            .await
+            .expect("security groups");
+        (
+            instances.db_instances().iter().filter_map(|i| i.db_instance_identifier().map(str::to_string)).collect(),
+            secrets.secret_list().iter().filter_map(|s| s.name().map(str::to_string)).collect(),
+            groups.db_subnet_groups().iter().filter_map(|g| g.db_subnet_group_name().map(str::to_string)).collect(),
+            sgs.security_groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect(),
+        )
+    }
+}
+
+/// Writes a fixture's status and makes sure it sticks: an operator (this test's, or one another
+/// test runs on the same cluster) may publish the paused object's status from a read taken just
+/// before this write, and its server-side apply would then undo it.
+async fn write_status<K>(api: &Api<K>, name: &str, status: &Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let wanted = &status["status"];
+    for _ in 0..20 {
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.expect("status");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = serde_json::to_value(api.get(name).await.expect("get")).expect("json");
+        let ready = |v: &Value| condition(v, "Ready").map(|c| c["status"].clone());
+        let kept = wanted.as_object().is_some_and(|fields| {
+            fields.iter().filter(|(k, _)| *k != "conditions").all(|(k, v)| &now["status"][k] == v)
+        });
+        let wanted_ready = ready(&json!({"status": wanted}));
+        if kept && (wanted_ready.is_none() || ready(&now) == wanted_ready) {
+            return;
+        }
+    }
+    panic!("the status of {name} did not stick");
+}
+
+fn ready_condition() -> Value {
+    json!({"type": "Ready", "status": "True", "reason": "Fixture", "message": "written by the test",
+        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1})
+}
+
+/// A VPC like the Stack's, in moto: 3 public + 2 private subnets, or 3 private + 3 isolated; an
+/// app security group and a KMS key.
+async fn network(aws: &SdkConfig, pattern: &str) -> Network {
+    let ec2 = aws_sdk_ec2::Client::new(aws);
+    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.expect("vpc");
+    let vpc = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
+    let tiers: &[(&str, usize)] = match pattern {
+        "PublicPrivate" => &[("Public", 3), ("Private", 2)],
+        _ => &[("Private", 3), ("Isolated", 3)],
+    };
+    let database_tier = if pattern == "PublicPrivate" { "Private" } else { "Isolated" };
+    let mut database_subnets = BTreeSet::new();
+    for (t, (tier, count)) in tiers.iter().enumerate() {
+        for i in 0..*count {
+            let zone = format!("us-east-1{}", ["a", "b", "c"][i]);
+            let tag = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Subnet)
+                .tags(aws_sdk_ec2::types::Tag::builder().key("tier").value(*tier).build())
+                .build();
+            let out = ec2
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(format!("10.0.{}.0/24", t * 10 + i))
+                .availability_zone(zone)
+                .tag_specifications(tag)
+                .send()
+                .await
+                .expect("subnet");
+            let id = out.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string();
+            if *tier == database_tier {
+                database_subnets.insert(id);
+            }
+        }
+    }
+    let app_group = group(aws, &vpc, "app").await;
+    let kms = aws_sdk_kms::Client::new(aws);
+    let key = kms.create_key().description("the stack's key").send().await.expect("key");
+    let kms_key_arn = key.key_metadata().and_then(|k| k.arn()).expect("key arn").to_string();
+    Network { vpc, database_subnets, app_group, kms_key_arn }
+}
+
+async fn group(aws: &SdkConfig, vpc: &str, name: &str) -> String {
+    let ec2 = aws_sdk_ec2::Client::new(aws);
+    let out = ec2.create_security_group().vpc_id(vpc).group_name(name).description(name).send().await.expect("sg");
+    out.group_id().expect("group id").to_string()
+}
+
+/// The subnets of the VPC as the Stack's status lists them.
+async fn describe_subnets(aws: &SdkConfig, vpc: &str) -> Vec<Value> {
+    let ec2 = aws_sdk_ec2::Client::new(aws);
+    let filter = aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(vpc).build();
+    let out = ec2.describe_subnets().filters(filter).send().await.expect("subnets");
+    out.subnets()
+        .iter()
+        .filter_map(|s| {
+            let tier = s.tags().iter().find(|t| t.key() == Some("tier"))?.value()?;
+            Some(json!({"id": s.subnet_id()?, "tier": tier, "availabilityZone": s.availability_zone()?,
+                "cidr": s.cidr_block()?}))
+        })
+        .collect()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    serde_json::to_value(ByteString(bytes.to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Everything the operator said about the namespace's objects: its log, the events, the objects.
+async fn everything_said(world: &World, operator: &Operator) -> String {
+    let mut all = operator.logs();
+    all.push_str(&format!("{:?}", world.event_notes().await));
+    let dbs = world.databases().list(&Default::default()).await.expect("databases");
+    all.push_str(&serde_json::to_string(&dbs).unwrap_or_default());
+    all
+}
+
+#[tokio::test]
+async fn ready_database_is_private_encrypted_and_reachable_through_env_from() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let bastion_group = group(&world.aws, &world.net.vpc, "bastion").await;
+    world.bastion("ops", &bastion_group).await;
+    world.database("orders", json!({"deletionPolicy": "Delete"})).await;
+    let operator = world.operator(&[]);
+
+    let db = world.wait_ready("orders").await;
+    let status = db.status.clone().expect("status");
+    let id = status.db_instance_identifier.clone().expect("identifier");
+    assert!(id.starts_with(&format!("{}-web-orders-", world.ns.name)) && id.len() <= 63, "{id}");
+
+    // The instance: private, encrypted with the stack's key, protected, in its own group.
+    let instance = world.instance(&id).await.expect("the instance in RDS");
+    assert_eq!(instance.publicly_accessible(), Some(false));
+    assert_eq!(instance.storage_encrypted(), Some(true));
+    assert_eq!(instance.kms_key_id(), Some(world.net.kms_key_arn.as_str()));
+    assert_eq!(instance.deletion_protection(), Some(true));
+    assert_eq!(instance.engine(), Some("postgres"));
+    let db_group = status.security_group_id.clone().expect("securityGroupId");
+    let groups: Vec<&str> = instance.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id()).collect();
+    assert_eq!(groups, [db_group.as_str()]);
+    let subnet_group = instance.db_subnet_group().expect("subnet group");
+    assert_eq!(subnet_group.db_subnet_group_name(), status.subnet_group_name.as_deref());
+    let subnets: BTreeSet<String> =
+        subnet_group.subnets().iter().filter_map(|s| s.subnet_identifier().map(str::to_string)).collect();
+    assert_eq!(subnets, world.net.database_subnets, "exactly the stack's private subnets");
+    let tags: Vec<(String, String)> = instance
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .collect();
+    for (k, v) in [
+        ("tinystacks.io/managed-by", "tinystacks-operator".to_string()),
+        ("tinystacks.io/owner", format!("Database/{}/orders", world.ns.name)),
+        ("tinystacks.io/owner-uid", db.uid().unwrap_or_default()),
+        ("team", "tests".to_string()),
+    ] {
+        assert!(tags.contains(&(k.to_string(), v.clone())), "tag {k}={v} in {tags:?}");
+    }
+
+    // The dedicated group admits 5432 from the app and bastion groups and nothing else.
+    let expected: BTreeSet<_> = [&world.net.app_group, &bastion_group]
+        .into_iter()
+        .map(|g| ("tcp".to_string(), Some(5432), Some(5432), g.clone()))
+        .collect();
+    assert_eq!(world.ingress(&db_group).await, expected);
+
+    // The Secrets Manager secret matches the instance and is encrypted with the stack's key.
+    let secret_name = format!("tinystacks/{}/web/orders", world.ns.name);
+    let described = world.secrets().describe_secret().secret_id(&secret_name).send().await.expect("secret");
+    assert_eq!(described.kms_key_id(), Some(world.net.kms_key_arn.as_str()));
+    assert_eq!(status.secret_arn.as_deref(), described.arn());
+    let doc = world.secret_json(&secret_name).await;
+    let endpoint = instance.endpoint().expect("endpoint");
+    assert_eq!(doc["engine"], "postgres");
+    assert_eq!(doc["host"], endpoint.address().unwrap_or_default());
+    assert_eq!(doc["port"], endpoint.port().unwrap_or_default());
+    assert_eq!(doc["username"], "app");
+    assert_eq!(doc["dbname"], "app");
+    assert_eq!(doc["dbInstanceIdentifier"], id.as_str());
+    let password = doc["password"].as_str().expect("password").to_string();
+    assert!(password.len() >= 32 && password.chars().all(|c| c.is_ascii_alphanumeric()), "URL- and shell-safe");
+    let endpoint_status = status.endpoint.clone().expect("status.endpoint");
+    assert_eq!(Some(endpoint_status.address.as_str()), endpoint.address());
+
+    // The connection Secret: owned by the Database, every key, a URL that parses.
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    let k8s = secrets.get("orders-connection").await.expect("connection Secret");
+    let owner = &k8s.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("Database", Some(true)));
+    let data = k8s.data.clone().unwrap_or_default();
+    let get = |k: &str| String::from_utf8(data.get(k).map(|v| v.0.clone()).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(get("PG_HOST"), endpoint.address().unwrap_or_default());
+    assert_eq!(get("PG_PORT"), "5432");
+    assert_eq!(get("PG_DATABASE"), "app");
+    assert_eq!(get("PG_USER"), "app");
+    assert_eq!(get("PG_PASSWORD"), password);
+    assert_eq!(Some(get("PG_CREDENTIALS_SECRET").as_str()), described.arn());
+    let url = url::Url::parse(&get("DATABASE_URL")).expect("DATABASE_URL parses");
+    assert_eq!(url.scheme(), "postgres");
+    assert_eq!((url.username(), url.password()), ("app", Some(password.as_str())));
+    assert_eq!(url.host_str(), endpoint.address());
+    assert_eq!(url.port(), Some(5432));
+    assert_eq!(url.path(), "/app");
+    assert_eq!(url.query(), Some("sslmode=require"));
+
+    // A Pod taking the Secret with envFrom is accepted by the API server.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "orders-api"},
+        "spec": {"automountServiceAccountToken": false, "containers": [{"name": "api", "image": "example/orders-api:1",
+            "envFrom": [{"secretRef": {"name": "orders-connection"}}]}]},
+    }))
+    .expect("pod");
+    let pods = Api::<Pod>::namespaced(world.client.clone(), &world.ns.name);
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    eventually("the Pod to be accepted (server-side dry run)", Duration::from_secs(30), || async {
+        pods.create(&dry_run, &pod).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+
+    // Deletion (policy Delete) leaves nothing behind, and the password was never said anywhere.
+    world.delete("orders").await;
+    world.wait_gone("orders").await;
+    let (instances, secrets_left, subnet_groups, sgs) = world.inventory().await;
+    assert!(
+        instances.is_empty() && secrets_left.is_empty() && subnet_groups.is_empty() && sgs.is_empty(),
+        "left behind: {instances:?} {secrets_left:?} {subnet_groups:?} {sgs:?}"
+    );
+    let said = everything_said(&world, &operator).await;
+    assert!(said.contains("DeletingDbInstance"), "the log and events were scanned");
+    assert!(!said.contains(&password), "the password appears in a log line, event or status");
+    assert!(!said.contains(&base64(password.as_bytes())), "the password appears base64-encoded");
+}
+
+#[tokio::test]
+async fn isolated_stack_puts_the_database_in_isolated_subnets_and_snapshot_keeps_a_final_snapshot() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PrivateIsolated").await;
+    world.database("ledger", json!({"connectionSecret": {"name": "ledger-pg"}})).await;
+    let _operator = world.operator(&[]);
+    let db = world.wait_ready("ledger").await;
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    let instance = world.instance(&id).await.expect("instance");
+    let subnets: BTreeSet<String> = instance
+        .db_subnet_group()
+        .map(|g| g.subnets().iter().filter_map(|s| s.subnet_identifier().map(str::to_string)).collect())
+        .unwrap_or_default();
+    assert_eq!(subnets, world.net.database_subnets, "exactly the stack's isolated subnets");
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    assert!(secrets.get_opt("ledger-pg").await.expect("get").is_some(), "connectionSecret.name is honoured");
+
+    world.delete("ledger").await;
+    let note = world.wait_event("Normal", "DeletingDbInstance", "final snapshot").await;
+    world.wait_gone("ledger").await;
+    let snapshot = note.rsplit(' ').next().expect("the snapshot's name ends the event").to_string();
+    let snapshots = world.rds().describe_db_snapshots().db_snapshot_identifier(&snapshot).send().await;
+    let found = snapshots.map(|s| s.db_snapshots().len()).unwrap_or(0);
+    assert_eq!(found, 1, "final snapshot {snapshot} exists");
+    let (instances, secrets_left, subnet_groups, sgs) = world.inventory().await;
+    assert!(instances.is_empty() && secrets_left.is_empty() && subnet_groups.is_empty() && sgs.is_empty());
+}
+
+#[tokio::test]
+async fn retain_leaves_the_instance_and_its_secret() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    world.database("keep", json!({"deletionPolicy": "Retain"})).await;
+    let _operator = world.operator(&[]);
+    let db = world.wait_ready("keep").await;
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    world.delete("keep").await;
+    world.wait_gone("keep").await;
+    let instance = world.instance(&id).await.expect("the instance is retained");
+    assert_eq!(instance.deletion_protection(), Some(true), "still protected");
+    let (_, secrets, _, _) = world.inventory().await;
+    assert_eq!(secrets, [format!("tinystacks/{}/web/keep", world.ns.name)]);
+}
+
+#[tokio::test]
+async fn drift_is_repaired_and_bastions_come_and_go() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    world.database("drifty", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[]);
+    let db = world.wait_ready("drifty").await;
+    let status = db.status.clone().expect("status");
+    let id = status.db_instance_identifier.clone().expect("identifier");
+    let db_group = status.security_group_id.clone().expect("group");
+    let rds = world.rds();
+
+    // PubliclyAccessible turned on by hand.
+    rds.modify_db_instance()
+        .db_instance_identifier(&id)
+        .publicly_accessible(true)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("modify");
+    world.wait_event("Warning", "DriftRepaired", "PubliclyAccessible").await;
+    let repaired = world.event_count("Warning", "DriftRepaired").await;
+    eventually("PubliclyAccessible=false again", READY, || async {
+        let public = world.instance(&id).await.and_then(|i| i.publicly_accessible());
+        if public == Some(false) { Ok(()) } else { Err(format!("{public:?}")) }
+    })
+    .await;
+
+    // The security group swapped for an open one.
+    let rogue = group(&world.aws, &world.net.vpc, "rogue").await;
+    rds.modify_db_instance()
+        .db_instance_identifier(&id)
+        .vpc_security_group_ids(&rogue)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("swap");
+    world.wait_event_count("Warning", "DriftRepaired", repaired).await;
+    let repaired = world.event_count("Warning", "DriftRepaired").await;
+    eventually("only the database's group again", READY, || async {
+        let groups: Vec<String> = world
+            .instance(&id)
+            .await
+            .map(|i| {
+                i.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id().map(str::to_string)).collect()
+            })
+            .unwrap_or_default();
+        if groups == [db_group.clone()] { Ok(()) } else { Err(format!("{groups:?}")) }
+    })
+    .await;
+
+    // 5432 opened to the world on the database's group.
+    let open = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(5432)
+        .to_port(5432)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    world.ec2().authorize_security_group_ingress().group_id(&db_group).ip_permissions(open).send().await.expect("open");
+    world.wait_event_count("Warning", "DriftRepaired", repaired).await;
+    let only_app: BTreeSet<_> = [("tcp".to_string(), Some(5432), Some(5432), world.net.app_group.clone())].into();
+    eventually("only 5432 from the app group again", READY, || async {
+        let rules = world.ingress(&db_group).await;
+        if rules == only_app { Ok(()) } else { Err(format!("{rules:?}")) }
+    })
+    .await;
+
+    // A Bastion of the Stack gets 5432; once it goes, its rule goes too.
+    let bastion_group = group(&world.aws, &world.net.vpc, "bastion").await;
+    world.bastion("ops", &bastion_group).await;
+    let mut with_bastion = only_app.clone();
+    with_bastion.insert(("tcp".to_string(), Some(5432), Some(5432), bastion_group.clone()));
+    eventually("5432 from the bastion's group", READY, || async {
+        let rules = world.ingress(&db_group).await;
+        if rules == with_bastion { Ok(()) } else { Err(format!("{rules:?}")) }
+    })
+    .await;
+    Api::<Bastion>::namespaced(world.client.clone(), &world.ns.name)
+        .delete("ops", &DeleteParams::default())
+        .await
+        .expect("delete bastion");
+    eventually("the bastion's rule revoked", READY, || async {
+        let rules = world.ingress(&db_group).await;
+        if rules == only_app { Ok(()) } else { Err(format!("{rules:?}")) }
+    })
+    .await;
+
+    // The connection Secret deleted by hand comes back.
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    secrets.delete("drifty-connection", &DeleteParams::default()).await.expect("delete Secret");
+    eventually("the connection Secret back", READY, || async {
+        match secrets.get_opt("drifty-connection").await {
+            Ok(Some(s)) if s.data.as_ref().is_some_and(|d| d.contains_key("DATABASE_URL")) => Ok(()),
+            other => Err(format!("{:?}", other.map(|s| s.map(|s| s.name_any())))),
+        }
+    })
+    .await;
+    world.wait_ready("drifty").await;
+
+    world.delete("drifty").await;
+    world.wait_gone("drifty").await;
+}
+
+#[tokio::test]
+async fn in_place_changes_reach_rds() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    world.database("grow", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[]);
+    let db = world.wait_ready("grow").await;
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+
+    let spec = json!({"spec": {"instanceClass": "db.t4g.small", "allocatedStorageGiB": 30, "multiAz": true,
+        "backupRetentionDays": 3, "engineVersion": "17"}});
+    world.databases().patch("grow", &PatchParams::default(), &Patch::Merge(&spec)).await.expect("change spec");
+    world.wait_event("Normal", "ModifyingDbInstance", "db.t4g.small").await;
+    eventually("every change in RDS", READY, || async {
+        let i = world.instance(&id).await.ok_or("no instance")?;
+        let got = (
+            i.db_instance_class(),
+            i.allocated_storage(),
+            i.multi_az(),
+            i.backup_retention_period(),
+            i.engine_version(),
+        );
+        if got == (Some("db.t4g.small"), Some(30), Some(true), Some(3), Some("17")) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    world.wait_ready("grow").await;
+
+    world.delete("grow").await;
+    world.wait_gone("grow").await;
+}
+
+/// Runs operators armed to exit right after their first mutating AWS call until `done` holds;
+/// returns how many of them crashed.
+async fn crash_until<F, Fut>(world: &World, what: &str, done: F) -> usize
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut crashes = 0;
+    for _ in 0..30 {
+        let mut operator = world.operator(&[(FAILPOINT, "1")]);
+        let deadline = std::time::Instant::now() + READY;
+        let outcome = loop {
+            if let Some(code) = operator.exited() {
+                break Some(code);
+            }
+            if done().await {
+                break None;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: neither a crash nor the end:\n{}", operator.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        match outcome {
+            Some(137) => crashes += 1,
+            Some(code) => panic!("the operator exited with {code}:\n{}", operator.logs()),
+            None => return crashes,
+        }
+    }
+    panic!("{what} did not finish after 30 crashes");
+}
+
+#[tokio::test]
+async fn a_crash_after_every_mutating_call_converges_to_one_of_each() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    world.database("crashy", json!({"deletionPolicy": "Delete"})).await;
+
+    let api = world.databases();
+    let ready = || async {
+        api.get("crashy")
+            .await
+            .ok()
+            .and_then(|d| serde_json::to_value(&d).ok())
+            .and_then(|v| condition(&v, "Ready"))
+            .is_some_and(|c| c["status"] == "True")
+    };
+    let crashes = crash_until(&world, "create", ready).await;
+    // Security group, its ingress, subnet group, secret, instance, the secret's endpoint.
+    assert!(crashes >= 6, "a crash after each mutating call of create ({crashes})");
+    let (instances, secrets, subnet_groups, sgs) = world.inventory().await;
+    assert_eq!(
+        (instances.len(), secrets.len(), subnet_groups.len(), sgs.len()),
+        (1, 1, 1, 1),
+        "{instances:?} {secrets:?} {subnet_groups:?} {sgs:?}"
+    );
+    // One password, ever: every version of the secret holds the same one.
+    let name = &secrets[0];
+    let versions = world.secrets().list_secret_version_ids().secret_id(name).send().await.expect("versions");
+    let mut passwords = BTreeSet::new();
+    for v in versions.versions() {
+        let value = world
+            .secrets()
+            .get_secret_value()
+            .secret_id(name)
+            .version_id(v.version_id().unwrap_or_default())
+            .send()
+            .await
+            .expect("value");
+        let doc: Value = serde_json::from_str(value.secret_string().unwrap_or_default()).expect("JSON");
+        passwords.insert(doc["password"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(passwords.len(), 1, "one password across {} versions", versions.versions().len());
+
+    world.delete("crashy").await;
+    let gone = || async { matches!(api.get_opt("crashy").await, Ok(None)) };
+    let crashes = crash_until(&world, "delete", gone).await;
+    // Deletion protection, instance, security group, subnet group, secret.
+    assert!(crashes >= 5, "a crash after each mutating call of delete ({crashes})");
+    let (instances, secrets, subnet_groups, sgs) = world.inventory().await;
+    assert!(
+        instances.is_empty() && secrets.is_empty() && subnet_groups.is_empty() && sgs.is_empty(),
+        "left behind: {instances:?} {secrets:?} {subnet_groups:?} {sgs:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_rds_keeps_creating_shows_reconciling_then_ready_without_a_second_create() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    proxy.rewrite(
+        "DescribeDBInstances",
+        "<DBInstanceStatus>available</DBInstanceStatus>",
+        "<DBInstanceStatus>creating</DBInstanceStatus>",
+        4,
+    );
+    world.database("slow", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    let api = world.databases();
+    let reconciling = eventually("Reconciling with RDS's status", READY, || async {
+        let value =
+            serde_json::to_value(api.get("slow").await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        match condition(&value, "Reconciling") {
+            Some(c) if c["status"] == "True" && c["message"].as_str().is_some_and(|m| m.contains("creating")) => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(reconciling["reason"], "InstanceNotAvailable");
+    world.wait_ready("slow").await;
+    assert_eq!(proxy.rewritten("DescribeDBInstances"), 4, "RDS said creating four times");
+    assert_eq!(proxy.count("CreateDBInstance"), 1, "no repeated create");
+
+    world.delete("slow").await;
+    world.wait_gone("slow").await;
+}
+
+#[tokio::test]
+async fn with_the_real_stack_the_database_lands_in_its_private_side_and_the_stack_waits_for_it() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let mut world = World::linked().await;
+    let stack: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": world.stack},
+        "spec": {"accountLinkRef": {"name": world.link}, "network": {"pattern": "PublicPrivate", "natGateways": "None", "vpcLink": false}},
+    }))
+    .expect("stack");
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    stacks.create(&PostParams::default(), &stack).await.expect("create stack");
+    world.database("orders", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[]);
+
+    let db = world.wait_ready("orders").await;
+    let stack = stacks.get(&world.stack).await.expect("stack");
+    let stack_status = stack.status.clone().expect("stack status");
+    world.net.database_subnets = stack_status
+        .subnets
+        .iter()
+        .filter(|s| s.tier == tinystacks_operator::api::SubnetTier::Private)
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(world.net.database_subnets.len(), 2);
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    let instance = world.instance(&id).await.expect("instance");
+    let subnets: BTreeSet<String> = instance
+        .db_subnet_group()
+        .map(|g| g.subnets().iter().filter_map(|s| s.subnet_identifier().map(str::to_string)).collect())
+        .unwrap_or_default();
+    assert_eq!(subnets, world.net.database_subnets, "the Stack's private subnets");
+    assert_eq!(instance.kms_key_id(), stack_status.kms_key_arn.as_deref(), "the Stack's key");
+    let db_group = db.status.as_ref().and_then(|s| s.security_group_id.clone()).expect("group");
+    let app = stack_status.app_security_group_id.clone().expect("app group");
+    assert_eq!(world.ingress(&db_group).await, [("tcp".to_string(), Some(5432), Some(5432), app)].into());
+
+    // The Stack waits for its Database; then both go, and nothing of either is left.
+    stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stacks.get_opt(&world.stack).await.expect("get").is_some(), "the Stack waits for its Database");
+    world.delete("orders").await;
+    world.wait_gone("orders").await;
+    eventually("the Stack gone", READY, || async {
+        match stacks.get_opt(&world.stack).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|s| s.and_then(|s| s.status).map(|s| s.conditions)))),
+        }
+    })
+    .await;
+    let (instances, secrets, subnet_groups, sgs) = world.inventory().await;
+    assert!(
+        instances.is_empty() && secrets.is_empty() && subnet_groups.is_empty() && sgs.is_empty(),
+        "left behind: {instances:?} {secrets:?} {subnet_groups:?} {sgs:?}"
+    );
+}

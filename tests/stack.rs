@@ -1,0 +1,1004 @@
+//! The Stack against the real API server and moto, with the real operator binary: both network
+//! patterns checked resource by resource in moto, drift repaired within one resync, spec changes in
+//! place, deletion that leaves nothing tagged with the Stack's UID, `Retain`, a crash after every
+//! mutating call of a create and of a delete, and 50 Stacks whose steady-state AWS calls do not
+//! grow with their number.
+//!
+//! Each test gets a namespace and an AWS account of its own. The AwsAccountLink is a fixture:
+//! paused (no AWS call for it) with a verified status written here, so that these tests exercise
+//! only the Stack's code and count only its AWS calls.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::types::Filter;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tinystacks_operator::api::{AwsAccountLink, Stack, SubnetTier};
+
+use common::moto::{account_config, new_account_id, role_arn};
+use common::*;
+
+const READY: Duration = Duration::from_secs(120);
+const FAILPOINT: &str = "TINYSTACKS_FAILPOINT_EXIT_AFTER_MUTATIONS";
+const UID_TAG: &str = "tinystacks.io/owner-uid";
+const COMPONENT_TAG: &str = "tinystacks.io/component";
+
+/// One test's world: its namespace, AWS account and account link.
+struct World {
+    client: Client,
+    ns: TestNamespace,
+    aws: SdkConfig,
+    link: String,
+}
+
+impl World {
+    async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let account = new_account_id();
+        let aws = account_config(&account).await;
+        let link = format!("{prefix}-link-{}", suffix());
+        let world = Self { client, ns, aws, link };
+        world.fixture_link(&account).await;
+        world
+    }
+
+    /// A verified link, paused so that the operator makes no AWS call for it.
+    async fn fixture_link(&self, account: &str) {
+        let link: AwsAccountLink = serde_json::from_value(json!({
+            "apiVersion": "tinystacks.io/v1alpha1", "kind": "AwsAccountLink",
+            "metadata": {"name": self.link, "annotations": {"tinystacks.io/paused": "true"}},
+            "spec": {"accountId": account, "region": "us-east-1", "allowedNamespaces": [self.ns.name]},
+        }))
+        .expect("link");
+        let api = Api::<AwsAccountLink>::all(self.client.clone());
+        api.create(&PostParams::default(), &link).await.expect("create link");
+        let status = json!({"status": {
+            "externalId": "tinystacks-tests-external-id-0123456789",
+            "roleArn": role_arn(account),
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Fixture", "message": "written by the test",
+                "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1}],
+            "observedGeneration": 1,
+        }});
+        api.patch_status(&self.link, &PatchParams::default(), &Patch::Merge(&status)).await.expect("link status");
+    }
+
+    fn operator(&self, resync: &str, env: &[(&str, &str)]) -> Operator {
+        let config = OperatorConfig {
+            namespace: &self.ns.name,
+            lease_name: "tinystacks-operator",
+            resync,
+            extra_args: vec![
+                "--watch-namespace".into(),
+                self.ns.name.clone(),
+                "--leader-election".into(),
+                "false".into(),
+            ],
+        };
+        Operator::start_with_env(config, env)
+    }
+
+    fn stacks(&self) -> Api<Stack> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.aws)
+    }
+
+    /// Creates a Stack; returns its UID.
+    async fn stack(&self, name: &str, spec: Value) -> String {
+        let mut full = json!({"accountLinkRef": {"name": self.link}});
+        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+            full.extend(extra.clone());
+        }
+        let stack: Stack = serde_json::from_value(json!({
+            "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": name}, "spec": full,
+        }))
+        .expect("stack");
+        let created = self.stacks().create(&PostParams::default(), &stack).await.expect("create stack");
+        created.uid().expect("uid")
+    }
+
+    async fn patch_spec(&self, name: &str, spec: Value) {
+        let patch = json!({"spec": spec});
+        self.stacks().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch stack");
+    }
+
+    /// Waits until `Ready=True` describes the current generation.
+    async fn wait_ready(&self, name: &str, timeout: Duration) -> Stack {
+        let api = self.stacks();
+        eventually(&format!("Stack {name} Ready"), timeout, || async {
+            let s = api.get(name).await.map_err(|e| e.to_string())?;
+            let v = serde_json::to_value(&s).map_err(|e| e.to_string())?;
+            match condition(&v, "Ready") {
+                Some(c) if c["status"] == "True" && c["observedGeneration"] == v["metadata"]["generation"] => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) {
+        self.stacks().delete(name, &DeleteParams::default()).await.expect("delete stack");
+    }
+
+    async fn wait_gone(&self, name: &str, timeout: Duration) {
+        let api = self.stacks();
+        eventually(&format!("Stack {name} gone"), timeout, || async {
+            match api.get_opt(name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(s)) => Err(format!("{:?}", s.status.map(|s| s.conditions))),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+
+    async fn events(&self, name: &str) -> Vec<String> {
+        event_reasons(&self.client, &self.ns.name, name).await.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// How often `reason` was reported about `name`: the recorder folds repeats of one reason into
+    /// one Event whose series counts them.
+    async fn times(&self, name: &str, reason: &str) -> i32 {
+        use k8s_openapi::api::events::v1::Event;
+        let events = Api::<Event>::namespaced(self.client.clone(), &self.ns.name).list(&Default::default()).await;
+        events
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum()
+    }
+
+    /// Everything in moto tagged with the Stack's UID.
+    async fn resources(&self, uid: &str) -> Resources {
+        let ec2 = self.ec2();
+        let f = || Filter::builder().name(format!("tag:{UID_TAG}")).values(uid).build();
+        let vpcs = ec2.describe_vpcs().filters(f()).send().await.expect("vpcs").vpcs().to_vec();
+        let subnets = ec2.describe_subnets().filters(f()).send().await.expect("subnets").subnets().to_vec();
+        let route_tables =
+            ec2.describe_route_tables().filters(f()).send().await.expect("route tables").route_tables().to_vec();
+        let gateways =
+            ec2.describe_internet_gateways().filters(f()).send().await.expect("igws").internet_gateways().to_vec();
+        let addresses = ec2.describe_addresses().filters(f()).send().await.expect("eips").addresses().to_vec();
+        // moto ignores filters on NAT gateways: filter here, and leave out the deleted ones.
+        let nats = ec2
+            .describe_nat_gateways()
+            .send()
+            .await
+            .expect("nats")
+            .nat_gateways()
+            .iter()
+            .filter(|n| tag(n.tags(), UID_TAG) == Some(uid))
+            .filter(|n| n.state().is_none_or(|s| s.as_str() != "deleted"))
+            .cloned()
+            .collect();
+        let groups = ec2.describe_security_groups().filters(f()).send().await.expect("sgs").security_groups().to_vec();
+        let endpoints = ec2
+            .describe_vpc_endpoints()
+            .filters(f())
+            .send()
+            .await
+            .expect("endpoints")
+            .vpc_endpoints()
+            .iter()
+            .filter(|e| e.state().is_none_or(|s| !s.as_str().eq_ignore_ascii_case("deleted")))
+            .cloned()
+            .collect();
+        let apigw = aws_sdk_apigatewayv2::Client::new(&self.aws);
+        let links = apigw.get_vpc_links().send().await.expect("vpc links");
+        let vpc_links = links
+            .items()
+            .iter()
+            .filter(|l| l.tags().and_then(|t| t.get(UID_TAG)).is_some_and(|v| v == uid))
+            .cloned()
+            .collect();
+        let tagging = aws_sdk_resourcegroupstagging::Client::new(&self.aws);
+        let filter = aws_sdk_resourcegroupstagging::types::TagFilter::builder().key(UID_TAG).values(uid).build();
+        let tagged = tagging.get_resources().resource_type_filters("kms:key").tag_filters(filter).send().await;
+        let kms = aws_sdk_kms::Client::new(&self.aws);
+        let mut keys = Vec::new();
+        for arn in tagged.expect("tagged keys").resource_tag_mapping_list().iter().filter_map(|m| m.resource_arn()) {
+            let d = kms.describe_key().key_id(arn).send().await.expect("describe key");
+            let meta = d.key_metadata().expect("metadata");
+            keys.push((
+                meta.key_id().to_string(),
+                meta.key_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            ));
+        }
+        let aliases: Vec<(String, String)> = kms
+            .list_aliases()
+            .send()
+            .await
+            .expect("aliases")
+            .aliases()
+            .iter()
+            .filter_map(|a| Some((a.alias_name()?.to_string(), a.target_key_id()?.to_string())))
+            .filter(|(_, target)| keys.iter().any(|(k, _)| k == target))
+            .collect();
+        Resources {
+            vpcs,
+            subnets,
+            route_tables,
+            gateways,
+            addresses,
+            nats,
+            groups,
+            endpoints,
+            vpc_links,
+            keys,
+            aliases,
+        }
+    }
+}
+
+fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+fn tags_of(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
+    tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect()
+}
+
+struct Resources {
+    vpcs: Vec<aws_sdk_ec2::types::Vpc>,
+    subnets: Vec<aws_sdk_ec2::types::Subnet>,
+    route_tables: Vec<aws_sdk_ec2::types::RouteTable>,
+    gateways: Vec<aws_sdk_ec2::types::InternetGateway>,
+    addresses: Vec<aws_sdk_ec2::types::Address>,
+    nats: Vec<aws_sdk_ec2::types::NatGateway>,
+    groups: Vec<aws_sdk_ec2::types::SecurityGroup>,
+    endpoints: Vec<aws_sdk_ec2::types::VpcEndpoint>,
+    vpc_links: Vec<aws_sdk_apigatewayv2::types::VpcLink>,
+    /// Key ID and state.
+    keys: Vec<(String, String)>,
+    /// Alias name and key ID.
+    aliases: Vec<(String, String)>,
+}
+
+impl Resources {
+    /// How many of each kind there are.
+    fn counts(&self) -> BTreeMap<&'static str, usize> {
+        BTreeMap::from([
+            ("vpc", self.vpcs.len()),
+            ("subnet", self.subnets.len()),
+            ("route table", self.route_tables.len()),
+            ("internet gateway", self.gateways.len()),
+            ("elastic ip", self.addresses.len()),
+            ("nat gateway", self.nats.len()),
+            ("security group", self.groups.len()),
+            ("vpc endpoint", self.endpoints.len()),
+            ("vpc link", self.vpc_links.len()),
+            ("kms key", self.keys.len()),
+            ("kms alias", self.aliases.len()),
+        ])
+    }
+
+    /// Every component tag, with how often it occurs.
+    fn components(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        let ec2 = self
+            .vpcs
+            .iter()
+            .map(|r| r.tags())
+            .chain(self.subnets.iter().map(|r| r.tags()))
+            .chain(self.route_tables.iter().map(|r| r.tags()))
+            .chain(self.gateways.iter().map(|r| r.tags()))
+            .chain(self.addresses.iter().map(|r| r.tags()))
+            .chain(self.nats.iter().map(|r| r.tags()))
+            .chain(self.groups.iter().map(|r| r.tags()))
+            .chain(self.endpoints.iter().map(|r| r.tags()));
+        for tags in ec2 {
+            *out.entry(tag(tags, COMPONENT_TAG).unwrap_or("untagged").to_string()).or_insert(0) += 1;
+        }
+        for l in &self.vpc_links {
+            let c = l.tags().and_then(|t| t.get(COMPONENT_TAG)).cloned().unwrap_or_default();
+            *out.entry(c).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Whether nothing is left but keys waiting out their deletion window.
+    fn only_keys_pending_deletion(&self) -> bool {
+        self.counts().iter().all(|(k, n)| *k == "kms key" || *n == 0)
+            && self.keys.iter().all(|(_, state)| state == "PendingDeletion")
+    }
+
+    /// Every EC2 resource's tags, by component.
+    fn all_tags(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        let ec2 = self
+            .vpcs
+            .iter()
+            .map(|r| tags_of(r.tags()))
+            .chain(self.subnets.iter().map(|r| tags_of(r.tags())))
+            .chain(self.route_tables.iter().map(|r| tags_of(r.tags())))
+            .chain(self.gateways.iter().map(|r| tags_of(r.tags())))
+            .chain(self.addresses.iter().map(|r| tags_of(r.tags())))
+            .chain(self.nats.iter().map(|r| tags_of(r.tags())))
+            .chain(self.groups.iter().map(|r| tags_of(r.tags())))
+            .chain(self.endpoints.iter().map(|r| tags_of(r.tags())));
+        let links =
+            self.vpc_links.iter().map(|l| l.tags().map(|t| t.clone().into_iter().collect()).unwrap_or_default());
+        ec2.chain(links)
+            .map(|t: BTreeMap<String, String>| (t.get(COMPONENT_TAG).cloned().unwrap_or_default(), t))
+            .collect()
+    }
+}
+
+/// Asserts the tags every resource of the stack carries.
+fn assert_tagged(r: &Resources, ns: &str, name: &str, uid: &str, user: &[(&str, &str)]) {
+    let all = r.all_tags();
+    assert!(!all.is_empty());
+    for (component, tags) in all {
+        assert_eq!(
+            tags.get("tinystacks.io/managed-by").map(String::as_str),
+            Some("tinystacks-operator"),
+            "{component}"
+        );
+        assert_eq!(tags.get("tinystacks.io/owner"), Some(&format!("Stack/{ns}/{name}")), "{component}");
+        assert_eq!(tags.get(UID_TAG).map(String::as_str), Some(uid), "{component}");
+        assert_eq!(tags.get("Name"), Some(&format!("{ns}-{name}-{}", component.replace('/', "-"))), "{component}");
+        for (k, v) in user {
+            assert_eq!(tags.get(*k).map(String::as_str), Some(*v), "{component}: user tag {k}");
+        }
+    }
+}
+
+/// Destination and target of each route, by route table component.
+fn routes(r: &Resources) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    r.route_tables
+        .iter()
+        .map(|t| {
+            let routes = t
+                .routes()
+                .iter()
+                .map(|r| {
+                    let dest = r.destination_cidr_block().or(r.destination_prefix_list_id()).unwrap_or_default();
+                    let target = r.gateway_id().or(r.nat_gateway_id()).unwrap_or_default();
+                    (dest.to_string(), target.to_string())
+                })
+                .collect();
+            (tag(t.tags(), COMPONENT_TAG).unwrap_or_default().to_string(), routes)
+        })
+        .collect()
+}
+
+/// The subnets (by ID) each route table component is associated with.
+fn associations(r: &Resources) -> BTreeMap<String, BTreeSet<String>> {
+    r.route_tables
+        .iter()
+        .map(|t| {
+            let subnets = t.associations().iter().filter_map(|a| a.subnet_id().map(str::to_string)).collect();
+            (tag(t.tags(), COMPONENT_TAG).unwrap_or_default().to_string(), subnets)
+        })
+        .collect()
+}
+
+fn subnet_ids(stack: &Stack, tier: SubnetTier) -> BTreeSet<String> {
+    stack
+        .status
+        .as_ref()
+        .map(|s| s.subnets.iter().filter(|x| x.tier == tier).map(|x| x.id.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn public_private_stack_converges_to_the_documented_network_and_deletes_to_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-pp").await;
+    let started = Instant::now();
+    let _operator = world.operator("30s", &[]);
+    let uid = world
+        .stack("web", json!({"network": {"pattern": "PublicPrivate", "cidr": "10.20.0.0/16"}, "tags": {"team": "a"}}))
+        .await;
+    let stack = world.wait_ready("web", READY).await;
+    eprintln!("PublicPrivate Ready after {:?}", started.elapsed());
+    let status = stack.status.clone().expect("status");
+
+    // Status: every field of the API.
+    let vpc_id = status.vpc_id.clone().expect("vpcId");
+    let cidrs: Vec<(SubnetTier, &str, &str)> =
+        status.subnets.iter().map(|s| (s.tier, s.availability_zone.as_str(), s.cidr.as_str())).collect();
+    assert_eq!(
+        cidrs,
+        vec![
+            (SubnetTier::Public, "us-east-1a", "10.20.0.0/19"),
+            (SubnetTier::Public, "us-east-1b", "10.20.32.0/19"),
+            (SubnetTier::Public, "us-east-1c", "10.20.64.0/19"),
+            (SubnetTier::Private, "us-east-1a", "10.20.96.0/19"),
+            (SubnetTier::Private, "us-east-1b", "10.20.128.0/19"),
+        ]
+    );
+    let igw = status.internet_gateway_id.clone().expect("internetGatewayId");
+    assert_eq!(status.nat_gateway_ids.len(), 1);
+    assert_eq!(status.route_table_ids.len(), 3);
+    assert!(status.vpc_endpoint_ids.is_empty());
+    let app = status.app_security_group_id.clone().expect("appSecurityGroupId");
+    let link_id = status.vpc_link_id.clone().expect("vpcLinkId");
+    let key_arn = status.kms_key_arn.clone().expect("kmsKeyArn");
+
+    // moto: exactly one of each, where the status says, as the pattern says.
+    let r = world.resources(&uid).await;
+    let counts = r.counts();
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("vpc", 1),
+            ("subnet", 5),
+            ("route table", 3),
+            ("internet gateway", 1),
+            ("elastic ip", 1),
+            ("nat gateway", 1),
+            ("security group", 2),
+            ("vpc endpoint", 0),
+            ("vpc link", 1),
+            ("kms key", 1),
+            ("kms alias", 1),
+        ])
+    );
+    assert_eq!(r.vpcs[0].vpc_id(), Some(vpc_id.as_str()));
+    assert_eq!(r.vpcs[0].cidr_block(), Some("10.20.0.0/16"));
+    let ec2 = world.ec2();
+    for (attribute, name) in [
+        (aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames, "hostnames"),
+        (aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport, "support"),
+    ] {
+        let a = ec2.describe_vpc_attribute().vpc_id(&vpc_id).attribute(attribute).send().await.expect("attribute");
+        let on = a.enable_dns_hostnames().or(a.enable_dns_support()).and_then(|v| v.value());
+        assert_eq!(on, Some(true), "DNS {name}");
+    }
+    for s in &status.subnets {
+        let found = r.subnets.iter().find(|x| x.subnet_id() == Some(s.id.as_str())).expect("subnet in moto");
+        assert_eq!(found.cidr_block(), Some(s.cidr.as_str()));
+        assert_eq!(found.availability_zone(), Some(s.availability_zone.as_str()));
+        assert_eq!(found.vpc_id(), Some(vpc_id.as_str()));
+    }
+    assert_eq!(r.gateways[0].internet_gateway_id(), Some(igw.as_str()));
+    assert_eq!(
+        r.gateways[0].attachments().iter().filter_map(|a| a.vpc_id()).collect::<Vec<_>>(),
+        vec![vpc_id.as_str()]
+    );
+    let nat = &r.nats[0];
+    assert_eq!(nat.nat_gateway_id(), Some(status.nat_gateway_ids[0].as_str()));
+    let public = subnet_ids(&stack, SubnetTier::Public);
+    let private = subnet_ids(&stack, SubnetTier::Private);
+    assert!(public.contains(nat.subnet_id().unwrap_or_default()), "NAT in a public subnet");
+    assert_eq!(
+        nat.nat_gateway_addresses().iter().filter_map(|a| a.allocation_id()).collect::<Vec<_>>(),
+        vec![r.addresses[0].allocation_id().unwrap_or_default()]
+    );
+    // Routes: public to the gateway, private to NAT, nothing else but the local route.
+    let local = ("10.20.0.0/16".to_string(), "local".to_string());
+    let nat_id = status.nat_gateway_ids[0].clone();
+    assert_eq!(
+        routes(&r),
+        BTreeMap::from([
+            ("rtb/public".to_string(), BTreeSet::from([local.clone(), ("0.0.0.0/0".into(), igw.clone())])),
+            ("rtb/private/0".to_string(), BTreeSet::from([local.clone(), ("0.0.0.0/0".into(), nat_id.clone())])),
+            ("rtb/private/1".to_string(), BTreeSet::from([local.clone(), ("0.0.0.0/0".into(), nat_id.clone())])),
+        ])
+    );
+    let assoc = associations(&r);
+    assert_eq!(assoc["rtb/public"], public);
+    let private_assoc: BTreeSet<String> = assoc["rtb/private/0"].union(&assoc["rtb/private/1"]).cloned().collect();
+    assert_eq!(private_assoc, private);
+    // Security groups: the app group admits nothing; the VPC Link's goes out to the VPC only.
+    let group = |c: &str| r.groups.iter().find(|g| tag(g.tags(), COMPONENT_TAG) == Some(c)).expect("group").clone();
+    let app_group = group("sg/app");
+    assert_eq!(app_group.group_id(), Some(app.as_str()));
+    assert!(app_group.ip_permissions().is_empty());
+    let link_group = group("sg/vpclink");
+    assert!(link_group.ip_permissions().is_empty());
+    let egress: Vec<String> = link_group
+        .ip_permissions_egress()
+        .iter()
+        .flat_map(|p| {
+            p.ip_ranges()
+                .iter()
+                .filter_map(|x| x.cidr_ip().map(|c| format!("{}:{c}", p.ip_protocol().unwrap_or_default())))
+        })
+        .collect();
+    assert_eq!(egress, vec!["-1:10.20.0.0/16"]);
+    // The VPC Link in the public subnets, behind its group.
+    let vl = &r.vpc_links[0];
+    assert_eq!(vl.vpc_link_id(), Some(link_id.as_str()));
+    assert_eq!(vl.subnet_ids().iter().cloned().collect::<BTreeSet<_>>(), public);
+    assert_eq!(vl.security_group_ids(), [link_group.group_id().unwrap_or_default().to_string()]);
+    // The key, by alias.
+    assert_eq!(r.aliases, vec![("alias/tinystacks/".to_string() + &world.ns.name + "/web", r.keys[0].0.clone())]);
+    assert!(key_arn.ends_with(&r.keys[0].0));
+    assert_eq!(r.keys[0].1, "Enabled");
+    assert_tagged(&r, &world.ns.name, "web", &uid, &[("team", "a")]);
+    let events = world.events("web").await;
+    for reason in
+        ["CreatedVpc", "CreatedSubnet", "CreatedRoute", "CreatedNatGateway", "CreatedVpcLink", "CreatedKmsKey"]
+    {
+        assert!(events.iter().any(|e| e == reason), "{reason} in {events:?}");
+    }
+
+    let deleting = Instant::now();
+    world.delete("web").await;
+    world.wait_gone("web", READY).await;
+    eprintln!("PublicPrivate deleted after {:?}", deleting.elapsed());
+    let left = world.resources(&uid).await;
+    assert!(left.only_keys_pending_deletion(), "left behind: {:?} {:?}", left.counts(), left.keys);
+    assert_eq!(left.keys.len(), 1, "the key waits out the 7-day window, tagged");
+}
+
+#[tokio::test]
+async fn private_isolated_stack_has_no_route_out_and_endpoints_behind_443_from_the_vpc() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-pi").await;
+    let _operator = world.operator("4s", &[]);
+    let uid = world.stack("vault", json!({"network": {"pattern": "PrivateIsolated", "cidr": "10.30.0.0/22"}})).await;
+    let stack = world.wait_ready("vault", READY).await;
+    let status = stack.status.clone().expect("status");
+    let vpc_id = status.vpc_id.clone().expect("vpc");
+    assert_eq!(status.subnets.iter().filter(|s| s.tier == SubnetTier::Private).count(), 3);
+    assert_eq!(status.subnets.iter().filter(|s| s.tier == SubnetTier::Isolated).count(), 3);
+    assert!(status.internet_gateway_id.is_none() && status.nat_gateway_ids.is_empty());
+    assert_eq!(status.vpc_endpoint_ids.len(), 6);
+    assert_eq!(status.route_table_ids.len(), 4);
+
+    let r = world.resources(&uid).await;
+    let counts = r.counts();
+    assert_eq!((counts["internet gateway"], counts["nat gateway"], counts["elastic ip"]), (0, 0, 0));
+    assert_eq!((counts["subnet"], counts["vpc endpoint"], counts["security group"], counts["vpc link"]), (6, 6, 3, 1));
+    // No route to the internet anywhere: only the local route, and S3's prefix list on the private side.
+    let s3 = r.endpoints.iter().find(|e| e.service_name() == Some("com.amazonaws.us-east-1.s3")).expect("s3 endpoint");
+    let s3_id = s3.vpc_endpoint_id().unwrap_or_default().to_string();
+    for (component, routes) in routes(&r) {
+        assert!(!routes.iter().any(|(d, _)| d == "0.0.0.0/0"), "{component}: {routes:?}");
+        let non_local: Vec<_> = routes.iter().filter(|(_, t)| t != "local").collect();
+        if component == "rtb/isolated" {
+            assert!(non_local.is_empty(), "isolated has only the local route: {routes:?}");
+        } else {
+            assert!(non_local.iter().all(|(d, t)| d.starts_with("pl-") && *t == s3_id), "{component}: {routes:?}");
+        }
+    }
+    assert_eq!(s3.route_table_ids().len(), 3);
+    let private = subnet_ids(&stack, SubnetTier::Private);
+    let endpoints_group =
+        r.groups.iter().find(|g| tag(g.tags(), COMPONENT_TAG) == Some("sg/endpoints")).expect("endpoint group");
+    let group_id = endpoints_group.group_id().unwrap_or_default().to_string();
+    let ingress: Vec<(String, Option<i32>, Option<i32>, String)> = endpoints_group
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| {
+            p.ip_ranges().iter().map(move |x| {
+                (
+                    p.ip_protocol().unwrap_or_default().to_string(),
+                    p.from_port(),
+                    p.to_port(),
+                    x.cidr_ip().unwrap_or_default().to_string(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(ingress, vec![("tcp".to_string(), Some(443), Some(443), "10.30.0.0/22".to_string())]);
+    assert!(endpoints_group.ip_permissions_egress().is_empty());
+    let mut services = BTreeSet::new();
+    for e in r.endpoints.iter().filter(|e| e.vpc_endpoint_type().is_some_and(|t| t.as_str() == "Interface")) {
+        services
+            .insert(e.service_name().unwrap_or_default().trim_start_matches("com.amazonaws.us-east-1.").to_string());
+        assert_eq!(e.subnet_ids().iter().cloned().collect::<BTreeSet<_>>(), private);
+        assert_eq!(e.groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(), vec![group_id.as_str()]);
+        assert_eq!(e.private_dns_enabled(), Some(true));
+        assert_eq!(e.vpc_id(), Some(vpc_id.as_str()));
+    }
+    assert_eq!(
+        services,
+        BTreeSet::from(["ec2messages", "logs", "secretsmanager", "ssm", "ssmmessages"].map(String::from))
+    );
+    assert_eq!(r.vpc_links[0].subnet_ids().iter().cloned().collect::<BTreeSet<_>>(), private);
+    assert_tagged(&r, &world.ns.name, "vault", &uid, &[]);
+
+    // Drift: a deleted endpoint, and a route out added to the isolated tier by hand.
+    let ssm = r.endpoints.iter().find(|e| e.service_name() == Some("com.amazonaws.us-east-1.ssm")).expect("ssm");
+    ec2_delete_endpoint(&world, ssm.vpc_endpoint_id().unwrap_or_default()).await;
+    world.wait_ready("vault", Duration::from_secs(20)).await;
+    eventually("the ssm endpoint to be back", Duration::from_secs(15), || async {
+        let r = world.resources(&uid).await;
+        let n = r.endpoints.iter().filter(|e| e.service_name() == Some("com.amazonaws.us-east-1.ssm")).count();
+        if n == 1 { Ok(()) } else { Err(format!("{n} ssm endpoints")) }
+    })
+    .await;
+    let ec2 = world.ec2();
+    let foreign = ec2.create_internet_gateway().send().await.expect("igw");
+    let foreign = foreign.internet_gateway().and_then(|g| g.internet_gateway_id()).expect("igw id").to_string();
+    ec2.attach_internet_gateway().internet_gateway_id(&foreign).vpc_id(&vpc_id).send().await.expect("attach");
+    let isolated =
+        r.route_tables.iter().find(|t| tag(t.tags(), COMPONENT_TAG) == Some("rtb/isolated")).expect("isolated");
+    let isolated = isolated.route_table_id().unwrap_or_default().to_string();
+    ec2.create_route()
+        .route_table_id(&isolated)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&foreign)
+        .send()
+        .await
+        .expect("route");
+    eventually("the route out of the isolated tier to be removed", Duration::from_secs(15), || async {
+        let r = world.resources(&uid).await;
+        let out = routes(&r)["rtb/isolated"].iter().any(|(d, _)| d == "0.0.0.0/0");
+        if out { Err("still there".to_string()) } else { Ok(()) }
+    })
+    .await;
+    assert!(world.times("vault", "DriftRepaired").await >= 2);
+    ec2.detach_internet_gateway().internet_gateway_id(&foreign).vpc_id(&vpc_id).send().await.expect("detach");
+    ec2.delete_internet_gateway().internet_gateway_id(&foreign).send().await.expect("delete igw");
+
+    world.delete("vault").await;
+    world.wait_gone("vault", READY).await;
+    let left = world.resources(&uid).await;
+    assert!(left.only_keys_pending_deletion(), "left behind: {:?}", left.counts());
+}
+
+async fn ec2_delete_endpoint(world: &World, id: &str) {
+    world.ec2().delete_vpc_endpoints().vpc_endpoint_ids(id).send().await.expect("delete endpoint");
+}
+
+/// Waits for `repaired` and a new `DriftRepaired` event; returns how long the repair took.
+async fn repair<F, Fut>(world: &World, what: &str, before: i32, resync: Duration, repaired: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let started = Instant::now();
+    eventually(what, resync + Duration::from_secs(10), || async {
+        repaired().await?;
+        let n = world.times("web", "DriftRepaired").await;
+        if n > before { Ok(()) } else { Err(format!("no new DriftRepaired event ({n})")) }
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn drift_is_repaired_within_one_resync_and_spec_changes_converge_in_place() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-drift").await;
+    let resync = Duration::from_secs(4);
+    let _operator = world.operator("4s", &[]);
+    let uid = world.stack("web", json!({"network": {"cidr": "10.40.0.0/16"}, "tags": {"team": "a"}})).await;
+    let stack = world.wait_ready("web", READY).await;
+    let status = stack.status.clone().expect("status");
+    let ec2 = world.ec2();
+    let r = world.resources(&uid).await;
+    let table = |c: &str| {
+        r.route_tables
+            .iter()
+            .find(|t| tag(t.tags(), COMPONENT_TAG) == Some(c))
+            .and_then(|t| t.route_table_id())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let drifted = || async { world.times("web", "DriftRepaired").await };
+    let mut took = Vec::new();
+
+    // A deleted route.
+    let public_table = table("rtb/public");
+    let before = drifted().await;
+    ec2.delete_route()
+        .route_table_id(&public_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .send()
+        .await
+        .expect("delete route");
+    took.push((
+        "deleted route",
+        repair(&world, "the public default route back", before, resync, || async {
+            let r = world.resources(&uid).await;
+            if routes(&r)["rtb/public"].iter().any(|(d, _)| d == "0.0.0.0/0") { Ok(()) } else { Err("missing".into()) }
+        })
+        .await,
+    ));
+
+    // A detached internet gateway.
+    let igw = status.internet_gateway_id.clone().expect("igw");
+    let vpc_id = status.vpc_id.clone().expect("vpc");
+    let before = drifted().await;
+    ec2.detach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc_id).send().await.expect("detach");
+    took.push((
+        "detached gateway",
+        repair(&world, "the gateway attached again", before, resync, || async {
+            let r = world.resources(&uid).await;
+            let attached =
+                r.gateways.iter().any(|g| g.attachments().iter().any(|a| a.vpc_id() == Some(vpc_id.as_str())));
+            if attached { Ok(()) } else { Err("detached".into()) }
+        })
+        .await,
+    ));
+
+    // A deleted subnet (private, zone b).
+    let private_1 =
+        r.subnets.iter().find(|s| tag(s.tags(), COMPONENT_TAG) == Some("subnet/private/1")).expect("subnet");
+    let (old_id, cidr) =
+        (private_1.subnet_id().unwrap_or_default().to_string(), private_1.cidr_block().unwrap_or_default().to_string());
+    let before = drifted().await;
+    ec2.delete_subnet().subnet_id(&old_id).send().await.expect("delete subnet");
+    took.push((
+        "deleted subnet",
+        repair(&world, "the subnet back, associated", before, resync * 2, || async {
+            let r = world.resources(&uid).await;
+            let s = r
+                .subnets
+                .iter()
+                .find(|s| tag(s.tags(), COMPONENT_TAG) == Some("subnet/private/1"))
+                .ok_or("no subnet")?;
+            let id = s.subnet_id().unwrap_or_default();
+            let associated = associations(&r)["rtb/private/1"] == BTreeSet::from([id.to_string()]);
+            if id != old_id && s.cidr_block() == Some(cidr.as_str()) && associated {
+                Ok(())
+            } else {
+                Err(format!("{id} {associated}"))
+            }
+        })
+        .await,
+    ));
+
+    // A removed tag.
+    let public_0 = r.subnets.iter().find(|s| tag(s.tags(), COMPONENT_TAG) == Some("subnet/public/0")).expect("subnet");
+    let public_0 = public_0.subnet_id().unwrap_or_default().to_string();
+    let before = drifted().await;
+    let team = aws_sdk_ec2::types::Tag::builder().key("team").build();
+    ec2.delete_tags().resources(&public_0).tags(team).send().await.expect("delete tag");
+    took.push((
+        "removed tag",
+        repair(&world, "the tag back", before, resync, || async {
+            let r = world.resources(&uid).await;
+            let s = r.subnets.iter().find(|s| s.subnet_id() == Some(public_0.as_str())).ok_or("no subnet")?;
+            if tag(s.tags(), "team") == Some("a") { Ok(()) } else { Err("no tag".into()) }
+        })
+        .await,
+    ));
+
+    // An ingress rule added by hand to the application security group.
+    let app = status.app_security_group_id.clone().expect("app group");
+    let before = drifted().await;
+    ec2.authorize_security_group_ingress()
+        .group_id(&app)
+        .ip_permissions(
+            aws_sdk_ec2::types::IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(22)
+                .to_port(22)
+                .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("authorize");
+    took.push((
+        "extra ingress rule",
+        repair(&world, "the extra rule revoked", before, resync, || async {
+            let r = world.resources(&uid).await;
+            let g = r.groups.iter().find(|g| g.group_id() == Some(app.as_str())).ok_or("no group")?;
+            if g.ip_permissions().is_empty() { Ok(()) } else { Err(format!("{:?}", g.ip_permissions())) }
+        })
+        .await,
+    ));
+    eprintln!("drift repaired after (resync {resync:?}): {took:?}");
+    world.wait_ready("web", Duration::from_secs(20)).await;
+
+    // spec.tags: changed values, a new key, a removed key.
+    world.patch_spec("web", json!({"tags": {"team": "b", "cost": "1"}})).await;
+    world.wait_ready("web", Duration::from_secs(60)).await;
+    let r = world.resources(&uid).await;
+    assert_tagged(&r, &world.ns.name, "web", &uid, &[("team", "b"), ("cost", "1")]);
+    // A merge patch keeps other keys; replace the whole map to drop one.
+    let patch = json!([{"op": "replace", "path": "/spec/tags", "value": {"cost": "1"}}]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("patch");
+    world.stacks().patch("web", &PatchParams::default(), &Patch::<()>::Json(patch)).await.expect("patch tags");
+    world.wait_ready("web", Duration::from_secs(60)).await;
+    let r = world.resources(&uid).await;
+    assert!(r.all_tags().iter().all(|(_, t)| !t.contains_key("team")), "team removed everywhere");
+
+    // natGateways: PerAz, then None with the VPC Link off.
+    world.patch_spec("web", json!({"network": {"natGateways": "PerAz"}})).await;
+    let stack = world.wait_ready("web", Duration::from_secs(60)).await;
+    let nats = stack.status.as_ref().map(|s| s.nat_gateway_ids.clone()).unwrap_or_default();
+    assert_eq!(nats.len(), 2);
+    let r = world.resources(&uid).await;
+    let rt = routes(&r);
+    assert!(rt["rtb/private/0"].contains(&("0.0.0.0/0".to_string(), nats[0].clone())));
+    assert!(rt["rtb/private/1"].contains(&("0.0.0.0/0".to_string(), nats[1].clone())));
+    assert_eq!(r.vpcs[0].vpc_id(), Some(vpc_id.as_str()), "the same VPC");
+
+    world.patch_spec("web", json!({"network": {"natGateways": "None", "vpcLink": false}})).await;
+    let stack = world.wait_ready("web", Duration::from_secs(60)).await;
+    let s = stack.status.clone().expect("status");
+    assert!(s.nat_gateway_ids.is_empty() && s.vpc_link_id.is_none());
+    let r = world.resources(&uid).await;
+    assert_eq!((r.nats.len(), r.addresses.len(), r.vpc_links.len(), r.groups.len()), (0, 0, 0, 1), "{:?}", r.counts());
+    let rt = routes(&r);
+    assert!(!rt["rtb/private/0"].iter().chain(rt["rtb/private/1"].iter()).any(|(d, _)| d == "0.0.0.0/0"));
+    for (what, took) in &took {
+        assert!(*took < resync + Duration::from_secs(6), "{what} took {took:?}");
+    }
+    world.delete("web").await;
+    world.wait_gone("web", READY).await;
+    assert!(world.resources(&uid).await.only_keys_pending_deletion());
+}
+
+#[tokio::test]
+async fn retain_leaves_the_resources_and_their_tags() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-retain").await;
+    let _operator = world.operator("30s", &[]);
+    let uid = world.stack("kept", json!({"deletionPolicy": "Retain", "network": {"natGateways": "None"}})).await;
+    world.wait_ready("kept", READY).await;
+    let before = world.resources(&uid).await.counts();
+    world.delete("kept").await;
+    world.wait_gone("kept", Duration::from_secs(30)).await;
+    let r = world.resources(&uid).await;
+    assert_eq!(r.counts(), before);
+    assert_tagged(&r, &world.ns.name, "kept", &uid, &[]);
+    assert!(r.keys.iter().all(|(_, s)| s == "Enabled"));
+}
+
+/// Runs the operator armed to exit right after mutation `n` until it exits or `done` holds;
+/// returns whether it crashed.
+async fn run_until_crash<F, Fut>(world: &World, n: usize, done: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let n = n.to_string();
+    let mut operator = world.operator("30s", &[(FAILPOINT, n.as_str())]);
+    let deadline = Instant::now() + READY;
+    let outcome = loop {
+        if let Some(code) = operator.exited() {
+            break Some(code);
+        }
+        if done().await {
+            break None;
+        }
+        assert!(Instant::now() < deadline, "neither a crash nor the end after {READY:?}:\n{}", operator.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match outcome {
+        Some(137) => true,
+        Some(code) => panic!("the operator exited with {code}:\n{}", operator.logs()),
+        None => false,
+    }
+}
+
+#[tokio::test]
+async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each_and_leaves_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-crash").await;
+    let started = Instant::now();
+    let expected = BTreeMap::from([
+        ("vpc", 1),
+        ("subnet", 5),
+        ("route table", 3),
+        ("internet gateway", 1),
+        ("elastic ip", 1),
+        ("nat gateway", 1),
+        ("security group", 2),
+        ("vpc endpoint", 0),
+        ("vpc link", 1),
+        ("kms key", 1),
+        ("kms alias", 1),
+    ]);
+    let (mut create_points, mut delete_points) = (0, 0);
+    let (mut create_done, mut delete_done) = (false, false);
+    for n in 1.. {
+        if create_done && delete_done {
+            break;
+        }
+        let name = format!("crash-{n}");
+        let uid = world.stack(&name, json!({"network": {"cidr": "10.50.0.0/16"}})).await;
+        let api = world.stacks();
+        let ready = || async {
+            api.get(&name)
+                .await
+                .ok()
+                .and_then(|s| serde_json::to_value(&s).ok())
+                .and_then(|v| condition(&v, "Ready"))
+                .is_some_and(|c| c["status"] == "True")
+        };
+        // Create, crashing right after mutation n; then a clean operator finishes it.
+        if !create_done {
+            if run_until_crash(&world, n, ready).await {
+                create_points += 1;
+            } else {
+                create_done = true;
+            }
+        }
+        {
+            let _clean = world.operator("30s", &[]);
+            world.wait_ready(&name, READY).await;
+        }
+        let counts = world.resources(&uid).await.counts();
+        assert_eq!(counts, expected, "exactly one of each after a crash after mutation {n} of the create");
+        let components = world.resources(&uid).await.components();
+        assert!(components.values().all(|c| *c == 1), "one resource per component: {components:?}");
+
+        // Delete, crashing right after mutation n; then a clean operator finishes it.
+        world.delete(&name).await;
+        let gone = || async { api.get_opt(&name).await.ok().flatten().is_none() };
+        if !delete_done {
+            if run_until_crash(&world, n, gone).await {
+                delete_points += 1;
+            } else {
+                delete_done = true;
+            }
+        }
+        {
+            let _clean = world.operator("30s", &[]);
+            world.wait_gone(&name, READY).await;
+        }
+        let left = world.resources(&uid).await;
+        assert!(
+            left.only_keys_pending_deletion(),
+            "after a crash after mutation {n} of the delete: {:?}",
+            left.counts()
+        );
+    }
+    eprintln!(
+        "crash points: {create_points} in create, {delete_points} in delete, all converged; took {:?}",
+        started.elapsed()
+    );
+    assert!(create_points >= 25, "a crash after each mutating call of the create ({create_points})");
+    assert!(delete_points >= 20, "a crash after each mutating call of the delete ({delete_points})");
+}
+
+/// The AWS calls counted in the operator's metrics.
+fn aws_calls(operator: &Operator) -> u64 {
+    let (_, body) = operator.get("/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("tinystacks_aws_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn fifty_stacks_converge_and_steady_state_calls_do_not_grow_with_their_number() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-scale").await;
+    let resync = Duration::from_secs(5);
+    let operator = world.operator("5s", &[("TINYSTACKS_AWS_MUTATION_RATE_SCALE", "25")]);
+    let mut figures = Vec::new();
+    let mut created = 0;
+    for target in [1usize, 10, 50] {
+        let started = Instant::now();
+        for i in created..target {
+            // Without NAT and VPC Link: fewer resources to make, the same resource types to list.
+            world.stack(&format!("s{i:02}"), json!({"network": {"cidr": "10.60.0.0/16", "natGateways": "None"}})).await;
+        }
+        created = target;
+        for i in 0..target {
+            world.wait_ready(&format!("s{i:02}"), Duration::from_secs(600)).await;
+        }
+        let converged = started.elapsed();
+        // Let the convergence's own calls pass, then count over three resync periods.
+        tokio::time::sleep(resync * 2).await;
+        let before = aws_calls(&operator);
+        let window = resync * 3;
+        tokio::time::sleep(window).await;
+        let calls = aws_calls(&operator) - before;
+        let per_resync = calls as f64 / 3.0;
+        eprintln!(
+            "{target} stacks: converged in {converged:?}; {calls} AWS calls in {window:?} = {per_resync:.1} per resync"
+        );
+        figures.push((target, per_resync));
+    }
+    eprintln!("AWS calls per steady-state resync: {figures:?}");
+    let (_, one) = figures[0];
+    for (n, per) in &figures {
+        assert!(*per <= one * 1.5 + 3.0, "{n} stacks: {per} calls per resync, against {one} for one stack");
+    }
+}
