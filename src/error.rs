@@ -99,9 +99,16 @@ pub enum Error {
     KmsKeyPendingDeletion { key_id: String },
 }
 
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 403)
+}
+
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
+            // The operator's own RBAC lacks a rule: a person must grant it; retrying sooner
+            // than the resync period only repeats the denial.
+            Error::Kube(e) if is_forbidden(e) => ErrorKind::Permission,
             Error::Kube(_) => ErrorKind::Transient,
             Error::AccountLinkNotFound { .. }
             | Error::AccountLinkNotAllowed { .. }
@@ -128,6 +135,7 @@ impl Error {
     /// The condition reason, Event reason and metric label.
     pub fn reason(&self) -> &'static str {
         match self {
+            Error::Kube(e) if is_forbidden(e) => "KubernetesForbidden",
             Error::Kube(_) => "KubernetesApiError",
             Error::AccountLinkNotFound { .. } => "AccountLinkNotFound",
             Error::AccountLinkNotAllowed { .. } => "AccountLinkNotAllowed",
@@ -187,5 +195,15 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::User);
         assert_eq!(e.reason(), "AccountLinkNotAllowed");
         assert!(e.to_string().contains("allowedNamespaces"));
+    }
+
+    #[test]
+    fn a_denial_by_the_api_server_is_a_permission_error_and_other_api_errors_retry() {
+        let status = |code: u16| {
+            let status = serde_json::json!({"status": "Failure", "code": code, "reason": "x", "message": "m"});
+            Error::Kube(kube::Error::Api(serde_json::from_value(status).expect("a Status")))
+        };
+        assert_eq!((status(403).kind(), status(403).reason()), (ErrorKind::Permission, "KubernetesForbidden"));
+        assert_eq!((status(409).kind(), status(409).reason()), (ErrorKind::Transient, "KubernetesApiError"));
     }
 }

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tinystacks_operator::aws::AwsOptions;
 use tinystacks_operator::runtime::{self, context::Settings};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
 
 #[derive(Parser)]
 #[command(name = "tinystacks-operator", version, about = "Secure AWS stacks declared as Kubernetes resources")]
@@ -167,33 +169,30 @@ fn options(args: RunArgs) -> runtime::Options {
 
 /// Targets whose debug or trace output holds credential values: the SDK's orchestrator prints the
 /// resolved identity (access key ID included) at debug, signed requests and AssumeRole responses at
-/// trace; kube's client a Secret's data at trace. Capped whatever RUST_LOG asks for, because
-/// secrets stay out of logs at every level.
-const CREDENTIAL_BEARING_TARGETS: &[&str] = &[
-    "aws_smithy_runtime=info",
-    "aws_smithy_runtime_api=info",
-    "aws_smithy_http_client=info",
-    "aws_sigv4=info",
-    "aws_runtime=info",
-    "aws_config=info",
-    "aws_credential_types=info",
-    "hyper=info",
-    "hyper_util=info",
-    "h2=info",
-    "kube_client=debug",
+/// trace; kube's client a Secret's data at trace. A ceiling over whatever RUST_LOG asks for
+/// (secrets stay out of logs at every level), never a floor (`RUST_LOG=off` stays silent).
+const CREDENTIAL_BEARING_TARGETS: &[(&str, LevelFilter)] = &[
+    ("aws_smithy_runtime", LevelFilter::INFO),
+    ("aws_smithy_runtime_api", LevelFilter::INFO),
+    ("aws_smithy_http_client", LevelFilter::INFO),
+    ("aws_sigv4", LevelFilter::INFO),
+    ("aws_runtime", LevelFilter::INFO),
+    ("aws_config", LevelFilter::INFO),
+    ("aws_credential_types", LevelFilter::INFO),
+    ("hyper", LevelFilter::INFO),
+    ("hyper_util", LevelFilter::INFO),
+    ("h2", LevelFilter::INFO),
+    ("kube_client", LevelFilter::DEBUG),
 ];
 
 fn init_logging(format: LogFormat) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for directive in CREDENTIAL_BEARING_TARGETS {
-        if let Ok(directive) = directive.parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ceiling = Targets::new().with_default(LevelFilter::TRACE).with_targets(CREDENTIAL_BEARING_TARGETS.iter().copied());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(wanted).with_filter(ceiling)).init(),
+        LogFormat::Text => registry.with(layer.with_filter(wanted).with_filter(ceiling)).init(),
     }
 }
 

@@ -631,7 +631,9 @@ async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_withou
     let sample = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrics-sample.txt");
     std::fs::write(&sample, &scrape).expect("write the sample scrape");
     assert!(scrape.contains("tinystacks_reconciles_total{kind=\"Stack\"}"), "{scrape}");
-    assert_eq!(scraped_metrics(&scrape), documented_metrics(), "README's metrics differ from {}", sample.display());
+    // A family is served once it has a sample (a unit test checks the README names all of them).
+    let undocumented: Vec<String> = scraped_metrics(&scrape).difference(&documented_metrics()).cloned().collect();
+    assert!(undocumented.is_empty(), "served but not in the README: {undocumented:?} (scrape in {})", sample.display());
 
     // Deletion: the Stacks with their Database and Bastion at once (the Stack waits for them),
     // then the links. The links go last because a Stack tears its network down through its

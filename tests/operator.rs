@@ -40,7 +40,12 @@ where
 
 async fn link(client: &Client, allowed: &[&str]) -> String {
     let name = format!("link-{}", suffix());
-    let spec = json!({"accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed});
+    // Its bootstrap Secret never exists, so the link is never verified and these tests stay on the
+    // Kubernetes side: no AWS resource is made (tests/stack.rs and others cover that side).
+    let spec = json!({
+        "accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed,
+        "bootstrap": {"mode": "CloudFormation", "credentialsSecretRef": {"namespace": "default", "name": "no-such-secret"}},
+    });
     create(&Api::<AwsAccountLink>::all(client.clone()), &name, spec).await;
     name
 }
@@ -97,13 +102,14 @@ async fn dependents_wait_for_their_parents_and_deletion_goes_children_first() {
     let d = wait_condition(&databases, "orders", "Ready", "False", "WaitingForStack").await;
     assert!(common::condition(&d, "Ready").unwrap()["message"].as_str().unwrap().contains("\"web\""));
     wait_condition(&bastions, "ops", "Ready", "False", "WaitingForStack").await;
-    for finalizers in [
-        stacks.get("web").await.unwrap().finalizers().to_vec(),
-        databases.get("orders").await.unwrap().finalizers().to_vec(),
-        bastions.get("ops").await.unwrap().finalizers().to_vec(),
-        links.get(&link).await.unwrap().finalizers().to_vec(),
+    wait_condition(&links, &link, "Stalled", "True", "BootstrapSecretMissing").await;
+    for (what, finalizers) in [
+        ("stack", stacks.get("web").await.unwrap().finalizers().to_vec()),
+        ("database", databases.get("orders").await.unwrap().finalizers().to_vec()),
+        ("bastion", bastions.get("ops").await.unwrap().finalizers().to_vec()),
+        ("link", links.get(&link).await.unwrap().finalizers().to_vec()),
     ] {
-        assert_eq!(finalizers, vec![FINALIZER.to_string()]);
+        assert_eq!(finalizers, vec![FINALIZER.to_string()], "the {what}'s finalizers");
     }
     let generated = links.get(&link).await.unwrap().status.and_then(|s| s.external_id).expect("generated external ID");
     assert!(generated.len() >= 32, "external ID {generated:?} is too short");

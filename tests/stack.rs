@@ -875,6 +875,7 @@ where
 }
 
 #[tokio::test]
+#[ignore = "long (minutes): run with `make test-long`"]
 async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each_and_leaves_nothing() {
     let _lock = OPERATOR_LOCK.lock().await;
     let world = World::new("stack-crash").await;
@@ -966,6 +967,7 @@ fn aws_calls(operator: &Operator) -> u64 {
 }
 
 #[tokio::test]
+#[ignore = "long (minutes): run with `make test-long`"]
 async fn fifty_stacks_converge_and_steady_state_calls_do_not_grow_with_their_number() {
     let _lock = OPERATOR_LOCK.lock().await;
     let world = World::new("stack-scale").await;

@@ -49,6 +49,48 @@ pub async fn resolve_for(ctx: &Context, stack: &Stack, namespace: &str) -> Resul
     Ok(LinkFor::NotReady { message: format!("AwsAccountLink {name:?} is not Ready ({why})") })
 }
 
+/// The link a deletion goes through. Deletion needs less than creation: a link that is itself
+/// being deleted (it waits for its Stacks) or briefly failing verification still holds the role
+/// the resources were made with.
+pub enum LinkForCleanup {
+    /// Tear down through this link (it exists, allows the namespace and has a verified role).
+    Usable(Box<AwsAccountLink>),
+    /// No AWS call was ever made through the link for this namespace: the link is gone, was never
+    /// verified, or does not allow the namespace and the object records nothing it created.
+    NothingMade(String),
+    /// The object records AWS resources, but the link no longer allows its namespace: the
+    /// resources stay until the namespace is allowed again (or the finalizer is removed by hand).
+    NotAllowed(String),
+}
+
+/// Resolves the link for deleting what a Stack (or an object on it) made. `records_resources`:
+/// the object's status names AWS resources it created.
+pub async fn resolve_for_cleanup(
+    ctx: &Context,
+    stack: &Stack,
+    namespace: &str,
+    records_resources: bool,
+) -> Result<LinkForCleanup> {
+    let name = &stack.spec.account_link_ref.name;
+    let Some(link) = Api::<AwsAccountLink>::all(ctx.client.clone()).get_opt(name).await? else {
+        return Ok(LinkForCleanup::NothingMade(format!("AwsAccountLink {name:?} is gone")));
+    };
+    if !allows(&link, namespace) {
+        if records_resources {
+            return Ok(LinkForCleanup::NotAllowed(format!(
+                "AwsAccountLink {name:?} no longer allows namespace {namespace:?}, so the AWS resources in status cannot be deleted: add the namespace to spec.allowedNamespaces again, or remove the finalizer to leave them in AWS"
+            )));
+        }
+        return Ok(LinkForCleanup::NothingMade(format!(
+            "AwsAccountLink {name:?} does not allow namespace {namespace:?}, so no AWS call was ever made"
+        )));
+    }
+    if crate::aws::link_role(&link).is_none() {
+        return Ok(LinkForCleanup::NothingMade(format!("AwsAccountLink {name:?} was never verified")));
+    }
+    Ok(LinkForCleanup::Usable(Box::new(link)))
+}
+
 /// The CloudFormation template of the link `name`, as `tinystacks-operator account-template`
 /// prints it: rendered from the link in the cluster, with the external ID from its spec or status
 /// and the trusted principal from `principal`, else from the ConfigMap the operator wrote.

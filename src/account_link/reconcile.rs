@@ -23,7 +23,7 @@ use super::verify;
 use crate::api::{AwsAccountLink, AwsAccountLinkStatus, BootstrapMode, DeletionPolicy, Stack};
 use crate::aws::credentials::LinkRole;
 use crate::aws::identity;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::conditions::{self, Health};
 use crate::runtime::context::{Context, FIELD_MANAGER};
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
@@ -141,7 +141,16 @@ impl Managed for AwsAccountLink {
         if self.spec.bootstrap.mode == BootstrapMode::Manual || self.spec.deletion_policy == DeletionPolicy::Retain {
             return Ok(Cleanup::Done);
         }
-        let bootstrap = Bootstrap::connect(ctx, self).await?;
+        let bootstrap = match Bootstrap::connect(ctx, self).await {
+            Ok(bootstrap) => bootstrap,
+            // Without bootstrap credentials nothing can have been created. Once something was
+            // (a stack ID or a role in status), the deletion waits for the Secret with that error.
+            Err(e) if e.kind() != ErrorKind::Transient && !made_anything(self) => {
+                info!(link = %name, error = %e, "no bootstrap credentials and nothing created; nothing to delete");
+                return Ok(Cleanup::Done);
+            }
+            Err(e) => return Err(e),
+        };
         let stack_name = &self.spec.bootstrap.stack_name;
         let Some(stack) = bootstrap.describe(ctx, stack_name).await? else {
             return Ok(Cleanup::Done);
@@ -169,6 +178,11 @@ impl Managed for AwsAccountLink {
             }
         }
     }
+}
+
+/// Whether the link's status records anything made in AWS for it.
+fn made_anything(link: &AwsAccountLink) -> bool {
+    link.status.as_ref().is_some_and(|s| s.cloud_formation_stack_id.is_some() || s.role_arn.is_some())
 }
 
 /// A step that made progress and wants the next one at once.

@@ -11,12 +11,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::aws::{CreateInstance, DatabaseAws, Deleted, SecretInfo};
 use super::credentials::{self, SecretDocument};
 use super::plan::{self, DesiredInstance, Names, Phase, Placement};
-use crate::account_link::{self, LinkFor};
+use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{
     AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint, Stack,
 };
@@ -87,17 +87,22 @@ impl Managed for Database {
             ctx.event(&reference, EventType::Warning, "StackGone", note).await;
             return Ok(Cleanup::Done);
         };
-        let links = Api::<AwsAccountLink>::all(ctx.client.clone());
-        let link = links.get_opt(&stack.spec.account_link_ref.name).await?;
-        let Some(link) = link.filter(|l| crate::aws::link_role(l).is_some()) else {
-            return Ok(Cleanup::Pending {
-                reason: "WaitingForAccountLink",
-                message: format!(
-                    "AwsAccountLink {:?} has no verified role, so the database cannot be deleted yet",
-                    stack.spec.account_link_ref.name
-                ),
-                requeue_after: ctx.settings.resync_period,
-            });
+        let records = self.status.as_ref().is_some_and(|s| {
+            s.secret_arn.is_some() || s.security_group_id.is_some() || s.db_instance_identifier.is_some()
+        });
+        let link = match account_link::resolve_for_cleanup(ctx, &stack, &namespace, records).await? {
+            LinkForCleanup::Usable(link) => link,
+            LinkForCleanup::NothingMade(why) => {
+                info!(database = %self.name_any(), %namespace, %why, "nothing to delete in AWS");
+                return Ok(Cleanup::Done);
+            }
+            LinkForCleanup::NotAllowed(message) => {
+                return Ok(Cleanup::Pending {
+                    reason: "AccountLinkNotAllowed",
+                    message,
+                    requeue_after: Duration::from_secs(300),
+                });
+            }
         };
         let aws = connect(ctx, &stack, &link).await?;
         let vpc_id = stack.status.as_ref().and_then(|s| s.vpc_id.clone());

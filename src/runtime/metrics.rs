@@ -1,17 +1,26 @@
 //! Prometheus metrics, all prefixed `tinystacks_`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ManagedLabels {
+    pub kind: String,
+    /// `true` or `false`: the object's `Ready` condition.
+    pub ready: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +46,17 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Family<KindLabels, Histogram>,
     aws_requests: Family<AwsRequestLabels, Counter>,
+    managed: Family<ManagedLabels, Gauge>,
+    time_to_ready: Family<KindLabels, Histogram>,
+    /// Each managed object by UID: its kind, whether it is Ready, and whether it ever was.
+    objects: Arc<Mutex<HashMap<String, Tracked>>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Tracked {
+    kind: String,
+    ready: bool,
+    ever_ready: bool,
 }
 
 impl Default for Metrics {
@@ -56,7 +76,26 @@ impl Default for Metrics {
             "AWS API calls the operator made, by service, operation and outcome",
             aws_requests.clone(),
         );
-        Self { registry: Arc::new(registry), reconciles, errors, duration, aws_requests }
+        let managed = Family::<ManagedLabels, Gauge>::default();
+        registry.register("managed_objects", "Objects under management, by kind and readiness", managed.clone());
+        let time_to_ready = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 14))
+        });
+        registry.register(
+            "time_to_ready_seconds",
+            "Time from an object's creation to its first Ready, by kind",
+            time_to_ready.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            reconciles,
+            errors,
+            duration,
+            aws_requests,
+            managed,
+            time_to_ready,
+            objects: Arc::default(),
+        }
     }
 }
 
@@ -77,11 +116,105 @@ impl Metrics {
         self.aws_requests.get_or_create(&labels).inc();
     }
 
+    /// Records an object's readiness. `since_creation`: its age, observed as the time to Ready
+    /// the first time this process sees it Ready after having seen it not Ready.
+    pub fn object(&self, kind: &str, uid: &str, ready: bool, since_creation: Option<Duration>) {
+        let Ok(mut objects) = self.objects.lock() else { return };
+        let before = objects.get(uid).cloned();
+        let ever_ready = before.as_ref().map_or(ready, |b| b.ever_ready || ready);
+        if let (Some(b), true, Some(age)) = (&before, ready, since_creation)
+            && !b.ever_ready
+        {
+            self.time_to_ready.get_or_create(&KindLabels { kind: kind.into() }).observe(age.as_secs_f64());
+        }
+        let now = Tracked { kind: kind.into(), ready, ever_ready };
+        if before.as_ref().map(|b| b.ready) != Some(ready) {
+            if let Some(b) = &before {
+                self.managed.get_or_create(&managed_labels(&b.kind, b.ready)).dec();
+            }
+            self.managed.get_or_create(&managed_labels(kind, ready)).inc();
+        }
+        objects.insert(uid.into(), now);
+    }
+
+    /// Forgets an object that left management (deleted, its finalizer removed).
+    pub fn forget_object(&self, uid: &str) {
+        let Ok(mut objects) = self.objects.lock() else { return };
+        if let Some(b) = objects.remove(uid) {
+            self.managed.get_or_create(&managed_labels(&b.kind, b.ready)).dec();
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn managed_labels(kind: &str, ready: bool) -> ManagedLabels {
+    ManagedLabels { kind: kind.into(), ready: ready.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn gauge(metrics: &Metrics, kind: &str, ready: bool) -> i64 {
+        metrics.managed.get_or_create(&managed_labels(kind, ready)).get()
+    }
+
+    #[test]
+    fn managed_objects_follow_readiness_and_time_to_ready_counts_the_first_ready_only() {
+        let m = Metrics::default();
+        m.object("Stack", "a", false, None);
+        m.object("Stack", "b", false, None);
+        m.object("Stack", "a", true, Some(Duration::from_secs(30)));
+        assert_eq!((gauge(&m, "Stack", true), gauge(&m, "Stack", false)), (1, 1));
+        m.object("Stack", "a", false, None);
+        m.object("Stack", "a", true, Some(Duration::from_secs(90)));
+        let text = m.encode();
+        assert!(text.contains("tinystacks_time_to_ready_seconds_count{kind=\"Stack\"} 1"), "{text}");
+        m.forget_object("a");
+        m.forget_object("b");
+        assert_eq!((gauge(&m, "Stack", true), gauge(&m, "Stack", false)), (0, 0));
+        // Ready when first seen (a restart): no time to Ready, it is not known.
+        m.object("Database", "c", true, Some(Duration::from_secs(5)));
+        assert!(!m.encode().contains("tinystacks_time_to_ready_seconds_count{kind=\"Database\"}"));
+    }
+
+    /// The families served once each has a sample, as the README's table names them.
+    fn served_families(m: &Metrics) -> BTreeSet<String> {
+        m.reconciled("Stack", Duration::from_millis(1));
+        m.failed("Stack", "InvalidSpec");
+        m.aws_request("ec2", "DescribeVpcs", "success");
+        m.object("Stack", "a", false, None);
+        m.object("Stack", "a", true, Some(Duration::from_secs(1)));
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let (name, kind) = (parts.next()?, parts.next()?);
+                Some(if kind == "counter" { format!("{name}_total") } else { name.to_string() })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("\n## Metrics").nth(1).unwrap_or_default();
+        let section = section.split("\n## ").next().unwrap_or_default();
+        let documented: BTreeSet<String> = section
+            .lines()
+            .filter(|l| l.starts_with("| `tinystacks_"))
+            .filter_map(|l| l.split('`').nth(1).map(String::from))
+            .collect();
+        assert_eq!(documented, served_families(&Metrics::default()));
     }
 }

@@ -81,6 +81,7 @@ pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Con
         }
         Ok(None) => {
             ctx.record_success(&uid);
+            ctx.metrics.forget_object(&uid);
             Ok(Action::await_change())
         }
         Err(error) => {
@@ -222,6 +223,9 @@ async fn publish<K: Managed>(
     let now = Time(Timestamp::now());
     let conditions = conditions::compute(&previous_conditions, health, obj.meta().generation, &now);
     status.set_conditions(conditions, obj.meta().generation);
+    let ready = conditions::ready(status.conditions()).is_some_and(|c| c.status == "True");
+    let age = obj.meta().creation_timestamp.as_ref().and_then(|t| Duration::try_from(now.0.duration_since(t.0)).ok());
+    ctx.metrics.object(&K::kind(&()), &obj.uid().unwrap_or_default(), ready, age);
     if previous == Some(&status) {
         return Ok(());
     }

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::aws::Network;
 use super::plan::{self, Observed, Owner, Previous, Teardown};
-use crate::account_link::{self, LinkFor};
+use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Stack, StackStatus};
 use crate::error::{Error, Result};
 use crate::runtime::conditions::{self, Health};
@@ -132,17 +132,19 @@ impl Managed for Stack {
             ctx.event(&self.object_ref(&()), EventType::Normal, "Retained", note).await;
             return Ok(Cleanup::Done);
         }
-        let link = match account_link::resolve_for(ctx, self, &namespace).await {
-            Ok(LinkFor::Usable(link)) => link,
-            Ok(LinkFor::NotReady { message }) => {
-                return Ok(Cleanup::Pending { reason: "WaitingForAccountLink", message, requeue_after: AWS_POLL });
-            }
-            // No link, no access: nothing can have been created through it, and nothing can be removed.
-            Err(Error::AccountLinkNotFound { name }) => {
-                info!(stack = %name, "the account link is gone; nothing to delete in AWS");
+        let link = match account_link::resolve_for_cleanup(ctx, self, &namespace, records_resources(self)).await? {
+            LinkForCleanup::Usable(link) => link,
+            LinkForCleanup::NothingMade(why) => {
+                info!(stack = %name, %namespace, %why, "nothing to delete in AWS");
                 return Ok(Cleanup::Done);
             }
-            Err(e) => return Err(e),
+            LinkForCleanup::NotAllowed(message) => {
+                return Ok(Cleanup::Pending {
+                    reason: "AccountLinkNotAllowed",
+                    message,
+                    requeue_after: Duration::from_secs(300),
+                });
+            }
         };
         teardown(self, ctx, &link).await
     }
@@ -173,6 +175,13 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
             Ok(Cleanup::Pending { reason: "Deleting", message: note, requeue_after: Duration::ZERO })
         }
     }
+}
+
+/// Whether the Stack's status names any AWS resource it made.
+fn records_resources(stack: &Stack) -> bool {
+    stack.status.as_ref().is_some_and(|s| {
+        s.vpc_id.is_some() || s.kms_key_arn.is_some() || s.vpc_link_id.is_some() || !s.subnets.is_empty()
+    })
 }
 
 fn owner(stack: &Stack) -> Owner {
