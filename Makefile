@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers around them.
-.PHONY: dev dev-down test testenv testenv-down crds
+.PHONY: dev dev-down test test-long testenv testenv-down crds
 
 ## Build what is missing, start a local control plane and moto, run the operator, apply the
 ## examples and show them settle. Stop everything with `make dev-down`.
@@ -25,3 +25,7 @@ testenv-down:
 crds:
 	cargo run --quiet -- crds > crds/tinystacks.io.yaml
 	cp crds/tinystacks.io.yaml charts/tinystacks-operator/crds/tinystacks.io.yaml
+
+## The long tests (minutes each): the Stack's crash sweep over every mutation and the 50-Stack scale run.
+test-long:
+	hack/test.sh --ignored

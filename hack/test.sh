@@ -25,4 +25,5 @@ trap 'hack/testenv.sh down >/dev/null 2>&1 || true' EXIT
 source "$env_file"
 
 step "unit and integration tests"
-cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-4}"
+# `hack/test.sh --ignored` (make test-long) runs only the long tests instead.
+cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-4}" "$@"

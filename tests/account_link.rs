@@ -406,10 +406,42 @@ async fn cloudformation_links_in_two_accounts_become_ready_stay_apart_and_clean_
         .expect("deployed template of link B");
     assert_eq!(policy_json(deployed_b.template_body().unwrap_or_default()), policy_json(&template_b));
 
-    // Deletion: Delete removes the stack (and so the role), Retain leaves it.
+    // A Stack on link A, Ready; then the link and the Stack deleted at once. The link waits for
+    // the Stack, and the Stack tears its network down through the link while the link is being
+    // deleted; then the link removes its CloudFormation stack.
+    let stacks = Api::<Stack>::namespaced(client.clone(), &team.name);
+    let stack: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": "net"},
+        "spec": {"accountLinkRef": {"name": name_a}, "network": {"cidr": "10.43.0.0/16", "natGateways": "None", "vpcLink": false}},
+    }))
+    .expect("stack");
+    stacks.create(&PostParams::default(), &stack).await.expect("create stack");
+    let net = eventually("Stack net Ready", Duration::from_secs(120), || async {
+        let s = stacks.get("net").await.map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(&s).map_err(|e| e.to_string())?;
+        match condition(&v, "Ready") {
+            Some(c) if c["status"] == "True" => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let net_vpc = net.status.and_then(|s| s.vpc_id).expect("the Stack's VPC");
     let deleting = Instant::now();
+    links.delete(&name_a, &DeleteParams::default()).await.expect("delete link A");
+    stacks.delete("net", &DeleteParams::default()).await.expect("delete stack");
+    eventually("Stack net gone", Duration::from_secs(120), || async {
+        match stacks.get_opt("net").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(s) => Err(format!("{:?}", s.status.map(|s| s.conditions))),
+        }
+    })
+    .await;
+    let vpcs = ec2_a.describe_vpcs().vpc_ids(&net_vpc).send().await;
+    assert!(vpcs.map(|v| v.vpcs().is_empty()).unwrap_or(true), "the Stack's VPC {net_vpc} is deleted");
+
+    // Deletion: Delete removes the stack (and so the role), Retain leaves it.
     delete_and_wait_gone(&client, &name_a, Duration::from_secs(60)).await;
-    eprintln!("link A deleted with its stack in {:?}", deleting.elapsed());
+    eprintln!("link A deleted at once with its Stack in {:?}", deleting.elapsed());
     assert_eq!(stack_status(&creds_a, &endpoint, "TinyStacksRole").await, None, "link A's stack is gone");
     delete_and_wait_gone(&client, &name_b, Duration::from_secs(60)).await;
     assert_eq!(

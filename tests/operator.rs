@@ -165,6 +165,12 @@ async fn a_namespace_the_link_does_not_allow_stalls_until_it_is_allowed() {
     let events = event_reasons(&client, &ns.name, "web").await;
     assert!(events.iter().any(|(t, r)| t == "Warning" && r == "AccountLinkNotAllowed"), "events: {events:?}");
 
+    // A Stack that was never allowed made nothing in AWS: it can be deleted while still denied.
+    stack(&client, &ns.name, "denied", &link).await;
+    wait_condition(&stacks, "denied", "Stalled", "True", "AccountLinkNotAllowed").await;
+    stacks.delete("denied", &DeleteParams::default()).await.expect("delete stack");
+    wait_gone(&stacks, "denied").await;
+
     // Allowing the namespace wakes the Stack through the link's watch, without a spec change.
     let links = Api::<AwsAccountLink>::all(client.clone());
     links
