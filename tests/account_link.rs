@@ -845,14 +845,14 @@ impl ScopedLink {
     }
 }
 
-/// A policy as moto 5.2.5 evaluates it, which is narrower than IAM in three ways; each rewrite
-/// below only ever adds what moto asks for in place of what IAM would, for actions the policy
-/// already grants, so taking an action out of the rendered policy still takes it out here.
+/// The rendered policy restated in the terms moto 5.2.5 checks, which differ from IAM's in three
+/// ways. Each rewrite grants moto's name of a call only where the statement already grants IAM's
+/// name of the same call, so nothing the rendered policy lacks is granted here.
 ///
 /// - moto knows the resource of a request only for IAM, STS and SQS; every other request is
 ///   checked against `*`, which a statement narrowed to ARNs (`secret:tinystacks/*`,
 ///   `/vpclinks/*`) never matches. Such statements get `Resource: "*"`: moto cannot check the
-///   ARNs, the template's unit tests do.
+///   ARNs; the lifecycle test matches them against the real names (`allows_on`).
 /// - moto names an API Gateway request after its operation (`apigateway:CreateVpcLink`); IAM
 ///   after its HTTP verb (`apigateway:POST`). Each verb the policy grants also grants the VPC-link
 ///   operations IAM authorizes with that verb.
@@ -862,7 +862,11 @@ impl ScopedLink {
 /// Conditions stay as rendered, and moto passes them all: for an identity policy it has no
 /// request context to compare a condition key with (`_check_conditions` with no incoming
 /// values), so the `tinystacks.io/managed-by` tag conditions, `ec2:CreateAction`,
-/// `iam:PermissionsBoundary` and `iam:PassedToService` are not checked by this test either.
+/// `iam:PermissionsBoundary` and `iam:PassedToService` are not checked by this test either. Nor
+/// are the actions AWS authorizes besides the one called: tagging at creation
+/// (`ec2:CreateTags`, `kms:TagResource`, `secretsmanager:TagResource`,
+/// `rds:AddTagsToResource`), Secrets Manager's use of the key (`kms:GenerateDataKey`,
+/// `kms:Decrypt`), `iam:CreateServiceLinkedRole`.
 fn as_moto_checks(policy: &Value) -> Value {
     const APIGATEWAY_VERBS: &[(&str, &[&str])] = &[
         ("apigateway:POST", &["apigateway:CreateVpcLink", "apigateway:TagResource"]),
