@@ -1,6 +1,9 @@
 //! A fault-injecting HTTP proxy between the operator and moto: it forwards every request, counts
 //! AWS actions, and rewrites chosen answers for a number of calls, so that tests see what moto
-//! does not do (an RDS instance that stays `creating` for minutes).
+//! does not do (an RDS instance that stays `creating` for minutes). With [`Faults`] it also
+//! answers some requests as a throttled, failing or unavailable AWS would (each service's own
+//! error codes and protocol), delays answers, and drops connections after the request took
+//! effect, so that the answer is lost but the change is made.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +20,32 @@ struct Rewrite {
     times: usize,
 }
 
+/// What fraction of requests gets which fault. Decided per request, from a seeded generator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Answered with the service's throttling error (`RequestLimitExceeded`, `Throttling`,
+    /// `ThrottlingException`, `TooManyRequestsException`), not forwarded.
+    pub throttle: f64,
+    /// Answered with 500 `InternalError`, not forwarded.
+    pub server_error: f64,
+    /// Answered with 503 `ServiceUnavailable`, not forwarded.
+    pub unavailable: f64,
+    /// Forwarded (so it takes effect), then the connection is closed without an answer.
+    pub drop_after: f64,
+    /// Added before every answer.
+    pub latency: std::time::Duration,
+}
+
+/// How the faults went: requests seen and faults injected, and when each request arrived.
+#[derive(Clone, Debug, Default)]
+pub struct FaultCounts {
+    pub requests: usize,
+    pub throttled: usize,
+    pub server_errors: usize,
+    pub unavailable: usize,
+    pub dropped: usize,
+}
+
 #[derive(Default)]
 struct State {
     counts: HashMap<String, usize>,
@@ -24,6 +53,11 @@ struct State {
     rewritten: HashMap<String, usize>,
     /// Every request as text (head and body), for questions such as "did any call name account X".
     requests: Vec<String>,
+    faults: Faults,
+    fault_counts: FaultCounts,
+    /// When each request arrived.
+    arrivals: Vec<std::time::Instant>,
+    rng: Option<rand::rngs::StdRng>,
 }
 
 /// The proxy; its listener runs on the test's runtime until the proxy is dropped.
@@ -73,6 +107,27 @@ impl FaultProxy {
         self.state.lock().unwrap().requests.iter().filter(|r| r.contains(needle)).count()
     }
 
+    /// Injects `faults` from now on (seeded, so a run can be repeated).
+    pub fn set_faults(&self, faults: Faults, seed: u64) {
+        use rand::SeedableRng;
+        let mut state = self.state.lock().unwrap();
+        state.faults = faults;
+        state.rng = Some(rand::rngs::StdRng::seed_from_u64(seed));
+    }
+
+    /// The faults injected so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.state.lock().unwrap().fault_counts.clone()
+    }
+
+    /// Requests per second over `window`, counted in the last `window` before `until`.
+    pub fn rate(&self, until: std::time::Instant, window: std::time::Duration) -> f64 {
+        let state = self.state.lock().unwrap();
+        let from = until - window;
+        let n = state.arrivals.iter().filter(|t| **t > from && **t <= until).count();
+        n as f64 / window.as_secs_f64()
+    }
+
     /// How many answers to `action` were rewritten.
     pub fn rewritten(&self, action: &str) -> usize {
         self.state.lock().unwrap().rewritten.get(action).copied().unwrap_or(0)
@@ -85,11 +140,24 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
     loop {
         let Some((head, body)) = read_message(&mut client, true).await else { return };
         let action = action_of(&head, &body);
-        {
+        let (fault, latency) = {
             let mut state = state.lock().unwrap();
             *state.counts.entry(action.clone()).or_default() += 1;
             let text = String::from_utf8_lossy(&head).into_owned() + &String::from_utf8_lossy(&body);
             state.requests.push(text);
+            state.arrivals.push(std::time::Instant::now());
+            state.fault_counts.requests += 1;
+            let fault = choose_fault(&mut state);
+            (fault, state.faults.latency)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(answer) = fault.and_then(|f| error_answer(f, &head)) {
+            if client.write_all(&answer).await.is_err() {
+                return;
+            }
+            continue;
         }
         let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
         let mut request = rewrite_header(&head, "connection", Some("close"));
@@ -98,6 +166,10 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
             return;
         }
         let Some((head, mut body)) = read_message(&mut server, false).await else { return };
+        if fault == Some(Fault::DropAfter) {
+            // The request took effect; its answer is lost with the connection.
+            return;
+        }
         {
             let mut state = state.lock().unwrap();
             let text = String::from_utf8_lossy(&body).to_string();
@@ -198,4 +270,91 @@ fn action_of(head: &[u8], body: &[u8]) -> String {
     }
     let body = String::from_utf8_lossy(body);
     body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("unknown").to_string()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Throttle,
+    ServerError,
+    Unavailable,
+    DropAfter,
+}
+
+/// Draws the fault for one request, counting it.
+fn choose_fault(state: &mut State) -> Option<Fault> {
+    use rand::Rng;
+    let faults = state.faults;
+    let rng = state.rng.as_mut()?;
+    let x: f64 = rng.random();
+    let mut edge = 0.0;
+    for (fault, p) in [
+        (Fault::Throttle, faults.throttle),
+        (Fault::ServerError, faults.server_error),
+        (Fault::Unavailable, faults.unavailable),
+        (Fault::DropAfter, faults.drop_after),
+    ] {
+        edge += p;
+        if x < edge {
+            let counts = &mut state.fault_counts;
+            match fault {
+                Fault::Throttle => counts.throttled += 1,
+                Fault::ServerError => counts.server_errors += 1,
+                Fault::Unavailable => counts.unavailable += 1,
+                Fault::DropAfter => counts.dropped += 1,
+            }
+            return Some(fault);
+        }
+    }
+    None
+}
+
+/// The signing service of a request (`ec2`, `rds`, `kms`, ...), from its credential scope.
+fn service_of(head: &str) -> String {
+    head.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or_default().to_string()
+}
+
+/// A whole HTTP answer for `fault` in the protocol of the request's service; `None` for a drop.
+fn error_answer(fault: Fault, head: &[u8]) -> Option<Vec<u8>> {
+    let head = String::from_utf8_lossy(head);
+    let json = head.lines().any(|l| l.to_lowercase().starts_with("x-amz-target:"));
+    let service = service_of(&head);
+    let (status, code, message) = match fault {
+        Fault::DropAfter => return None,
+        Fault::Throttle => match service.as_str() {
+            "ec2" => (503, "RequestLimitExceeded", "Request limit exceeded."),
+            "apigateway" => (429, "TooManyRequestsException", "Too Many Requests"),
+            _ if json => (400, "ThrottlingException", "Rate exceeded"),
+            _ => (400, "Throttling", "Rate exceeded"),
+        },
+        Fault::ServerError => {
+            (500, if json { "InternalFailure" } else { "InternalError" }, "We encountered an internal error.")
+        }
+        Fault::Unavailable => (503, "ServiceUnavailable", "Service is unavailable. Try again later."),
+    };
+    let (content_type, body) = if service == "ec2" {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+        );
+        ("text/xml", body)
+    } else if json || service == "apigateway" {
+        ("application/x-amz-json-1.1", format!("{{\"__type\":\"{code}\",\"message\":\"{message}\"}}"))
+    } else {
+        let body = format!(
+            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
+        );
+        ("text/xml", body)
+    };
+    let reason = match status {
+        400 => "Bad Request",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        _ => "Service Unavailable",
+    };
+    let mut answer = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\nx-amzn-errortype: {code}\r\ncontent-length: {}\r\nconnection: keep-alive\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(body.as_bytes());
+    Some(answer)
 }
