@@ -187,7 +187,8 @@ const CREDENTIAL_BEARING_TARGETS: &[(&str, LevelFilter)] = &[
 
 fn init_logging(format: LogFormat) {
     let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ceiling = Targets::new().with_default(LevelFilter::TRACE).with_targets(CREDENTIAL_BEARING_TARGETS.iter().copied());
+    let ceiling =
+        Targets::new().with_default(LevelFilter::TRACE).with_targets(CREDENTIAL_BEARING_TARGETS.iter().copied());
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry();
     match format {

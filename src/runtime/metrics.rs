@@ -78,9 +78,8 @@ impl Default for Metrics {
         );
         let managed = Family::<ManagedLabels, Gauge>::default();
         registry.register("managed_objects", "Objects under management, by kind and readiness", managed.clone());
-        let time_to_ready = Family::<KindLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(1.0, 2.0, 14))
-        });
+        let time_to_ready =
+            Family::<KindLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14)));
         registry.register(
             "time_to_ready_seconds",
             "Time from an object's creation to its first Ready, by kind",
