@@ -161,9 +161,12 @@ impl<'a> BastionAws<'a> {
                         key_name: i.key_name().filter(|k| !k.is_empty()).map(str::to_string),
                         instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
                         image_id: i.image_id().map(str::to_string),
+                        // The instance's groups and its interfaces' (the same in EC2; some
+                        // emulators fill only the latter for instances launched with an interface).
                         security_groups: i
                             .security_groups()
                             .iter()
+                            .chain(i.network_interfaces().iter().flat_map(|n| n.groups()))
                             .filter_map(|g| g.group_id().map(str::to_string))
                             .collect(),
                         profile_arn: i.iam_instance_profile().and_then(|p| p.arn()).map(str::to_string),

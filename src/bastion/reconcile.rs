@@ -548,7 +548,7 @@ impl<'a> Converge<'a> {
             && !self.spec_changed
         {
             let note = format!("instance {old} was terminated outside the operator; launching a replacement");
-            self.event(EventType::Warning, "DriftRepaired", note).await;
+            self.event(EventType::Warning, "InstanceReplaced", note).await;
         }
         let id = self
             .aws
