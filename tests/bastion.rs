@@ -701,6 +701,19 @@ async fn a_short_ttl_terminates_the_instance_and_withdraws_database_access_and_a
     })
     .await;
 
+    // No ttl any more: no expiry, the same instance, the period forgotten.
+    let instance = status.instance_id.clone();
+    let patch = json!({"spec": {"ttl": null}});
+    world.bastions().patch("brief", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("no ttl");
+    eventually("no expiry and no period", READY, || async {
+        let b = world.wait_ready("brief").await;
+        let s = b.status.clone().unwrap_or_default();
+        let period = b.annotations().get("tinystacks.io/ttl-period").cloned();
+        if s.expires_at.is_none() && period.is_none() { Ok(s) } else { Err(format!("{:?} {period:?}", s.expires_at)) }
+    })
+    .await;
+    assert_eq!(world.bastions().get("brief").await.expect("get").status.and_then(|s| s.instance_id), instance);
+
     world.delete("brief").await;
     world.wait_gone("brief").await;
     world.assert_nothing_left().await;

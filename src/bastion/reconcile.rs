@@ -267,6 +267,12 @@ impl<'a> Converge<'a> {
                 return self.next("StartingTtlPeriod", format!("started a ttl period of {ttl}"));
             }
             expires = period.expires_at();
+        } else if self.bastion.annotations().contains_key(plan::PERIOD_ANNOTATION) {
+            // No ttl any more: forget the period, so that a ttl set again later starts afresh.
+            let patch = json!({"metadata": {"annotations": {plan::PERIOD_ANNOTATION: null}}});
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            self.bastions().patch(&self.bastion.name_any(), &params, &Patch::Merge(&patch)).await?;
+            return self.next("EndingTtlPeriod", "spec.ttl was removed; the instance no longer expires".into());
         }
         self.status.expires_at = expires.map(Time);
         let instances = self.aws.instances(&self.uid).await?;
