@@ -42,6 +42,7 @@ struct World {
     client: Client,
     ns: TestNamespace,
     aws: SdkConfig,
+    link: String,
     stack: String,
     net: Network,
 }
@@ -52,16 +53,22 @@ type Leftovers = (Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<String
 
 impl World {
     async fn new(pattern: &str) -> Self {
+        let mut world = Self::linked().await;
+        world.net = network(&world.aws, pattern).await;
+        world.fixture_stack(&world.link, pattern).await;
+        world
+    }
+
+    /// A namespace, an account and a fixture link, but no Stack yet.
+    async fn linked() -> Self {
         let client = client().await;
         install_crds(&client).await;
         let ns = TestNamespace::new(&client, "bastion").await;
         let account = new_account_id();
         let aws = account_config(&account).await;
         let link = format!("bastion-link-{}", suffix());
-        let net = network(&aws, pattern).await;
-        let world = Self { client, ns, aws, stack: "web".into(), net };
-        world.fixture_link(&link, &account).await;
-        world.fixture_stack(&link, pattern).await;
+        let world = Self { client, ns, aws, link, stack: "web".into(), net: Network::default() };
+        world.fixture_link(&world.link, &account).await;
         world
     }
 
@@ -805,5 +812,51 @@ async fn a_crash_after_every_mutating_call_converges_to_one_of_each() {
     let crashes = crash_until(&world, "delete", gone).await;
     // Terminate, key pair, group, role out of profile, profile, policy, role.
     assert!(crashes >= 7, "a crash after each mutating call of delete ({crashes})");
+    world.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn with_the_real_stack_and_no_nat_an_ssm_bastion_is_public_without_inbound_rules_and_the_stack_waits_for_it() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::linked().await;
+    let stack: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": world.stack},
+        "spec": {"accountLinkRef": {"name": world.link},
+            "network": {"pattern": "PublicPrivate", "natGateways": "None", "vpcLink": false}},
+    }))
+    .expect("stack");
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    stacks.create(&PostParams::default(), &stack).await.expect("create stack");
+    world.bastion("ops", json!({})).await;
+    let _operator = world.operator(&[]);
+
+    let b = world.wait_ready("ops").await;
+    let status = b.status.clone().expect("status");
+    let stack_status = stacks.get(&world.stack).await.expect("stack").status.expect("stack status");
+    let public: BTreeSet<String> = stack_status
+        .subnets
+        .iter()
+        .filter(|s| s.tier == tinystacks_operator::api::SubnetTier::Public)
+        .map(|s| s.id.clone())
+        .collect();
+    let instance = world.instance(status.instance_id.as_deref().expect("instanceId")).await;
+    assert!(public.contains(instance.subnet_id().unwrap_or_default()), "no NAT: a public subnet");
+    assert!(instance.public_ip_address().is_some_and(|ip| !ip.is_empty()), "with a public IP");
+    assert_eq!(instance.vpc_id(), stack_status.vpc_id.as_deref());
+    assert!(world.ingress(status.security_group_id.as_deref().expect("group")).await.is_empty(), "no inbound rule");
+
+    // The Stack waits for its Bastion; then both go, and nothing of either is left.
+    stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stacks.get_opt(&world.stack).await.expect("get").is_some(), "the Stack waits for its Bastion");
+    world.delete("ops").await;
+    world.wait_gone("ops").await;
+    eventually("the Stack gone", READY, || async {
+        match stacks.get_opt(&world.stack).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|s| s.and_then(|s| s.status).map(|s| s.conditions)))),
+        }
+    })
+    .await;
     world.assert_nothing_left().await;
 }
