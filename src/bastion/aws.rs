@@ -212,6 +212,8 @@ impl<'a> BastionAws<'a> {
                     .metadata_options(metadata)
                     .tag_specifications(ec2_tags(ResourceType::Instance, l.tags))
                     .tag_specifications(ec2_tags(ResourceType::Volume, l.tags))
+                    // The `Scoped` policy lets RunInstances create only resources tagged as ours.
+                    .tag_specifications(ec2_tags(ResourceType::NetworkInterface, l.tags))
                     .send()
             })
             .await
