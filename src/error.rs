@@ -38,6 +38,16 @@ pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
 
+    #[error(
+        "access Ssh needs a public subnet, and Stack {stack:?} uses the PrivateIsolated pattern, which has none; use access Ssm (Session Manager reaches the instance through the stack's endpoints) or a PublicPrivate Stack"
+    )]
+    SshNeedsPublicSubnet { stack: String },
+
+    #[error(
+        "the Secret {name} holds no usable SSH private key: {why}; delete it and the operator generates a new key pair (the instance is then replaced)"
+    )]
+    SshKeySecretUnusable { name: String, why: String },
+
     #[error("AWS throttled {action}; retrying with backoff")]
     AwsThrottled { action: String },
 
@@ -113,7 +123,8 @@ impl Error {
             Error::AccountLinkNotFound { .. }
             | Error::AccountLinkNotAllowed { .. }
             | Error::StackNotFound { .. }
-            | Error::InvalidSpec(_) => ErrorKind::User,
+            | Error::InvalidSpec(_)
+            | Error::SshNeedsPublicSubnet { .. } => ErrorKind::User,
             Error::AwsThrottled { .. }
             | Error::AwsUnavailable { .. }
             | Error::AwsRequestFailed { .. }
@@ -128,7 +139,8 @@ impl Error {
             | Error::DbInstanceUnhealthy { .. }
             | Error::DbInstanceNotCompliant { .. }
             | Error::SecretUnusable { .. }
-            | Error::KmsKeyPendingDeletion { .. } => ErrorKind::External,
+            | Error::KmsKeyPendingDeletion { .. }
+            | Error::SshKeySecretUnusable { .. } => ErrorKind::External,
         }
     }
 
@@ -141,6 +153,8 @@ impl Error {
             Error::AccountLinkNotAllowed { .. } => "AccountLinkNotAllowed",
             Error::StackNotFound { .. } => "StackNotFound",
             Error::InvalidSpec(_) => "InvalidSpec",
+            Error::SshNeedsPublicSubnet { .. } => "SshNeedsPublicSubnet",
+            Error::SshKeySecretUnusable { .. } => "SshKeySecretUnusable",
             Error::AwsThrottled { .. } => "AwsThrottled",
             Error::AwsUnavailable { .. } => "AwsUnavailable",
             Error::AccessDenied { .. } => "AccessDenied",

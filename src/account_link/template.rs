@@ -586,6 +586,9 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::mutate("iam:DeleteRole").on(IAM_PATHS),
             Rule::mutate("iam:PutRolePolicy").on(IAM_PATHS).when(WITH_BOUNDARY),
             Rule::mutate("iam:DeleteRolePolicy").on(IAM_PATHS),
+            // What must go before DeleteRole succeeds: the role's inline and attached policies.
+            Rule::read("iam:ListRolePolicies").on(IAM_PATHS),
+            Rule::read("iam:ListAttachedRolePolicies").on(IAM_PATHS),
             Rule::mutate("iam:AttachRolePolicy").on(IAM_PATHS).when(WITH_BOUNDARY),
             Rule::mutate("iam:DetachRolePolicy").on(IAM_PATHS),
             Rule::create("iam:CreateInstanceProfile").on(IAM_PATHS),

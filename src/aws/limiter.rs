@@ -24,6 +24,7 @@ pub enum Service {
     Kms,
     Rds,
     SecretsManager,
+    Iam,
 }
 
 impl Service {
@@ -40,6 +41,9 @@ impl Service {
             // Manager's write actions allow far more, but a Database writes its secret rarely.
             Service::Rds => (2.0, 10.0),
             Service::SecretsManager => (5.0, 20.0),
+            // IAM's control plane is global and slow to propagate; a bastion makes a handful of
+            // IAM writes in its whole life.
+            Service::Iam => (2.0, 10.0),
         }
     }
 }

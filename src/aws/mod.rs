@@ -60,6 +60,8 @@ service_clients!(aws_sdk_sts, aws_sdk_cloudformation, aws_sdk_ec2);
 service_clients!(aws_sdk_apigatewayv2, aws_sdk_kms, aws_sdk_resourcegroupstagging);
 // The Database's instance, subnet group and credentials.
 service_clients!(aws_sdk_rds, aws_sdk_secretsmanager);
+// The Bastion's instance role and profile, and the public Amazon Linux image parameter.
+service_clients!(aws_sdk_iam, aws_sdk_ssm);
 
 /// The AWS client factory held by the reconcile [`crate::runtime::context::Context`].
 #[derive(Clone)]

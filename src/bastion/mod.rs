@@ -1,3 +1,9 @@
-//! `Bastion`: a host through which people reach a Stack's Database.
+//! `Bastion`: a host through which people reach a Stack's Database, through Session Manager (no
+//! inbound port) or SSH from allowed addresses only, for a limited time if `ttl` says so.
 
+mod aws;
+mod keys;
+mod plan;
 mod reconcile;
+
+pub use reconcile::{EXPIRED, grants_database_access};

@@ -522,7 +522,7 @@ fn connection_secret_current(
 }
 
 /// The security groups of the Stack's Bastions that are not being deleted: a Bastion on its way
-/// out loses its access first, so that its own group can then be deleted.
+/// out loses its access first, so that its own group can then be deleted; an expired one has none.
 async fn bastion_groups(ctx: &Context, db: &Database, stack: &str) -> Result<BTreeSet<String>> {
     let namespace = db.namespace().unwrap_or_default();
     let bastions = Api::<Bastion>::namespaced(ctx.client.clone(), &namespace).list(&ListParams::default()).await?;
@@ -530,6 +530,7 @@ async fn bastion_groups(ctx: &Context, db: &Database, stack: &str) -> Result<BTr
         .items
         .into_iter()
         .filter(|b| b.spec.stack_ref.name == stack && b.metadata.deletion_timestamp.is_none())
+        .filter(crate::bastion::grants_database_access)
         .filter_map(|b| b.status?.security_group_id)
         .collect())
 }

@@ -237,9 +237,11 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
 
     // A Database wakes when its Stack changes, when a Bastion of its Stack comes or goes, and when
     // its connection Secret is edited or deleted (so that it is written again at once).
+    let databases_for_bastions = databases.clone();
     let database_controller = Controller::new(databases, wc()).with_config(config.clone());
     let connection_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
     let managed = format!("{}={}", crate::database::MANAGED_LABEL, context::FIELD_MANAGER);
+    let managed_for_bastions = managed.clone();
     let db_store = database_controller.store();
     let db_store_2 = db_store.clone();
     let database_controller = database_controller
@@ -255,14 +257,25 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
         .owns(connection_secrets, wc().labels(&managed))
         .graceful_shutdown_on(stopped());
 
-    // A Bastion wakes when its Stack changes.
+    // A Bastion wakes when its Stack changes, when a Database of its Stack changes (the tunnel
+    // command names its endpoint), and when its generated key's Secret is edited or deleted.
     let bastion_controller = Controller::new(bastions, wc()).with_config(config);
     let bastion_store = bastion_controller.store();
+    let bastion_store_2 = bastion_store.clone();
+    let key_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
     let bastion_controller = bastion_controller
         .watches(stacks, wc(), move |s: Guarded<Stack>| {
             let (name, ns) = (s.name_any(), s.namespace());
             referrers(&bastion_store, |b: &Bastion| b.spec.stack_ref.name == name && b.namespace() == ns)
         })
+        .watches(databases_for_bastions, wc(), move |d: Guarded<Database>| {
+            let ns = d.namespace();
+            let Ok(d) = d.0 else { return Vec::new() };
+            referrers(&bastion_store_2, |b: &Bastion| {
+                b.spec.stack_ref.name == d.spec.stack_ref.name && b.namespace() == ns
+            })
+        })
+        .owns(key_secrets, wc().labels(&managed_for_bastions))
         .graceful_shutdown_on(stopped());
 
     info!("controllers started");

@@ -104,7 +104,11 @@ impl Operator {
         let identity = format!("test-operator-{}", suffix());
         let log = std::env::temp_dir().join(format!("{identity}.log"));
         let file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tinystacks-operator"))
+        // `TINYSTACKS_OPERATOR_BIN` names a copy of the binary: with a target directory shared by
+        // several checkouts, another build may replace the one cargo built for these tests.
+        let binary = std::env::var("TINYSTACKS_OPERATOR_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tinystacks-operator").into());
+        let child = Command::new(binary)
             .arg("run")
             .args(["--namespace", config.namespace])
             .args(["--lease-name", config.lease_name])

@@ -1,0 +1,579 @@
+//! The AWS calls a Bastion makes, as its Stack's account link: EC2 (instance, security group, key
+//! pair), IAM (the instance's role and profile) and SSM (the public Amazon Linux image parameter).
+//! Lookups answer `None` (or an empty list) for "not there"; every mutation goes through the
+//! shared rate limiter.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::primitives::Blob;
+use aws_sdk_ec2::types::{
+    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType,
+    TagSpecification,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use super::plan::ObservedInstance;
+use crate::account_link::template::{IAM_PATH, OWNER_UID_TAG};
+use crate::aws::errors::{Caller, aws_error};
+use crate::aws::inventory::{Rule, SecurityGroup, missing, permission_of, security_group_of};
+use crate::aws::limiter::{Limiter, Service};
+use crate::error::{Error, Result};
+
+/// The clients of one Bastion's reconcile, acting as its Stack's link in the Stack's region.
+pub struct BastionAws<'a> {
+    ec2: aws_sdk_ec2::Client,
+    iam: aws_sdk_iam::Client,
+    ssm: aws_sdk_ssm::Client,
+    caller: Caller,
+    account: String,
+    limiter: &'a Limiter,
+}
+
+/// The outcome of a delete that AWS may refuse for now (the resource is still in use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deleted {
+    Done,
+    StillInUse,
+}
+
+/// An IAM role or instance profile as IAM reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IamEntity {
+    pub arn: String,
+    pub tags: BTreeMap<String, String>,
+    /// The roles in an instance profile (empty for a role).
+    pub roles: Vec<String>,
+}
+
+/// An EC2 key pair of the Bastion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPair {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Everything RunInstances needs.
+pub struct Launch<'a> {
+    pub image: &'a str,
+    pub instance_type: &'a str,
+    pub subnet: &'a str,
+    pub security_group: &'a str,
+    pub public_ip: bool,
+    pub key_name: Option<&'a str>,
+    pub profile_name: &'a str,
+    pub token: &'a str,
+    pub tags: &'a [(String, String)],
+}
+
+fn code<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<&str> {
+    e.as_service_error().and_then(|s| s.code())
+}
+
+fn ec2_tags(resource: ResourceType, tags: &[(String, String)]) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect()))
+        .build()
+}
+
+fn iam_tags(tags: &[(String, String)]) -> Result<Vec<aws_sdk_iam::types::Tag>> {
+    tags.iter()
+        .map(|(k, v)| {
+            aws_sdk_iam::types::Tag::builder().key(k).value(v).build().map_err(|e| Error::AwsUnavailable {
+                action: "iam:TagRole".into(),
+                detail: format!("a tag could not be built: {e}"),
+            })
+        })
+        .collect()
+}
+
+fn iam_tag_map(tags: &[aws_sdk_iam::types::Tag]) -> BTreeMap<String, String> {
+    tags.iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
+}
+
+impl<'a> BastionAws<'a> {
+    pub fn new(
+        aws: &crate::aws::Aws,
+        config: &SdkConfig,
+        role_arn: String,
+        account: String,
+        limiter: &'a Limiter,
+    ) -> Self {
+        Self {
+            ec2: aws.client(config),
+            iam: aws.client(config),
+            ssm: aws.client(config),
+            caller: Caller::LinkRole { role_arn },
+            account,
+            limiter,
+        }
+    }
+
+    fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        aws_error(action, &self.caller, e)
+    }
+
+    // ----- SSM: the image -----
+
+    /// The image ID the public parameter names today.
+    pub async fn latest_image(&self, parameter: &str) -> Result<String> {
+        let out =
+            self.ssm.get_parameter().name(parameter).send().await.map_err(|e| self.fail("ssm:GetParameter", e))?;
+        out.parameter()
+            .and_then(|p| p.value())
+            .filter(|v| v.starts_with("ami-"))
+            .map(str::to_string)
+            .ok_or_else(|| missing("ssm:GetParameter", "image ID"))
+    }
+
+    // ----- EC2: instances -----
+
+    /// Every instance tagged with the Bastion's UID, in any state (terminated ones included, while
+    /// EC2 still lists them).
+    pub async fn instances(&self, uid: &str) -> Result<Vec<ObservedInstance>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ec2
+                .describe_instances()
+                .filters(Filter::builder().name(format!("tag:{OWNER_UID_TAG}")).values(uid).build())
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.fail("ec2:DescribeInstances", e))?;
+            for r in page.reservations() {
+                for i in r.instances() {
+                    let Some(id) = i.instance_id() else { continue };
+                    out.push(ObservedInstance {
+                        id: id.to_string(),
+                        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                        subnet_id: i.subnet_id().map(str::to_string),
+                        public_ip: i.public_ip_address().filter(|ip| !ip.is_empty()).map(str::to_string),
+                        private_ip: i.private_ip_address().map(str::to_string),
+                        key_name: i.key_name().filter(|k| !k.is_empty()).map(str::to_string),
+                        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+                        image_id: i.image_id().map(str::to_string),
+                        // The instance's groups and its interfaces' (the same in EC2; some
+                        // emulators fill only the latter for instances launched with an interface).
+                        security_groups: i
+                            .security_groups()
+                            .iter()
+                            .chain(i.network_interfaces().iter().flat_map(|n| n.groups()))
+                            .filter_map(|g| g.group_id().map(str::to_string))
+                            .collect(),
+                        profile_arn: i.iam_instance_profile().and_then(|p| p.arn()).map(str::to_string),
+                        launch_time: i.launch_time().map(|t| t.secs()),
+                    });
+                }
+            }
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Launches the instance; returns its ID. The client token makes a retry after a crash answer
+    /// with the instance the first call launched.
+    pub async fn run_instance(&self, l: &Launch<'_>) -> Result<String> {
+        let interface = InstanceNetworkInterfaceSpecification::builder()
+            .device_index(0)
+            .subnet_id(l.subnet)
+            .groups(l.security_group)
+            .associate_public_ip_address(l.public_ip)
+            .delete_on_termination(true)
+            .build();
+        // IMDSv2 only: a request forged through the instance cannot read its role's credentials.
+        let metadata = InstanceMetadataOptionsRequest::builder()
+            .http_tokens(HttpTokensState::Required)
+            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+            .build();
+        let out = self
+            .limiter
+            .mutate(&self.account, Service::Ec2, || {
+                self.ec2
+                    .run_instances()
+                    .image_id(l.image)
+                    .instance_type(InstanceType::from(l.instance_type))
+                    .min_count(1)
+                    .max_count(1)
+                    .client_token(l.token)
+                    .set_key_name(l.key_name.map(str::to_string))
+                    .iam_instance_profile(IamInstanceProfileSpecification::builder().name(l.profile_name).build())
+                    .network_interfaces(interface)
+                    .metadata_options(metadata)
+                    .tag_specifications(ec2_tags(ResourceType::Instance, l.tags))
+                    .tag_specifications(ec2_tags(ResourceType::Volume, l.tags))
+                    // The `Scoped` policy lets RunInstances create only resources tagged as ours.
+                    .tag_specifications(ec2_tags(ResourceType::NetworkInterface, l.tags))
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("ec2:RunInstances", e))?;
+        out.instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .map(str::to_string)
+            .ok_or_else(|| missing("ec2:RunInstances", "InstanceId"))
+    }
+
+    pub async fn terminate(&self, ids: &[String]) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Ec2, || {
+                self.ec2.terminate_instances().set_instance_ids(Some(ids.to_vec())).send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("InvalidInstanceID.NotFound") => Ok(()),
+            Err(e) => Err(self.fail("ec2:TerminateInstances", e)),
+        }
+    }
+
+    // ----- EC2: the security group -----
+
+    /// The group named `name` in the VPC (names are unique per VPC).
+    pub async fn security_group(&self, vpc_id: &str, name: &str) -> Result<Option<SecurityGroup>> {
+        let out = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+            .filters(Filter::builder().name("group-name").values(name).build())
+            .send()
+            .await
+            .map_err(|e| self.fail("ec2:DescribeSecurityGroups", e))?;
+        Ok(out.security_groups().iter().filter_map(security_group_of).next())
+    }
+
+    pub async fn create_security_group(
+        &self,
+        vpc_id: &str,
+        name: &str,
+        description: &str,
+        tags: &[(String, String)],
+    ) -> Result<String> {
+        let out = self
+            .limiter
+            .mutate(&self.account, Service::Ec2, || {
+                self.ec2
+                    .create_security_group()
+                    .vpc_id(vpc_id)
+                    .group_name(name)
+                    .description(description)
+                    .tag_specifications(ec2_tags(ResourceType::SecurityGroup, tags))
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("ec2:CreateSecurityGroup", e))?;
+        out.group_id().map(str::to_string).ok_or_else(|| missing("ec2:CreateSecurityGroup", "GroupId"))
+    }
+
+    pub async fn authorize_ingress(&self, group_id: &str, rules: &[Rule]) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Ec2, || {
+                self.ec2
+                    .authorize_security_group_ingress()
+                    .group_id(group_id)
+                    .set_ip_permissions(Some(rules.iter().map(permission_of).collect()))
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("InvalidPermission.Duplicate") => Ok(()),
+            Err(e) => Err(self.fail("ec2:AuthorizeSecurityGroupIngress", e)),
+        }
+    }
+
+    pub async fn revoke_ingress(&self, group_id: &str, rules: &[Rule]) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Ec2, || {
+                self.ec2
+                    .revoke_security_group_ingress()
+                    .group_id(group_id)
+                    .set_ip_permissions(Some(rules.iter().map(permission_of).collect()))
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("InvalidPermission.NotFound") => Ok(()),
+            Err(e) => Err(self.fail("ec2:RevokeSecurityGroupIngress", e)),
+        }
+    }
+
+    pub async fn delete_security_group(&self, group_id: &str) -> Result<Deleted> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Ec2, || self.ec2.delete_security_group().group_id(group_id).send())
+            .await;
+        match result {
+            Ok(_) => Ok(Deleted::Done),
+            Err(e) => match code(&e) {
+                Some("InvalidGroup.NotFound") => Ok(Deleted::Done),
+                // The terminated instance's interface, or a Database's rule naming the group, holds
+                // it for a while.
+                Some("DependencyViolation") => Ok(Deleted::StillInUse),
+                _ => Err(self.fail("ec2:DeleteSecurityGroup", e)),
+            },
+        }
+    }
+
+    // ----- EC2: key pairs -----
+
+    /// The key pairs whose name starts with `prefix` (the Bastion's base name, which ends in its UID).
+    pub async fn key_pairs(&self, prefix: &str) -> Result<Vec<KeyPair>> {
+        let out = self.ec2.describe_key_pairs().send().await.map_err(|e| self.fail("ec2:DescribeKeyPairs", e))?;
+        Ok(out
+            .key_pairs()
+            .iter()
+            .filter_map(|k| {
+                let name = k.key_name()?;
+                name.starts_with(prefix).then(|| KeyPair {
+                    name: name.to_string(),
+                    tags: k
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+                        .collect(),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn import_key_pair(&self, name: &str, public_key: &str, tags: &[(String, String)]) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Ec2, || {
+                self.ec2
+                    .import_key_pair()
+                    .key_name(name)
+                    .public_key_material(Blob::new(public_key.as_bytes()))
+                    .tag_specifications(ec2_tags(ResourceType::KeyPair, tags))
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The name holds the key's hash: an existing pair of that name holds this very key.
+            Err(e) if code(&e) == Some("InvalidKeyPair.Duplicate") => Ok(()),
+            Err(e) => Err(self.fail("ec2:ImportKeyPair", e)),
+        }
+    }
+
+    pub async fn delete_key_pair(&self, name: &str) -> Result<()> {
+        let result =
+            self.limiter.mutate(&self.account, Service::Ec2, || self.ec2.delete_key_pair().key_name(name).send()).await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("InvalidKeyPair.NotFound") => Ok(()),
+            Err(e) => Err(self.fail("ec2:DeleteKeyPair", e)),
+        }
+    }
+
+    // ----- IAM: the role -----
+
+    pub async fn role(&self, name: &str) -> Result<Option<IamEntity>> {
+        match self.iam.get_role().role_name(name).send().await {
+            Ok(out) => Ok(out.role().map(|r| IamEntity {
+                arn: r.arn().to_string(),
+                tags: iam_tag_map(r.tags()),
+                roles: Vec::new(),
+            })),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(None),
+            Err(e) => Err(self.fail("iam:GetRole", e)),
+        }
+    }
+
+    /// Creates the role under the operator's IAM path, trusted by EC2 only, with the link's
+    /// permissions boundary when it has one (`Scoped`).
+    pub async fn create_role(
+        &self,
+        name: &str,
+        description: &str,
+        boundary: Option<&str>,
+        tags: &[(String, String)],
+    ) -> Result<()> {
+        let tags = iam_tags(tags)?;
+        let trust = super::plan::trust_policy();
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam
+                    .create_role()
+                    .role_name(name)
+                    .path(IAM_PATH)
+                    .description(description)
+                    .assume_role_policy_document(trust)
+                    .set_permissions_boundary(boundary.map(str::to_string))
+                    .set_tags(Some(tags))
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("EntityAlreadyExists") => Ok(()),
+            Err(e) => Err(self.fail("iam:CreateRole", e)),
+        }
+    }
+
+    /// The names of the role's inline policies.
+    pub async fn role_policies(&self, role: &str) -> Result<BTreeSet<String>> {
+        match self.iam.list_role_policies().role_name(role).send().await {
+            Ok(out) => Ok(out.policy_names().iter().cloned().collect()),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(BTreeSet::new()),
+            Err(e) => Err(self.fail("iam:ListRolePolicies", e)),
+        }
+    }
+
+    /// The ARNs of the managed policies attached to the role.
+    pub async fn attached_policies(&self, role: &str) -> Result<BTreeSet<String>> {
+        match self.iam.list_attached_role_policies().role_name(role).send().await {
+            Ok(out) => Ok(out.attached_policies().iter().filter_map(|p| p.policy_arn().map(str::to_string)).collect()),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(BTreeSet::new()),
+            Err(e) => Err(self.fail("iam:ListAttachedRolePolicies", e)),
+        }
+    }
+
+    pub async fn put_role_policy(&self, role: &str, policy: &str, document: &str) -> Result<()> {
+        self.limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam.put_role_policy().role_name(role).policy_name(policy).policy_document(document).send()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail("iam:PutRolePolicy", e))
+    }
+
+    pub async fn delete_role_policy(&self, role: &str, policy: &str) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam.delete_role_policy().role_name(role).policy_name(policy).send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
+            Err(e) => Err(self.fail("iam:DeleteRolePolicy", e)),
+        }
+    }
+
+    pub async fn detach_role_policy(&self, role: &str, arn: &str) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam.detach_role_policy().role_name(role).policy_arn(arn).send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
+            Err(e) => Err(self.fail("iam:DetachRolePolicy", e)),
+        }
+    }
+
+    pub async fn delete_role(&self, role: &str) -> Result<Deleted> {
+        let result =
+            self.limiter.mutate(&self.account, Service::Iam, || self.iam.delete_role().role_name(role).send()).await;
+        match result {
+            Ok(_) => Ok(Deleted::Done),
+            Err(e) => match code(&e) {
+                Some("NoSuchEntity") => Ok(Deleted::Done),
+                Some("DeleteConflict") => Ok(Deleted::StillInUse),
+                _ => Err(self.fail("iam:DeleteRole", e)),
+            },
+        }
+    }
+
+    // ----- IAM: the instance profile -----
+
+    pub async fn instance_profile(&self, name: &str) -> Result<Option<IamEntity>> {
+        match self.iam.get_instance_profile().instance_profile_name(name).send().await {
+            Ok(out) => Ok(out.instance_profile().map(|p| IamEntity {
+                arn: p.arn().to_string(),
+                tags: iam_tag_map(p.tags()),
+                roles: p.roles().iter().map(|r| r.role_name().to_string()).collect(),
+            })),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(None),
+            Err(e) => Err(self.fail("iam:GetInstanceProfile", e)),
+        }
+    }
+
+    pub async fn create_instance_profile(&self, name: &str, tags: &[(String, String)]) -> Result<()> {
+        let tags = iam_tags(tags)?;
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam
+                    .create_instance_profile()
+                    .instance_profile_name(name)
+                    .path(IAM_PATH)
+                    .set_tags(Some(tags))
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("EntityAlreadyExists") => Ok(()),
+            Err(e) => Err(self.fail("iam:CreateInstanceProfile", e)),
+        }
+    }
+
+    pub async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam.add_role_to_instance_profile().instance_profile_name(profile).role_name(role).send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A profile holds one role: the earlier call (before a crash) added it.
+            Err(e) if code(&e) == Some("LimitExceeded") => Ok(()),
+            Err(e) => Err(self.fail("iam:AddRoleToInstanceProfile", e)),
+        }
+    }
+
+    pub async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> Result<()> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam.remove_role_from_instance_profile().instance_profile_name(profile).role_name(role).send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
+            Err(e) => Err(self.fail("iam:RemoveRoleFromInstanceProfile", e)),
+        }
+    }
+
+    pub async fn delete_instance_profile(&self, profile: &str) -> Result<Deleted> {
+        let result = self
+            .limiter
+            .mutate(&self.account, Service::Iam, || {
+                self.iam.delete_instance_profile().instance_profile_name(profile).send()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(Deleted::Done),
+            Err(e) => match code(&e) {
+                Some("NoSuchEntity") => Ok(Deleted::Done),
+                Some("DeleteConflict") => Ok(Deleted::StillInUse),
+                _ => Err(self.fail("iam:DeleteInstanceProfile", e)),
+            },
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The Bastion's pure logic: deterministic AWS names, where the instance goes (from the Stack's
+//! status and the access mode), the exact ingress of its security group, the image's architecture,
+//! the TTL period, the idempotency token and the tunnel command. No I/O, so it is unit-tested here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
+use crate::api::{BastionAccess, NatGateways, NetworkPattern, Stack, SubnetTier};
+use crate::aws::inventory::{Rule, Source};
+
+/// SSH's port: the only one a bastion's group ever opens, and only for `Ssh`.
+pub const SSH_PORT: i32 = 22;
+/// PostgreSQL's port, forwarded by the tunnel command.
+pub const DB_PORT: i32 = 5432;
+/// IAM limits role names to 64 characters (instance profiles to 128).
+const MAX_IAM_NAME: usize = 64;
+/// The inline policy on the bastion's role.
+pub const ROLE_POLICY_NAME: &str = "SessionManagerAgent";
+/// Records the image chosen for the bastion (`<architecture>:<ami>`), so a replacement instance
+/// boots the same image rather than whatever is newest that day.
+pub const IMAGE_ANNOTATION: &str = "tinystacks.io/image";
+/// Records the TTL period in force (`<ttl>@<start>`): a change of `spec.ttl` starts a new one.
+pub const PERIOD_ANNOTATION: &str = "tinystacks.io/ttl-period";
+/// Shown in the tunnel command while the Stack has no Database with an endpoint.
+pub const DB_PLACEHOLDER: &str = "<database-endpoint>";
+
+/// The names of everything the operator creates for one Bastion. They end in the object's UID, so
+/// a Bastion re-created under the same name never adopts what a predecessor left behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// Security group, IAM role, instance profile, and the prefix of key pair names.
+    pub base: String,
+    /// The Kubernetes Secret holding a generated private key.
+    pub key_secret: String,
+    /// The `Name` tag: readable in the AWS console.
+    pub display: String,
+}
+
+impl Names {
+    pub fn new(namespace: &str, stack: &str, name: &str, uid: &str) -> Self {
+        let uid_part: String = uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>();
+        let uid_part = uid_part.to_ascii_lowercase();
+        let mut readable = String::new();
+        for c in format!("{namespace}-{stack}-{name}").chars() {
+            let c = if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' };
+            if !(c == '-' && (readable.is_empty() || readable.ends_with('-'))) {
+                readable.push(c);
+            }
+        }
+        readable.truncate(MAX_IAM_NAME - "bastion-".len() - uid_part.len() - 1);
+        let readable = readable.trim_end_matches('-');
+        Self {
+            base: format!("bastion-{readable}-{uid_part}"),
+            key_secret: format!("{name}-ssh-key"),
+            display: format!("{namespace}/{stack}/{name}"),
+        }
+    }
+
+    /// The EC2 key pair for a public key: a new key is a new name, so changing the key imports it
+    /// and replaces the instance instead of editing a key pair in place (EC2 cannot).
+    pub fn key_pair(&self, public_key: &str) -> String {
+        format!("{}-{:08x}", self.base, fnv1a(normalized_public_key(public_key).as_bytes()) as u32)
+    }
+}
+
+/// `<type> <base64>` of an OpenSSH public key, without its comment.
+pub fn normalized_public_key(key: &str) -> String {
+    key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// 64-bit FNV-1a: stable across Rust releases, which names and tokens must be.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The `tinystacks.io/owner` value of a Bastion.
+pub fn owner(namespace: &str, name: &str) -> String {
+    format!("Bastion/{namespace}/{name}")
+}
+
+/// The tags of everything created for the Bastion; the Stack's extra tags too, the operator's own
+/// keys winning.
+pub fn tags(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    display: &str,
+    stack_tags: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut tags = vec![
+        (MANAGED_BY_TAG.to_string(), MANAGED_BY_VALUE.to_string()),
+        (OWNER_TAG.to_string(), owner(namespace, name)),
+        (OWNER_UID_TAG.to_string(), uid.to_string()),
+        ("Name".to_string(), display.to_string()),
+    ];
+    for (k, v) in stack_tags {
+        if !tags.iter().any(|(key, _)| key == k) {
+            tags.push((k.clone(), v.clone()));
+        }
+    }
+    tags
+}
+
+/// Whether a resource found under one of the Bastion's names is its own: made by this operator for
+/// this very object.
+pub fn ours(tags: &BTreeMap<String, String>, uid: &str) -> bool {
+    tags.get(MANAGED_BY_TAG).map(String::as_str) == Some(MANAGED_BY_VALUE)
+        && tags.get(OWNER_UID_TAG).map(String::as_str) == Some(uid)
+}
+
+/// Why a resource under one of the Bastion's names is not its own, for `NameTaken`.
+pub fn claimed_by_other(tags: &BTreeMap<String, String>, uid: &str) -> Option<String> {
+    if ours(tags, uid) {
+        return None;
+    }
+    if tags.get(MANAGED_BY_TAG).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        return Some("it was not created by tinystacks-operator".into());
+    }
+    Some(match tags.get(OWNER_TAG) {
+        Some(o) => format!("it belongs to {o}"),
+        None => format!("it has no {OWNER_TAG} tag"),
+    })
+}
+
+/// The CPU architecture of an instance type, as the Amazon Linux parameters name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Arm64,
+    X86_64,
+}
+
+impl Arch {
+    /// Graviton families carry a `g` after the generation digit (`t4g`, `m7g`, `c7gn`, `r6gd`,
+    /// `g5g`); `a1` is the first Graviton. GPU families start with a `g` (`g4dn`) and are x86.
+    pub fn of(instance_type: &str) -> Self {
+        let family = instance_type.split('.').next().unwrap_or_default();
+        if family == "a1" {
+            return Arch::Arm64;
+        }
+        let after_digits = family.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+        let suffix = after_digits.trim_start_matches(|c: char| c.is_ascii_digit());
+        if suffix.contains('g') { Arch::Arm64 } else { Arch::X86_64 }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "arm64",
+            Arch::X86_64 => "x86_64",
+        }
+    }
+
+    /// The public SSM parameter with the latest Amazon Linux 2023 image for the architecture.
+    pub fn image_parameter(self) -> String {
+        format!("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}", self.as_str())
+    }
+}
+
+/// The image recorded in the annotation, if it is for `arch`.
+pub fn pinned_image(annotation: Option<&str>, arch: Arch) -> Option<String> {
+    let (a, image) = annotation?.split_once(':')?;
+    (a == arch.as_str() && image.starts_with("ami-")).then(|| image.to_string())
+}
+
+pub fn image_annotation(arch: Arch, image: &str) -> String {
+    format!("{}:{image}", arch.as_str())
+}
+
+/// Where the instance goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub vpc_id: String,
+    /// The subnet a new instance goes into.
+    pub subnet_id: String,
+    /// Every subnet of that tier: an instance in any of them is placed right.
+    pub tier_subnets: BTreeSet<String>,
+    pub tier: SubnetTier,
+    /// Whether the instance gets a public IP.
+    pub public_ip: bool,
+}
+
+/// Why there is no placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoPlacement {
+    /// `Ssh` on a `PrivateIsolated` stack: a person's mistake.
+    SshNeedsPublicSubnet,
+    /// The Stack's status lacks something (it says Ready, so this passes).
+    Incomplete(String),
+}
+
+/// Ssm: the private side, reached through NAT (`PublicPrivate`) or the stack's SSM endpoints
+/// (`PrivateIsolated`); with no NAT gateway, a public subnet and a public IP, still without any
+/// inbound rule. Ssh: a public subnet and a public IP.
+pub fn placement(stack: &Stack, access: BastionAccess) -> Result<Placement, NoPlacement> {
+    let pattern = stack.spec.network.pattern;
+    let (tier, public_ip) = match (access, pattern) {
+        (BastionAccess::Ssh, NetworkPattern::PrivateIsolated) => return Err(NoPlacement::SshNeedsPublicSubnet),
+        (BastionAccess::Ssh, NetworkPattern::PublicPrivate) => (SubnetTier::Public, true),
+        (BastionAccess::Ssm, NetworkPattern::PrivateIsolated) => (SubnetTier::Private, false),
+        (BastionAccess::Ssm, NetworkPattern::PublicPrivate) => match stack.spec.network.nat_gateways() {
+            NatGateways::None => (SubnetTier::Public, true),
+            _ => (SubnetTier::Private, false),
+        },
+    };
+    let status = stack.status.as_ref().ok_or_else(|| NoPlacement::Incomplete("the Stack has no status yet".into()))?;
+    let vpc_id =
+        status.vpc_id.clone().ok_or_else(|| NoPlacement::Incomplete("the Stack's status has no vpcId".into()))?;
+    let mut subnets: Vec<_> = status.subnets.iter().filter(|s| s.tier == tier).collect();
+    subnets.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
+    let first = subnets
+        .first()
+        .ok_or_else(|| NoPlacement::Incomplete(format!("the Stack's status lists no {tier:?} subnet")))?;
+    Ok(Placement {
+        vpc_id,
+        subnet_id: first.id.clone(),
+        tier_subnets: subnets.iter().map(|s| s.id.clone()).collect(),
+        tier,
+        public_ip,
+    })
+}
+
+/// The ingress the bastion's group must have, exactly: nothing for `Ssm`; 22 from each allowed
+/// CIDR for `Ssh`.
+pub fn desired_ingress(access: BastionAccess, allowed: &[String]) -> BTreeSet<Rule> {
+    if access == BastionAccess::Ssm {
+        return BTreeSet::new();
+    }
+    allowed
+        .iter()
+        .map(|c| {
+            let source = if c.contains(':') { Source::CidrV6(c.clone()) } else { Source::Cidr(c.clone()) };
+            Rule { protocol: "tcp".into(), from: Some(SSH_PORT), to: Some(SSH_PORT), source }
+        })
+        .collect()
+}
+
+/// A rule as people read it, for events and messages.
+pub fn describe_rule(rule: &Rule) -> String {
+    let ports = match (rule.from, rule.to) {
+        (Some(a), Some(b)) if a == b => format!("{}/{a}", rule.protocol),
+        (Some(a), Some(b)) => format!("{}/{a}-{b}", rule.protocol),
+        _ => "all traffic".to_string(),
+    };
+    let source = match &rule.source {
+        Source::Cidr(c) | Source::CidrV6(c) => c.clone(),
+        Source::Group(g) => format!("security group {g}"),
+        Source::PrefixList(p) => format!("prefix list {p}"),
+    };
+    format!("{ports} from {source}")
+}
+
+/// An idempotency token for RunInstances: the same for a retry after a crash, different once an
+/// instance it could answer with (`previous`: the one status knew, and every terminated one of
+/// this Bastion still listed) is gone, so that a replacement is really launched.
+pub fn client_token(uid: &str, previous: &BTreeSet<String>) -> String {
+    let mut input = format!("{uid}|instance");
+    for id in previous {
+        input.push('|');
+        input.push_str(id);
+    }
+    let second = input.bytes().fold(0x8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("ts-{:016x}{second:016x}", fnv1a(input.as_bytes()))
+}
+
+/// `8h`, `90m`, `1h30m`, `20s` (the forms the API's CEL rule admits).
+pub fn parse_ttl(ttl: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in ttl.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().ok()?;
+        number.clear();
+        total = total.checked_add(n.checked_mul(match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        })?)?;
+    }
+    (number.is_empty() && total > 0).then(|| Duration::from_secs(total))
+}
+
+/// The TTL period in force: the `ttl` it was started for and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Period {
+    pub ttl: String,
+    pub start: Timestamp,
+}
+
+impl Period {
+    pub fn parse(annotation: &str) -> Option<Self> {
+        let (ttl, start) = annotation.split_once('@')?;
+        Some(Self { ttl: ttl.to_string(), start: start.parse().ok()? })
+    }
+
+    pub fn annotation(&self) -> String {
+        format!("{}@{}", self.ttl, self.start)
+    }
+
+    /// When the period ends.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        let ttl = parse_ttl(&self.ttl)?;
+        self.start.checked_add(SignedDuration::try_from(ttl).ok()?).ok()
+    }
+}
+
+/// The period for `ttl`: the recorded one if it was started for this very `ttl`, else a new one
+/// from `now` (`true`: it must be recorded).
+pub fn period(ttl: &str, recorded: Option<&str>, now: Timestamp) -> (Period, bool) {
+    match recorded.and_then(Period::parse) {
+        Some(p) if p.ttl == ttl => (p, false),
+        _ => (Period { ttl: ttl.to_string(), start: now }, true),
+    }
+}
+
+/// What a person pastes to forward local port 5432 to the database.
+pub fn tunnel_command(
+    access: BastionAccess,
+    db_host: &str,
+    instance_id: &str,
+    public_ip: Option<&str>,
+    key_file: &str,
+    region: &str,
+) -> String {
+    match access {
+        BastionAccess::Ssh => format!(
+            "ssh -i {key_file} -N -L {DB_PORT}:{db_host}:{DB_PORT} ec2-user@{}",
+            public_ip.unwrap_or("<public-ip>")
+        ),
+        BastionAccess::Ssm => format!(
+            "aws ssm start-session --target {instance_id} --document-name AWS-StartPortForwardingSessionToRemoteHost --parameters host={db_host},portNumber={DB_PORT},localPortNumber={DB_PORT} --region {region}"
+        ),
+    }
+}
+
+/// What EC2 reports about one of the Bastion's instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedInstance {
+    pub id: String,
+    /// `pending`, `running`, `shutting-down`, `terminated`, `stopping`, `stopped`.
+    pub state: String,
+    pub subnet_id: Option<String>,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub key_name: Option<String>,
+    pub instance_type: String,
+    pub image_id: Option<String>,
+    pub security_groups: BTreeSet<String>,
+    pub profile_arn: Option<String>,
+    /// For picking the one to keep among duplicates: the oldest.
+    pub launch_time: Option<i64>,
+}
+
+impl ObservedInstance {
+    /// Gone, or on its way: a replacement may be launched.
+    pub fn is_gone(&self) -> bool {
+        matches!(self.state.as_str(), "shutting-down" | "terminated")
+    }
+}
+
+/// What the instance must be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredInstance {
+    pub instance_type: String,
+    pub key_name: Option<String>,
+    pub security_group: String,
+    pub profile_arn: String,
+}
+
+/// Why a live instance must be replaced, if it must: bastions hold no state, so a replacement is the
+/// simplest repair of any difference.
+pub fn replacement_reason(
+    observed: &ObservedInstance,
+    desired: &DesiredInstance,
+    placement: &Placement,
+) -> Option<String> {
+    let mut why = Vec::new();
+    if matches!(observed.state.as_str(), "stopping" | "stopped") {
+        why.push(format!("it is {}", observed.state));
+    }
+    if !observed.subnet_id.as_ref().is_some_and(|s| placement.tier_subnets.contains(s)) {
+        why.push(format!("its subnet {:?} is not one of the stack's {:?} subnets", observed.subnet_id, placement.tier));
+    }
+    // A pending instance may not have its public IP yet.
+    if observed.state == "running" && observed.public_ip.is_some() != placement.public_ip {
+        why.push(if placement.public_ip { "it has no public IP".into() } else { "it has a public IP".into() });
+    }
+    if observed.instance_type != desired.instance_type {
+        why.push(format!("its type is {} instead of {}", observed.instance_type, desired.instance_type));
+    }
+    if observed.key_name != desired.key_name {
+        why.push(format!("its key pair is {:?} instead of {:?}", observed.key_name, desired.key_name));
+    }
+    if observed.security_groups != BTreeSet::from([desired.security_group.clone()]) {
+        why.push(format!(
+            "its security groups are [{}] instead of only {}",
+            observed.security_groups.iter().cloned().collect::<Vec<_>>().join(", "),
+            desired.security_group
+        ));
+    }
+    // IAM reports profile ARNs with the path; compare by the trailing name.
+    let name = |arn: &str| arn.rsplit('/').next().unwrap_or_default().to_string();
+    if observed.profile_arn.as_deref().map(name) != Some(name(&desired.profile_arn)) {
+        why.push(format!("its instance profile is {:?}", observed.profile_arn));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// Which of several live instances to keep: the one status knows, else the oldest.
+pub fn keeper<'a>(live: &[&'a ObservedInstance], known: Option<&str>) -> Option<&'a ObservedInstance> {
+    if let Some(found) = live.iter().find(|i| Some(i.id.as_str()) == known) {
+        return Some(found);
+    }
+    live.iter().min_by_key(|i| (i.launch_time.unwrap_or(i64::MAX), i.id.clone())).copied()
+}
+
+/// The trust policy of the bastion's role: EC2 only.
+pub fn trust_policy() -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }],
+    })
+    .to_string()
+}
+
+/// The inline policy of the bastion's role: the Session Manager agent's calls (the actions of the
+/// AWS managed policy `AmazonSSMManagedInstanceCore`), which the link's boundary also caps.
+pub fn role_policy() -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "SessionManagerAgent",
+            "Effect": "Allow",
+            "Action": crate::account_link::template::BASTION_BOUNDARY_ACTIONS,
+            "Resource": "*",
+        }],
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::StackSpec;
+
+    fn stack(pattern: &str, nat: Option<&str>) -> Stack {
+        let mut network = serde_json::json!({"pattern": pattern});
+        if let Some(n) = nat {
+            network["natGateways"] = n.into();
+        }
+        let spec: StackSpec =
+            serde_json::from_value(serde_json::json!({"accountLinkRef": {"name": "l"}, "network": network})).unwrap();
+        let mut stack = Stack::new("web", spec);
+        stack.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "vpcId": "vpc-1",
+                "subnets": [
+                    {"id": "subnet-pub-b", "tier": "Public", "availabilityZone": "us-east-1b", "cidr": "10.0.1.0/24"},
+                    {"id": "subnet-pub-a", "tier": "Public", "availabilityZone": "us-east-1a", "cidr": "10.0.0.0/24"},
+                    {"id": "subnet-priv-a", "tier": "Private", "availabilityZone": "us-east-1a", "cidr": "10.0.2.0/24"},
+                    {"id": "subnet-iso-a", "tier": "Isolated", "availabilityZone": "us-east-1a", "cidr": "10.0.3.0/24"},
+                ],
+            }))
+            .unwrap(),
+        );
+        stack
+    }
+
+    #[test]
+    fn placement_follows_access_pattern_and_nat() {
+        let p = placement(&stack("PublicPrivate", None), BastionAccess::Ssm).unwrap();
+        assert_eq!((p.subnet_id.as_str(), p.public_ip), ("subnet-priv-a", false));
+        let p = placement(&stack("PublicPrivate", Some("None")), BastionAccess::Ssm).unwrap();
+        assert_eq!((p.subnet_id.as_str(), p.public_ip), ("subnet-pub-a", true));
+        let p = placement(&stack("PublicPrivate", None), BastionAccess::Ssh).unwrap();
+        assert_eq!((p.subnet_id.as_str(), p.public_ip), ("subnet-pub-a", true));
+        assert_eq!(p.tier_subnets.len(), 2);
+        let p = placement(&stack("PrivateIsolated", None), BastionAccess::Ssm).unwrap();
+        assert_eq!((p.subnet_id.as_str(), p.public_ip), ("subnet-priv-a", false));
+        assert_eq!(
+            placement(&stack("PrivateIsolated", None), BastionAccess::Ssh),
+            Err(NoPlacement::SshNeedsPublicSubnet)
+        );
+    }
+
+    #[test]
+    fn names_fit_iam_and_end_in_the_uid() {
+        let n = Names::new(&"n".repeat(63), &"s".repeat(63), &"b".repeat(63), "0b6a4c8e-1f2d-4e5a");
+        assert!(n.base.len() <= 64, "{}", n.base);
+        assert!(n.base.starts_with("bastion-n") && n.base.ends_with("-0b6a4c8e"), "{}", n.base);
+        let n = Names::new("team-a", "web", "ops", "ABCDEF12-3456");
+        assert_eq!(n.base, "bastion-team-a-web-ops-abcdef12");
+        assert_eq!(n.key_secret, "ops-ssh-key");
+        let a = n.key_pair("ssh-ed25519 AAAAC3Nza me@laptop");
+        assert_eq!(a, n.key_pair("ssh-ed25519 AAAAC3Nza other comment"), "the comment does not count");
+        assert_ne!(a, n.key_pair("ssh-ed25519 AAAAC3Nzb"));
+    }
+
+    #[test]
+    fn architecture_from_the_instance_type() {
+        for t in ["t4g.nano", "m7g.large", "c7gn.xlarge", "r6gd.large", "g5g.xlarge", "a1.medium", "im4gn.large"] {
+            assert_eq!(Arch::of(t), Arch::Arm64, "{t}");
+        }
+        for t in ["t3.micro", "m5.large", "g4dn.xlarge", "c6i.large", "p4d.24xlarge", "t3a.nano"] {
+            assert_eq!(Arch::of(t), Arch::X86_64, "{t}");
+        }
+        assert_eq!(
+            Arch::Arm64.image_parameter(),
+            "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+        );
+        assert_eq!(pinned_image(Some("arm64:ami-1"), Arch::Arm64).as_deref(), Some("ami-1"));
+        assert_eq!(pinned_image(Some("arm64:ami-1"), Arch::X86_64), None);
+    }
+
+    #[test]
+    fn ingress_is_nothing_for_ssm_and_22_from_the_cidrs_for_ssh() {
+        let cidrs = vec!["203.0.113.0/24".to_string(), "2001:db8::/32".to_string()];
+        assert!(desired_ingress(BastionAccess::Ssm, &cidrs).is_empty());
+        let rules = desired_ingress(BastionAccess::Ssh, &cidrs);
+        assert_eq!(rules.len(), 2);
+        assert!(rules.iter().all(|r| r.from == Some(22) && r.to == Some(22) && r.protocol == "tcp"));
+        assert!(rules.iter().any(|r| r.source == Source::CidrV6("2001:db8::/32".into())));
+    }
+
+    #[test]
+    fn ttl_periods_restart_when_the_ttl_changes() {
+        assert_eq!(parse_ttl("8h"), Some(Duration::from_secs(8 * 3600)));
+        assert_eq!(parse_ttl("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("20s"), Some(Duration::from_secs(20)));
+        assert_eq!(parse_ttl(""), None);
+        assert_eq!(parse_ttl("5"), None);
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let (p, new) = period("8h", None, t0);
+        assert!(new);
+        let recorded = p.annotation();
+        assert_eq!(period("8h", Some(&recorded), t1), (p.clone(), false));
+        assert_eq!(p.expires_at().map(|t| t.to_string()).as_deref(), Some("2026-01-01T08:00:00Z"));
+        let (q, new) = period("2h", Some(&recorded), t1);
+        assert!(new);
+        assert_eq!(q.start, t1);
+    }
+
+    #[test]
+    fn tokens_change_when_a_previous_instance_is_gone() {
+        let none = client_token("uid", &BTreeSet::new());
+        assert_eq!(none, client_token("uid", &BTreeSet::new()));
+        assert_ne!(none, client_token("uid", &BTreeSet::from(["i-1".to_string()])));
+        assert_ne!(none, client_token("other", &BTreeSet::new()));
+        assert!(none.len() <= 64);
+    }
+
+    #[test]
+    fn tunnel_commands() {
+        let ssh = tunnel_command(BastionAccess::Ssh, "db.example", "i-1", Some("198.51.100.7"), "ops.pem", "us-east-1");
+        assert_eq!(ssh, "ssh -i ops.pem -N -L 5432:db.example:5432 ec2-user@198.51.100.7");
+        let ssm = tunnel_command(BastionAccess::Ssm, "db.example", "i-1", None, "", "eu-west-1");
+        assert!(ssm.starts_with(
+            "aws ssm start-session --target i-1 --document-name AWS-StartPortForwardingSessionToRemoteHost"
+        ));
+        assert!(ssm.contains("host=db.example,portNumber=5432,localPortNumber=5432 --region eu-west-1"));
+    }
+
+    #[test]
+    fn instances_differing_from_the_spec_are_replaced() {
+        let placement = placement(&stack("PublicPrivate", None), BastionAccess::Ssh).unwrap();
+        let desired = DesiredInstance {
+            instance_type: "t4g.nano".into(),
+            key_name: Some("k".into()),
+            security_group: "sg-1".into(),
+            profile_arn: "arn:aws:iam::1:instance-profile/tinystacks/p".into(),
+        };
+        let ok = ObservedInstance {
+            id: "i-1".into(),
+            state: "running".into(),
+            subnet_id: Some("subnet-pub-b".into()),
+            public_ip: Some("198.51.100.7".into()),
+            key_name: Some("k".into()),
+            instance_type: "t4g.nano".into(),
+            security_groups: BTreeSet::from(["sg-1".to_string()]),
+            profile_arn: Some("arn:aws:iam::1:instance-profile/tinystacks/p".into()),
+            ..Default::default()
+        };
+        assert_eq!(replacement_reason(&ok, &desired, &placement), None);
+        let private = ObservedInstance { subnet_id: Some("subnet-priv-a".into()), public_ip: None, ..ok.clone() };
+        assert!(replacement_reason(&private, &desired, &placement).is_some());
+        let extra_group = ObservedInstance { security_groups: BTreeSet::from(["sg-1".into(), "sg-2".into()]), ..ok };
+        assert!(replacement_reason(&extra_group, &desired, &placement).unwrap().contains("sg-2"));
+    }
+}
