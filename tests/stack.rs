@@ -1031,6 +1031,7 @@ fn restart_apiserver(down: Duration) {
 }
 
 #[tokio::test]
+#[ignore = "long, and not yet reliable (docs/RELIABILITY.md): run with `make test-long`"]
 async fn an_api_server_restart_mid_create_is_survived_and_the_watches_come_back() {
     let _lock = OPERATOR_LOCK.lock().await;
     let world = World::new("stack-apiserver").await;
