@@ -248,6 +248,18 @@ struct Results {
     scale: Vec<ScaleRun>,
     scale_resync: String,
     skipped: Vec<String>,
+    /// The release build measured afterwards, when the main run used another profile:
+    /// idle VmRSS, and VmRSS, calls per resync and CPU per reconcile at the largest size.
+    release: Option<ReleaseRun>,
+}
+
+struct ReleaseRun {
+    idle_rss: f64,
+    stacks: usize,
+    rss: f64,
+    hwm: f64,
+    calls: f64,
+    cpu_per_reconcile: f64,
 }
 
 struct FullRun {
@@ -371,6 +383,17 @@ impl Results {
                 );
             }
         }
+        if self.scale.len() < 2 {
+            let _ = writeln!(
+                w,
+                "| AWS calls per steady-state resync do not grow with the number of objects | measured at one size only ({}) | not measured |",
+                self.scale.first().map_or("none".into(), |s| format!(
+                    "{:.0} at {}",
+                    median(s.calls_per_resync.clone()),
+                    s.stacks
+                ))
+            );
+        }
         if self.scale.len() >= 2 {
             let first = median(self.scale[0].calls_per_resync.clone());
             let last = self.scale.last().map(|s| median(s.calls_per_resync.clone())).unwrap_or(f64::NAN);
@@ -463,6 +486,24 @@ impl Results {
             let _ = writeln!(w);
         }
 
+        if let Some(rel) = &self.release {
+            let _ = writeln!(
+                w,
+                "**Release build**, measured after the run above with the same objects in place (the release build \
+                 of the AWS SDK did not finish before the run had to start): idle (the paused AwsAccountLinks of the \
+                 run in the cluster, no Stack or Database watched) **{:.1} MiB** VmRSS (median of 3 processes); with \
+                 the {} Stacks and {} Databases, after one resync period to settle, **{:.1} MiB** VmRSS (median of the \
+                 samples over one resync window; VmHWM {:.1} MiB, which includes re-listing everything at start-up), \
+                 {:.0} AWS calls in that resync, {:.2} ms CPU per no-op reconcile.\n",
+                mib(rel.idle_rss),
+                rel.stacks,
+                rel.stacks,
+                mib(rel.rss),
+                mib(rel.hwm),
+                rel.calls,
+                rel.cpu_per_reconcile * 1000.0
+            );
+        }
         let _ = writeln!(w, "## One full stack: calls to converge and time to Ready\n");
         let _ = writeln!(
             w,
@@ -840,6 +881,9 @@ async fn bench() {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         if !reached {
+            for later in &sizes[i + 1..] {
+                r.skipped.push(format!("{later} Stacks with Databases: not reached, as above."));
+            }
             break;
         }
         let converge = started.elapsed().as_secs_f64();
@@ -905,6 +949,57 @@ async fn bench() {
         write(&r);
     }
     write(&r);
+
+    // 5. The release build, when the run measured another one and it exists.
+    let release = env("TINYSTACKS_BENCH_RELEASE_OPERATOR", "");
+    if profile != "release" && !release.is_empty() && std::path::Path::new(&release).exists() {
+        drop(op);
+        let rel_bench = Bench { binary: release };
+        let empty = TestNamespace::new(&client, "bench-empty").await;
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let op = rel_bench.operator(&system.name, Some(&empty.name), "5m", &[]);
+            op.wait_ready().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            idle.push(memory_kib(op.pid()).0 as f64);
+        }
+        let op = rel_bench.operator(
+            &system.name,
+            Some(&ns.name),
+            &resync_text,
+            &[("TINYSTACKS_AWS_MUTATION_RATE_SCALE", "25")],
+        );
+        op.wait_ready().await;
+        tokio::time::sleep(resync + Duration::from_secs(10)).await;
+        let body = op.metrics();
+        let (calls0, rec0, cpu0) = (
+            metric(&body, "tinystacks_aws_requests_total"),
+            metric(&body, "tinystacks_reconciles_total"),
+            cpu_seconds(op.pid()),
+        );
+        let mut rss = Vec::new();
+        let end = Instant::now() + resync;
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_secs(5).min(end - Instant::now())).await;
+            rss.push(memory_kib(op.pid()).0 as f64);
+        }
+        let body = op.metrics();
+        let (calls1, rec1, cpu1) = (
+            metric(&body, "tinystacks_aws_requests_total"),
+            metric(&body, "tinystacks_reconciles_total"),
+            cpu_seconds(op.pid()),
+        );
+        r.release = Some(ReleaseRun {
+            idle_rss: median(idle),
+            stacks: created,
+            rss: median(rss),
+            hwm: memory_kib(op.pid()).1 as f64,
+            calls: calls1 - calls0,
+            cpu_per_reconcile: if rec1 > rec0 { (cpu1 - cpu0) / (rec1 - rec0) } else { f64::NAN },
+        });
+        eprintln!("[bench] release measured");
+        write(&r);
+    }
     eprintln!("[bench] wrote {out}");
 }
 
