@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers around them.
-.PHONY: dev dev-down test test-long testenv testenv-down crds
+.PHONY: dev dev-down test test-long bench testenv testenv-down crds
 
 ## Build what is missing, start a local control plane and moto, run the operator, apply the
 ## examples and show them settle. Stop everything with `make dev-down`.
@@ -29,3 +29,8 @@ crds:
 ## The long tests (minutes each): the Stack's crash sweep over every mutation and the 50-Stack scale run.
 test-long:
 	hack/test.sh --ignored
+
+## The benchmark (about 45 minutes; not part of `make test`): memory, AWS calls, CPU per reconcile,
+## start-up and time to Ready against a fresh environment, written to docs/BENCHMARKS.md.
+bench:
+	hack/bench.sh

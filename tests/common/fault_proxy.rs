@@ -55,9 +55,19 @@ struct State {
     requests: Vec<String>,
     faults: Faults,
     fault_counts: FaultCounts,
-    /// When each request arrived.
-    arrivals: Vec<std::time::Instant>,
     rng: Option<rand::rngs::StdRng>,
+    /// Every call's action, when it was sent and how long moto took to answer (the benchmark's
+    /// critical path).
+    timings: Vec<Timing>,
+}
+
+/// One call through the proxy: its action (or `METHOD /path` for REST APIs), when the proxy
+/// received it, and the time until moto's answer was read.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub action: String,
+    pub start: std::time::Instant,
+    pub latency: std::time::Duration,
 }
 
 /// The proxy; its listener runs on the test's runtime until the proxy is dropped.
@@ -120,12 +130,9 @@ impl FaultProxy {
         self.state.lock().unwrap().fault_counts.clone()
     }
 
-    /// Requests per second over `window`, counted in the last `window` before `until`.
-    pub fn rate(&self, until: std::time::Instant, window: std::time::Duration) -> f64 {
-        let state = self.state.lock().unwrap();
-        let from = until - window;
-        let n = state.arrivals.iter().filter(|t| **t > from && **t <= until).count();
-        n as f64 / window.as_secs_f64()
+    /// Every call so far, in the order they were answered.
+    pub fn timings(&self) -> Vec<Timing> {
+        self.state.lock().unwrap().timings.clone()
     }
 
     /// How many answers to `action` were rewritten.
@@ -140,12 +147,12 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
     loop {
         let Some((head, body)) = read_message(&mut client, true).await else { return };
         let action = action_of(&head, &body);
+        let start = std::time::Instant::now();
         let (fault, latency) = {
             let mut state = state.lock().unwrap();
             *state.counts.entry(action.clone()).or_default() += 1;
             let text = String::from_utf8_lossy(&head).into_owned() + &String::from_utf8_lossy(&body);
             state.requests.push(text);
-            state.arrivals.push(std::time::Instant::now());
             state.fault_counts.requests += 1;
             let fault = choose_fault(&mut state);
             (fault, state.faults.latency)
@@ -172,6 +179,9 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
         }
         {
             let mut state = state.lock().unwrap();
+            let latency = start.elapsed();
+            let timed = if action == "unknown" { request_line(&request) } else { action.clone() };
+            state.timings.push(Timing { action: timed, start, latency });
             let text = String::from_utf8_lossy(&body).to_string();
             let found = state.rewrites.iter_mut().find(|r| r.action == action && r.times > 0 && text.contains(&r.from));
             if let Some(rewrite) = found {
@@ -258,6 +268,15 @@ fn rewrite_header(head: &[u8], name: &str, value: Option<&str>) -> Vec<u8> {
         lines.push(format!("{name}: {value}"));
     }
     format!("{}\r\n\r\n", lines.join("\r\n")).into_bytes()
+}
+
+/// `METHOD /path` of a request, for the REST APIs (API Gateway) that name no action.
+fn request_line(head: &[u8]) -> String {
+    let text = String::from_utf8_lossy(head);
+    let line = text.lines().next().unwrap_or_default();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    format!("{method} {}", path.split('?').next().unwrap_or_default())
 }
 
 /// The AWS action of a request: `X-Amz-Target` (JSON protocols) or `Action=` (query protocols).
