@@ -499,12 +499,41 @@ fn link_spec(allowed: &[&str]) -> Value {
     json!({"accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed})
 }
 
-/// Lets a Stack that its link did not allow go: src/stack's cleanup fails with
-/// AccountLinkNotAllowed for it (although no AWS call was ever made for it), so the test allows
-/// the namespace once the Stack is being deleted. Remove when that cleanup returns Done.
-async fn allow_for_cleanup(links: &Api<AwsAccountLink>, link: &str, namespace: &str) {
-    let allow = json!({"spec": {"allowedNamespaces": [namespace]}});
-    links.patch(link, &PatchParams::default(), &Patch::Merge(&allow)).await.expect("allow the namespace");
+/// A link that verifies: CloudFormation mode in a fresh moto account, whose credentials are the
+/// bootstrap Secret in `ns`.
+async fn verified_link_spec(client: &Client, ns: &str, allowed: &[&str]) -> Value {
+    use aws_credential_types::provider::ProvideCredentials;
+    let account = common::moto::new_account_id();
+    let config = common::moto::account_config(&account).await;
+    let provider = config.credentials_provider().expect("a credentials provider");
+    let creds = provider.provide_credentials().await.expect("credentials");
+    let mut data = serde_json::Map::new();
+    data.insert("AWS_ACCESS_KEY_ID".into(), json!(creds.access_key_id()));
+    data.insert("AWS_SECRET_ACCESS_KEY".into(), json!(creds.secret_access_key()));
+    if let Some(token) = creds.session_token() {
+        data.insert("AWS_SESSION_TOKEN".into(), json!(token));
+    }
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "bootstrap"}, "stringData": data})).expect("Secret");
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
+    secrets.create(&PostParams::default(), &secret).await.expect("bootstrap Secret");
+    json!({"accountId": account, "region": "us-east-1", "allowedNamespaces": allowed,
+           "bootstrap": {"mode": "CloudFormation", "credentialsSecretRef": {"namespace": ns, "name": "bootstrap"}}})
+}
+
+/// Waits until `Ready=True` describes the object's generation.
+async fn wait_ready<K>(api: &Api<K>, name: &str) -> Value
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    eventually(&format!("{name} to be Ready"), Duration::from_secs(150), || async {
+        let value = serde_json::to_value(api.get(name).await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        match common::condition(&value, "Ready") {
+            Some(c) if c["status"] == "True" && c["observedGeneration"] == value["metadata"]["generation"] => Ok(value),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
 }
 
 /// Waits until the object holds the finalizer and a `Ready` condition for its generation.
@@ -597,12 +626,27 @@ async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_withou
     let databases = Api::<Database>::namespaced(client.clone(), &team.name);
     let bastions = Api::<Bastion>::namespaced(client.clone(), &team.name);
     let (link, denying) = (format!("chart-{}", suffix()), format!("chart-deny-{}", suffix()));
-    create(&links, &link, json!({}), link_spec(&[&team.name])).await;
+    // A link that verifies, so that every kind goes through its whole AWS side (the connection
+    // Secret, the SSH key Secret, the template ConfigMap) under the chart's RBAC.
+    create(&links, &link, json!({}), verified_link_spec(&client, &team.name, &[&team.name]).await).await;
     create(&links, &denying, json!({}), link_spec(&["nobody"])).await;
-    create(&stacks, "web", json!({}), json!({"accountLinkRef": {"name": link}})).await;
+    let network = json!({"cidr": "10.20.0.0/16", "natGateways": "None", "vpcLink": false});
+    create(&stacks, "web", json!({}), json!({"accountLinkRef": {"name": link}, "network": network})).await;
     create(&stacks, "lost", json!({}), json!({"accountLinkRef": {"name": denying}})).await;
     create(&databases, "orders", json!({}), json!({"stackRef": {"name": "web"}, "deletionPolicy": "Delete"})).await;
-    create(&bastions, "ops", json!({}), json!({"stackRef": {"name": "web"}})).await;
+    let ssh = json!({"stackRef": {"name": "web"}, "access": "Ssh", "allowedCidrs": ["203.0.113.0/24"]});
+    create(&bastions, "ops", json!({}), ssh).await;
+    for (what, ready) in [
+        ("link", wait_ready(&links, &link).await),
+        ("stack", wait_ready(&stacks, "web").await),
+        ("database", wait_ready(&databases, "orders").await),
+        ("bastion", wait_ready(&bastions, "ops").await),
+    ] {
+        assert_eq!(ready["status"]["observedGeneration"], ready["metadata"]["generation"], "{what}");
+    }
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &team.name);
+    assert!(secrets.get_opt("orders-connection").await.expect("get").is_some(), "the connection Secret");
+    assert!(secrets.get_opt("ops-ssh-key").await.expect("get").is_some(), "the SSH key Secret");
 
     // Every kind got its finalizer (a patch) and its conditions (status patch) from the operator
     // running as the chart's ServiceAccount.
@@ -646,7 +690,6 @@ async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_withou
     wait_gone(&databases, "orders").await;
     wait_gone(&bastions, "ops").await;
     wait_gone(&stacks, "web").await;
-    allow_for_cleanup(&links, &denying, &team.name).await;
     wait_gone(&stacks, "lost").await;
     for name in [&link, &denying] {
         links.delete(name, &DeleteParams::default()).await.expect("delete link");
@@ -763,7 +806,6 @@ async fn a_rule_taken_away_is_reported_with_its_verb_and_resource() {
     release.restore_rules();
     let operator = release.operator();
     stacks.delete("web", &DeleteParams::default()).await.expect("delete stack");
-    allow_for_cleanup(&links, &denying, &team.name).await;
     wait_gone(&stacks, "web").await;
     links.delete(&denying, &DeleteParams::default()).await.expect("delete link");
     wait_gone(&links, &denying).await;
@@ -947,7 +989,6 @@ async fn gitops_health_follows_kstatus_argocd_and_kubectl_wait_over_live_objects
     bastions.delete("done", &DeleteParams::default()).await.expect("delete bastion");
     wait_gone(&databases, "done").await;
     wait_gone(&bastions, "done").await;
-    allow_for_cleanup(&links, &denying, &team.name).await;
     for name in ["waiting", "stalled", "done"] {
         wait_gone(&stacks, name).await;
     }
