@@ -8,6 +8,7 @@ pub mod identity;
 mod interceptor;
 pub mod inventory;
 pub mod limiter;
+pub mod security_group;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -10,7 +10,6 @@ use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{
     Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
     InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType,
-    TagSpecification,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -19,8 +18,10 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use super::plan::ObservedInstance;
 use crate::account_link::template::{IAM_PATH, OWNER_UID_TAG};
 use crate::aws::errors::{Caller, aws_error};
-use crate::aws::inventory::{Rule, SecurityGroup, missing, permission_of, security_group_of};
+use crate::aws::inventory::missing;
 use crate::aws::limiter::{Limiter, Service};
+pub use crate::aws::security_group::Deleted;
+use crate::aws::security_group::{SecurityGroups, code, ec2_tags};
 use crate::error::{Error, Result};
 
 /// The clients of one Bastion's reconcile, acting as its Stack's link in the Stack's region.
@@ -31,13 +32,6 @@ pub struct BastionAws<'a> {
     caller: Caller,
     account: String,
     limiter: &'a Limiter,
-}
-
-/// The outcome of a delete that AWS may refuse for now (the resource is still in use).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deleted {
-    Done,
-    StillInUse,
 }
 
 /// An IAM role or instance profile as IAM reports it.
@@ -67,17 +61,6 @@ pub struct Launch<'a> {
     pub profile_name: &'a str,
     pub token: &'a str,
     pub tags: &'a [(String, String)],
-}
-
-fn code<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<&str> {
-    e.as_service_error().and_then(|s| s.code())
-}
-
-fn ec2_tags(resource: ResourceType, tags: &[(String, String)]) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(resource)
-        .set_tags(Some(tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect()))
-        .build()
 }
 
 fn iam_tags(tags: &[(String, String)]) -> Result<Vec<aws_sdk_iam::types::Tag>> {
@@ -239,95 +222,9 @@ impl<'a> BastionAws<'a> {
         }
     }
 
-    // ----- EC2: the security group -----
-
-    /// The group named `name` in the VPC (names are unique per VPC).
-    pub async fn security_group(&self, vpc_id: &str, name: &str) -> Result<Option<SecurityGroup>> {
-        let out = self
-            .ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-            .filters(Filter::builder().name("group-name").values(name).build())
-            .send()
-            .await
-            .map_err(|e| self.fail("ec2:DescribeSecurityGroups", e))?;
-        Ok(out.security_groups().iter().filter_map(security_group_of).next())
-    }
-
-    pub async fn create_security_group(
-        &self,
-        vpc_id: &str,
-        name: &str,
-        description: &str,
-        tags: &[(String, String)],
-    ) -> Result<String> {
-        let out = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .create_security_group()
-                    .vpc_id(vpc_id)
-                    .group_name(name)
-                    .description(description)
-                    .tag_specifications(ec2_tags(ResourceType::SecurityGroup, tags))
-                    .send()
-            })
-            .await
-            .map_err(|e| self.fail("ec2:CreateSecurityGroup", e))?;
-        out.group_id().map(str::to_string).ok_or_else(|| missing("ec2:CreateSecurityGroup", "GroupId"))
-    }
-
-    pub async fn authorize_ingress(&self, group_id: &str, rules: &[Rule]) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .authorize_security_group_ingress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(rules.iter().map(permission_of).collect()))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("InvalidPermission.Duplicate") => Ok(()),
-            Err(e) => Err(self.fail("ec2:AuthorizeSecurityGroupIngress", e)),
-        }
-    }
-
-    pub async fn revoke_ingress(&self, group_id: &str, rules: &[Rule]) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .revoke_security_group_ingress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(rules.iter().map(permission_of).collect()))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("InvalidPermission.NotFound") => Ok(()),
-            Err(e) => Err(self.fail("ec2:RevokeSecurityGroupIngress", e)),
-        }
-    }
-
-    pub async fn delete_security_group(&self, group_id: &str) -> Result<Deleted> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || self.ec2.delete_security_group().group_id(group_id).send())
-            .await;
-        match result {
-            Ok(_) => Ok(Deleted::Done),
-            Err(e) => match code(&e) {
-                Some("InvalidGroup.NotFound") => Ok(Deleted::Done),
-                // The terminated instance's interface, or a Database's rule naming the group, holds
-                // it for a while.
-                Some("DependencyViolation") => Ok(Deleted::StillInUse),
-                _ => Err(self.fail("ec2:DeleteSecurityGroup", e)),
-            },
-        }
+    /// Its security group's calls.
+    pub fn groups(&self) -> SecurityGroups<'_> {
+        SecurityGroups { ec2: &self.ec2, caller: &self.caller, account: &self.account, limiter: self.limiter }
     }
 
     // ----- EC2: key pairs -----

@@ -313,12 +313,12 @@ impl<'a> Converge<'a> {
 
         // 4. The security group and its exact ingress.
         let vpc = self.placement.vpc_id.clone();
-        let Some(group) = self.aws.security_group(&vpc, &self.names.base).await? else {
+        let Some(group) = self.aws.groups().find(&vpc, &self.names.base).await? else {
             let description = match spec.access {
                 BastionAccess::Ssm => format!("Bastion {}: no inbound traffic (Session Manager)", self.names.display),
                 BastionAccess::Ssh => format!("Bastion {}: SSH from allowedCidrs only", self.names.display),
             };
-            let id = self.aws.create_security_group(&vpc, &self.names.base, &description, &self.tags).await?;
+            let id = self.aws.groups().create(&vpc, &self.names.base, &description, &self.tags).await?;
             self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
             self.status.security_group_id = Some(id.clone());
             return self.next("CreatingSecurityGroup", format!("created the bastion's security group {id}"));
@@ -328,7 +328,7 @@ impl<'a> Converge<'a> {
         let desired = plan::desired_ingress(spec.access, &spec.allowed_cidrs);
         let revoke: Vec<_> = group.ingress.difference(&desired).cloned().collect();
         if !revoke.is_empty() {
-            self.aws.revoke_ingress(&group.id, &revoke).await?;
+            self.aws.groups().revoke_ingress(&group.id, &revoke).await?;
             let what: Vec<String> = revoke.iter().map(plan::describe_rule).collect();
             let note = format!("revoked ingress on the bastion's security group {}: {}", group.id, what.join(", "));
             if self.spec_changed {
@@ -340,7 +340,7 @@ impl<'a> Converge<'a> {
         }
         let authorize: Vec<_> = desired.difference(&group.ingress).cloned().collect();
         if !authorize.is_empty() {
-            self.aws.authorize_ingress(&group.id, &authorize).await?;
+            self.aws.groups().authorize_ingress(&group.id, &authorize).await?;
             let what: Vec<String> = authorize.iter().map(plan::describe_rule).collect();
             let note = format!("allowed on {}: {}", group.id, what.join(", "));
             self.event(EventType::Normal, "AuthorizedIngress", note).await;
@@ -680,9 +680,9 @@ impl Teardown<'_> {
         }
 
         if let Some(vpc_id) = &self.vpc_id
-            && let Some(group) = self.aws.security_group(vpc_id, base).await?.filter(|g| plan::ours(&g.tags, &uid))
+            && let Some(group) = self.aws.groups().find(vpc_id, base).await?.filter(|g| plan::ours(&g.tags, &uid))
         {
-            return match self.aws.delete_security_group(&group.id).await? {
+            return match self.aws.groups().delete(&group.id).await? {
                 Deleted::Done => {
                     let note = format!("deleted security group {}", group.id);
                     self.event(EventType::Normal, "DeletedSecurityGroup", note).await;

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use aws_config::SdkConfig;
-use aws_sdk_ec2::types::{Filter, ResourceType, TagSpecification};
 use aws_sdk_rds::types::Tag as RdsTag;
 use aws_sdk_secretsmanager::types::Tag as SecretTag;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -14,8 +13,9 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use super::credentials::{Password, SecretDocument};
 use super::plan::{InstanceChanges, ObservedInstance, PORT};
 use crate::aws::errors::{Caller, aws_error};
-use crate::aws::inventory::{Rule, SecurityGroup, permission_of, security_group_of};
 use crate::aws::limiter::{Limiter, Service};
+pub use crate::aws::security_group::Deleted;
+use crate::aws::security_group::SecurityGroups;
 use crate::error::{Error, Result};
 
 /// Length of generated master passwords: well inside RDS PostgreSQL's 8 to 128.
@@ -56,13 +56,6 @@ pub struct SecretValue {
     pub version: Option<String>,
 }
 
-/// The outcome of a delete that AWS may refuse for now (the resource is still in use).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deleted {
-    Done,
-    StillInUse,
-}
-
 impl<'a> DatabaseAws<'a> {
     pub fn new(
         aws: &crate::aws::Aws,
@@ -88,108 +81,9 @@ impl<'a> DatabaseAws<'a> {
         aws_error(action, &self.caller, e)
     }
 
-    // ----- EC2: the security group -----
-
-    /// The group named `name` in the VPC. The name is unique per VPC, which makes it the lookup key
-    /// that survives a crash between CreateSecurityGroup and anything recorded.
-    pub async fn security_group(&self, vpc_id: &str, name: &str) -> Result<Option<SecurityGroup>> {
-        let out = self
-            .ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-            .filters(Filter::builder().name("group-name").values(name).build())
-            .send()
-            .await
-            .map_err(|e| self.fail("ec2:DescribeSecurityGroups", e))?;
-        Ok(out.security_groups().iter().filter_map(security_group_of).next())
-    }
-
-    pub async fn create_security_group(
-        &self,
-        vpc_id: &str,
-        name: &str,
-        description: &str,
-        tags: &[(String, String)],
-    ) -> Result<String> {
-        let spec = TagSpecification::builder()
-            .resource_type(ResourceType::SecurityGroup)
-            .set_tags(Some(
-                tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect(),
-            ))
-            .build();
-        let out = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .create_security_group()
-                    .vpc_id(vpc_id)
-                    .group_name(name)
-                    .description(description)
-                    .tag_specifications(spec)
-                    .send()
-            })
-            .await
-            .map_err(|e| self.fail("ec2:CreateSecurityGroup", e))?;
-        out.group_id()
-            .map(str::to_string)
-            .ok_or_else(|| crate::aws::inventory::missing("ec2:CreateSecurityGroup", "GroupId"))
-    }
-
-    pub async fn authorize_ingress(&self, group_id: &str, rules: &[Rule]) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .authorize_security_group_ingress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(rules.iter().map(permission_of).collect()))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Already there (a view that lagged behind): what was wanted holds.
-            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidPermission.Duplicate") => {
-                Ok(())
-            }
-            Err(e) => Err(self.fail("ec2:AuthorizeSecurityGroupIngress", e)),
-        }
-    }
-
-    pub async fn revoke_ingress(&self, group_id: &str, rules: &[Rule]) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .revoke_security_group_ingress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(rules.iter().map(permission_of).collect()))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidPermission.NotFound") => {
-                Ok(())
-            }
-            Err(e) => Err(self.fail("ec2:RevokeSecurityGroupIngress", e)),
-        }
-    }
-
-    pub async fn delete_security_group(&self, group_id: &str) -> Result<Deleted> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || self.ec2.delete_security_group().group_id(group_id).send())
-            .await;
-        match result {
-            Ok(_) => Ok(Deleted::Done),
-            Err(e) => match e.as_service_error().and_then(|s| s.meta().code()) {
-                Some("InvalidGroup.NotFound") => Ok(Deleted::Done),
-                // The instance's network interfaces still hold it for a while after RDS deleted it.
-                Some("DependencyViolation") => Ok(Deleted::StillInUse),
-                _ => Err(self.fail("ec2:DeleteSecurityGroup", e)),
-            },
-        }
+    /// Its security group's calls.
+    pub fn groups(&self) -> SecurityGroups<'_> {
+        SecurityGroups { ec2: &self.ec2, caller: &self.caller, account: &self.account, limiter: self.limiter }
     }
 
     // ----- RDS: subnet group -----

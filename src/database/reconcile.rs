@@ -194,14 +194,15 @@ impl<'a> Converge<'a> {
 
     async fn run(mut self) -> Result<Step<DatabaseStatus>> {
         // 1. The dedicated security group.
-        let Some(group) = self.aws.security_group(&self.placement.vpc_id, &self.names.instance).await? else {
+        let Some(group) = self.aws.groups().find(&self.placement.vpc_id, &self.names.instance).await? else {
             let description = format!(
                 "PostgreSQL of Database {}: 5432 from the stack's app and bastion groups only",
                 self.names.display
             );
             let id = self
                 .aws
-                .create_security_group(&self.placement.vpc_id, &self.names.instance, &description, &self.tags)
+                .groups()
+                .create(&self.placement.vpc_id, &self.names.instance, &description, &self.tags)
                 .await?;
             self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
             self.status.security_group_id = Some(id.clone());
@@ -215,7 +216,7 @@ impl<'a> Converge<'a> {
         let desired = plan::desired_ingress(&self.placement.app_security_group, bastions.iter().map(String::as_str));
         let changes = plan::ingress_changes(&group.ingress, &desired);
         if !changes.revoke.is_empty() {
-            self.aws.revoke_ingress(&group.id, &changes.revoke).await?;
+            self.aws.groups().revoke_ingress(&group.id, &changes.revoke).await?;
             let (holes, stale): (Vec<_>, Vec<_>) = changes.revoke.iter().partition(|r| plan::is_hole(r));
             if !holes.is_empty() {
                 let what: Vec<String> = holes.iter().map(|r| plan::describe_rule(r)).collect();
@@ -231,7 +232,7 @@ impl<'a> Converge<'a> {
             return self.next("UpdatingSecurityGroup", format!("revoked ingress on {}", group.id));
         }
         if !changes.authorize.is_empty() {
-            self.aws.authorize_ingress(&group.id, &changes.authorize).await?;
+            self.aws.groups().authorize_ingress(&group.id, &changes.authorize).await?;
             let what: Vec<String> = changes.authorize.iter().map(plan::describe_rule).collect();
             let note = format!("allowed on {}: {}", group.id, what.join(", "));
             self.event(EventType::Normal, "AuthorizedIngress", note).await;
@@ -600,9 +601,9 @@ impl Teardown<'_> {
         }
 
         if let Some(vpc_id) = &self.vpc_id
-            && let Some(group) = self.aws.security_group(vpc_id, &names.instance).await?.filter(|g| self.ours(&g.tags))
+            && let Some(group) = self.aws.groups().find(vpc_id, &names.instance).await?.filter(|g| self.ours(&g.tags))
         {
-            return match self.aws.delete_security_group(&group.id).await? {
+            return match self.aws.groups().delete(&group.id).await? {
                 Deleted::Done => {
                     self.event(
                         EventType::Normal,
