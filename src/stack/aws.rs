@@ -53,6 +53,8 @@ impl Network {
             kms: &self.kms,
             tagging: &self.tagging,
             caller: &self.caller,
+            limiter: &ctx.limiter,
+            account: &self.scope.account,
         };
         ctx.inventory.snapshot(&self.scope, &clients, ctx.settings.resync_period).await
     }
