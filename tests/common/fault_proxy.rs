@@ -44,6 +44,8 @@ pub struct FaultCounts {
     pub server_errors: usize,
     pub unavailable: usize,
     pub dropped: usize,
+    /// The throttling answers by error code (each service's own).
+    pub throttle_codes: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Default)]
@@ -107,6 +109,18 @@ impl FaultProxy {
         self.state.lock().unwrap().rewrites.push(rewrite);
     }
 
+    /// Keeps slow resources in their in-between states for the next `polls` answers that show them
+    /// done, as real AWS does for minutes where moto is done at once: NAT gateways and VPC
+    /// endpoints `pending`, RDS instances `creating`, on the way
+    /// up; NAT gateways `deleting` on the way down.
+    pub fn hold_in_between_states(&self, polls: usize) {
+        self.rewrite("DescribeNatGateways", "<state>available</state>", "<state>pending</state>", polls);
+        self.rewrite("DescribeNatGateways", "<state>deleted</state>", "<state>deleting</state>", polls);
+        self.rewrite("DescribeVpcEndpoints", "<state>available</state>", "<state>pending</state>", polls);
+        let available = "<DBInstanceStatus>available</DBInstanceStatus>";
+        self.rewrite("DescribeDBInstances", available, "<DBInstanceStatus>creating</DBInstanceStatus>", polls);
+    }
+
     /// How many requests for `action` (`CreateDBInstance`, `GetSecretValue`, ...) went through.
     pub fn count(&self, action: &str) -> usize {
         self.state.lock().unwrap().counts.get(action).copied().unwrap_or(0)
@@ -160,7 +174,10 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        if let Some(answer) = fault.and_then(|f| error_answer(f, &head)) {
+        if let Some((code, answer)) = fault.and_then(|f| error_answer(f, &head)) {
+            if fault == Some(Fault::Throttle) {
+                *state.lock().unwrap().fault_counts.throttle_codes.entry(code.to_string()).or_default() += 1;
+            }
             if client.write_all(&answer).await.is_err() {
                 return;
             }
@@ -332,8 +349,9 @@ fn service_of(head: &str) -> String {
     head.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or_default().to_string()
 }
 
-/// A whole HTTP answer for `fault` in the protocol of the request's service; `None` for a drop.
-fn error_answer(fault: Fault, head: &[u8]) -> Option<Vec<u8>> {
+/// The error code and the whole HTTP answer for `fault` in the protocol of the request's service;
+/// `None` for a drop.
+fn error_answer(fault: Fault, head: &[u8]) -> Option<(&'static str, Vec<u8>)> {
     let head = String::from_utf8_lossy(head);
     let json = head.lines().any(|l| l.to_lowercase().starts_with("x-amz-target:"));
     let service = service_of(&head);
@@ -375,5 +393,5 @@ fn error_answer(fault: Fault, head: &[u8]) -> Option<Vec<u8>> {
     )
     .into_bytes();
     answer.extend_from_slice(body.as_bytes());
-    Some(answer)
+    Some((code, answer))
 }
