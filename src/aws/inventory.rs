@@ -360,7 +360,9 @@ impl Inventory {
             .filter(|k| state.listed.get(k).is_none_or(|(at, dirty)| *dirty || now.duration_since(*at) > max_age))
             .collect();
         if !stale.is_empty() {
-            let lists = futures::future::try_join_all(stale.iter().map(|k| clients.read(k.service(), || list(*k, clients)))).await?;
+            let lists =
+                futures::future::try_join_all(stale.iter().map(|k| clients.read(k.service(), || list(*k, clients))))
+                    .await?;
             for (kind, listed) in stale.iter().zip(lists) {
                 state.apply(listed);
                 state.listed.insert(*kind, (now, false));

@@ -357,7 +357,9 @@ mod tests {
     async fn throttled_answers_are_recognised_through_the_operator_error() {
         let limiter = Limiter::default();
         let throttled: Result<(), Error> = limiter
-            .read("111", Service::Rds, || async { Err(Error::AwsThrottled { action: "rds:DescribeDBInstances".into() }) })
+            .read("111", Service::Rds, || async {
+                Err(Error::AwsThrottled { action: "rds:DescribeDBInstances".into() })
+            })
             .await;
         assert!(throttled.is_err());
         assert_eq!(share(&limiter, "111", Service::Rds), 0.5);

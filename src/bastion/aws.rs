@@ -108,7 +108,8 @@ impl<'a> BastionAws<'a> {
     /// The image ID the public parameter names today.
     pub async fn latest_image(&self, parameter: &str) -> Result<String> {
         let read = || self.ssm.get_parameter().name(parameter).send();
-        let out = self.limiter.read(&self.account, Service::Ssm, read).await.map_err(|e| self.fail("ssm:GetParameter", e))?;
+        let out =
+            self.limiter.read(&self.account, Service::Ssm, read).await.map_err(|e| self.fail("ssm:GetParameter", e))?;
         out.parameter()
             .and_then(|p| p.value())
             .filter(|v| v.starts_with("ami-"))
@@ -236,7 +237,11 @@ impl<'a> BastionAws<'a> {
     /// The key pairs whose name starts with `prefix` (the Bastion's base name, which ends in its UID).
     pub async fn key_pairs(&self, prefix: &str) -> Result<Vec<KeyPair>> {
         let read = || self.ec2.describe_key_pairs().send();
-        let out = self.limiter.read(&self.account, Service::Ec2, read).await.map_err(|e| self.fail("ec2:DescribeKeyPairs", e))?;
+        let out = self
+            .limiter
+            .read(&self.account, Service::Ec2, read)
+            .await
+            .map_err(|e| self.fail("ec2:DescribeKeyPairs", e))?;
         Ok(out
             .key_pairs()
             .iter()

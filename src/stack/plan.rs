@@ -1210,7 +1210,11 @@ fn extras(plan: &NetworkPlan, observed: &Observed, vpc_id: &str, d: &mut Diff, w
             for a in associations {
                 let deletion = Deletion::Disassociate(a.to_string());
                 if !planned_actions.contains(&Action::Delete(deletion.clone())) {
-                    delete(format!("route table {} ({c}) is {what}; its association {a} goes first", t.id), c, deletion);
+                    delete(
+                        format!("route table {} ({c}) is {what}; its association {a} goes first", t.id),
+                        c,
+                        deletion,
+                    );
                 }
             }
         } else if routed {
@@ -1248,20 +1252,17 @@ fn extras(plan: &NetworkPlan, observed: &Observed, vpc_id: &str, d: &mut Diff, w
         .filter(|e| {
             let c = component(&e.tags).unwrap_or_default();
             !(planned_endpoints.contains(c)
-                && pick(
-                    &observed.vpc_endpoints,
-                    c,
-                    |x| &x.tags,
-                    |x| !going(&x.state) && x.vpc_id == vpc_id,
-                    |x| &x.id,
-                )
-                .is_some_and(|k| k.id == e.id))
+                && pick(&observed.vpc_endpoints, c, |x| &x.tags, |x| !going(&x.state) && x.vpc_id == vpc_id, |x| &x.id)
+                    .is_some_and(|k| k.id == e.id))
         })
         .map(|e| e.id.clone())
         .collect();
     if !surplus_endpoints.is_empty() {
         delete(
-            format!("VPC endpoints {} are not in the plan or a second one of their component", surplus_endpoints.join(", ")),
+            format!(
+                "VPC endpoints {} are not in the plan or a second one of their component",
+                surplus_endpoints.join(", ")
+            ),
             "vpce",
             Deletion::VpcEndpoints(surplus_endpoints),
         );

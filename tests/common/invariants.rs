@@ -54,7 +54,8 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
         for membership in i.vpc_security_groups() {
             let id = membership.vpc_security_group_id().unwrap_or_default();
             let Some(group) = by_id.get(id) else {
-                violations.push(format!("DB instance {name} has the security group {id}, which the operator did not make"));
+                violations
+                    .push(format!("DB instance {name} has the security group {id}, which the operator did not make"));
                 continue;
             };
             for p in group.ip_permissions() {
@@ -65,7 +66,8 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
                     let source = pair.group_id().unwrap_or_default();
                     let allowed = by_id.get(source).is_some_and(|s| is_app(s) || is_bastion(s));
                     if !allowed {
-                        violations.push(format!("DB group {id} of {name} admits {source}, not an app or Bastion group"));
+                        violations
+                            .push(format!("DB group {id} of {name} admits {source}, not an app or Bastion group"));
                     }
                 }
             }
@@ -105,9 +107,9 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
         .subnets()
         .iter()
         .filter(|s| {
-            s.tags().iter().any(|t| {
-                t.key() == Some(COMPONENT_TAG) && t.value().is_some_and(|v| v.starts_with("subnet/isolated/"))
-            })
+            s.tags()
+                .iter()
+                .any(|t| t.key() == Some(COMPONENT_TAG) && t.value().is_some_and(|v| v.starts_with("subnet/isolated/")))
         })
         .filter_map(|s| s.subnet_id())
         .collect();

@@ -711,7 +711,8 @@ fn creates_repeated_after_a_lost_answer_converge_to_one_of_each() {
         assert_eq!(counts(&account.observed), counts(&clean.observed), "{:?}", plan.pattern);
         let o = &account.observed;
         for s in &o.subnets {
-            let tables = o.route_tables.iter().filter(|t| t.associations.iter().any(|a| a.subnet_id.as_ref() == Some(&s.id)));
+            let tables =
+                o.route_tables.iter().filter(|t| t.associations.iter().any(|a| a.subnet_id.as_ref() == Some(&s.id)));
             assert_eq!(tables.count(), 1, "{} is associated once", s.id);
         }
         account.tear_down(&owner().kms_alias());
