@@ -526,7 +526,7 @@ impl Network {
             }
             Deletion::VpcEndpoints(ids) => {
                 let out = self
-                    .ec2(ctx, "ec2:DeleteVpcEndpoints", gone, || {
+                    .ec2(ctx, "ec2:DeleteVpcEndpoints", &["InvalidVpcEndpointId.NotFound"], || {
                         ec2.delete_vpc_endpoints().set_vpc_endpoint_ids(Some(ids.clone())).send()
                     })
                     .await?;

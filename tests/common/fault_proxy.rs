@@ -61,6 +61,10 @@ struct State {
     /// Every call's action, when it was sent and how long moto took to answer (the benchmark's
     /// critical path).
     timings: Vec<Timing>,
+    /// The answers to requests that carried an idempotency token (`ClientToken=`), by action and
+    /// token: AWS answers a retry with the same token as the first call rather than acting again,
+    /// which moto does not do; the proxy does it for moto.
+    idempotent: HashMap<(String, String), Vec<u8>>,
 }
 
 /// One call through the proxy: its action (or `METHOD /path` for REST APIs), when the proxy
@@ -183,6 +187,14 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
             }
             continue;
         }
+        let token = client_token(&body).map(|t| (action.clone(), t));
+        let replay = token.as_ref().and_then(|t| state.lock().unwrap().idempotent.get(t).cloned());
+        if let Some(answer) = replay {
+            if client.write_all(&answer).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
         let mut request = rewrite_header(&head, "connection", Some("close"));
         request.extend_from_slice(&body);
@@ -190,6 +202,9 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
             return;
         }
         let Some((head, mut body)) = read_message(&mut server, false).await else { return };
+        if let Some(token) = token.filter(|_| head.starts_with(b"HTTP/1.1 2")) {
+            state.lock().unwrap().idempotent.insert(token, answer_of(&head, &body));
+        }
         if fault == Some(Fault::DropAfter) {
             // The request took effect; its answer is lost with the connection.
             return;
@@ -207,14 +222,19 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
                 *state.rewritten.entry(action.clone()).or_default() += 1;
             }
         }
-        let head = rewrite_header(&head, "transfer-encoding", None);
-        let head = rewrite_header(&head, "content-length", Some(&body.len().to_string()));
-        let mut head = rewrite_header(&head, "connection", Some("keep-alive"));
-        head.extend_from_slice(&body);
-        if client.write_all(&head).await.is_err() {
+        if client.write_all(&answer_of(&head, &body)).await.is_err() {
             return;
         }
     }
+}
+
+/// A whole answer to the client: moto's head, made to keep the connection, and the body.
+fn answer_of(head: &[u8], body: &[u8]) -> Vec<u8> {
+    let head = rewrite_header(head, "transfer-encoding", None);
+    let head = rewrite_header(&head, "content-length", Some(&body.len().to_string()));
+    let mut answer = rewrite_header(&head, "connection", Some("keep-alive"));
+    answer.extend_from_slice(body);
+    answer
 }
 
 /// Reads one HTTP/1.1 message: its head (up to and including the blank line) and its body, with a
@@ -285,6 +305,12 @@ fn rewrite_header(head: &[u8], name: &str, value: Option<&str>) -> Vec<u8> {
         lines.push(format!("{name}: {value}"));
     }
     format!("{}\r\n\r\n", lines.join("\r\n")).into_bytes()
+}
+
+/// The `ClientToken` of a query-protocol request (EC2), if it carries one.
+fn client_token(body: &[u8]) -> Option<String> {
+    let body = String::from_utf8_lossy(body);
+    body.split('&').find_map(|kv| kv.strip_prefix("ClientToken=")).filter(|t| !t.is_empty()).map(str::to_string)
 }
 
 /// `METHOD /path` of a request, for the REST APIs (API Gateway) that name no action.
