@@ -89,7 +89,8 @@ impl<'a> DatabaseAws<'a> {
     // ----- RDS: subnet group -----
 
     pub async fn subnet_group(&self, name: &str) -> Result<Option<SubnetGroup>> {
-        match self.rds.describe_db_subnet_groups().db_subnet_group_name(name).send().await {
+        let read = || self.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
+        match self.limiter.read(&self.account, Service::Rds, read).await {
             Ok(out) => Ok(out.db_subnet_groups().first().map(|g| SubnetGroup {
                 vpc_id: g.vpc_id().map(str::to_string),
                 subnet_ids: g.subnets().iter().filter_map(|s| s.subnet_identifier().map(str::to_string)).collect(),
@@ -157,7 +158,8 @@ impl<'a> DatabaseAws<'a> {
     // ----- RDS: the instance -----
 
     pub async fn instance(&self, identifier: &str) -> Result<Option<ObservedInstance>> {
-        match self.rds.describe_db_instances().db_instance_identifier(identifier).send().await {
+        let read = || self.rds.describe_db_instances().db_instance_identifier(identifier).send();
+        match self.limiter.read(&self.account, Service::Rds, read).await {
             Ok(out) => Ok(out.db_instances().first().map(observed_instance)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => Ok(None),
             Err(e) => Err(self.fail("rds:DescribeDBInstances", e)),
@@ -258,7 +260,8 @@ impl<'a> DatabaseAws<'a> {
     // ----- Secrets Manager -----
 
     pub async fn secret(&self, name: &str) -> Result<Option<SecretInfo>> {
-        match self.secrets.describe_secret().secret_id(name).send().await {
+        let read = || self.secrets.describe_secret().secret_id(name).send();
+        match self.limiter.read(&self.account, Service::SecretsManager, read).await {
             Ok(out) => {
                 let Some(arn) = out.arn() else { return Ok(None) };
                 let current_version = out
@@ -284,10 +287,8 @@ impl<'a> DatabaseAws<'a> {
 
     pub async fn secret_value(&self, arn: &str) -> Result<SecretValue> {
         let out = self
-            .secrets
-            .get_secret_value()
-            .secret_id(arn)
-            .send()
+            .limiter
+            .read(&self.account, Service::SecretsManager, || self.secrets.get_secret_value().secret_id(arn).send())
             .await
             .map_err(|e| self.fail("secretsmanager:GetSecretValue", e))?;
         let document = match out.secret_string() {

@@ -245,4 +245,5 @@ pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<
 }
 
 pub mod fault_proxy;
+pub mod invariants;
 pub mod moto;
