@@ -25,6 +25,8 @@ pub enum Service {
     Rds,
     SecretsManager,
     Iam,
+    /// The account link's bootstrap stack (CloudFormation mode).
+    CloudFormation,
 }
 
 impl Service {
@@ -44,6 +46,8 @@ impl Service {
             // IAM's control plane is global and slow to propagate; a bastion makes a handful of
             // IAM writes in its whole life.
             Service::Iam => (2.0, 10.0),
+            // A link writes its stack a few times in its life.
+            Service::CloudFormation => (1.0, 5.0),
         }
     }
 }
