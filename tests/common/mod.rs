@@ -131,6 +131,18 @@ impl Operator {
         Self { child, recorder, metrics_port, identity, log }
     }
 
+    /// An operator without leader election that watches `namespace` only and keeps its Lease and
+    /// ConfigMaps there.
+    pub fn in_namespace(namespace: &str, resync: &str, env: &[(&str, &str)]) -> Self {
+        let config = OperatorConfig {
+            namespace,
+            lease_name: "tinystacks-operator",
+            resync,
+            extra_args: vec!["--watch-namespace".into(), namespace.into(), "--leader-election".into(), "false".into()],
+        };
+        Self::start_with_env(config, env)
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
