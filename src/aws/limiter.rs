@@ -48,6 +48,8 @@ pub enum Service {
     SecretsManager,
     Iam,
     Ssm,
+    /// The account link's bootstrap stack (CloudFormation mode).
+    CloudFormation,
 }
 
 impl Service {
@@ -67,6 +69,8 @@ impl Service {
             // IAM's control plane is global and slow to propagate; a bastion makes a handful of
             // IAM writes in its whole life.
             Service::Iam => (2.0, 10.0),
+            // A link writes its stack a few times in its life.
+            Service::CloudFormation => (1.0, 5.0),
         }
     }
 
