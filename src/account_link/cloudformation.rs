@@ -107,15 +107,16 @@ impl Bootstrap {
     /// Creates the stack; returns its ID. `CAPABILITY_NAMED_IAM` because the role has a fixed name.
     pub async fn create(&self, ctx: &Context, template: &str, tags: &BTreeMap<String, String>) -> Result<String> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let create = cfn
-            .create_stack()
-            .stack_name(&self.stack_name)
-            .template_body(template)
-            .capabilities(Capability::CapabilityNamedIam)
-            .set_tags(Some(stack_tags(tags)));
         let out = ctx
             .limiter
-            .mutate(&self.account, Service::CloudFormation, || create.send())
+            .mutate(&self.account, Service::CloudFormation, || {
+                cfn.create_stack()
+                    .stack_name(&self.stack_name)
+                    .template_body(template)
+                    .capabilities(Capability::CapabilityNamedIam)
+                    .set_tags(Some(stack_tags(tags)))
+                    .send()
+            })
             .await
             .map_err(|e| aws_error("cloudformation:CreateStack", &self.caller, e))?;
         Ok(out.stack_id().unwrap_or(&self.stack_name).to_string())
@@ -143,13 +144,15 @@ impl Bootstrap {
         tags: &BTreeMap<String, String>,
     ) -> Result<bool> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let update = cfn
-            .update_stack()
-            .stack_name(stack_id)
-            .template_body(template)
-            .capabilities(Capability::CapabilityNamedIam)
-            .set_tags(Some(stack_tags(tags)));
-        match ctx.limiter.mutate(&self.account, Service::CloudFormation, || update.send()).await {
+        let update = ctx.limiter.mutate(&self.account, Service::CloudFormation, || {
+            cfn.update_stack()
+                .stack_name(stack_id)
+                .template_body(template)
+                .capabilities(Capability::CapabilityNamedIam)
+                .set_tags(Some(stack_tags(tags)))
+                .send()
+        });
+        match update.await {
             Ok(_) => Ok(true),
             Err(e) if message_of(&e).contains("No updates are to be performed") => Ok(false),
             Err(e) => Err(aws_error("cloudformation:UpdateStack", &self.caller, e)),
@@ -158,9 +161,8 @@ impl Bootstrap {
 
     pub async fn delete(&self, ctx: &Context, stack_id: &str) -> Result<()> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let delete = cfn.delete_stack().stack_name(stack_id);
         ctx.limiter
-            .mutate(&self.account, Service::CloudFormation, || delete.send())
+            .mutate(&self.account, Service::CloudFormation, || cfn.delete_stack().stack_name(stack_id).send())
             .await
             .map_err(|e| aws_error("cloudformation:DeleteStack", &self.caller, e))?;
         Ok(())
