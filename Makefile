@@ -26,7 +26,8 @@ crds:
 	cargo run --quiet -- crds > crds/tinystacks.io.yaml
 	cp crds/tinystacks.io.yaml charts/tinystacks-operator/crds/tinystacks.io.yaml
 
-## The long tests (minutes each): the Stack's crash sweep over every mutation and the 50-Stack scale run.
+## The long tests (minutes each): the crash sweeps over every mutation (the whole lifecycle, a Stack alone), the
+## 50-Stack scale run and the AWS-fault run.
 test-long:
 	hack/test.sh --ignored
 

@@ -25,5 +25,12 @@ trap 'hack/testenv.sh down >/dev/null 2>&1 || true' EXIT
 source "$env_file"
 
 step "unit and integration tests"
+# Every operator the tests start logs here, with what it left in the cluster; the secret scan
+# below reads it all (tests/common/secrets.rs).
+rm -rf "$TINYSTACKS_STATE/operator-logs" "$TINYSTACKS_STATE/generated-secrets.jsonl"
 # `hack/test.sh --ignored` (make test-long) runs only the long tests instead.
 cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-4}" "$@"
+
+step "secret scan: no generated password or private key in any log, Event, status or condition"
+cargo test --locked --test secret_scan -- --ignored --exact \
+  no_generated_secret_in_any_log_event_status_or_condition_of_the_suite

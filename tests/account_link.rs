@@ -21,7 +21,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tinystacks_operator::api::{AwsAccountLink, Database, Stack};
+use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, Stack};
 use tinystacks_operator::aws::{Aws, AwsOptions};
 use tinystacks_operator::runtime::metrics::Metrics;
 
@@ -614,8 +614,8 @@ impl Drop for EnforcingMoto {
     }
 }
 
-/// moto's server with two fixes to its signature check, which otherwise refuses correctly signed
-/// requests of the operator's (its IAM action check is left as it is):
+/// moto's server with three fixes. Two are to its signature check, which otherwise refuses
+/// correctly signed requests of the operator's (its IAM action check is left as it is):
 /// - a GET or DELETE of a REST-JSON service (API Gateway's `GetVpcLinks`, `DeleteVpcLink`, ...)
 ///   has no body, and moto then signs `self.data`, which for those services holds the request's
 ///   headers, where the client signed an empty payload: the empty body is signed instead;
@@ -624,7 +624,13 @@ impl Drop for EnforcingMoto {
 ///   security group's description): when the `+` form does not match, the `%20` one is tried.
 ///
 /// The signature is still checked, with the secret of the key the request names.
-const MOTO_SIGNATURE_FIX: &str = r#"
+///
+/// The third is the resource an IAM request is authorized against. moto uses the ARN of the role
+/// the request names if it exists, and `*` otherwise (and always for instance profiles), which no
+/// path-scoped statement matches. IAM uses the ARN of the entity: for a `Create*`, under the
+/// `Path` the request gives; for any other call on one that does not exist, at the root path
+/// (it cannot know another); and for a call naming an instance profile, the profile's.
+const MOTO_FIXES: &str = r#"
 import sys
 from urllib.parse import quote, urlencode
 from moto.iam import access_control as ac
@@ -648,6 +654,20 @@ def check_signature(self):
     self._raise_signature_does_not_match()
 ac.IAMRequestBase._create_aws_request = create_aws_request
 ac.IAMRequestBase.check_signature = check_signature
+from moto.iam.exceptions import NotFoundException
+from moto.iam.responses import IamResponse
+def determine_resource(self):
+    path = self.data.get("Path", ["/"])[0] if self._get_action().startswith("Create") else "/"
+    for key, kind, find in (("InstanceProfileName", "instance-profile", self.backend.get_instance_profile),
+                            ("RoleName", "role", self.backend.get_role)):
+        if key in self.data:
+            name = self.data[key][0]
+            try:
+                return find(name).arn
+            except NotFoundException:
+                return f"arn:aws:iam::{self.current_account}:{kind}{path}{name}"
+    return "*"
+IamResponse._determine_resource = determine_resource
 from moto.server import main
 sys.exit(main(sys.argv[1:]))
 "#;
@@ -665,7 +685,7 @@ impl EnforcingMoto {
         let python = std::path::Path::new(&server).with_file_name("python3");
         let port = common::free_port();
         let child = Command::new(&python)
-            .args(["-c", MOTO_SIGNATURE_FIX, "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-c", MOTO_FIXES, "-H", "127.0.0.1", "-p", &port.to_string()])
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "1000000")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -761,7 +781,7 @@ impl ScopedLink {
         // Manual mode, the person deploying the role being the bootstrap administrator: moto
         // re-encodes a signed request's form body to check its signature and gets a different body
         // for values with spaces, such as a CloudFormation template, so an unpatched moto refuses
-        // CreateStack's signature (see `MOTO_SIGNATURE_FIX`); deploying the role by hand keeps this
+        // CreateStack's signature (see `MOTO_FIXES`); deploying the role by hand keeps this
         // to the operator's own calls. The link is in the operator's own account: moto checks a
         // trust policy (principal and sts:ExternalId) only within an account.
         let guard = create_link(
@@ -803,6 +823,16 @@ impl ScopedLink {
         )
         .expect("policy");
         let document = as_moto_checks(&rendered);
+        // The permissions boundary the stack creates for the bastions' roles.
+        let boundary_policy = &template["Resources"]["BastionBoundary"]["Properties"];
+        admin
+            .create_policy()
+            .policy_name(boundary_policy["ManagedPolicyName"].as_str().expect("boundary name"))
+            .path(boundary_policy["Path"].as_str().expect("boundary path"))
+            .policy_document(boundary_policy["PolicyDocument"].to_string())
+            .send()
+            .await
+            .expect("create the boundary policy");
         admin
             .create_role()
             .role_name("TinyStacksRole")
@@ -1120,6 +1150,26 @@ async fn owned_resources(aws: &SdkConfig, uids: &[String]) -> Vec<(&'static str,
             }
         }
     }
+    for k in ec2.describe_key_pairs().filters(f()).send().await.expect("key pairs").key_pairs() {
+        found.push(("key pair", k.key_name().unwrap_or_default().to_string(), ec2_tags(k.tags())));
+    }
+    let iam = aws_sdk_iam::Client::new(aws);
+    let iam_tags = |tags: &[aws_sdk_iam::types::Tag]| -> BTreeMap<String, String> {
+        tags.iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
+    };
+    for r in iam.list_roles().send().await.expect("roles").roles() {
+        let role = iam.get_role().role_name(r.role_name()).send().await.expect("role");
+        let tags = iam_tags(role.role().map(|r| r.tags()).unwrap_or_default());
+        if tags.get(UID_TAG).is_some_and(|u| uids.contains(u)) {
+            found.push(("iam role", r.role_name().to_string(), tags));
+        }
+    }
+    for p in iam.list_instance_profiles().send().await.expect("instance profiles").instance_profiles() {
+        let tags = iam_tags(p.tags());
+        if tags.get(UID_TAG).is_some_and(|u| uids.contains(u)) {
+            found.push(("instance profile", p.instance_profile_name().to_string(), tags));
+        }
+    }
     let apigw = aws_sdk_apigatewayv2::Client::new(aws);
     for l in apigw.get_vpc_links().send().await.expect("vpc links").items() {
         let tags: BTreeMap<String, String> = l.tags().cloned().unwrap_or_default().into_iter().collect();
@@ -1171,7 +1221,7 @@ async fn owned_resources(aws: &SdkConfig, uids: &[String]) -> Vec<(&'static str,
 }
 
 #[tokio::test]
-async fn scoped_role_runs_the_stack_and_database_lifecycles_with_nothing_denied() {
+async fn scoped_role_runs_every_kinds_lifecycle_with_nothing_denied() {
     let _serial = common::OPERATOR_LOCK.lock().await;
     let client = client().await;
     install_crds(&client).await;
@@ -1181,8 +1231,8 @@ async fn scoped_role_runs_the_stack_and_database_lifecycles_with_nothing_denied(
     let link_ref = json!({"name": link.name});
     // Everything the operator manages, in dependency order: each network pattern with the most
     // AWS operations it has (NAT, VPC link; VPC endpoints), a Database with its secret and key
-    // on each. Bastions join the run here, as `Workload::of::<Bastion>(...)` on a Stack, once
-    // their kind lands: the run, the denied check and the leftover check cover them unchanged.
+    // on each, and a Bastion of each access mode (role, instance profile, group, instance; the
+    // SSH one with its imported key pair).
     let workloads = [
         Workload::of::<Stack>(
             "web",
@@ -1196,6 +1246,11 @@ async fn scoped_role_runs_the_stack_and_database_lifecycles_with_nothing_denied(
         ),
         Workload::of::<Database>("orders", json!({"stackRef": {"name": "web"}, "deletionPolicy": "Delete"})),
         Workload::of::<Database>("ledger", json!({"stackRef": {"name": "isolated"}, "deletionPolicy": "Delete"})),
+        Workload::of::<Bastion>("ops", json!({"stackRef": {"name": "isolated"}, "access": "Ssm"})),
+        Workload::of::<Bastion>(
+            "jump",
+            json!({"stackRef": {"name": "web"}, "access": "Ssh", "allowedCidrs": ["203.0.113.0/24"]}),
+        ),
     ];
 
     // Created together (a Database waits for its Stack), all Ready, with nothing denied.
@@ -1226,6 +1281,12 @@ async fn scoped_role_runs_the_stack_and_database_lifecycles_with_nothing_denied(
         "CreateDBInstance",
         "GetRandomPassword",
         "CreateSecret",
+        "CreateRole",
+        "PutRolePolicy",
+        "CreateInstanceProfile",
+        "AddRoleToInstanceProfile",
+        "ImportKeyPair",
+        "RunInstances",
     ] {
         let filter = format!("operation=\"{operation}\",outcome=\"success\"");
         assert!(aws_requests(&link.op, &filter) >= 1.0, "no successful {operation}");
@@ -1233,7 +1294,9 @@ async fn scoped_role_runs_the_stack_and_database_lifecycles_with_nothing_denied(
     // What IAM's conditions would check and moto does not (see `as_moto_checks`): everything
     // the run made carries the operator's tag, which the `Scoped` grants hinge on.
     let made = owned_resources(&link.admin_sdk, &uids).await;
-    assert!(made.iter().any(|(kind, _, _)| *kind == "db instance"), "{made:?}");
+    for kind in ["db instance", "instance", "iam role", "instance profile", "key pair"] {
+        assert!(made.iter().any(|(k, _, _)| *k == kind), "no {kind} made: {made:?}");
+    }
     for (kind, id, tags) in &made {
         assert_eq!(
             tags.get("tinystacks.io/managed-by").map(String::as_str),
@@ -1319,6 +1382,12 @@ async fn scoped_role_runs_the_stack_and_database_lifecycles_with_nothing_denied(
         "DeleteSecurityGroup",
         "ScheduleKeyDeletion",
         "DeleteVpc",
+        "TerminateInstances",
+        "DeleteKeyPair",
+        "RemoveRoleFromInstanceProfile",
+        "DeleteInstanceProfile",
+        "DeleteRolePolicy",
+        "DeleteRole",
     ] {
         let filter = format!("operation=\"{operation}\",outcome=\"success\"");
         assert!(aws_requests(&link.op, &filter) >= 1.0, "no successful {operation}");

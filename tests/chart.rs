@@ -499,28 +499,6 @@ fn link_spec(allowed: &[&str]) -> Value {
     json!({"accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed})
 }
 
-/// A link that verifies: CloudFormation mode in a fresh moto account, whose credentials are the
-/// bootstrap Secret in `ns`.
-async fn verified_link_spec(client: &Client, ns: &str, allowed: &[&str]) -> Value {
-    use aws_credential_types::provider::ProvideCredentials;
-    let account = common::moto::new_account_id();
-    let config = common::moto::account_config(&account).await;
-    let provider = config.credentials_provider().expect("a credentials provider");
-    let creds = provider.provide_credentials().await.expect("credentials");
-    let mut data = serde_json::Map::new();
-    data.insert("AWS_ACCESS_KEY_ID".into(), json!(creds.access_key_id()));
-    data.insert("AWS_SECRET_ACCESS_KEY".into(), json!(creds.secret_access_key()));
-    if let Some(token) = creds.session_token() {
-        data.insert("AWS_SESSION_TOKEN".into(), json!(token));
-    }
-    let secret: k8s_openapi::api::core::v1::Secret =
-        serde_json::from_value(json!({"metadata": {"name": "bootstrap"}, "stringData": data})).expect("Secret");
-    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
-    secrets.create(&PostParams::default(), &secret).await.expect("bootstrap Secret");
-    json!({"accountId": account, "region": "us-east-1", "allowedNamespaces": allowed,
-           "bootstrap": {"mode": "CloudFormation", "credentialsSecretRef": {"namespace": ns, "name": "bootstrap"}}})
-}
-
 /// Waits until `Ready=True` describes the object's generation.
 async fn wait_ready<K>(api: &Api<K>, name: &str) -> Value
 where

@@ -258,6 +258,73 @@ fn invalid_cases() -> Vec<(Kind, Value, &'static str, &'static str)> {
         (Kind::Bastion, json!({"ttl": "0s"}), "spec.ttl", "ttl must be a positive duration"),
         (Kind::Bastion, json!({"access": "Telnet"}), "spec.access", "Unsupported value"),
         (Kind::Bastion, json!({"instanceType": 5}), "spec.instanceType", "must be of type string"),
+        // Wrong types.
+        (Kind::Link, json!({"accountId": 123456789012_u64}), "spec.accountId", "must be of type string"),
+        (Kind::Link, json!({"allowedNamespaces": "team-a"}), "spec.allowedNamespaces", "must be of type array"),
+        (Kind::Stack, json!({"network": "10.0.0.0/16"}), "spec.network", "must be of type object"),
+        (Kind::Stack, json!({"tags": ["team"]}), "spec.tags", "must be of type object"),
+        (Kind::Stack, json!({"network": {"vpcLink": "yes"}}), "spec.network.vpcLink", "must be of type boolean"),
+        (
+            Kind::Database,
+            json!({"allocatedStorageGiB": "twenty"}),
+            "spec.allocatedStorageGiB",
+            "must be of type integer",
+        ),
+        (Kind::Database, json!({"multiAz": 1}), "spec.multiAz", "must be of type boolean"),
+        (Kind::Database, json!({"stackRef": "web"}), "spec.stackRef", "must be of type object"),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": "203.0.113.0/24"}),
+            "spec.allowedCidrs",
+            "must be of type array",
+        ),
+        // Very long strings: AWS's limits, checked before anything reaches AWS.
+        (Kind::Stack, json!({"tags": {"team": "x".repeat(257)}}), "spec.tags", "values at most 256"),
+        (Kind::Stack, json!({"tags": {"k".repeat(129): "x"}}), "spec.tags", "tag keys are 1-128 characters"),
+        (Kind::Link, json!({"roleName": "r".repeat(65)}), "spec.roleName", "Too long"),
+        (Kind::Link, json!({"externalId": "e".repeat(1225)}), "spec.externalId", "Too long"),
+        (Kind::Database, json!({"databaseName": "d".repeat(64)}), "spec.databaseName", "Too long"),
+        (Kind::Database, json!({"masterUsername": "u".repeat(64)}), "spec.masterUsername", "Too long"),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24"], "sshPublicKey": format!("ssh-ed25519 {}", "A".repeat(20_000))}),
+            "spec.sshPublicKey",
+            "Too long",
+        ),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": vec!["203.0.113.0/24"; 21]}),
+            "spec.allowedCidrs",
+            "Too many",
+        ),
+        // Invalid CIDRs.
+        (Kind::Stack, json!({"network": {"cidr": "10.300.0.0/16"}}), "spec.network.cidr", "must be an IPv4 CIDR"),
+        (Kind::Stack, json!({"network": {"cidr": "10.0.0.0/33"}}), "spec.network.cidr", "must be an IPv4 CIDR"),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["203.0.300.0/24"]}),
+            "spec.allowedCidrs",
+            "must hold CIDRs",
+        ),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24", "10.0.0.0/8 "]}),
+            "spec.allowedCidrs",
+            "must hold CIDRs",
+        ),
+        // SSH from everywhere, hidden among other CIDRs or spelled otherwise.
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24", "0.0.0.0/0"]}),
+            "spec.allowedCidrs",
+            "must not admit the whole internet",
+        ),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["0::/0"]}),
+            "spec.allowedCidrs",
+            "must not admit the whole internet",
+        ),
     ]
 }
 
@@ -418,5 +485,41 @@ fn every_kind_has_status_printer_columns_short_names_and_category() {
         if names.kind != Bastion::kind(&()) {
             assert!(names.short_names.as_ref().is_some_and(|s| !s.is_empty()), "{} short name", names.kind);
         }
+    }
+}
+
+/// References name objects in the referrer's own namespace; a `namespace` in one is not part of
+/// the schema, so kubectl (strict field validation) refuses the manifest instead of the operator
+/// quietly using the object's own namespace. Cross-namespace use of a link is `allowedNamespaces`'
+/// business (tests/operator.rs, tests/account_link.rs).
+#[tokio::test]
+async fn a_reference_into_another_namespace_is_refused_as_an_unknown_field() {
+    use std::io::Write;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "crd-crossref").await;
+    let cases = [
+        (Kind::Database, json!({"stackRef": {"name": "web", "namespace": "kube-system"}}), "spec.stackRef.namespace"),
+        (Kind::Bastion, json!({"stackRef": {"name": "web", "namespace": "default"}}), "spec.stackRef.namespace"),
+        (
+            Kind::Stack,
+            json!({"accountLinkRef": {"name": "link", "namespace": "other"}}),
+            "spec.accountLinkRef.namespace",
+        ),
+    ];
+    for (kind, spec, field) in cases {
+        let manifest = serde_json::to_string(&kind.object(&format!("crossref-{}", suffix()), spec)).expect("JSON");
+        let mut child = std::process::Command::new("kubectl")
+            .args(["create", "--validate=strict", "-n", &ns.name, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write the manifest");
+        let out = child.wait_with_output().expect("kubectl ran");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {manifest}");
+        assert!(stderr.contains("unknown field") && stderr.contains(field), "{field} named in: {stderr}");
     }
 }

@@ -46,6 +46,7 @@ struct World {
     link: String,
     stack: String,
     net: Network,
+    account: String,
 }
 
 impl World {
@@ -71,7 +72,7 @@ impl World {
             app_group: String::new(),
             kms_key_arn: String::new(),
         };
-        let world = Self { client, ns, aws, link, stack, net };
+        let world = Self { client, ns, aws, link, stack, net, account: account.clone() };
         world.fixture_link(&account).await;
         world
     }
@@ -876,4 +877,60 @@ async fn with_the_real_stack_the_database_lands_in_its_private_side_and_the_stac
         instances.is_empty() && secrets.is_empty() && subnet_groups.is_empty() && sgs.is_empty(),
         "left behind: {instances:?} {secrets:?} {subnet_groups:?} {sgs:?}"
     );
+}
+
+/// Throttling, 500s, 503s, answers lost after the change was made, latency, and an instance RDS
+/// keeps `creating`: one instance, one secret, one subnet group, one security group; the security
+/// invariants hold; nothing is left after deletion.
+#[tokio::test]
+async fn mixed_aws_faults_make_one_of_each_and_leave_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    // The fixture's app group, tagged as a Stack tags its own, for the invariants.
+    world
+        .ec2()
+        .create_tags()
+        .resources(&world.net.app_group)
+        .tags(aws_sdk_ec2::types::Tag::builder().key("tinystacks.io/owner-uid").value("fixture-stack").build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key("tinystacks.io/component").value("sg/app").build())
+        .send()
+        .await
+        .expect("tag the app group");
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    let faults = common::fault_proxy::Faults {
+        throttle: 0.10,
+        server_error: 0.08,
+        unavailable: 0.08,
+        drop_after: 0.08,
+        latency: Duration::from_millis(10),
+    };
+    proxy.set_faults(faults, 3);
+    proxy.hold_in_between_states(3);
+    world.database("faulty", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    world.wait_ready("faulty").await;
+    let (instances, secrets, subnet_groups, mut sgs) = world.inventory().await;
+    sgs.retain(|g| *g != world.net.app_group);
+    assert_eq!(
+        (instances.len(), secrets.len(), subnet_groups.len(), sgs.len()),
+        (1, 1, 1, 1),
+        "one of each under faults: {instances:?} {secrets:?} {subnet_groups:?} {sgs:?}"
+    );
+    assert!(proxy.rewritten("DescribeDBInstances") > 0, "RDS said creating");
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
+
+    world.delete("faulty").await;
+    world.wait_gone("faulty").await;
+    let (instances, secrets, subnet_groups, mut sgs) = world.inventory().await;
+    sgs.retain(|g| *g != world.net.app_group);
+    assert!(
+        instances.is_empty() && secrets.is_empty() && subnet_groups.is_empty() && sgs.is_empty(),
+        "left behind under faults: {instances:?} {secrets:?} {subnet_groups:?} {sgs:?}"
+    );
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
+    let counts = proxy.fault_counts();
+    eprintln!("faults injected: {counts:?}");
+    assert!(counts.throttled > 0 && counts.server_errors > 0 && counts.unavailable > 0 && counts.dropped > 0);
 }

@@ -13,6 +13,7 @@ use super::plan::StackEvent;
 use crate::api::{AwsAccountLink, SecretReference};
 use crate::aws::credentials::StaticCredentials;
 use crate::aws::errors::{Caller, aws_error};
+use crate::aws::limiter::Service;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
 
@@ -37,6 +38,8 @@ pub struct Bootstrap {
     config: SdkConfig,
     caller: Caller,
     stack_name: String,
+    /// The link's account: the limiter's bucket for the stack's writes.
+    account: String,
 }
 
 impl Bootstrap {
@@ -54,6 +57,7 @@ impl Bootstrap {
             config,
             caller: Caller::Bootstrap { secret: format!("{}/{}", reference.namespace, reference.name) },
             stack_name: link.spec.bootstrap.stack_name.clone(),
+            account: link.spec.account_id.clone(),
         })
     }
 
@@ -103,13 +107,15 @@ impl Bootstrap {
     /// Creates the stack; returns its ID. `CAPABILITY_NAMED_IAM` because the role has a fixed name.
     pub async fn create(&self, ctx: &Context, template: &str, tags: &BTreeMap<String, String>) -> Result<String> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let out = cfn
+        let create = cfn
             .create_stack()
             .stack_name(&self.stack_name)
             .template_body(template)
             .capabilities(Capability::CapabilityNamedIam)
-            .set_tags(Some(stack_tags(tags)))
-            .send()
+            .set_tags(Some(stack_tags(tags)));
+        let out = ctx
+            .limiter
+            .mutate(&self.account, Service::CloudFormation, || create.send())
             .await
             .map_err(|e| aws_error("cloudformation:CreateStack", &self.caller, e))?;
         Ok(out.stack_id().unwrap_or(&self.stack_name).to_string())
@@ -137,15 +143,13 @@ impl Bootstrap {
         tags: &BTreeMap<String, String>,
     ) -> Result<bool> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        match cfn
+        let update = cfn
             .update_stack()
             .stack_name(stack_id)
             .template_body(template)
             .capabilities(Capability::CapabilityNamedIam)
-            .set_tags(Some(stack_tags(tags)))
-            .send()
-            .await
-        {
+            .set_tags(Some(stack_tags(tags)));
+        match ctx.limiter.mutate(&self.account, Service::CloudFormation, || update.send()).await {
             Ok(_) => Ok(true),
             Err(e) if message_of(&e).contains("No updates are to be performed") => Ok(false),
             Err(e) => Err(aws_error("cloudformation:UpdateStack", &self.caller, e)),
@@ -154,9 +158,9 @@ impl Bootstrap {
 
     pub async fn delete(&self, ctx: &Context, stack_id: &str) -> Result<()> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        cfn.delete_stack()
-            .stack_name(stack_id)
-            .send()
+        let delete = cfn.delete_stack().stack_name(stack_id);
+        ctx.limiter
+            .mutate(&self.account, Service::CloudFormation, || delete.send())
             .await
             .map_err(|e| aws_error("cloudformation:DeleteStack", &self.caller, e))?;
         Ok(())

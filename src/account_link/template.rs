@@ -385,6 +385,16 @@ const SECRETS: &[&str] = &["arn:aws:secretsmanager:*:*:secret:tinystacks/*"];
 const AMI_PARAMETERS: &[&str] = &["arn:aws:ssm:*:*:parameter/aws/service/ami-amazon-linux-latest/*"];
 /// Roles and instance profiles under [`IAM_PATH`].
 const IAM_PATHS: &[&str] = &["arn:aws:iam::*:role/tinystacks/*", "arn:aws:iam::*:instance-profile/tinystacks/*"];
+/// What the bastion's role and instance profile are looked up as. IAM authorizes a read of a role or
+/// instance profile that does not exist (yet, or any more) against `role/<name>`, without the path it
+/// cannot know, so the reads are also granted on the operator's bastion names (see
+/// `bastion::plan::NAME_PREFIX`) at the root path. Reads only: every change stays under [`IAM_PATH`].
+const IAM_LOOKUPS: &[&str] = &[
+    "arn:aws:iam::*:role/tinystacks/*",
+    "arn:aws:iam::*:instance-profile/tinystacks/*",
+    "arn:aws:iam::*:role/bastion-*",
+    "arn:aws:iam::*:instance-profile/bastion-*",
+];
 /// Roles under [`IAM_PATH`].
 const IAM_ROLES: &[&str] = &["arn:aws:iam::*:role/tinystacks/*"];
 /// Where service-linked roles live.
@@ -582,19 +592,19 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::create("iam:CreateRole").on(IAM_PATHS).when(WITH_BOUNDARY),
             Rule::create("iam:TagRole").on(IAM_PATHS),
             Rule::mutate("iam:TagRole").on(IAM_PATHS),
-            Rule::read("iam:GetRole").on(IAM_PATHS),
+            Rule::read("iam:GetRole").on(IAM_LOOKUPS),
             Rule::mutate("iam:DeleteRole").on(IAM_PATHS),
             Rule::mutate("iam:PutRolePolicy").on(IAM_PATHS).when(WITH_BOUNDARY),
             Rule::mutate("iam:DeleteRolePolicy").on(IAM_PATHS),
             // What must go before DeleteRole succeeds: the role's inline and attached policies.
-            Rule::read("iam:ListRolePolicies").on(IAM_PATHS),
-            Rule::read("iam:ListAttachedRolePolicies").on(IAM_PATHS),
+            Rule::read("iam:ListRolePolicies").on(IAM_LOOKUPS),
+            Rule::read("iam:ListAttachedRolePolicies").on(IAM_LOOKUPS),
             Rule::mutate("iam:AttachRolePolicy").on(IAM_PATHS).when(WITH_BOUNDARY),
             Rule::mutate("iam:DetachRolePolicy").on(IAM_PATHS),
             Rule::create("iam:CreateInstanceProfile").on(IAM_PATHS),
             Rule::create("iam:TagInstanceProfile").on(IAM_PATHS),
             Rule::mutate("iam:TagInstanceProfile").on(IAM_PATHS),
-            Rule::read("iam:GetInstanceProfile").on(IAM_PATHS),
+            Rule::read("iam:GetInstanceProfile").on(IAM_LOOKUPS),
             Rule::mutate("iam:DeleteInstanceProfile").on(IAM_PATHS),
             Rule::mutate("iam:AddRoleToInstanceProfile").on(IAM_PATHS),
             Rule::mutate("iam:RemoveRoleFromInstanceProfile").on(IAM_PATHS),
@@ -1293,7 +1303,20 @@ The role also gives Tinystacks the following access to your AWS account:
     /// the boundary, which the `Scoped` stack creates and exports.
     #[test]
     fn scoped_iam_writes_are_bounded() {
+        use crate::bastion::NAME_PREFIX;
+        const LOOKUPS: &[&str] =
+            &["iam:GetRole", "iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:ListAttachedRolePolicies"];
         let template = render(&input(Permissions::Scoped));
+        // The lookups of a role or profile that does not exist yet are granted by name.
+        let lookups = statements(&template)
+            .into_iter()
+            .find(|s| actions(s).iter().any(|a| a == "iam:GetRole"))
+            .expect("a statement grants iam:GetRole");
+        for resource in
+            [format!("arn:aws:iam::*:role/{NAME_PREFIX}*"), format!("arn:aws:iam::*:instance-profile/{NAME_PREFIX}*")]
+        {
+            assert!(lookups["Resource"].as_array().is_some_and(|r| r.contains(&json!(resource))), "{lookups}");
+        }
         let boundary = json!({"Ref": BOUNDARY_LOGICAL_ID});
         for statement in statements(&template) {
             let acts = actions(&statement);
@@ -1301,11 +1324,19 @@ The role also gives Tinystacks the following access to your AWS account:
                 assert_eq!(statement["Condition"]["StringEquals"]["iam:PermissionsBoundary"], boundary);
             }
             if acts.iter().any(|a| a.starts_with("iam:") && a != "iam:CreateServiceLinkedRole") {
+                // Lookups may also name a bastion's role or profile at the root path; nothing else.
+                let lookups_only = acts.iter().all(|a| LOOKUPS.contains(&a.as_str()));
                 let resources =
                     statement["Resource"].as_array().cloned().unwrap_or_else(|| vec![statement["Resource"].clone()]);
                 for resource in resources {
                     let resource = resource.as_str().expect("resource string");
-                    assert!(resource.contains(IAM_PATH), "{resource} is outside {IAM_PATH}");
+                    let bastion_name = [format!(":role/{NAME_PREFIX}*"), format!(":instance-profile/{NAME_PREFIX}*")]
+                        .iter()
+                        .any(|n| resource.ends_with(n.as_str()));
+                    assert!(
+                        resource.contains(IAM_PATH) || (lookups_only && bastion_name),
+                        "{resource} is outside {IAM_PATH} for {acts:?}"
+                    );
                 }
             }
             if acts.iter().any(|a| a == "iam:PassRole") {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::{Filter, IpPermission};
 
 use super::errors::{Caller, aws_error};
+use super::limiter::{Limiter, Service};
 use crate::account_link::template::OWNER_UID_TAG;
 use crate::database::aws::observed_instance;
 use crate::database::plan::ObservedInstance;
@@ -234,6 +235,18 @@ impl Kind {
         Kind::DbSubnetGroups,
         Kind::Secrets,
     ];
+
+    /// The service its list calls.
+    fn service(self) -> Service {
+        match self {
+            Kind::VpcLinks => Service::ApiGateway,
+            Kind::KmsKeys => Service::Tagging,
+            Kind::KmsAliases => Service::Kms,
+            Kind::DbInstances | Kind::DbSubnetGroups => Service::Rds,
+            Kind::Secrets => Service::SecretsManager,
+            _ => Service::Ec2,
+        }
+    }
 }
 
 /// A resource the operator just created, taken from the create call's response.
@@ -360,6 +373,20 @@ pub struct Clients<'a> {
     pub rds: &'a aws_sdk_rds::Client,
     pub secrets: &'a aws_sdk_secretsmanager::Client,
     pub caller: &'a Caller,
+    /// Every list and describe goes through the limiter's adaptive pace for the scope's account.
+    pub limiter: &'a Limiter,
+    pub account: &'a str,
+}
+
+impl Clients<'_> {
+    /// Runs the read `call` of `service` through the limiter.
+    async fn read<T, F, Fut>(&self, service: Service, call: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.limiter.read(self.account, service, call).await
+    }
 }
 
 /// The inventories of every (account, region) the operator works in.
@@ -393,7 +420,7 @@ impl Inventory {
         let state = self.state(scope);
         let mut state = state.lock().await;
         if state.snapshot.zones.is_empty() {
-            state.snapshot.zones = Arc::new(list_zones(clients).await?);
+            state.snapshot.zones = Arc::new(clients.read(Service::Ec2, || list_zones(clients)).await?);
         }
         let now = Instant::now();
         let stale: Vec<Kind> = Kind::ALL
@@ -401,7 +428,9 @@ impl Inventory {
             .filter(|k| state.listed.get(k).is_none_or(|(at, dirty)| *dirty || now.duration_since(*at) > max_age))
             .collect();
         if !stale.is_empty() {
-            let lists = futures::future::try_join_all(stale.iter().map(|k| list(*k, clients))).await?;
+            let lists =
+                futures::future::try_join_all(stale.iter().map(|k| clients.read(k.service(), || list(*k, clients))))
+                    .await?;
             for (kind, listed) in stale.iter().zip(lists) {
                 state.apply(listed);
                 state.listed.insert(*kind, (now, false));
@@ -710,12 +739,11 @@ impl State {
         for key in self.snapshot.kms_keys.iter() {
             if !self.key_states.contains_key(&key.key_id) {
                 let described = clients
-                    .kms
-                    .describe_key()
-                    .key_id(&key.key_id)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("kms:DescribeKey", clients.caller, e))?;
+                    .read(Service::Kms, || async {
+                        let out = clients.kms.describe_key().key_id(&key.key_id).send().await;
+                        out.map_err(|e| aws_error("kms:DescribeKey", clients.caller, e))
+                    })
+                    .await?;
                 let state = described.key_metadata().and_then(|m| m.key_state()).map(|s| s.as_str().to_string());
                 self.key_states.insert(key.key_id.clone(), state.unwrap_or_default());
             }
@@ -792,13 +820,11 @@ async fn vpc_attribute(
     attribute: aws_sdk_ec2::types::VpcAttributeName,
 ) -> Result<bool> {
     let out = clients
-        .ec2
-        .describe_vpc_attribute()
-        .vpc_id(vpc_id)
-        .attribute(attribute.clone())
-        .send()
-        .await
-        .map_err(|e| aws_error("ec2:DescribeVpcAttribute", clients.caller, e))?;
+        .read(Service::Ec2, || async {
+            let out = clients.ec2.describe_vpc_attribute().vpc_id(vpc_id).attribute(attribute.clone()).send().await;
+            out.map_err(|e| aws_error("ec2:DescribeVpcAttribute", clients.caller, e))
+        })
+        .await?;
     let value = match attribute {
         aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames => out.enable_dns_hostnames(),
         _ => out.enable_dns_support(),

@@ -51,12 +51,16 @@ impl SecurityGroups<'_> {
 
     /// The group named `name` in the VPC.
     pub async fn find(&self, vpc_id: &str, name: &str) -> Result<Option<SecurityGroup>> {
+        let read = || {
+            self.ec2
+                .describe_security_groups()
+                .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+                .filters(Filter::builder().name("group-name").values(name).build())
+                .send()
+        };
         let out = self
-            .ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-            .filters(Filter::builder().name("group-name").values(name).build())
-            .send()
+            .limiter
+            .read(self.account, Service::Ec2, read)
             .await
             .map_err(|e| self.fail("ec2:DescribeSecurityGroups", e))?;
         Ok(out.security_groups().iter().filter_map(security_group_of).next())

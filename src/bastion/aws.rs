@@ -107,8 +107,9 @@ impl<'a> BastionAws<'a> {
 
     /// The image ID the public parameter names today.
     pub async fn latest_image(&self, parameter: &str) -> Result<String> {
+        let read = || self.ssm.get_parameter().name(parameter).send();
         let out =
-            self.ssm.get_parameter().name(parameter).send().await.map_err(|e| self.fail("ssm:GetParameter", e))?;
+            self.limiter.read(&self.account, Service::Ssm, read).await.map_err(|e| self.fail("ssm:GetParameter", e))?;
         out.parameter()
             .and_then(|p| p.value())
             .filter(|v| v.starts_with("ami-"))
@@ -124,12 +125,16 @@ impl<'a> BastionAws<'a> {
         let mut out = Vec::new();
         let mut token = None;
         loop {
+            let read = || {
+                self.ec2
+                    .describe_instances()
+                    .filters(Filter::builder().name(format!("tag:{OWNER_UID_TAG}")).values(uid).build())
+                    .set_next_token(token)
+                    .send()
+            };
             let page = self
-                .ec2
-                .describe_instances()
-                .filters(Filter::builder().name(format!("tag:{OWNER_UID_TAG}")).values(uid).build())
-                .set_next_token(token)
-                .send()
+                .limiter
+                .read(&self.account, Service::Ec2, read)
                 .await
                 .map_err(|e| self.fail("ec2:DescribeInstances", e))?;
             for r in page.reservations() {
@@ -231,7 +236,12 @@ impl<'a> BastionAws<'a> {
 
     /// The key pairs whose name starts with `prefix` (the Bastion's base name, which ends in its UID).
     pub async fn key_pairs(&self, prefix: &str) -> Result<Vec<KeyPair>> {
-        let out = self.ec2.describe_key_pairs().send().await.map_err(|e| self.fail("ec2:DescribeKeyPairs", e))?;
+        let read = || self.ec2.describe_key_pairs().send();
+        let out = self
+            .limiter
+            .read(&self.account, Service::Ec2, read)
+            .await
+            .map_err(|e| self.fail("ec2:DescribeKeyPairs", e))?;
         Ok(out
             .key_pairs()
             .iter()
@@ -282,7 +292,8 @@ impl<'a> BastionAws<'a> {
     // ----- IAM: the role -----
 
     pub async fn role(&self, name: &str) -> Result<Option<IamEntity>> {
-        match self.iam.get_role().role_name(name).send().await {
+        let read = || self.iam.get_role().role_name(name).send();
+        match self.limiter.read(&self.account, Service::Iam, read).await {
             Ok(out) => Ok(out.role().map(|r| IamEntity {
                 arn: r.arn().to_string(),
                 tags: iam_tag_map(r.tags()),
@@ -327,7 +338,8 @@ impl<'a> BastionAws<'a> {
 
     /// The names of the role's inline policies.
     pub async fn role_policies(&self, role: &str) -> Result<BTreeSet<String>> {
-        match self.iam.list_role_policies().role_name(role).send().await {
+        let read = || self.iam.list_role_policies().role_name(role).send();
+        match self.limiter.read(&self.account, Service::Iam, read).await {
             Ok(out) => Ok(out.policy_names().iter().cloned().collect()),
             Err(e) if code(&e) == Some("NoSuchEntity") => Ok(BTreeSet::new()),
             Err(e) => Err(self.fail("iam:ListRolePolicies", e)),
@@ -336,7 +348,8 @@ impl<'a> BastionAws<'a> {
 
     /// The ARNs of the managed policies attached to the role.
     pub async fn attached_policies(&self, role: &str) -> Result<BTreeSet<String>> {
-        match self.iam.list_attached_role_policies().role_name(role).send().await {
+        let read = || self.iam.list_attached_role_policies().role_name(role).send();
+        match self.limiter.read(&self.account, Service::Iam, read).await {
             Ok(out) => Ok(out.attached_policies().iter().filter_map(|p| p.policy_arn().map(str::to_string)).collect()),
             Err(e) if code(&e) == Some("NoSuchEntity") => Ok(BTreeSet::new()),
             Err(e) => Err(self.fail("iam:ListAttachedRolePolicies", e)),
@@ -397,7 +410,8 @@ impl<'a> BastionAws<'a> {
     // ----- IAM: the instance profile -----
 
     pub async fn instance_profile(&self, name: &str) -> Result<Option<IamEntity>> {
-        match self.iam.get_instance_profile().instance_profile_name(name).send().await {
+        let read = || self.iam.get_instance_profile().instance_profile_name(name).send();
+        match self.limiter.read(&self.account, Service::Iam, read).await {
             Ok(out) => Ok(out.instance_profile().map(|p| IamEntity {
                 arn: p.arn().to_string(),
                 tags: iam_tag_map(p.tags()),

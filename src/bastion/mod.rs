@@ -6,4 +6,5 @@ mod keys;
 mod plan;
 mod reconcile;
 
+pub use plan::NAME_PREFIX;
 pub use reconcile::{EXPIRED, grants_database_access};

@@ -27,6 +27,9 @@ pub const PERIOD_ANNOTATION: &str = "tinystacks.io/ttl-period";
 /// Shown in the tunnel command while the Stack has no Database with an endpoint.
 pub const DB_PLACEHOLDER: &str = "<database-endpoint>";
 
+/// How the names of a Bastion's role, instance profile, security group and key pairs begin.
+pub const NAME_PREFIX: &str = "bastion-";
+
 /// The names of everything the operator creates for one Bastion. They end in the object's UID, so
 /// a Bastion re-created under the same name never adopts what a predecessor left behind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,10 +53,10 @@ impl Names {
                 readable.push(c);
             }
         }
-        readable.truncate(MAX_IAM_NAME - "bastion-".len() - uid_part.len() - 1);
+        readable.truncate(MAX_IAM_NAME - NAME_PREFIX.len() - uid_part.len() - 1);
         let readable = readable.trim_end_matches('-');
         Self {
-            base: format!("bastion-{readable}-{uid_part}"),
+            base: format!("{NAME_PREFIX}{readable}-{uid_part}"),
             key_secret: format!("{name}-ssh-key"),
             display: format!("{namespace}/{stack}/{name}"),
         }

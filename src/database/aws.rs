@@ -68,6 +68,8 @@ impl<'a> DatabaseAws<'a> {
             rds: &self.rds,
             secrets: &self.secrets,
             caller: &self.caller,
+            limiter: &self.ctx.limiter,
+            account: &self.scope.account,
         };
         self.ctx.inventory.snapshot(&self.scope, &clients, self.ctx.settings.resync_period).await
     }
@@ -98,7 +100,8 @@ impl<'a> DatabaseAws<'a> {
 
     /// Reads the subnet group named `name` now (not from the inventory), and records what it found.
     pub async fn subnet_group(&self, name: &str) -> Result<Option<DbSubnetGroup>> {
-        let found = match self.rds.describe_db_subnet_groups().db_subnet_group_name(name).send().await {
+        let read = || self.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
+        let found = match self.ctx.limiter.read(&self.scope.account, Service::Rds, read).await {
             Ok(out) => out.db_subnet_groups().first().and_then(inventory::db_subnet_group_of),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => None,
             Err(e) => return Err(self.fail("rds:DescribeDBSubnetGroups", e)),
@@ -193,7 +196,8 @@ impl<'a> DatabaseAws<'a> {
 
     /// Reads the instance now (not from the inventory), and records what it found.
     pub async fn instance(&self, identifier: &str) -> Result<Option<ObservedInstance>> {
-        let found = match self.rds.describe_db_instances().db_instance_identifier(identifier).send().await {
+        let read = || self.rds.describe_db_instances().db_instance_identifier(identifier).send();
+        let found = match self.ctx.limiter.read(&self.scope.account, Service::Rds, read).await {
             Ok(out) => out.db_instances().first().map(observed_instance),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => None,
             Err(e) => return Err(self.fail("rds:DescribeDBInstances", e)),
@@ -315,7 +319,8 @@ impl<'a> DatabaseAws<'a> {
 
     /// Reads the secret (by name or ARN) now, not from the inventory, and records what it found.
     pub async fn secret(&self, name: &str) -> Result<Option<SecretInfo>> {
-        let found = match self.secrets.describe_secret().secret_id(name).send().await {
+        let read = || self.secrets.describe_secret().secret_id(name).send();
+        let found = match self.ctx.limiter.read(&self.scope.account, Service::SecretsManager, read).await {
             Ok(out) => out.arn().map(|arn| SecretInfo {
                 name: out.name().unwrap_or(name).to_string(),
                 arn: arn.to_string(),
@@ -337,10 +342,11 @@ impl<'a> DatabaseAws<'a> {
 
     pub async fn secret_value(&self, arn: &str) -> Result<SecretValue> {
         let out = self
-            .secrets
-            .get_secret_value()
-            .secret_id(arn)
-            .send()
+            .ctx
+            .limiter
+            .read(&self.scope.account, Service::SecretsManager, || {
+                self.secrets.get_secret_value().secret_id(arn).send()
+            })
             .await
             .map_err(|e| self.fail("secretsmanager:GetSecretValue", e))?;
         let document = match out.secret_string() {

@@ -198,6 +198,7 @@ where
 async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, stop: watch::Receiver<bool>) {
     let wc = watcher::Config::default;
     let config = ControllerConfig::default().concurrency(options.concurrency);
+    let backoff = WatchBackoff::default;
     let stopped = move || {
         let mut stop = stop.clone();
         async move {
@@ -212,13 +213,14 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
     // A link wakes when a Stack that uses it changes (deletion waits for them).
     let link_controller = Controller::new(links.clone(), wc())
         .with_config(config.clone())
+        .trigger_backoff(backoff())
         .watches(stacks.clone(), wc(), |s: Guarded<Stack>| {
             s.0.ok().map(|s| ObjectRef::new(&s.spec.account_link_ref.name))
         })
         .graceful_shutdown_on(stopped());
 
     // A Stack wakes when its link changes, and when its Databases or Bastions change.
-    let stack_controller = Controller::new(stacks.clone(), wc()).with_config(config.clone());
+    let stack_controller = Controller::new(stacks.clone(), wc()).with_config(config.clone()).trigger_backoff(backoff());
     let store = stack_controller.store();
     let stack_controller = stack_controller
         .watches(links, wc(), move |l: Guarded<AwsAccountLink>| {
@@ -238,7 +240,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
     // A Database wakes when its Stack changes, when a Bastion of its Stack comes or goes, and when
     // its connection Secret is edited or deleted (so that it is written again at once).
     let databases_for_bastions = databases.clone();
-    let database_controller = Controller::new(databases, wc()).with_config(config.clone());
+    let database_controller = Controller::new(databases, wc()).with_config(config.clone()).trigger_backoff(backoff());
     let connection_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
     let managed = format!("{}={}", crate::database::MANAGED_LABEL, context::FIELD_MANAGER);
     let managed_for_bastions = managed.clone();
@@ -259,7 +261,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
 
     // A Bastion wakes when its Stack changes, when a Database of its Stack changes (the tunnel
     // command names its endpoint), and when its generated key's Secret is edited or deleted.
-    let bastion_controller = Controller::new(bastions, wc()).with_config(config);
+    let bastion_controller = Controller::new(bastions, wc()).with_config(config).trigger_backoff(backoff());
     let bastion_store = bastion_controller.store();
     let bastion_store_2 = bastion_store.clone();
     let key_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
@@ -287,6 +289,46 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
     );
 }
 
+/// The pause after a watch error before a controller polls its watches again: 250 ms, doubling up
+/// to 4 s, back to 250 ms after any event.
+///
+/// kube's default (800 ms doubling to 30 s, with jitter up to twice that) suits one watch, but a
+/// controller merges all its watches into one stream with one backoff: while the API server
+/// restarts, every failed reconnect of every watch doubles the pause, and each watch's `410 Gone`
+/// when the server is back doubles it again. The controller then heard nothing for minutes after
+/// the server had returned, and a spec change made then waited for the resync.
+#[derive(Clone, Copy, Debug)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(4);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.next;
+        self.next = (current * 2).min(Self::MAX);
+        Some(current)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
 async fn drain<S, T, E>(stream: S)
 where
     S: futures::Stream<Item = Result<T, E>>,
@@ -299,4 +341,23 @@ where
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WatchBackoff;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn the_watch_backoff_is_capped_never_gives_up_and_starts_over_after_an_event() {
+        let mut backoff = WatchBackoff::default();
+        let pauses: Vec<Duration> = backoff.by_ref().take(8).collect();
+        let ms: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 4000, 4000, 4000]);
+        // However many errors an outage brings, the longest deafness after it is one cap.
+        assert_eq!(backoff.nth(1000), Some(WatchBackoff::MAX));
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(WatchBackoff::FIRST));
+    }
 }

@@ -59,6 +59,8 @@ impl Network {
             rds: &self.rds,
             secrets: &self.secrets,
             caller: &self.caller,
+            limiter: &ctx.limiter,
+            account: &self.scope.account,
         };
         ctx.inventory.snapshot(&self.scope, &clients, ctx.settings.resync_period).await
     }
@@ -547,7 +549,7 @@ impl Network {
             }
             Deletion::VpcEndpoints(ids) => {
                 let out = self
-                    .ec2(ctx, "ec2:DeleteVpcEndpoints", gone, || {
+                    .ec2(ctx, "ec2:DeleteVpcEndpoints", &["InvalidVpcEndpointId.NotFound"], || {
                         ec2.delete_vpc_endpoints().set_vpc_endpoint_ids(Some(ids.clone())).send()
                     })
                     .await?;

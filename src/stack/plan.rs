@@ -1128,6 +1128,7 @@ fn kms(
 /// Resources of the stack that the plan no longer has (a spec change: fewer NAT gateways, no VPC
 /// Link) or has twice, removed once nothing depends on them.
 fn extras(plan: &NetworkPlan, observed: &Observed, vpc_id: &str, d: &mut Diff, waiting: &mut Vec<String>) {
+    let planned_actions: Vec<Action> = d.changes.iter().map(|c| c.action.clone()).collect();
     let chosen = |c: Option<&str>, id: &str, pick_id: Option<&str>| -> bool { c.is_some() && pick_id == Some(id) };
     let mut delete = |what: String, component: &str, deletion: Deletion| {
         d.changes.push(Change { what, component: component.into(), action: Action::Delete(deletion) });
@@ -1186,6 +1187,113 @@ fn extras(plan: &NetworkPlan, observed: &Observed, vpc_id: &str, d: &mut Diff, w
                 c,
                 Deletion::Address(a.allocation_id.clone()),
             );
+        }
+    }
+
+    // Route tables: a surplus one (a create retried after its answer was lost makes a second
+    // table with the same component) loses its subnets first, then goes once no endpoint routes
+    // through it (the kept table took its place in the endpoint just before).
+    let planned_tables: BTreeSet<&str> = plan.route_tables.iter().map(|t| t.component.as_str()).collect();
+    for t in &observed.route_tables {
+        let c = component(&t.tags).unwrap_or_default();
+        let keep = planned_tables.contains(c)
+            && pick(&observed.route_tables, c, |x| &x.tags, |x| x.vpc_id == vpc_id, |x| &x.id)
+                .is_some_and(|k| k.id == t.id);
+        if keep {
+            continue;
+        }
+        let what = if planned_tables.contains(c) { "a second table of the component" } else { "not in the plan" };
+        let associations: Vec<&str> =
+            t.associations.iter().filter(|a| a.subnet_id.is_some()).map(|a| a.id.as_str()).collect();
+        let routed = observed.vpc_endpoints.iter().any(|e| !going(&e.state) && e.route_table_ids.contains(&t.id));
+        if !associations.is_empty() {
+            for a in associations {
+                let deletion = Deletion::Disassociate(a.to_string());
+                if !planned_actions.contains(&Action::Delete(deletion.clone())) {
+                    delete(
+                        format!("route table {} ({c}) is {what}; its association {a} goes first", t.id),
+                        c,
+                        deletion,
+                    );
+                }
+            }
+        } else if routed {
+            waiting.push(format!("route table {} ({c}) is {what}; a VPC endpoint still routes through it", t.id));
+        } else {
+            delete(format!("route table {} ({c}) is {what}", t.id), c, Deletion::RouteTable(t.id.clone()));
+        }
+    }
+
+    // A second internet gateway or VPC endpoint of a component: detached, then deleted.
+    for g in &observed.internet_gateways {
+        let keep = plan.internet_gateway
+            && pick(&observed.internet_gateways, IGW, |x| &x.tags, |_| true, |x| &x.id).is_some_and(|k| k.id == g.id);
+        if keep {
+            continue;
+        }
+        match g.attached_vpcs.first() {
+            Some(attached) => delete(
+                format!("internet gateway {} is not the stack's one; detached from {attached} first", g.id),
+                IGW,
+                Deletion::DetachInternetGateway { gateway_id: g.id.clone(), vpc_id: attached.clone() },
+            ),
+            None => delete(
+                format!("internet gateway {} is not the stack's one", g.id),
+                IGW,
+                Deletion::InternetGateway(g.id.clone()),
+            ),
+        }
+    }
+    let planned_endpoints: BTreeSet<&str> = plan.endpoints.iter().map(|e| e.component.as_str()).collect();
+    let surplus_endpoints: Vec<String> = observed
+        .vpc_endpoints
+        .iter()
+        .filter(|e| !going(&e.state))
+        .filter(|e| {
+            let c = component(&e.tags).unwrap_or_default();
+            !(planned_endpoints.contains(c)
+                && pick(&observed.vpc_endpoints, c, |x| &x.tags, |x| !going(&x.state) && x.vpc_id == vpc_id, |x| &x.id)
+                    .is_some_and(|k| k.id == e.id))
+        })
+        .map(|e| e.id.clone())
+        .collect();
+    if !surplus_endpoints.is_empty() {
+        delete(
+            format!(
+                "VPC endpoints {} are not in the plan or a second one of their component",
+                surplus_endpoints.join(", ")
+            ),
+            "vpce",
+            Deletion::VpcEndpoints(surplus_endpoints),
+        );
+    }
+
+    // A second KMS key (CreateKey has no idempotency token): scheduled for deletion once the
+    // alias names the kept one.
+    if let Some(target) = observed.alias.as_ref().and_then(|a| a.target_key_id.as_deref()) {
+        for k in observed.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")) {
+            if k.key_id != target {
+                delete(
+                    format!("KMS key {} is a second key of the stack; the alias names {target}", k.key_id),
+                    KMS,
+                    Deletion::Key(k.key_id.clone()),
+                );
+            }
+        }
+    }
+
+    // A second VPC, once nothing of the stack is left in it.
+    for v in observed.vpcs.iter().filter(|v| v.id != vpc_id) {
+        let used = observed.subnets.iter().any(|x| x.vpc_id == v.id)
+            || observed.route_tables.iter().any(|x| x.vpc_id == v.id)
+            || observed.security_groups.iter().any(|x| x.vpc_id == v.id)
+            || observed.nat_gateways.iter().any(|x| !gone(&x.state) && x.vpc_id == v.id)
+            || observed.vpc_endpoints.iter().any(|x| !gone(&x.state) && x.vpc_id == v.id)
+            || observed.internet_gateways.iter().any(|g| g.attached_vpcs.contains(&v.id));
+        if used {
+            waiting.push(format!("VPC {} is a second VPC of the stack; what is in it goes first", v.id));
+        } else {
+            delete(format!("VPC {} is a second VPC of the stack", v.id), VPC, Deletion::Vpc(v.id.clone()));
         }
     }
 

@@ -44,6 +44,8 @@ pub struct FaultCounts {
     pub server_errors: usize,
     pub unavailable: usize,
     pub dropped: usize,
+    /// The throttling answers by error code (each service's own).
+    pub throttle_codes: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Default)]
@@ -59,6 +61,10 @@ struct State {
     /// Every call's action, when it was sent and how long moto took to answer (the benchmark's
     /// critical path).
     timings: Vec<Timing>,
+    /// The answers to requests that carried an idempotency token (`ClientToken=`), by action and
+    /// token: AWS answers a retry with the same token as the first call rather than acting again,
+    /// which moto does not do; the proxy does it for moto.
+    idempotent: HashMap<(String, String), Vec<u8>>,
 }
 
 /// One call through the proxy: its action (or `METHOD /path` for REST APIs), when the proxy
@@ -105,6 +111,18 @@ impl FaultProxy {
     pub fn rewrite(&self, action: &str, from: &str, to: &str, times: usize) {
         let rewrite = Rewrite { action: action.into(), from: from.into(), to: to.into(), times };
         self.state.lock().unwrap().rewrites.push(rewrite);
+    }
+
+    /// Keeps slow resources in their in-between states for the next `polls` answers that show them
+    /// done, as real AWS does for minutes where moto is done at once: NAT gateways and VPC
+    /// endpoints `pending`, RDS instances `creating`, on the way
+    /// up; NAT gateways `deleting` on the way down.
+    pub fn hold_in_between_states(&self, polls: usize) {
+        self.rewrite("DescribeNatGateways", "<state>available</state>", "<state>pending</state>", polls);
+        self.rewrite("DescribeNatGateways", "<state>deleted</state>", "<state>deleting</state>", polls);
+        self.rewrite("DescribeVpcEndpoints", "<state>available</state>", "<state>pending</state>", polls);
+        let available = "<DBInstanceStatus>available</DBInstanceStatus>";
+        self.rewrite("DescribeDBInstances", available, "<DBInstanceStatus>creating</DBInstanceStatus>", polls);
     }
 
     /// How many requests for `action` (`CreateDBInstance`, `GetSecretValue`, ...) went through.
@@ -160,7 +178,18 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        if let Some(answer) = fault.and_then(|f| error_answer(f, &head)) {
+        if let Some((code, answer)) = fault.and_then(|f| error_answer(f, &head)) {
+            if fault == Some(Fault::Throttle) {
+                *state.lock().unwrap().fault_counts.throttle_codes.entry(code.to_string()).or_default() += 1;
+            }
+            if client.write_all(&answer).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let token = client_token(&body).map(|t| (action.clone(), t));
+        let replay = token.as_ref().and_then(|t| state.lock().unwrap().idempotent.get(t).cloned());
+        if let Some(answer) = replay {
             if client.write_all(&answer).await.is_err() {
                 return;
             }
@@ -173,6 +202,9 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
             return;
         }
         let Some((head, mut body)) = read_message(&mut server, false).await else { return };
+        if let Some(token) = token.filter(|_| head.starts_with(b"HTTP/1.1 2")) {
+            state.lock().unwrap().idempotent.insert(token, answer_of(&head, &body));
+        }
         if fault == Some(Fault::DropAfter) {
             // The request took effect; its answer is lost with the connection.
             return;
@@ -190,14 +222,19 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
                 *state.rewritten.entry(action.clone()).or_default() += 1;
             }
         }
-        let head = rewrite_header(&head, "transfer-encoding", None);
-        let head = rewrite_header(&head, "content-length", Some(&body.len().to_string()));
-        let mut head = rewrite_header(&head, "connection", Some("keep-alive"));
-        head.extend_from_slice(&body);
-        if client.write_all(&head).await.is_err() {
+        if client.write_all(&answer_of(&head, &body)).await.is_err() {
             return;
         }
     }
+}
+
+/// A whole answer to the client: moto's head, made to keep the connection, and the body.
+fn answer_of(head: &[u8], body: &[u8]) -> Vec<u8> {
+    let head = rewrite_header(head, "transfer-encoding", None);
+    let head = rewrite_header(&head, "content-length", Some(&body.len().to_string()));
+    let mut answer = rewrite_header(&head, "connection", Some("keep-alive"));
+    answer.extend_from_slice(body);
+    answer
 }
 
 /// Reads one HTTP/1.1 message: its head (up to and including the blank line) and its body, with a
@@ -270,6 +307,12 @@ fn rewrite_header(head: &[u8], name: &str, value: Option<&str>) -> Vec<u8> {
     format!("{}\r\n\r\n", lines.join("\r\n")).into_bytes()
 }
 
+/// The `ClientToken` of a query-protocol request (EC2), if it carries one.
+fn client_token(body: &[u8]) -> Option<String> {
+    let body = String::from_utf8_lossy(body);
+    body.split('&').find_map(|kv| kv.strip_prefix("ClientToken=")).filter(|t| !t.is_empty()).map(str::to_string)
+}
+
 /// `METHOD /path` of a request, for the REST APIs (API Gateway) that name no action.
 fn request_line(head: &[u8]) -> String {
     let text = String::from_utf8_lossy(head);
@@ -332,8 +375,9 @@ fn service_of(head: &str) -> String {
     head.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or_default().to_string()
 }
 
-/// A whole HTTP answer for `fault` in the protocol of the request's service; `None` for a drop.
-fn error_answer(fault: Fault, head: &[u8]) -> Option<Vec<u8>> {
+/// The error code and the whole HTTP answer for `fault` in the protocol of the request's service;
+/// `None` for a drop.
+fn error_answer(fault: Fault, head: &[u8]) -> Option<(&'static str, Vec<u8>)> {
     let head = String::from_utf8_lossy(head);
     let json = head.lines().any(|l| l.to_lowercase().starts_with("x-amz-target:"));
     let service = service_of(&head);
@@ -375,5 +419,5 @@ fn error_answer(fault: Fault, head: &[u8]) -> Option<Vec<u8>> {
     )
     .into_bytes();
     answer.extend_from_slice(body.as_bytes());
-    Some(answer)
+    Some((code, answer))
 }

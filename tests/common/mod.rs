@@ -14,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A client for the test control plane; fails with the command to run when it is not up.
 pub async fn client() -> Client {
@@ -80,6 +80,8 @@ impl Drop for TestNamespace {
 /// The operator binary running against the test control plane, killed when dropped.
 pub struct Operator {
     child: Child,
+    /// The watch recording the generated secrets while the operator runs (`secrets.rs`).
+    recorder: Option<tokio::task::AbortHandle>,
     pub metrics_port: u16,
     pub identity: String,
     pub log: PathBuf,
@@ -102,7 +104,7 @@ impl Operator {
     pub fn start_with_env(config: OperatorConfig<'_>, env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();
         let identity = format!("test-operator-{}", suffix());
-        let log = std::env::temp_dir().join(format!("{identity}.log"));
+        let log = secrets::log_dir().join(format!("{identity}.log"));
         let file = std::fs::File::create(&log).expect("operator log file");
         // `TINYSTACKS_OPERATOR_BIN` names a copy of the binary: with a target directory shared by
         // several checkouts, another build may replace the one cargo built for these tests.
@@ -125,7 +127,20 @@ impl Operator {
             .stderr(file)
             .spawn()
             .expect("start the operator");
-        Self { child, metrics_port, identity, log }
+        let recorder = secrets::watch_generated_secrets();
+        Self { child, recorder, metrics_port, identity, log }
+    }
+
+    /// An operator without leader election that watches `namespace` only and keeps its Lease and
+    /// ConfigMaps there.
+    pub fn in_namespace(namespace: &str, resync: &str, env: &[(&str, &str)]) -> Self {
+        let config = OperatorConfig {
+            namespace,
+            lease_name: "tinystacks-operator",
+            resync,
+            extra_args: vec!["--watch-namespace".into(), namespace.into(), "--leader-election".into(), "false".into()],
+        };
+        Self::start_with_env(config, env)
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
@@ -160,6 +175,10 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(recorder) = self.recorder.take() {
+            recorder.abort();
+        }
+        secrets::save_cluster_said(&self.identity);
         if std::thread::panicking() {
             eprintln!("--- operator log ({}) ---\n{}", self.log.display(), self.logs());
         }
@@ -244,5 +263,29 @@ pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<
         .collect()
 }
 
+/// A link that verifies: CloudFormation mode in a fresh moto account, whose credentials are the
+/// bootstrap Secret in `ns`.
+pub async fn verified_link_spec(client: &Client, ns: &str, allowed: &[&str]) -> Value {
+    use aws_credential_types::provider::ProvideCredentials;
+    let account = moto::new_account_id();
+    let config = moto::account_config(&account).await;
+    let provider = config.credentials_provider().expect("a credentials provider");
+    let creds = provider.provide_credentials().await.expect("credentials");
+    let mut data = serde_json::Map::new();
+    data.insert("AWS_ACCESS_KEY_ID".into(), json!(creds.access_key_id()));
+    data.insert("AWS_SECRET_ACCESS_KEY".into(), json!(creds.secret_access_key()));
+    if let Some(token) = creds.session_token() {
+        data.insert("AWS_SESSION_TOKEN".into(), json!(token));
+    }
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "bootstrap"}, "stringData": data})).expect("Secret");
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
+    secrets.create(&PostParams::default(), &secret).await.expect("bootstrap Secret");
+    json!({"accountId": account, "region": "us-east-1", "allowedNamespaces": allowed,
+           "bootstrap": {"mode": "CloudFormation", "credentialsSecretRef": {"namespace": ns, "name": "bootstrap"}}})
+}
+
 pub mod fault_proxy;
+pub mod invariants;
 pub mod moto;
+pub mod secrets;

@@ -664,3 +664,89 @@ fn only_the_owner_s_resources_are_observed() {
     assert_eq!(o.vpcs[0].id, "vpc-1");
     assert!(o.alias.is_some());
 }
+
+/// Counts of what a converged account holds, per kind, for comparing two runs.
+fn counts(o: &Observed) -> [usize; 10] {
+    let live_nats = o.nat_gateways.iter().filter(|n| !gone(&n.state)).count();
+    let live_keys = o.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")).count();
+    [
+        o.vpcs.len(),
+        o.subnets.len(),
+        o.route_tables.len(),
+        o.internet_gateways.len(),
+        o.addresses.len(),
+        live_nats,
+        o.security_groups.len(),
+        o.vpc_endpoints.len(),
+        o.vpc_links.len(),
+        live_keys,
+    ]
+}
+
+#[test]
+fn creates_repeated_after_a_lost_answer_converge_to_one_of_each() {
+    for plan in [public_private(), private_isolated()] {
+        let mut clean = Account::default();
+        clean.converge(&plan);
+        // Every create that AWS does not make idempotent by name or token is made twice, as when
+        // the answer is lost and the SDK sends the request again.
+        let mut account = Account::default();
+        for _ in 0..300 {
+            let d = diff(&plan, &account.observed, &Previous::default());
+            let Some(first) = d.changes.first() else { break };
+            let action = first.action.clone();
+            account.apply(&action);
+            if matches!(
+                action,
+                Action::CreateVpc { .. }
+                    | Action::CreateRouteTable { .. }
+                    | Action::CreateInternetGateway { .. }
+                    | Action::CreateVpcEndpoint(_)
+                    | Action::CreateKey { .. }
+            ) {
+                account.apply(&action);
+            }
+        }
+        account.converge(&plan);
+        assert_eq!(counts(&account.observed), counts(&clean.observed), "{:?}", plan.pattern);
+        let o = &account.observed;
+        for s in &o.subnets {
+            let tables =
+                o.route_tables.iter().filter(|t| t.associations.iter().any(|a| a.subnet_id.as_ref() == Some(&s.id)));
+            assert_eq!(tables.count(), 1, "{} is associated once", s.id);
+        }
+        account.tear_down(&owner().kms_alias());
+        assert!(account.observed.is_empty());
+    }
+}
+
+#[test]
+fn a_surplus_table_with_the_lower_id_takes_over_and_the_other_is_disassociated_then_deleted() {
+    let plan = public_private();
+    let mut account = Account::default();
+    account.converge(&plan);
+    let private = account.observed.route_tables.iter().find(|t| component(&t.tags) == Some("rtb/private/0")).unwrap();
+    let (old_id, subnets) = (private.id.clone(), private.associations.len());
+    assert!(subnets > 0);
+    let mut twin = private.clone();
+    twin.id = "rtb-0000".into();
+    twin.associations.clear();
+    twin.routes.retain(|r| r.target == RouteTarget::Local);
+    account.observed.route_tables.push(twin);
+
+    let d = diff(&plan, &account.observed, &Previous::default());
+    assert!(
+        !d.changes.iter().any(|c| c.action == Action::Delete(Deletion::RouteTable(old_id.clone())))
+            && d.changes.iter().any(|c| matches!(c.action, Action::Delete(Deletion::Disassociate(_)))),
+        "the associated surplus is disassociated before it is deleted: {:?}",
+        d.changes
+    );
+    account.converge(&plan);
+    let tables: Vec<&RouteTable> =
+        account.observed.route_tables.iter().filter(|t| component(&t.tags) == Some("rtb/private/0")).collect();
+    assert_eq!(tables.len(), 1);
+    assert_eq!(tables[0].id, "rtb-0000");
+    assert_eq!(tables[0].associations.len(), subnets);
+    assert!(tables[0].routes.iter().any(|r| r.destination == DEFAULT_ROUTE));
+    assert_eq!(account.observed.route_tables.len(), 3);
+}

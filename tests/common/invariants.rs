@@ -1,0 +1,145 @@
+//! The security invariants that must hold in an account whatever happened to the operator (faults,
+//! crashes, restarts), checked against what moto holds rather than against the operator's status.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{Filter, IpPermission, SecurityGroup};
+
+use super::moto::account_config;
+
+const OWNER_UID_TAG: &str = "tinystacks.io/owner-uid";
+const OWNER_TAG: &str = "tinystacks.io/owner";
+const COMPONENT_TAG: &str = "tinystacks.io/component";
+
+/// Asserts, for everything the operator made in moto's `account` (region from the environment):
+/// - no RDS instance is publicly accessible or unencrypted;
+/// - every security group of an RDS instance admits only security groups (a Stack's `sg/app`
+///   group or a Bastion's group), never an address range;
+/// - port 22 is admitted from an address range only by a Bastion's group, and only from one of
+///   `ssh_cidrs` (the `allowedCidrs` of the account's SSH Bastions; empty when there are none);
+/// - the route tables of isolated subnets (`subnet/isolated/*`) have no route out: only the local
+///   route and gateway endpoints' routes, nothing to an internet or NAT gateway.
+///
+/// Panics with every violation found, so a test calls it after each fault run, crash or restart.
+pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
+    let config = account_config(account).await;
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let rds = aws_sdk_rds::Client::new(&config);
+    let mut violations = Vec::new();
+
+    let groups: Vec<SecurityGroup> = ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("tag-key").values(OWNER_UID_TAG).build())
+        .send()
+        .await
+        .expect("describe security groups")
+        .security_groups()
+        .to_vec();
+    let by_id: BTreeMap<&str, &SecurityGroup> = groups.iter().filter_map(|g| Some((g.group_id()?, g))).collect();
+    let tag = |g: &SecurityGroup, key: &str| -> Option<String> {
+        g.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_string)
+    };
+    let is_bastion = |g: &SecurityGroup| tag(g, OWNER_TAG).is_some_and(|o| o.starts_with("Bastion/"));
+    let is_app = |g: &SecurityGroup| tag(g, COMPONENT_TAG).as_deref() == Some("sg/app");
+
+    let instances = rds.describe_db_instances().send().await.expect("describe DB instances");
+    for i in instances.db_instances() {
+        let name = i.db_instance_identifier().unwrap_or_default();
+        if i.publicly_accessible() != Some(false) {
+            violations.push(format!("DB instance {name} is publicly accessible ({:?})", i.publicly_accessible()));
+        }
+        if i.storage_encrypted() != Some(true) {
+            violations.push(format!("DB instance {name} is not encrypted ({:?})", i.storage_encrypted()));
+        }
+        for membership in i.vpc_security_groups() {
+            let id = membership.vpc_security_group_id().unwrap_or_default();
+            let Some(group) = by_id.get(id) else {
+                violations
+                    .push(format!("DB instance {name} has the security group {id}, which the operator did not make"));
+                continue;
+            };
+            for p in group.ip_permissions() {
+                if !p.ip_ranges().is_empty() || !p.ipv6_ranges().is_empty() || !p.prefix_list_ids().is_empty() {
+                    violations.push(format!("DB group {id} of {name} admits address ranges: {p:?}"));
+                }
+                for pair in p.user_id_group_pairs() {
+                    let source = pair.group_id().unwrap_or_default();
+                    let allowed = by_id.get(source).is_some_and(|s| is_app(s) || is_bastion(s));
+                    if !allowed {
+                        violations
+                            .push(format!("DB group {id} of {name} admits {source}, not an app or Bastion group"));
+                    }
+                }
+            }
+        }
+    }
+
+    let covers_ssh = |p: &IpPermission| {
+        p.ip_protocol() == Some("-1")
+            || (p.ip_protocol() == Some("tcp")
+                && p.from_port().unwrap_or(0) <= 22
+                && p.to_port().unwrap_or(65535) >= 22)
+    };
+    for g in &groups {
+        let id = g.group_id().unwrap_or_default();
+        for p in g.ip_permissions().iter().filter(|p| covers_ssh(p)) {
+            let ranges: Vec<&str> = p
+                .ip_ranges()
+                .iter()
+                .filter_map(|r| r.cidr_ip())
+                .chain(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()))
+                .collect();
+            for range in ranges {
+                if !is_bastion(g) || !ssh_cidrs.contains(&range) {
+                    violations.push(format!("group {id} admits SSH from {range} ({:?})", tag(g, OWNER_TAG)));
+                }
+            }
+        }
+    }
+
+    let subnets = ec2
+        .describe_subnets()
+        .filters(Filter::builder().name("tag-key").values(OWNER_UID_TAG).build())
+        .send()
+        .await
+        .expect("describe subnets");
+    let isolated: Vec<&str> = subnets
+        .subnets()
+        .iter()
+        .filter(|s| {
+            s.tags()
+                .iter()
+                .any(|t| t.key() == Some(COMPONENT_TAG) && t.value().is_some_and(|v| v.starts_with("subnet/isolated/")))
+        })
+        .filter_map(|s| s.subnet_id())
+        .collect();
+    if !isolated.is_empty() {
+        let tables = ec2
+            .describe_route_tables()
+            .filters(Filter::builder().name("tag-key").values(OWNER_UID_TAG).build())
+            .send()
+            .await
+            .expect("describe route tables");
+        for t in tables.route_tables() {
+            let serves_isolated = t.associations().iter().any(|a| a.subnet_id().is_some_and(|s| isolated.contains(&s)));
+            if !serves_isolated {
+                continue;
+            }
+            for r in t.routes() {
+                let gateway = r.gateway_id().unwrap_or_default();
+                let local = gateway == "local";
+                let endpoint = gateway.starts_with("vpce-");
+                if !local && !endpoint {
+                    violations.push(format!(
+                        "route table {} of an isolated subnet has a route out: {:?} to {:?}",
+                        t.route_table_id().unwrap_or_default(),
+                        r.destination_cidr_block().or(r.destination_prefix_list_id()),
+                        r.gateway_id().or(r.nat_gateway_id()).or(r.instance_id()).or(r.transit_gateway_id())
+                    ));
+                }
+            }
+        }
+    }
+
+    assert!(violations.is_empty(), "security invariants violated in account {account}:\n{}", violations.join("\n"));
+}
