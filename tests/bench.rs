@@ -268,6 +268,7 @@ struct FullRun {
     link_at: f64,
     stack_at: f64,
     db_at: f64,
+    bastion_at: f64,
     calls: usize,
     by_service: BTreeMap<String, f64>,
     critical: f64,
@@ -305,6 +306,9 @@ fn mutating(action: &str) -> bool {
         "Update",
         "AssumeRole",
         "Schedule",
+        "Run",
+        "Import",
+        "Add",
         "POST ",
         "PUT ",
         "PATCH ",
@@ -509,7 +513,8 @@ impl Results {
             w,
             "Each run: a fresh AWS account in moto and a fresh operator process (default AWS rate limits, as in \
              production), then at once an `AwsAccountLink` in `CloudFormation` bootstrap mode, a `Stack` and a \
-             `Database` on it; timed from the create requests to all three `Ready=True` (polled every 100 ms). \
+             `Database` and a `Bastion` (SSM access, the defaults) on it; timed from the create requests to all \
+             four `Ready=True` (polled every 100 ms). \
              The operator talks to moto through a proxy (`tests/common/fault_proxy.rs`) that records every AWS \
              call and its latency (from the request reaching the proxy to moto's whole answer). The \
              **critical-path lower bound** is the sum of the latencies of the mutating calls (create, allocate, \
@@ -519,15 +524,13 @@ impl Results {
              subnet group, the key before the instance), so no schedule does them faster than one after another. \
              Reads are left out, though some are needed (the final reads that see the stack complete and the \
              instance available); subnets in different zones could in principle be made in parallel, which would \
-             shorten this bound by a little. \"AWS busy\" is the time in which at least one call was in flight. \
-             The Bastion is not included: on this branch it only waits for its Stack (`src/bastion/` does not \
-             create an instance yet).\n"
+             shorten this bound by a little. \"AWS busy\" is the time in which at least one call was in flight.\n"
         );
         let _ = writeln!(
             w,
-            "| Pattern | Runs | Time to all Ready | Link Ready at | Stack Ready at | Database Ready at | Critical path (mutations) | AWS busy | AWS calls to converge (link + stack + database) |"
+            "| Pattern | Runs | Time to all Ready | Link Ready at | Stack Ready at | Database Ready at | Bastion Ready at | Critical path (mutations) | Time to Ready / critical path | AWS busy | AWS calls to converge (link + stack + database + bastion) |"
         );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
         for pattern in ["PublicPrivate", "PrivateIsolated"] {
             let runs: Vec<&FullRun> = self.full.iter().filter(|r| r.pattern == pattern).collect();
             if runs.is_empty() {
@@ -538,14 +541,16 @@ impl Results {
                 if pattern == "PublicPrivate" { "PublicPrivate, NAT Single, VPC Link" } else { "PrivateIsolated" };
             let _ = writeln!(
                 w,
-                "| {label} | {} | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.2} s ({:.0} calls) | {:.2} s | {:.0} |",
+                "| {label} | {} | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.2} s ({:.0} calls) | {:.1}× | {:.2} s | {:.0} |",
                 runs.len(),
                 m(&|r| r.to_ready),
                 m(&|r| r.link_at),
                 m(&|r| r.stack_at),
                 m(&|r| r.db_at),
+                m(&|r| r.bastion_at),
                 m(&|r| r.critical),
                 m(&|r| r.mutations as f64),
+                m(&|r| r.to_ready / r.critical.max(f64::EPSILON)),
                 m(&|r| r.busy),
                 m(&|r| r.calls as f64),
             );
@@ -776,8 +781,8 @@ async fn bench() {
         for _ in 0..repeats {
             let run = full_stack(&bench, &client, &moto, &system.name, pattern).await;
             eprintln!(
-                "[bench] {pattern}: Ready in {:.1}s (link {:.1}, stack {:.1}, db {:.1}), {} calls, critical {:.2}s",
-                run.to_ready, run.link_at, run.stack_at, run.db_at, run.calls, run.critical
+                "[bench] {pattern}: Ready in {:.1}s (link {:.1}, stack {:.1}, db {:.1}, bastion {:.1}), {} calls, critical {:.2}s",
+                run.to_ready, run.link_at, run.stack_at, run.db_at, run.bastion_at, run.calls, run.critical
             );
             r.full.push(run);
             write(&r);
@@ -1050,15 +1055,17 @@ async fn full_stack(bench: &Bench, client: &Client, moto: &str, system: &str, pa
         json!({"stackRef": {"name": "web"}, "deletionPolicy": "Delete"}),
     )
     .await;
+    create(client, Some(&ns.name), "Bastion", "ops", json!({"stackRef": {"name": "web"}})).await;
     let links: Api<DynamicObject> = Api::all_with(client.clone(), &gvk("AwsAccountLink"));
     let stacks: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &gvk("Stack"));
     let dbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &gvk("Database"));
-    let (mut link_at, mut stack_at, mut db_at) = (None, None, None);
+    let bastions: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &gvk("Bastion"));
+    let (mut link_at, mut stack_at, mut db_at, mut bastion_at) = (None, None, None, None);
     let ready = |o: Result<DynamicObject, kube::Error>| {
         o.ok().and_then(|o| serde_json::to_value(o).ok()).is_some_and(|v| is_ready(&v))
     };
     let deadline = Instant::now() + Duration::from_secs(600);
-    while link_at.is_none() || stack_at.is_none() || db_at.is_none() {
+    while link_at.is_none() || stack_at.is_none() || db_at.is_none() || bastion_at.is_none() {
         assert!(Instant::now() < deadline, "{pattern}: not all Ready within 10 min");
         if link_at.is_none() && ready(links.get(&link).await) {
             link_at = Some(t0.elapsed());
@@ -1068,6 +1075,9 @@ async fn full_stack(bench: &Bench, client: &Client, moto: &str, system: &str, pa
         }
         if db_at.is_none() && ready(dbs.get("orders").await) {
             db_at = Some(t0.elapsed());
+        }
+        if bastion_at.is_none() && ready(bastions.get("ops").await) {
+            bastion_at = Some(t0.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1101,6 +1111,7 @@ async fn full_stack(bench: &Bench, client: &Client, moto: &str, system: &str, pa
         link_at: link_at.unwrap_or_default().as_secs_f64(),
         stack_at: stack_at.unwrap_or_default().as_secs_f64(),
         db_at: db_at.unwrap_or_default().as_secs_f64(),
+        bastion_at: bastion_at.unwrap_or_default().as_secs_f64(),
         calls: by_service.values().sum::<f64>() as usize,
         by_service,
         critical,
@@ -1141,4 +1152,5 @@ fn medians_and_busy_time() {
     let (a, b, c) = (t(0, 100), t(50, 100), t(300, 10));
     assert!((busy_time(&[&a, &b, &c]) - 0.16).abs() < 1e-9);
     assert!(mutating("CreateVpc") && mutating("POST /v2/vpclinks") && !mutating("DescribeVpcs"));
+    assert!(mutating("RunInstances") && mutating("AddRoleToInstanceProfile") && !mutating("DescribeInstances"));
 }

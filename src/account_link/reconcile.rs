@@ -30,8 +30,9 @@ use crate::runtime::reconciler::{Cleanup, Managed, Step};
 
 /// Length of a generated external ID; AWS recommends at least 32 characters of entropy.
 const EXTERNAL_ID_LEN: usize = 40;
-/// How often a stack that CloudFormation is still working on is looked at.
-const STACK_POLL: Duration = Duration::from_secs(5);
+/// How often a stack that CloudFormation is still working on is looked at: one DescribeStacks
+/// per link each time, only while a deployment or deletion is under way.
+const STACK_POLL: Duration = Duration::from_secs(1);
 /// The key of the template in its ConfigMap.
 pub const TEMPLATE_KEY: &str = "template.json";
 /// The key of the trusted principal in the template's ConfigMap (read by `account-template`).

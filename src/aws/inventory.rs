@@ -12,6 +12,8 @@ use aws_sdk_ec2::types::{Filter, IpPermission};
 use super::errors::{Caller, aws_error};
 use super::limiter::{Limiter, Service};
 use crate::account_link::template::OWNER_UID_TAG;
+use crate::database::aws::observed_instance;
+use crate::database::plan::ObservedInstance;
 use crate::error::{Error, Result};
 
 /// How long a resource the operator created is believed to exist although a Describe does not show
@@ -176,6 +178,27 @@ pub struct KmsAlias {
     pub target_key_id: Option<String>,
 }
 
+/// A DB subnet group. RDS reports no tags with it: the Database finds its own by its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbSubnetGroup {
+    pub name: String,
+    pub vpc_id: Option<String>,
+    pub subnet_ids: Vec<String>,
+}
+
+/// A Secrets Manager secret's metadata (never its value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub arn: String,
+    pub kms_key_id: Option<String>,
+    /// The version labelled `AWSCURRENT`: what a reader gets.
+    pub current_version: Option<String>,
+    /// Scheduled for deletion (by a person, or an earlier deletion with a recovery window).
+    pub scheduled_for_deletion: bool,
+    pub tags: Tags,
+}
+
 /// The resource types the inventory lists, one bulk call (and its pages) each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -190,10 +213,13 @@ pub enum Kind {
     VpcLinks,
     KmsKeys,
     KmsAliases,
+    DbInstances,
+    DbSubnetGroups,
+    Secrets,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Vpcs,
         Kind::Subnets,
         Kind::RouteTables,
@@ -205,6 +231,9 @@ impl Kind {
         Kind::VpcLinks,
         Kind::KmsKeys,
         Kind::KmsAliases,
+        Kind::DbInstances,
+        Kind::DbSubnetGroups,
+        Kind::Secrets,
     ];
 
     /// The service its list calls.
@@ -213,6 +242,8 @@ impl Kind {
             Kind::VpcLinks => Service::ApiGateway,
             Kind::KmsKeys => Service::Tagging,
             Kind::KmsAliases => Service::Kms,
+            Kind::DbInstances | Kind::DbSubnetGroups => Service::Rds,
+            Kind::Secrets => Service::SecretsManager,
             _ => Service::Ec2,
         }
     }
@@ -231,6 +262,9 @@ pub enum Created {
     VpcEndpoint(VpcEndpoint),
     VpcLink(VpcLink),
     KmsKey(KmsKey),
+    DbInstance(ObservedInstance),
+    DbSubnetGroup(DbSubnetGroup),
+    Secret(SecretInfo),
 }
 
 impl Created {
@@ -246,6 +280,9 @@ impl Created {
             Created::VpcEndpoint(_) => Kind::VpcEndpoints,
             Created::VpcLink(_) => Kind::VpcLinks,
             Created::KmsKey(_) => Kind::KmsKeys,
+            Created::DbInstance(_) => Kind::DbInstances,
+            Created::DbSubnetGroup(_) => Kind::DbSubnetGroups,
+            Created::Secret(_) => Kind::Secrets,
         }
     }
 
@@ -261,23 +298,47 @@ impl Created {
             Created::VpcEndpoint(r) => &r.id,
             Created::VpcLink(r) => &r.id,
             Created::KmsKey(r) => &r.key_id,
+            Created::DbInstance(r) => &r.identifier,
+            Created::DbSubnetGroup(r) => &r.name,
+            Created::Secret(r) => &r.name,
         }
     }
 }
 
-/// What a mutation changed, so that the inventory stays true without waiting for its period.
+/// What a mutation changed, so that the inventory stays true without waiting for its period. Each
+/// is applied to the cached view from the mutation's own request and response, so a mutation costs
+/// no list: converging N objects makes O(N) calls, not O(N²).
 #[derive(Clone, Debug)]
 pub enum Recorded {
     /// A new resource, from the create call's response.
     Created(Created),
-    /// Resources of this kind changed (or went): listed again at the next read.
+    /// Resources of this kind changed in a way the response does not tell (a rare repair): the
+    /// kind is listed again at the next read.
     Changed(Kind),
-    /// A resource was deleted: forgotten at once, and its kind listed again at the next read.
+    /// A resource was deleted: forgotten at once. The kinds AWS deletes asynchronously (NAT
+    /// gateways, VPC endpoints, which stay `deleting` a while) are listed again at the next read.
     Deleted(Kind, String),
     /// The DNS attributes of a VPC were set.
     VpcDns { vpc_id: String, support: Option<bool>, hostnames: Option<bool> },
     /// A key's state changed (created, scheduled for deletion).
     KeyState { key_id: String, state: String },
+    /// An internet gateway was attached to (`attached`) or detached from a VPC.
+    GatewayAttachment { gateway_id: String, vpc_id: String, attached: bool },
+    /// A subnet was associated with a route table.
+    Associated { route_table_id: String, association_id: String, subnet_id: String },
+    /// A route table association was removed.
+    Disassociated { association_id: String },
+    /// A route was created or replaced (`Some` target) or deleted (`None`).
+    Route { route_table_id: String, destination: String, target: Option<RouteTarget> },
+    /// A security group rule was authorized (`added`) or revoked.
+    Rule { group_id: String, egress: bool, rule: Rule, added: bool },
+    /// An alias now points at a key.
+    Alias { name: String, target_key_id: String },
+    /// Tags were added or removed on a resource of `kind`.
+    Tagged { kind: Kind, id: String, add: Tags, remove: Vec<String> },
+    /// A resource as a mutation's response or a read of that one resource shows it now (an
+    /// instance RDS is working on, a modified subnet group, a secret's new version).
+    Observed(Created),
 }
 
 /// One consistent view of an (account, region), as a reconcile reads it. Cheap to clone.
@@ -296,6 +357,11 @@ pub struct Snapshot {
     pub vpc_links: Arc<Vec<VpcLink>>,
     pub kms_keys: Arc<Vec<KmsKey>>,
     pub kms_aliases: Arc<Vec<KmsAlias>>,
+    /// The account's DB instances carrying the owner-UID tag, DB subnet groups, and the secrets
+    /// carrying the owner-UID tag (those scheduled for deletion too).
+    pub db_instances: Arc<Vec<ObservedInstance>>,
+    pub db_subnet_groups: Arc<Vec<DbSubnetGroup>>,
+    pub secrets: Arc<Vec<SecretInfo>>,
 }
 
 /// The clients a refresh uses, all acting as one link's role in the scope's region.
@@ -304,6 +370,8 @@ pub struct Clients<'a> {
     pub apigateway: &'a aws_sdk_apigatewayv2::Client,
     pub kms: &'a aws_sdk_kms::Client,
     pub tagging: &'a aws_sdk_resourcegroupstagging::Client,
+    pub rds: &'a aws_sdk_rds::Client,
+    pub secrets: &'a aws_sdk_secretsmanager::Client,
     pub caller: &'a Caller,
     /// Every list and describe goes through the limiter's adaptive pace for the scope's account.
     pub limiter: &'a Limiter,
@@ -379,16 +447,129 @@ impl Inventory {
         let mut state = state.lock().await;
         match recorded {
             Recorded::Created(created) => {
-                let kind = created.kind();
                 state.pending.push((Instant::now(), created));
                 state.merge_pending(Instant::now());
-                state.mark_changed(kind);
             }
             Recorded::Changed(kind) => state.mark_changed(kind),
+            Recorded::Observed(now) => {
+                state.pending.retain(|(_, c)| c.kind() != now.kind() || c.id() != now.id());
+                state.forget(now.kind(), now.id());
+                state.pending.push((Instant::now(), now));
+                state.merge_pending(Instant::now());
+            }
             Recorded::Deleted(kind, id) => {
-                state.pending.retain(|(_, c)| c.id() != id);
+                state.pending.retain(|(_, c)| c.id() != id && !matches!(c, Created::Secret(s) if s.arn == id));
                 state.forget(kind, &id);
-                state.mark_changed(kind);
+                if matches!(kind, Kind::NatGateways | Kind::VpcEndpoints) {
+                    state.mark_changed(kind);
+                }
+                if kind == Kind::VpcEndpoints {
+                    // A gateway endpoint's routes go with it.
+                    let target = RouteTarget::Gateway(id);
+                    for table in Arc::make_mut(&mut state.snapshot.route_tables) {
+                        table.routes.retain(|r| r.target != target);
+                    }
+                }
+            }
+            Recorded::GatewayAttachment { gateway_id, vpc_id, attached } => {
+                state.edit(|s| {
+                    for g in Arc::make_mut(&mut s.internet_gateways).iter_mut().filter(|g| g.id == gateway_id) {
+                        g.attached_vpcs.retain(|v| *v != vpc_id);
+                        if attached {
+                            g.attached_vpcs.push(vpc_id.clone());
+                        }
+                    }
+                });
+            }
+            Recorded::Associated { route_table_id, association_id, subnet_id } => {
+                state.edit(|s| {
+                    for t in Arc::make_mut(&mut s.route_tables).iter_mut().filter(|t| t.id == route_table_id) {
+                        t.associations.retain(|a| a.id != association_id);
+                        t.associations
+                            .push(Association { id: association_id.clone(), subnet_id: Some(subnet_id.clone()) });
+                    }
+                });
+            }
+            Recorded::Disassociated { association_id } => {
+                state.edit(|s| {
+                    for t in Arc::make_mut(&mut s.route_tables).iter_mut() {
+                        t.associations.retain(|a| a.id != association_id);
+                    }
+                });
+            }
+            Recorded::Route { route_table_id, destination, target } => {
+                state.edit(|s| {
+                    for t in Arc::make_mut(&mut s.route_tables).iter_mut().filter(|t| t.id == route_table_id) {
+                        t.routes.retain(|r| r.destination != destination);
+                        if let Some(target) = &target {
+                            t.routes.push(Route { destination: destination.clone(), target: target.clone() });
+                        }
+                    }
+                });
+            }
+            Recorded::Rule { group_id, egress, rule, added } => {
+                state.edit(|s| {
+                    for g in Arc::make_mut(&mut s.security_groups).iter_mut().filter(|g| g.id == group_id) {
+                        let rules = if egress { &mut g.egress } else { &mut g.ingress };
+                        if added {
+                            rules.insert(rule.clone());
+                        } else {
+                            rules.remove(&rule);
+                        }
+                    }
+                });
+            }
+            Recorded::Alias { name, target_key_id } => {
+                let aliases = Arc::make_mut(&mut state.snapshot.kms_aliases);
+                aliases.retain(|a| a.name != name);
+                aliases.push(KmsAlias { name, target_key_id: Some(target_key_id) });
+            }
+            Recorded::Tagged { kind, id, add, remove } => {
+                let retag = |tags: &mut Tags| {
+                    tags.extend(add.clone());
+                    tags.retain(|k, _| !remove.contains(k));
+                };
+                state.edit(|s| match kind {
+                    Kind::Vpcs => {
+                        Arc::make_mut(&mut s.vpcs).iter_mut().filter(|r| r.id == id).for_each(|r| retag(&mut r.tags))
+                    }
+                    Kind::Subnets => {
+                        Arc::make_mut(&mut s.subnets).iter_mut().filter(|r| r.id == id).for_each(|r| retag(&mut r.tags))
+                    }
+                    Kind::RouteTables => Arc::make_mut(&mut s.route_tables)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::InternetGateways => Arc::make_mut(&mut s.internet_gateways)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::Addresses => Arc::make_mut(&mut s.addresses)
+                        .iter_mut()
+                        .filter(|r| r.allocation_id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::NatGateways => Arc::make_mut(&mut s.nat_gateways)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::SecurityGroups => Arc::make_mut(&mut s.security_groups)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::VpcEndpoints => Arc::make_mut(&mut s.vpc_endpoints)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::VpcLinks => Arc::make_mut(&mut s.vpc_links)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::KmsKeys => Arc::make_mut(&mut s.kms_keys)
+                        .iter_mut()
+                        .filter(|r| r.key_id == id)
+                        .for_each(|r| retag(&mut r.tags)),
+                    Kind::KmsAliases | Kind::DbInstances | Kind::DbSubnetGroups | Kind::Secrets => {}
+                });
             }
             Recorded::VpcDns { vpc_id, support, hostnames } => {
                 let entry = state.vpc_dns.entry(vpc_id.clone()).or_default();
@@ -425,6 +606,9 @@ enum Listed {
     VpcLinks(Vec<VpcLink>),
     KmsKeys(Vec<KmsKey>),
     KmsAliases(Vec<KmsAlias>),
+    DbInstances(Vec<ObservedInstance>),
+    DbSubnetGroups(Vec<DbSubnetGroup>),
+    Secrets(Vec<SecretInfo>),
 }
 
 impl State {
@@ -442,6 +626,44 @@ impl State {
             Listed::VpcLinks(v) => s.vpc_links = Arc::new(v),
             Listed::KmsKeys(v) => s.kms_keys = Arc::new(v),
             Listed::KmsAliases(v) => s.kms_aliases = Arc::new(v),
+            Listed::DbInstances(v) => s.db_instances = Arc::new(v),
+            Listed::DbSubnetGroups(v) => s.db_subnet_groups = Arc::new(v),
+            Listed::Secrets(v) => s.secrets = Arc::new(v),
+        }
+    }
+
+    /// Applies a change to the view, and to the creations a list has not shown yet (which
+    /// `merge_pending` would otherwise bring back as they were created).
+    fn edit(&mut self, change: impl FnOnce(&mut Snapshot)) {
+        change(&mut self.snapshot);
+        let s = &self.snapshot;
+        for (_, created) in &mut self.pending {
+            let id = created.id().to_string();
+            let current = match created {
+                Created::Vpc(_) => s.vpcs.iter().find(|r| r.id == id).cloned().map(Created::Vpc),
+                Created::Subnet(_) => s.subnets.iter().find(|r| r.id == id).cloned().map(Created::Subnet),
+                Created::RouteTable(_) => s.route_tables.iter().find(|r| r.id == id).cloned().map(Created::RouteTable),
+                Created::InternetGateway(_) => {
+                    s.internet_gateways.iter().find(|r| r.id == id).cloned().map(Created::InternetGateway)
+                }
+                Created::Address(_) => {
+                    s.addresses.iter().find(|r| r.allocation_id == id).cloned().map(Created::Address)
+                }
+                Created::NatGateway(_) => s.nat_gateways.iter().find(|r| r.id == id).cloned().map(Created::NatGateway),
+                Created::SecurityGroup(_) => {
+                    s.security_groups.iter().find(|r| r.id == id).cloned().map(Created::SecurityGroup)
+                }
+                Created::VpcEndpoint(_) => {
+                    s.vpc_endpoints.iter().find(|r| r.id == id).cloned().map(Created::VpcEndpoint)
+                }
+                Created::VpcLink(_) => s.vpc_links.iter().find(|r| r.id == id).cloned().map(Created::VpcLink),
+                Created::KmsKey(_) => s.kms_keys.iter().find(|r| r.key_id == id).cloned().map(Created::KmsKey),
+                // Not edited in place: recorded whole (`Recorded::Observed`).
+                Created::DbInstance(_) | Created::DbSubnetGroup(_) | Created::Secret(_) => None,
+            };
+            if let Some(current) = current {
+                *created = current;
+            }
         }
     }
 
@@ -465,6 +687,10 @@ impl State {
             Kind::VpcLinks => Arc::make_mut(&mut s.vpc_links).retain(|r| r.id != id),
             Kind::KmsKeys => Arc::make_mut(&mut s.kms_keys).retain(|r| r.key_id != id),
             Kind::KmsAliases => Arc::make_mut(&mut s.kms_aliases).retain(|r| r.name != id),
+            Kind::DbInstances => Arc::make_mut(&mut s.db_instances).retain(|r| r.identifier != id),
+            Kind::DbSubnetGroups => Arc::make_mut(&mut s.db_subnet_groups).retain(|r| r.name != id),
+            // A secret is named by its name or its ARN.
+            Kind::Secrets => Arc::make_mut(&mut s.secrets).retain(|r| r.name != id && r.arn != id),
         }
     }
 
@@ -488,6 +714,9 @@ impl State {
                 Created::VpcEndpoint(r) => upsert(&mut s.vpc_endpoints, r, |x| x.id == r.id),
                 Created::VpcLink(r) => upsert(&mut s.vpc_links, r, |x| x.id == r.id),
                 Created::KmsKey(r) => upsert(&mut s.kms_keys, r, |x| x.key_id == r.key_id),
+                Created::DbInstance(r) => upsert(&mut s.db_instances, r, |x| x.identifier == r.identifier),
+                Created::DbSubnetGroup(r) => upsert(&mut s.db_subnet_groups, r, |x| x.name == r.name),
+                Created::Secret(r) => upsert(&mut s.secrets, r, |x| x.name == r.name),
             };
             if !shown {
                 self.pending.push((at, created));
@@ -541,6 +770,20 @@ fn upsert<T: Clone>(list: &mut Arc<Vec<T>>, item: &T, same: impl Fn(&T) -> bool)
     }
     list.push(item.clone());
     false
+}
+
+/// A security group as CreateSecurityGroup leaves it: no ingress, EC2's default egress to
+/// everywhere (IPv4).
+pub fn new_security_group(id: &str, vpc_id: &str, name: &str, tags: Tags) -> SecurityGroup {
+    let everywhere = Rule { protocol: "-1".into(), from: None, to: None, source: Source::Cidr("0.0.0.0/0".into()) };
+    SecurityGroup {
+        id: id.into(),
+        vpc_id: vpc_id.into(),
+        name: name.into(),
+        ingress: BTreeSet::new(),
+        egress: BTreeSet::from([everywhere]),
+        tags,
+    }
 }
 
 /// Only resources that carry the owner-UID tag: the operator's, and not other tools'.
@@ -732,6 +975,25 @@ pub fn vpc_link_of(l: &aws_sdk_apigatewayv2::types::VpcLink) -> Option<VpcLink> 
         status: l.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
         tags: l.tags().map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
     })
+}
+
+pub fn db_subnet_group_of(g: &aws_sdk_rds::types::DbSubnetGroup) -> Option<DbSubnetGroup> {
+    Some(DbSubnetGroup {
+        name: g.db_subnet_group_name()?.into(),
+        vpc_id: g.vpc_id().map(Into::into),
+        subnet_ids: g.subnets().iter().filter_map(|s| s.subnet_identifier().map(Into::into)).collect(),
+    })
+}
+
+/// The version labelled `AWSCURRENT` in a secret's map of versions to stages.
+pub fn current_version(versions: Option<&HashMap<String, Vec<String>>>) -> Option<String> {
+    versions
+        .and_then(|m| m.iter().find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT")))
+        .map(|(version, _)| version.clone())
+}
+
+pub fn secret_tags(tags: &[aws_sdk_secretsmanager::types::Tag]) -> Tags {
+    tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect()
 }
 
 /// The IAM action for an EC2 list, for error messages.
@@ -934,6 +1196,71 @@ async fn list(kind: Kind, c: &Clients<'_>) -> Result<Listed> {
                             tags: m.tags().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect(),
                         })
                     })
+                    .collect(),
+            )
+        }
+        Kind::DbInstances => {
+            // RDS filters by neither tag nor owner: the account's instances, kept if ours.
+            let pages: Vec<_> = c
+                .rds
+                .describe_db_instances()
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error("rds:DescribeDBInstances", caller, e))?;
+            Listed::DbInstances(
+                pages
+                    .iter()
+                    .flat_map(|p| p.db_instances())
+                    .map(observed_instance)
+                    .filter(|i| is_owned(&i.tags))
+                    .collect(),
+            )
+        }
+        Kind::DbSubnetGroups => {
+            let pages: Vec<_> = c
+                .rds
+                .describe_db_subnet_groups()
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error("rds:DescribeDBSubnetGroups", caller, e))?;
+            Listed::DbSubnetGroups(
+                pages.iter().flat_map(|p| p.db_subnet_groups()).filter_map(db_subnet_group_of).collect(),
+            )
+        }
+        Kind::Secrets => {
+            let filter = aws_sdk_secretsmanager::types::Filter::builder()
+                .key(aws_sdk_secretsmanager::types::FilterNameStringType::TagKey)
+                .values(OWNER_UID_TAG)
+                .build();
+            let pages: Vec<_> = c
+                .secrets
+                .list_secrets()
+                .filters(filter)
+                .include_planned_deletion(true)
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| aws_error("secretsmanager:ListSecrets", caller, e))?;
+            Listed::Secrets(
+                pages
+                    .iter()
+                    .flat_map(|p| p.secret_list())
+                    .filter_map(|e| {
+                        Some(SecretInfo {
+                            name: e.name()?.into(),
+                            arn: e.arn()?.into(),
+                            kms_key_id: e.kms_key_id().map(Into::into),
+                            current_version: current_version(e.secret_versions_to_stages()),
+                            scheduled_for_deletion: e.deleted_date().is_some(),
+                            tags: secret_tags(e.tags()),
+                        })
+                    })
+                    .filter(|s| is_owned(&s.tags))
                     .collect(),
             )
         }

@@ -2,8 +2,6 @@
 //! (password, secret) and EC2 (its security group), all as the Stack's account link. Lookups
 //! answer `None` for "not there"; every mutation goes through the shared rate limiter.
 
-use std::collections::BTreeMap;
-
 use aws_config::SdkConfig;
 use aws_sdk_rds::types::Tag as RdsTag;
 use aws_sdk_secretsmanager::types::Tag as SecretTag;
@@ -13,10 +11,13 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use super::credentials::{Password, SecretDocument};
 use super::plan::{InstanceChanges, ObservedInstance, PORT};
 use crate::aws::errors::{Caller, aws_error};
-use crate::aws::limiter::{Limiter, Service};
+use crate::aws::inventory::{self, Clients, Created, Kind, Recorded, Scope, Snapshot};
+pub use crate::aws::inventory::{DbSubnetGroup, SecretInfo};
+use crate::aws::limiter::Service;
 pub use crate::aws::security_group::Deleted;
 use crate::aws::security_group::SecurityGroups;
 use crate::error::{Error, Result};
+use crate::runtime::context::Context;
 
 /// Length of generated master passwords: well inside RDS PostgreSQL's 8 to 128.
 const PASSWORD_LENGTH: i64 = 32;
@@ -26,28 +27,12 @@ pub struct DatabaseAws<'a> {
     rds: aws_sdk_rds::Client,
     secrets: aws_sdk_secretsmanager::Client,
     ec2: aws_sdk_ec2::Client,
+    apigateway: aws_sdk_apigatewayv2::Client,
+    kms: aws_sdk_kms::Client,
+    tagging: aws_sdk_resourcegroupstagging::Client,
     caller: Caller,
-    account: String,
-    limiter: &'a Limiter,
-}
-
-/// The DB subnet group as RDS reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubnetGroup {
-    pub vpc_id: Option<String>,
-    pub subnet_ids: Vec<String>,
-}
-
-/// The Secrets Manager secret's metadata (no value).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretInfo {
-    pub arn: String,
-    pub kms_key_id: Option<String>,
-    /// The version labelled `AWSCURRENT`: what a reader gets.
-    pub current_version: Option<String>,
-    /// Scheduled for deletion (by a person, or an earlier deletion with a recovery window).
-    pub scheduled_for_deletion: bool,
-    pub tags: BTreeMap<String, String>,
+    scope: Scope,
+    ctx: &'a Context,
 }
 
 /// What a secret holds: its credentials, or why they cannot be read.
@@ -57,21 +42,41 @@ pub struct SecretValue {
 }
 
 impl<'a> DatabaseAws<'a> {
-    pub fn new(
-        aws: &crate::aws::Aws,
-        config: &SdkConfig,
-        role_arn: String,
-        account: String,
-        limiter: &'a Limiter,
-    ) -> Self {
+    pub fn new(ctx: &'a Context, config: &SdkConfig, role_arn: String, scope: Scope) -> Self {
+        let aws = &ctx.aws;
         Self {
             rds: aws.client(config),
             secrets: aws.client(config),
             ec2: aws.client(config),
+            apigateway: aws.client(config),
+            kms: aws.client(config),
+            tagging: aws.client(config),
             caller: Caller::LinkRole { role_arn },
-            account,
-            limiter,
+            scope,
+            ctx,
         }
+    }
+
+    /// The account's resources, from the shared inventory (the Stack's view: listed again when
+    /// older than the resync period, fed by every mutation's response).
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let clients = Clients {
+            ec2: &self.ec2,
+            apigateway: &self.apigateway,
+            kms: &self.kms,
+            tagging: &self.tagging,
+            rds: &self.rds,
+            secrets: &self.secrets,
+            caller: &self.caller,
+            limiter: &self.ctx.limiter,
+            account: &self.scope.account,
+        };
+        self.ctx.inventory.snapshot(&self.scope, &clients, self.ctx.settings.resync_period).await
+    }
+
+    /// Tells the shared inventory what a mutation (or a read of one resource) found.
+    pub async fn record(&self, recorded: Recorded) {
+        self.ctx.inventory.record(&self.scope, recorded).await;
     }
 
     fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
@@ -83,21 +88,30 @@ impl<'a> DatabaseAws<'a> {
 
     /// Its security group's calls.
     pub fn groups(&self) -> SecurityGroups<'_> {
-        SecurityGroups { ec2: &self.ec2, caller: &self.caller, account: &self.account, limiter: self.limiter }
+        SecurityGroups {
+            ec2: &self.ec2,
+            caller: &self.caller,
+            account: &self.scope.account,
+            limiter: &self.ctx.limiter,
+        }
     }
 
     // ----- RDS: subnet group -----
 
-    pub async fn subnet_group(&self, name: &str) -> Result<Option<SubnetGroup>> {
+    /// Reads the subnet group named `name` now (not from the inventory), and records what it found.
+    pub async fn subnet_group(&self, name: &str) -> Result<Option<DbSubnetGroup>> {
         let read = || self.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
-        match self.limiter.read(&self.account, Service::Rds, read).await {
-            Ok(out) => Ok(out.db_subnet_groups().first().map(|g| SubnetGroup {
-                vpc_id: g.vpc_id().map(str::to_string),
-                subnet_ids: g.subnets().iter().filter_map(|s| s.subnet_identifier().map(str::to_string)).collect(),
-            })),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => Ok(None),
-            Err(e) => Err(self.fail("rds:DescribeDBSubnetGroups", e)),
-        }
+        let found = match self.ctx.limiter.read(&self.scope.account, Service::Rds, read).await {
+            Ok(out) => out.db_subnet_groups().first().and_then(inventory::db_subnet_group_of),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => None,
+            Err(e) => return Err(self.fail("rds:DescribeDBSubnetGroups", e)),
+        };
+        self.record(match &found {
+            Some(g) => Recorded::Observed(Created::DbSubnetGroup(g.clone())),
+            None => Recorded::Deleted(Kind::DbSubnetGroups, name.to_string()),
+        })
+        .await;
+        Ok(found)
     }
 
     pub async fn create_subnet_group(
@@ -108,8 +122,9 @@ impl<'a> DatabaseAws<'a> {
         tags: &[(String, String)],
     ) -> Result<()> {
         let result = self
+            .ctx
             .limiter
-            .mutate(&self.account, Service::Rds, || {
+            .mutate(&self.scope.account, Service::Rds, || {
                 self.rds
                     .create_db_subnet_group()
                     .db_subnet_group_name(name)
@@ -120,15 +135,24 @@ impl<'a> DatabaseAws<'a> {
             })
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_already_exists_fault()) => Ok(()),
+            Ok(out) => {
+                if let Some(group) = out.db_subnet_group().and_then(inventory::db_subnet_group_of) {
+                    self.record(Recorded::Created(Created::DbSubnetGroup(group))).await;
+                }
+                Ok(())
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_already_exists_fault()) => {
+                self.subnet_group(name).await.map(|_| ())
+            }
             Err(e) => Err(self.fail("rds:CreateDBSubnetGroup", e)),
         }
     }
 
     pub async fn modify_subnet_group(&self, name: &str, subnet_ids: &[String]) -> Result<()> {
-        self.limiter
-            .mutate(&self.account, Service::Rds, || {
+        let out = self
+            .ctx
+            .limiter
+            .mutate(&self.scope.account, Service::Rds, || {
                 self.rds
                     .modify_db_subnet_group()
                     .db_subnet_group_name(name)
@@ -136,18 +160,31 @@ impl<'a> DatabaseAws<'a> {
                     .send()
             })
             .await
-            .map(|_| ())
-            .map_err(|e| self.fail("rds:ModifyDBSubnetGroup", e))
+            .map_err(|e| self.fail("rds:ModifyDBSubnetGroup", e))?;
+        if let Some(group) = out.db_subnet_group().and_then(inventory::db_subnet_group_of) {
+            self.record(Recorded::Observed(Created::DbSubnetGroup(group))).await;
+        }
+        Ok(())
     }
 
     pub async fn delete_subnet_group(&self, name: &str) -> Result<Deleted> {
         let result = self
+            .ctx
             .limiter
-            .mutate(&self.account, Service::Rds, || self.rds.delete_db_subnet_group().db_subnet_group_name(name).send())
+            .mutate(&self.scope.account, Service::Rds, || {
+                self.rds.delete_db_subnet_group().db_subnet_group_name(name).send()
+            })
             .await;
+        let deleted = Recorded::Deleted(Kind::DbSubnetGroups, name.to_string());
         match result {
-            Ok(_) => Ok(Deleted::Done),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => Ok(Deleted::Done),
+            Ok(_) => {
+                self.record(deleted).await;
+                Ok(Deleted::Done)
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => {
+                self.record(deleted).await;
+                Ok(Deleted::Done)
+            }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_invalid_db_subnet_group_state_fault()) => {
                 Ok(Deleted::StillInUse)
             }
@@ -157,20 +194,28 @@ impl<'a> DatabaseAws<'a> {
 
     // ----- RDS: the instance -----
 
+    /// Reads the instance now (not from the inventory), and records what it found.
     pub async fn instance(&self, identifier: &str) -> Result<Option<ObservedInstance>> {
         let read = || self.rds.describe_db_instances().db_instance_identifier(identifier).send();
-        match self.limiter.read(&self.account, Service::Rds, read).await {
-            Ok(out) => Ok(out.db_instances().first().map(observed_instance)),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => Ok(None),
-            Err(e) => Err(self.fail("rds:DescribeDBInstances", e)),
-        }
+        let found = match self.ctx.limiter.read(&self.scope.account, Service::Rds, read).await {
+            Ok(out) => out.db_instances().first().map(observed_instance),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => None,
+            Err(e) => return Err(self.fail("rds:DescribeDBInstances", e)),
+        };
+        self.record(match &found {
+            Some(i) => Recorded::Observed(Created::DbInstance(i.clone())),
+            None => Recorded::Deleted(Kind::DbInstances, identifier.to_string()),
+        })
+        .await;
+        Ok(found)
     }
 
     pub async fn create_instance(&self, request: &CreateInstance<'_>) -> Result<()> {
         let r = request;
         let result = self
+            .ctx
             .limiter
-            .mutate(&self.account, Service::Rds, || {
+            .mutate(&self.scope.account, Service::Rds, || {
                 self.rds
                     .create_db_instance()
                     .db_instance_identifier(r.identifier)
@@ -198,16 +243,25 @@ impl<'a> DatabaseAws<'a> {
             })
             .await;
         match result {
-            Ok(_) => Ok(()),
-            // A lookup that lagged behind an earlier create: the next pass sees it.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_already_exists_fault()) => Ok(()),
+            Ok(out) => {
+                if let Some(instance) = out.db_instance().map(observed_instance) {
+                    self.record(Recorded::Created(Created::DbInstance(instance))).await;
+                }
+                Ok(())
+            }
+            // A lookup that lagged behind an earlier create.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_already_exists_fault()) => {
+                self.instance(r.identifier).await.map(|_| ())
+            }
             Err(e) => Err(self.fail("rds:CreateDBInstance", e)),
         }
     }
 
     pub async fn modify_instance(&self, identifier: &str, c: &InstanceChanges) -> Result<()> {
-        self.limiter
-            .mutate(&self.account, Service::Rds, || {
+        let out = self
+            .ctx
+            .limiter
+            .mutate(&self.scope.account, Service::Rds, || {
                 self.rds
                     .modify_db_instance()
                     .db_instance_identifier(identifier)
@@ -224,8 +278,11 @@ impl<'a> DatabaseAws<'a> {
                     .send()
             })
             .await
-            .map(|_| ())
-            .map_err(|e| self.fail("rds:ModifyDBInstance", e))
+            .map_err(|e| self.fail("rds:ModifyDBInstance", e))?;
+        if let Some(instance) = out.db_instance().map(observed_instance) {
+            self.record(Recorded::Observed(Created::DbInstance(instance))).await;
+        }
+        Ok(())
     }
 
     /// Lifts deletion protection, which is done only once deletion was asked for.
@@ -238,8 +295,9 @@ impl<'a> DatabaseAws<'a> {
     /// when RDS cannot start the deletion yet (the instance is busy) or already has.
     pub async fn delete_instance(&self, identifier: &str, final_snapshot: Option<&str>) -> Result<bool> {
         let result = self
+            .ctx
             .limiter
-            .mutate(&self.account, Service::Rds, || {
+            .mutate(&self.scope.account, Service::Rds, || {
                 self.rds
                     .delete_db_instance()
                     .db_instance_identifier(identifier)
@@ -259,36 +317,36 @@ impl<'a> DatabaseAws<'a> {
 
     // ----- Secrets Manager -----
 
+    /// Reads the secret (by name or ARN) now, not from the inventory, and records what it found.
     pub async fn secret(&self, name: &str) -> Result<Option<SecretInfo>> {
         let read = || self.secrets.describe_secret().secret_id(name).send();
-        match self.limiter.read(&self.account, Service::SecretsManager, read).await {
-            Ok(out) => {
-                let Some(arn) = out.arn() else { return Ok(None) };
-                let current_version = out
-                    .version_ids_to_stages()
-                    .and_then(|m| m.iter().find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT")))
-                    .map(|(version, _)| version.clone());
-                Ok(Some(SecretInfo {
-                    arn: arn.to_string(),
-                    kms_key_id: out.kms_key_id().map(str::to_string),
-                    current_version,
-                    scheduled_for_deletion: out.deleted_date().is_some(),
-                    tags: out
-                        .tags()
-                        .iter()
-                        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
-                        .collect(),
-                }))
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(None),
-            Err(e) => Err(self.fail("secretsmanager:DescribeSecret", e)),
-        }
+        let found = match self.ctx.limiter.read(&self.scope.account, Service::SecretsManager, read).await {
+            Ok(out) => out.arn().map(|arn| SecretInfo {
+                name: out.name().unwrap_or(name).to_string(),
+                arn: arn.to_string(),
+                kms_key_id: out.kms_key_id().map(str::to_string),
+                current_version: inventory::current_version(out.version_ids_to_stages()),
+                scheduled_for_deletion: out.deleted_date().is_some(),
+                tags: inventory::secret_tags(out.tags()),
+            }),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => None,
+            Err(e) => return Err(self.fail("secretsmanager:DescribeSecret", e)),
+        };
+        self.record(match &found {
+            Some(secret) => Recorded::Observed(Created::Secret(secret.clone())),
+            None => Recorded::Deleted(Kind::Secrets, name.to_string()),
+        })
+        .await;
+        Ok(found)
     }
 
     pub async fn secret_value(&self, arn: &str) -> Result<SecretValue> {
         let out = self
+            .ctx
             .limiter
-            .read(&self.account, Service::SecretsManager, || self.secrets.get_secret_value().secret_id(arn).send())
+            .read(&self.scope.account, Service::SecretsManager, || {
+                self.secrets.get_secret_value().secret_id(arn).send()
+            })
             .await
             .map_err(|e| self.fail("secretsmanager:GetSecretValue", e))?;
         let document = match out.secret_string() {
@@ -326,8 +384,9 @@ impl<'a> DatabaseAws<'a> {
     ) -> Result<()> {
         let value = document.to_json();
         let result = self
+            .ctx
             .limiter
-            .mutate(&self.account, Service::SecretsManager, || {
+            .mutate(&self.scope.account, Service::SecretsManager, || {
                 self.secrets
                     .create_secret()
                     .name(name)
@@ -339,9 +398,24 @@ impl<'a> DatabaseAws<'a> {
             })
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(out) => {
+                if let Some(arn) = out.arn() {
+                    let created = SecretInfo {
+                        name: name.to_string(),
+                        arn: arn.to_string(),
+                        kms_key_id: Some(kms_key_arn.to_string()),
+                        current_version: out.version_id().map(str::to_string),
+                        scheduled_for_deletion: false,
+                        tags: tags.iter().cloned().collect(),
+                    };
+                    self.record(Recorded::Created(Created::Secret(created))).await;
+                }
+                Ok(())
+            }
             // Never overwrite: an existing secret may hold the password of an existing instance.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
+                self.secret(name).await.map(|_| ())
+            }
             Err(e) => Err(self.fail("secretsmanager:CreateSecret", e)),
         }
     }
@@ -350,48 +424,58 @@ impl<'a> DatabaseAws<'a> {
     pub async fn put_secret_value(&self, arn: &str, document: &SecretDocument) -> Result<Option<String>> {
         let value = document.to_json();
         let out = self
+            .ctx
             .limiter
-            .mutate(&self.account, Service::SecretsManager, || {
+            .mutate(&self.scope.account, Service::SecretsManager, || {
                 self.secrets.put_secret_value().secret_id(arn).secret_string(value).send()
             })
             .await
             .map_err(|e| self.fail("secretsmanager:PutSecretValue", e))?;
+        // The new version is `AWSCURRENT` now: the inventory learns it from one read.
+        self.secret(arn).await?;
         Ok(out.version_id().map(str::to_string))
     }
 
     pub async fn set_secret_key(&self, arn: &str, kms_key_arn: &str) -> Result<()> {
-        self.limiter
-            .mutate(&self.account, Service::SecretsManager, || {
+        self.ctx
+            .limiter
+            .mutate(&self.scope.account, Service::SecretsManager, || {
                 self.secrets.update_secret().secret_id(arn).kms_key_id(kms_key_arn).send()
             })
             .await
-            .map(|_| ())
-            .map_err(|e| self.fail("secretsmanager:UpdateSecret", e))
+            .map_err(|e| self.fail("secretsmanager:UpdateSecret", e))?;
+        self.secret(arn).await.map(|_| ())
     }
 
     /// Cancels a scheduled deletion: the secret may hold the only copy of a live instance's password.
     pub async fn restore_secret(&self, arn: &str) -> Result<()> {
-        self.limiter
-            .mutate(&self.account, Service::SecretsManager, || self.secrets.restore_secret().secret_id(arn).send())
+        self.ctx
+            .limiter
+            .mutate(&self.scope.account, Service::SecretsManager, || {
+                self.secrets.restore_secret().secret_id(arn).send()
+            })
             .await
-            .map(|_| ())
-            .map_err(|e| self.fail("secretsmanager:RestoreSecret", e))
+            .map_err(|e| self.fail("secretsmanager:RestoreSecret", e))?;
+        self.secret(arn).await.map(|_| ())
     }
 
     /// Deletes the secret at once: the instance it described is gone, and a recovery window would
     /// block a Database re-created under the same name from creating its secret.
     pub async fn delete_secret(&self, arn: &str) -> Result<()> {
         let result = self
+            .ctx
             .limiter
-            .mutate(&self.account, Service::SecretsManager, || {
+            .mutate(&self.scope.account, Service::SecretsManager, || {
                 self.secrets.delete_secret().secret_id(arn).force_delete_without_recovery(true).send()
             })
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
-            Err(e) => Err(self.fail("secretsmanager:DeleteSecret", e)),
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {}
+            Err(e) => return Err(self.fail("secretsmanager:DeleteSecret", e)),
         }
+        self.record(Recorded::Deleted(Kind::Secrets, arn.to_string())).await;
+        Ok(())
     }
 }
 
@@ -416,7 +500,7 @@ fn rds_tags(tags: &[(String, String)]) -> Vec<RdsTag> {
     tags.iter().map(|(k, v)| RdsTag::builder().key(k).value(v).build()).collect()
 }
 
-fn observed_instance(i: &aws_sdk_rds::types::DbInstance) -> ObservedInstance {
+pub fn observed_instance(i: &aws_sdk_rds::types::DbInstance) -> ObservedInstance {
     let pending = i.pending_modified_values();
     ObservedInstance {
         identifier: i.db_instance_identifier().unwrap_or_default().to_string(),

@@ -1,9 +1,9 @@
 //! `Database`: PostgreSQL on RDS in the private side of a Stack, its master credentials in a
 //! Secrets Manager secret and in a Kubernetes Secret for `envFrom`.
 
-mod aws;
+pub(crate) mod aws;
 mod credentials;
-mod plan;
+pub(crate) mod plan;
 mod reconcile;
 
 pub use reconcile::MANAGED_LABEL;

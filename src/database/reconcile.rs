@@ -1,10 +1,11 @@
-//! The Database's reconcile steps, one AWS mutation per pass: wait for the Stack (no AWS call until
-//! it is Ready), then the security group and its ingress, the subnet group, the secret (before the
-//! instance, so that its password can never be lost), the instance, drift and in-place changes,
-//! and last the endpoint in both secrets. Deletion follows `deletionPolicy`.
+//! The Database's reconcile steps, read from the account's shared inventory, as many in one pass
+//! as can be made (each reads the view its predecessor's response updated): wait for the Stack
+//! (no AWS call until it is Ready), then the security group and its ingress, the subnet group,
+//! the secret (before the instance, so that its password can never be lost), the instance, drift
+//! and in-place changes, and last the endpoint in both secrets. Deletion follows `deletionPolicy`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -20,6 +21,7 @@ use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{
     AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint, Stack,
 };
+use crate::aws::inventory::{self, Created, Kind, Recorded, Rule, Scope};
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::{Context, FIELD_MANAGER};
@@ -32,6 +34,8 @@ pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The Secrets Manager version a connection Secret was written from: a rotation outside the
 /// operator makes it stale, which is noticed without reading the secret's value on every pass.
 const VERSION_ANNOTATION: &str = "tinystacks.io/secret-version";
+/// How long one pass goes on making changes before it writes the status and yields.
+const PASS_TIME: Duration = Duration::from_secs(5);
 /// The connection Secret keys that do not hold the password, compared on every pass.
 const PLAIN_KEYS: [&str; 5] = ["PG_HOST", "PG_PORT", "PG_DATABASE", "PG_USER", "PG_CREDENTIALS_SECRET"];
 
@@ -61,7 +65,18 @@ impl Managed for Database {
             LinkFor::Usable(link) => link,
         };
         let aws = connect(ctx, &stack, &link).await?;
-        Converge::new(self, ctx, &stack, placement, aws, status).run().await
+        // One pass makes every change it can, one after another, each step reading the inventory
+        // its predecessor's response updated; the status is written once, at the end (or when the
+        // pass has run for `PASS_TIME`).
+        let started = Instant::now();
+        let mut status = status;
+        loop {
+            let step = Converge::new(self, ctx, &stack, placement.clone(), &aws, status).run().await?;
+            if step.requeue_after != Some(Duration::ZERO) || started.elapsed() >= PASS_TIME {
+                return Ok(step);
+            }
+            status = step.status;
+        }
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
@@ -131,7 +146,8 @@ async fn connect<'a>(ctx: &'a Context, stack: &Stack, link: &AwsAccountLink) -> 
     let region = stack.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
     let config = ctx.aws.for_link(link, &region).await?;
     let role_arn = link.status.as_ref().and_then(|s| s.role_arn.clone()).unwrap_or_default();
-    Ok(DatabaseAws::new(&ctx.aws, &config, role_arn, link.spec.account_id.clone(), &ctx.limiter))
+    let scope = Scope { account: link.spec.account_id.clone(), region };
+    Ok(DatabaseAws::new(ctx, &config, role_arn, scope))
 }
 
 /// One pass towards the spec.
@@ -140,7 +156,7 @@ struct Converge<'a> {
     ctx: &'a Context,
     stack: &'a Stack,
     placement: Placement,
-    aws: DatabaseAws<'a>,
+    aws: &'a DatabaseAws<'a>,
     names: Names,
     owner: String,
     tags: Vec<(String, String)>,
@@ -153,7 +169,7 @@ impl<'a> Converge<'a> {
         ctx: &'a Context,
         stack: &'a Stack,
         placement: Placement,
-        aws: DatabaseAws<'a>,
+        aws: &'a DatabaseAws<'a>,
         mut status: DatabaseStatus,
     ) -> Self {
         let namespace = db.namespace().unwrap_or_default();
@@ -185,6 +201,14 @@ impl<'a> Converge<'a> {
         Ok(Step { status, health: Health::progressing(reason, message), requeue_after })
     }
 
+    /// Tells the inventory which ingress rules were authorized (`added`) or revoked.
+    async fn record_rules(&self, group_id: &str, rules: &[Rule], added: bool) {
+        for rule in rules {
+            let rule = rule.clone();
+            self.aws.record(Recorded::Rule { group_id: group_id.to_string(), egress: false, rule, added }).await;
+        }
+    }
+
     fn claim(&self, what: &str, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
         match plan::claimed_by_other(tags, &self.owner) {
             None => Ok(()),
@@ -193,8 +217,18 @@ impl<'a> Converge<'a> {
     }
 
     async fn run(mut self) -> Result<Step<DatabaseStatus>> {
-        // 1. The dedicated security group.
-        let Some(group) = self.aws.groups().find(&self.placement.vpc_id, &self.names.instance).await? else {
+        // Everything is read from the account's shared inventory; only what it does not show (yet)
+        // and an instance RDS is working on are read one by one.
+        let snapshot = self.aws.snapshot().await?;
+        // 1. The dedicated security group (a group of that name that is not the operator's is not
+        // in the inventory: looked for directly before creating one).
+        let vpc = &self.placement.vpc_id;
+        let listed = snapshot.security_groups.iter().find(|g| g.vpc_id == *vpc && g.name == self.names.instance);
+        let group = match listed {
+            Some(g) => Some(g.clone()),
+            None => self.aws.groups().find(vpc, &self.names.instance).await?,
+        };
+        let Some(group) = group else {
             let description = format!(
                 "PostgreSQL of Database {}: 5432 from the stack's app and bastion groups only",
                 self.names.display
@@ -204,6 +238,9 @@ impl<'a> Converge<'a> {
                 .groups()
                 .create(&self.placement.vpc_id, &self.names.instance, &description, &self.tags)
                 .await?;
+            let tags = self.tags.iter().cloned().collect();
+            let created = inventory::new_security_group(&id, &self.placement.vpc_id, &self.names.instance, tags);
+            self.aws.record(Recorded::Created(Created::SecurityGroup(created))).await;
             self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
             self.status.security_group_id = Some(id.clone());
             return self.next("CreatingSecurityGroup", format!("created the database's security group {id}"));
@@ -217,6 +254,7 @@ impl<'a> Converge<'a> {
         let changes = plan::ingress_changes(&group.ingress, &desired);
         if !changes.revoke.is_empty() {
             self.aws.groups().revoke_ingress(&group.id, &changes.revoke).await?;
+            self.record_rules(&group.id, &changes.revoke, false).await;
             let (holes, stale): (Vec<_>, Vec<_>) = changes.revoke.iter().partition(|r| plan::is_hole(r));
             if !holes.is_empty() {
                 let what: Vec<String> = holes.iter().map(|r| plan::describe_rule(r)).collect();
@@ -233,6 +271,7 @@ impl<'a> Converge<'a> {
         }
         if !changes.authorize.is_empty() {
             self.aws.groups().authorize_ingress(&group.id, &changes.authorize).await?;
+            self.record_rules(&group.id, &changes.authorize, true).await;
             let what: Vec<String> = changes.authorize.iter().map(plan::describe_rule).collect();
             let note = format!("allowed on {}: {}", group.id, what.join(", "));
             self.event(EventType::Normal, "AuthorizedIngress", note).await;
@@ -241,7 +280,7 @@ impl<'a> Converge<'a> {
 
         // 3. The subnet group over the private (or isolated) subnets.
         let subnets: Vec<String> = self.placement.subnet_ids.iter().cloned().collect();
-        match self.aws.subnet_group(&self.names.instance).await? {
+        match snapshot.db_subnet_groups.iter().find(|g| g.name == self.names.instance) {
             None => {
                 let description = format!("Database {}: the stack's private side", self.names.display);
                 self.aws.create_subnet_group(&self.names.instance, &description, &subnets, &self.tags).await?;
@@ -265,7 +304,7 @@ impl<'a> Converge<'a> {
         }
 
         // 4. The secret, before the instance: the password exists in AWS before anything uses it.
-        let Some(secret) = self.aws.secret(&self.names.secret).await? else {
+        let Some(secret) = snapshot.secrets.iter().find(|s| s.name == self.names.secret).cloned() else {
             return self.create_secret().await;
         };
         self.claim("Secrets Manager secret", &self.names.secret, &secret.tags)?;
@@ -284,7 +323,13 @@ impl<'a> Converge<'a> {
         }
 
         // 5. The instance.
-        let Some(instance) = self.aws.instance(&self.names.instance).await? else {
+        let listed = snapshot.db_instances.iter().find(|i| i.identifier == self.names.instance);
+        // RDS is working on it (or it is new): its state now, not as the last list saw it.
+        let instance = match listed {
+            Some(i) if plan::phase(&i.status) == Phase::Available => Some(i.clone()),
+            _ => self.aws.instance(&self.names.instance).await?,
+        };
+        let Some(instance) = instance else {
             return self.create_instance(&secret).await;
         };
         self.claim("DB instance", &self.names.instance, &instance.tags)?;
@@ -605,6 +650,7 @@ impl Teardown<'_> {
         {
             return match self.aws.groups().delete(&group.id).await? {
                 Deleted::Done => {
+                    self.aws.record(Recorded::Deleted(Kind::SecurityGroups, group.id.clone())).await;
                     self.event(
                         EventType::Normal,
                         "DeletedSecurityGroup",

@@ -13,8 +13,8 @@ use super::plan::{Action, Deletion, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagg
 use crate::api::AwsAccountLink;
 use crate::aws::errors::{Caller, aws_error};
 use crate::aws::inventory::{
-    self, Address, Clients, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Scope, SecurityGroup,
-    Snapshot, Tags, VpcEndpoint, VpcLink, missing,
+    self, Address, Clients, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Scope, Snapshot, Tags,
+    VpcEndpoint, VpcLink, missing,
 };
 use crate::aws::limiter::Service;
 use crate::error::{Error, Result};
@@ -27,6 +27,8 @@ pub struct Network {
     apigateway: aws_sdk_apigatewayv2::Client,
     kms: aws_sdk_kms::Client,
     tagging: aws_sdk_resourcegroupstagging::Client,
+    rds: aws_sdk_rds::Client,
+    secrets: aws_sdk_secretsmanager::Client,
     caller: Caller,
 }
 
@@ -40,6 +42,8 @@ impl Network {
             apigateway: ctx.aws.client(&config),
             kms: ctx.aws.client(&config),
             tagging: ctx.aws.client(&config),
+            rds: ctx.aws.client(&config),
+            secrets: ctx.aws.client(&config),
             caller: Caller::LinkRole { role_arn },
         })
     }
@@ -52,6 +56,8 @@ impl Network {
             apigateway: &self.apigateway,
             kms: &self.kms,
             tagging: &self.tagging,
+            rds: &self.rds,
+            secrets: &self.secrets,
             caller: &self.caller,
             limiter: &ctx.limiter,
             account: &self.scope.account,
@@ -150,7 +156,12 @@ impl Network {
                     ec2.attach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
                 })
                 .await?;
-                (gateway_id.clone(), vec![Recorded::Changed(Kind::InternetGateways)])
+                let attached = Recorded::GatewayAttachment {
+                    gateway_id: gateway_id.clone(),
+                    vpc_id: vpc_id.clone(),
+                    attached: true,
+                };
+                (gateway_id.clone(), vec![attached])
             }
             Action::CreateSubnet { vpc_id, cidr, zone, tags } => {
                 let out = self
@@ -184,11 +195,21 @@ impl Network {
                 (table.id.clone(), vec![Recorded::Created(Created::RouteTable(table))])
             }
             Action::AssociateRouteTable { route_table_id, subnet_id } => {
-                self.ec2(ctx, "ec2:AssociateRouteTable", &[], || {
-                    ec2.associate_route_table().route_table_id(route_table_id).subnet_id(subnet_id).send()
-                })
-                .await?;
-                (format!("{subnet_id} to {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+                let out = self
+                    .ec2(ctx, "ec2:AssociateRouteTable", &[], || {
+                        ec2.associate_route_table().route_table_id(route_table_id).subnet_id(subnet_id).send()
+                    })
+                    .await?;
+                let association_id = out
+                    .as_ref()
+                    .and_then(|o| o.association_id())
+                    .ok_or_else(|| missing("ec2:AssociateRouteTable", "association ID"))?;
+                let associated = Recorded::Associated {
+                    route_table_id: route_table_id.clone(),
+                    association_id: association_id.to_string(),
+                    subnet_id: subnet_id.clone(),
+                };
+                (format!("{subnet_id} to {route_table_id}"), vec![associated])
             }
             Action::CreateRoute { route_table_id, destination, target } => {
                 self.ec2(ctx, "ec2:CreateRoute", &["RouteAlreadyExists"], || {
@@ -201,7 +222,7 @@ impl Network {
                     .send()
                 })
                 .await?;
-                (format!("{destination} in {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+                (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
             }
             Action::ReplaceRoute { route_table_id, destination, target } => {
                 self.ec2(ctx, "ec2:ReplaceRoute", &[], || {
@@ -214,7 +235,7 @@ impl Network {
                     .send()
                 })
                 .await?;
-                (format!("{destination} in {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+                (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
             }
             Action::DeleteRoute { route_table_id, destination } => {
                 self.ec2(ctx, "ec2:DeleteRoute", &["InvalidRoute.NotFound", NOT_FOUND], || {
@@ -227,7 +248,7 @@ impl Network {
                     .send()
                 })
                 .await?;
-                (format!("{destination} in {route_table_id}"), vec![Recorded::Changed(Kind::RouteTables)])
+                (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, None)])
             }
             Action::AllocateAddress { tags } => {
                 let out = self
@@ -261,7 +282,7 @@ impl Network {
                 let mut nat = nat.ok_or_else(|| missing("ec2:CreateNatGateway", "NAT gateway"))?;
                 nat.tags = tags.clone();
                 let id = nat.id.clone();
-                (id, vec![Recorded::Created(Created::NatGateway(nat)), Recorded::Changed(Kind::Addresses)])
+                (id, vec![Recorded::Created(Created::NatGateway(nat))])
             }
             Action::CreateSecurityGroup { vpc_id, name, description, tags } => {
                 let out = self
@@ -279,16 +300,7 @@ impl Network {
                     .and_then(|o| o.group_id())
                     .ok_or_else(|| missing("ec2:CreateSecurityGroup", "group ID"))?
                     .to_string();
-                // The response holds no rules; the list that follows (the kind is marked changed)
-                // shows EC2's default egress rule.
-                let created = SecurityGroup {
-                    id: id.clone(),
-                    vpc_id: vpc_id.clone(),
-                    name: name.clone(),
-                    ingress: Default::default(),
-                    egress: Default::default(),
-                    tags: tags.clone(),
-                };
+                let created = inventory::new_security_group(&id, vpc_id, name, tags.clone());
                 (id, vec![Recorded::Created(Created::SecurityGroup(created))])
             }
             Action::Authorize { group_id, egress, rule } => {
@@ -304,7 +316,9 @@ impl Network {
                     })
                     .await?;
                 }
-                (group_id.clone(), vec![Recorded::Changed(Kind::SecurityGroups)])
+                let added =
+                    Recorded::Rule { group_id: group_id.clone(), egress: *egress, rule: rule.clone(), added: true };
+                (group_id.clone(), vec![added])
             }
             Action::Revoke { group_id, egress, rule } => {
                 let permission = inventory::permission_of(rule);
@@ -319,7 +333,9 @@ impl Network {
                     })
                     .await?;
                 }
-                (group_id.clone(), vec![Recorded::Changed(Kind::SecurityGroups)])
+                let removed =
+                    Recorded::Rule { group_id: group_id.clone(), egress: *egress, rule: rule.clone(), added: false };
+                (group_id.clone(), vec![removed])
             }
             Action::CreateVpcEndpoint(e) => self.create_endpoint(ctx, e).await?,
             Action::ModifyVpcEndpoint(c) => {
@@ -391,11 +407,17 @@ impl Network {
             }
             Action::CreateAlias { alias, key_id } => {
                 let kms = &self.kms;
-                self.mutate(ctx, Service::Kms, "kms:CreateAlias", &["AlreadyExistsException"], || {
-                    kms.create_alias().alias_name(alias).target_key_id(key_id).send()
-                })
-                .await?;
-                (alias.clone(), vec![Recorded::Changed(Kind::KmsAliases)])
+                let made = self
+                    .mutate(ctx, Service::Kms, "kms:CreateAlias", &["AlreadyExistsException"], || {
+                        kms.create_alias().alias_name(alias).target_key_id(key_id).send()
+                    })
+                    .await?;
+                // An alias that already existed may point elsewhere: only a list tells.
+                let recorded = match made {
+                    Some(_) => Recorded::Alias { name: alias.clone(), target_key_id: key_id.clone() },
+                    None => Recorded::Changed(Kind::KmsAliases),
+                };
+                (alias.clone(), vec![recorded])
             }
             Action::Retag { resource, add, remove } => self.retag(ctx, resource, add, remove).await?,
             Action::Delete(deletion) => self.delete(ctx, deletion).await?,
@@ -429,8 +451,9 @@ impl Network {
         let mut endpoint: VpcEndpoint = endpoint.ok_or_else(|| missing("ec2:CreateVpcEndpoint", "endpoint"))?;
         endpoint.tags = e.tags.clone();
         let id = endpoint.id.clone();
-        // A gateway endpoint adds routes to the tables it serves.
-        Ok((id, vec![Recorded::Created(Created::VpcEndpoint(endpoint)), Recorded::Changed(Kind::RouteTables)]))
+        // A gateway endpoint adds routes (to its service's prefix list) to the tables it serves; the
+        // plan keeps such routes whatever they are, so they need not be known before the next list.
+        Ok((id, vec![Recorded::Created(Created::VpcEndpoint(endpoint))]))
     }
 
     /// One tag call: additions first, removals at the next step.
@@ -467,7 +490,7 @@ impl Network {
                     "sg" => Kind::SecurityGroups,
                     _ => Kind::VpcEndpoints,
                 };
-                Ok((id.clone(), vec![Recorded::Changed(kind)]))
+                Ok((id.clone(), vec![tagged(kind, id, add, remove)]))
             }
             Tagged::VpcLink(id) => {
                 let apigateway = &self.apigateway;
@@ -487,7 +510,7 @@ impl Network {
                     })
                     .await?;
                 }
-                Ok((id.clone(), vec![Recorded::Changed(Kind::VpcLinks)]))
+                Ok((id.clone(), vec![tagged(Kind::VpcLinks, id, add, remove)]))
             }
             Tagged::Key(id) => {
                 let kms = &self.kms;
@@ -507,7 +530,7 @@ impl Network {
                     })
                     .await?;
                 }
-                Ok((id.clone(), vec![Recorded::Changed(Kind::KmsKeys)]))
+                Ok((id.clone(), vec![tagged(Kind::KmsKeys, id, add, remove)]))
             }
         }
     }
@@ -541,9 +564,7 @@ impl Network {
                         });
                     }
                 }
-                let mut recorded: Vec<Recorded> =
-                    ids.iter().map(|id| Recorded::Deleted(Kind::VpcEndpoints, id.clone())).collect();
-                recorded.push(Recorded::Changed(Kind::RouteTables));
+                let recorded = ids.iter().map(|id| Recorded::Deleted(Kind::VpcEndpoints, id.clone())).collect();
                 (ids.join(", "), recorded)
             }
             Deletion::NatGateway(id) => {
@@ -551,7 +572,7 @@ impl Network {
                     ec2.delete_nat_gateway().nat_gateway_id(id).send()
                 })
                 .await?;
-                (id.clone(), vec![Recorded::Deleted(Kind::NatGateways, id.clone()), Recorded::Changed(Kind::Addresses)])
+                (id.clone(), vec![Recorded::Deleted(Kind::NatGateways, id.clone())])
             }
             Deletion::Address(id) => {
                 self.ec2(ctx, "ec2:ReleaseAddress", gone, || ec2.release_address().allocation_id(id).send()).await?;
@@ -562,7 +583,12 @@ impl Network {
                     ec2.detach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
                 })
                 .await?;
-                (gateway_id.clone(), vec![Recorded::Changed(Kind::InternetGateways)])
+                let detached = Recorded::GatewayAttachment {
+                    gateway_id: gateway_id.clone(),
+                    vpc_id: vpc_id.clone(),
+                    attached: false,
+                };
+                (gateway_id.clone(), vec![detached])
             }
             Deletion::InternetGateway(id) => {
                 self.ec2(ctx, "ec2:DeleteInternetGateway", gone, || {
@@ -576,7 +602,7 @@ impl Network {
                     ec2.disassociate_route_table().association_id(id).send()
                 })
                 .await?;
-                (id.clone(), vec![Recorded::Changed(Kind::RouteTables)])
+                (id.clone(), vec![Recorded::Disassociated { association_id: id.clone() }])
             }
             Deletion::RouteTable(id) => {
                 self.ec2(ctx, "ec2:DeleteRouteTable", gone, || ec2.delete_route_table().route_table_id(id).send())
@@ -627,6 +653,20 @@ const NOT_FOUND: &str = "*.NotFound";
 
 fn is_not_found(code: &str) -> bool {
     code.ends_with(".NotFound") || code.ends_with("NotFound") || code == "NotFoundException"
+}
+
+fn route(route_table_id: &str, destination: &str, target: Option<&RouteTarget>) -> Recorded {
+    Recorded::Route {
+        route_table_id: route_table_id.to_string(),
+        destination: destination.to_string(),
+        target: target.cloned(),
+    }
+}
+
+/// One tag call's effect: the additions, or (when there are none) the removals.
+fn tagged(kind: Kind, id: &str, add: &Tags, remove: &[String]) -> Recorded {
+    let remove = if add.is_empty() { remove.to_vec() } else { Vec::new() };
+    Recorded::Tagged { kind, id: id.to_string(), add: add.clone(), remove }
 }
 
 fn ec2_tags(tags: &Tags) -> Vec<Tag> {

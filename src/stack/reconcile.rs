@@ -1,9 +1,10 @@
 //! The Stack's reconcile steps: resolve the account link (enforcing `allowedNamespaces` before
-//! any AWS call), read the account from the shared inventory, plan the network, make the first
-//! change the diff names (one mutation per pass), and report every ID in status. Deletion waits
+//! any AWS call), read the account from the shared inventory, plan the network, make the change
+//! the diff names first, plan again from the view its response updated, and so on until nothing
+//! is left or AWS must be waited for; then report every ID in status (written once per pass). Deletion waits
 //! for the Stack's Databases and Bastions, then tears the network down in dependency order.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
@@ -20,7 +21,11 @@ use crate::runtime::context::Context;
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
 
 /// How often a stack waiting for AWS (a NAT gateway becoming available, a deletion) looks again.
-const AWS_POLL: Duration = Duration::from_secs(3);
+const AWS_POLL: Duration = Duration::from_secs(1);
+/// One pass makes the changes it can, one after another, each planned from the view the previous
+/// one's response updated; it writes the status and yields after this many mutations or this long.
+const PASS_MUTATIONS: usize = 64;
+const PASS_TIME: Duration = Duration::from_secs(5);
 /// The `Ready` reason while drift is being repaired, so that every step of a repair (not only the
 /// first) is announced as `DriftRepaired`.
 const REPAIRING: &str = "RepairingDrift";
@@ -48,57 +53,81 @@ impl Managed for Stack {
         let owner = owner(self);
         let region = self.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
         let network = Network::connect(ctx, &link, &region).await?;
-        let snapshot = network.snapshot(ctx).await?;
-        let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
-        let zones = plan::choose_zones(
-            self.spec.network.availability_zones.as_deref(),
-            &snapshot.zones,
-            &observed.zones_in_use(),
-        )
-        .map_err(Error::InvalidSpec)?;
-        let plan = plan::plan_network(owner, &self.spec, &region, zones).map_err(Error::InvalidSpec)?;
-        let diff = plan::diff(&plan, &observed, &Previous::of(&status));
-        if let Some(conflict) = diff.conflict {
-            return Err(conflict);
-        }
-        let observed_status = plan::status_of(&plan, &observed);
-
-        let Some(first) = diff.changes.first() else {
-            if !diff.waiting.is_empty() {
-                let message = format!("waiting for AWS: {}", diff.waiting.join("; "));
-                let health = Health::progressing("WaitingForAws", message);
-                return Ok(Step { status: observed_status, health, requeue_after: Some(AWS_POLL) });
-            }
-            let message = format!(
-                "the {:?} network matches the spec: VPC {}, {} subnets, KMS key {}",
-                plan.pattern,
-                observed_status.vpc_id.as_deref().unwrap_or_default(),
-                observed_status.subnets.len(),
-                observed_status.kms_key_arn.as_deref().unwrap_or_default(),
-            );
-            return Ok(Step {
-                status: observed_status,
-                health: Health::ready("Converged", message),
-                requeue_after: None,
-            });
-        };
-
+        // The IDs the status knew when the pass began salt the idempotency tokens of the whole
+        // pass: a crash before the status is written repeats the pass with the same tokens.
+        let previous = Previous::of(&status);
         // A stack that was Ready for this spec and now differs has drifted; anything else is
         // progress towards the spec.
         let drift = conditions::is_ready(&status.conditions, self.metadata.generation)
             || conditions::ready(&status.conditions).is_some_and(|c| c.reason == REPAIRING);
-        let id = network.apply(ctx, &first.action).await?;
-        let (reason, note) = if drift {
-            ("DriftRepaired", format!("repaired {}: {} ({}: {id})", first.component, first.what, first.action.reason()))
-        } else {
-            (first.action.reason(), format!("{}: {id} ({})", first.component, first.what))
-        };
-        info!(stack = %self.name_any(), %namespace, reason, %note, "AWS mutation");
-        ctx.event(&self.object_ref(&()), EventType::Normal, reason, note.clone()).await;
-        let left = diff.changes.len() - 1;
-        let message = if left == 0 { note } else { format!("{note}; {left} more difference(s) to fix") };
-        let health = Health::progressing(if drift { REPAIRING } else { "Converging" }, message);
-        Ok(Step { status: merged(observed_status, &status), health, requeue_after: Some(Duration::ZERO) })
+        let started = Instant::now();
+        let mut made = 0;
+        loop {
+            // After the first mutation this is the cached view with the mutations' responses
+            // applied: no list is made again.
+            let snapshot = network.snapshot(ctx).await?;
+            let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
+            let zones = plan::choose_zones(
+                self.spec.network.availability_zones.as_deref(),
+                &snapshot.zones,
+                &observed.zones_in_use(),
+            )
+            .map_err(Error::InvalidSpec)?;
+            // Held no longer than needed: the inventory copies a list a reconcile still holds
+            // when a mutation is recorded into it.
+            drop(snapshot);
+            let plan = plan::plan_network(owner.clone(), &self.spec, &region, zones).map_err(Error::InvalidSpec)?;
+            let diff = plan::diff(&plan, &observed, &previous);
+            if let Some(conflict) = diff.conflict {
+                return Err(conflict);
+            }
+            let observed_status = plan::status_of(&plan, &observed);
+
+            let Some(first) = diff.changes.first() else {
+                if !diff.waiting.is_empty() {
+                    let message = format!("waiting for AWS: {}", diff.waiting.join("; "));
+                    let health = Health::progressing("WaitingForAws", message);
+                    return Ok(Step { status: observed_status, health, requeue_after: Some(AWS_POLL) });
+                }
+                let message = format!(
+                    "the {:?} network matches the spec: VPC {}, {} subnets, KMS key {}",
+                    plan.pattern,
+                    observed_status.vpc_id.as_deref().unwrap_or_default(),
+                    observed_status.subnets.len(),
+                    observed_status.kms_key_arn.as_deref().unwrap_or_default(),
+                );
+                return Ok(Step {
+                    status: observed_status,
+                    health: Health::ready("Converged", message),
+                    requeue_after: None,
+                });
+            };
+
+            let id = network.apply(ctx, &first.action).await?;
+            made += 1;
+            let (reason, note) = if drift {
+                (
+                    "DriftRepaired",
+                    format!("repaired {}: {} ({}: {id})", first.component, first.what, first.action.reason()),
+                )
+            } else {
+                (first.action.reason(), format!("{}: {id} ({})", first.component, first.what))
+            };
+            info!(stack = %self.name_any(), %namespace, reason, %note, "AWS mutation");
+            ctx.event(&self.object_ref(&()), EventType::Normal, reason, note.clone()).await;
+            // A long pass reports its progress now and then (and lets other objects' reconciles
+            // run); the next pass goes on at once.
+            if made >= PASS_MUTATIONS || started.elapsed() >= PASS_TIME {
+                let left = diff.changes.len() - 1;
+                let message = if left == 0 { note } else { format!("{note}; {left} more difference(s) to fix") };
+                let health = Health::progressing(if drift { REPAIRING } else { "Converging" }, message);
+                return Ok(Step {
+                    status: merged(observed_status, &status),
+                    health,
+                    requeue_after: Some(Duration::ZERO),
+                });
+            }
+        }
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
