@@ -801,6 +801,7 @@ async fn an_instance_rds_keeps_creating_shows_reconciling_then_ready_without_a_s
         "<DBInstanceStatus>creating</DBInstanceStatus>",
         4,
     );
+    proxy.answer_db_creates_as_creating();
     world.database("slow", json!({"deletionPolicy": "Delete"})).await;
     let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
 

@@ -113,11 +113,20 @@ impl FaultProxy {
         self.state.lock().unwrap().rewrites.push(rewrite);
     }
 
+    /// Answers every `CreateDBInstance` with the instance `creating`, as RDS does (moto answers
+    /// `available`, so an operator that believed the answer would never look again).
+    pub fn answer_db_creates_as_creating(&self) {
+        let (available, creating) =
+            ("<DBInstanceStatus>available</DBInstanceStatus>", "<DBInstanceStatus>creating</DBInstanceStatus>");
+        self.rewrite("CreateDBInstance", available, creating, usize::MAX);
+    }
+
     /// Keeps slow resources in their in-between states for the next `polls` answers that show them
     /// done, as real AWS does for minutes where moto is done at once: NAT gateways and VPC
-    /// endpoints `pending`, RDS instances `creating`, on the way
+    /// endpoints `pending`, RDS instances `creating` (their create answered so too), on the way
     /// up; NAT gateways `deleting` on the way down.
     pub fn hold_in_between_states(&self, polls: usize) {
+        self.answer_db_creates_as_creating();
         self.rewrite("DescribeNatGateways", "<state>available</state>", "<state>pending</state>", polls);
         self.rewrite("DescribeNatGateways", "<state>deleted</state>", "<state>deleting</state>", polls);
         self.rewrite("DescribeVpcEndpoints", "<state>available</state>", "<state>pending</state>", polls);
