@@ -10,28 +10,22 @@ use aws_smithy_runtime_api::client::result::SdkError;
 
 use super::credentials::{Password, SecretDocument};
 use super::plan::{InstanceChanges, ObservedInstance, PORT};
-use crate::aws::errors::{Caller, aws_error};
-use crate::aws::inventory::{self, Clients, Created, Kind, Recorded, Scope, Snapshot};
+use crate::aws::errors::aws_error;
+use crate::aws::inventory::{self, Created, Kind, Recorded, Scope, Snapshot};
 pub use crate::aws::inventory::{DbSubnetGroup, SecretInfo};
 use crate::aws::limiter::Service;
 pub use crate::aws::security_group::Deleted;
 use crate::aws::security_group::SecurityGroups;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
+use crate::stack::aws::Network;
 
 /// Length of generated master passwords: well inside RDS PostgreSQL's 8 to 128.
 const PASSWORD_LENGTH: i64 = 32;
 
 /// The clients of one Database's reconcile, acting as its Stack's link in the Stack's region.
 pub struct DatabaseAws<'a> {
-    rds: aws_sdk_rds::Client,
-    secrets: aws_sdk_secretsmanager::Client,
-    ec2: aws_sdk_ec2::Client,
-    apigateway: aws_sdk_apigatewayv2::Client,
-    kms: aws_sdk_kms::Client,
-    tagging: aws_sdk_resourcegroupstagging::Client,
-    caller: Caller,
-    scope: Scope,
+    net: Network,
     ctx: &'a Context,
 }
 
@@ -43,55 +37,32 @@ pub struct SecretValue {
 
 impl<'a> DatabaseAws<'a> {
     pub fn new(ctx: &'a Context, config: &SdkConfig, role_arn: String, scope: Scope) -> Self {
-        let aws = &ctx.aws;
-        Self {
-            rds: aws.client(config),
-            secrets: aws.client(config),
-            ec2: aws.client(config),
-            apigateway: aws.client(config),
-            kms: aws.client(config),
-            tagging: aws.client(config),
-            caller: Caller::LinkRole { role_arn },
-            scope,
-            ctx,
-        }
+        Self { net: Network::with_config(ctx, config, role_arn, scope), ctx }
     }
 
-    /// The account's resources, from the shared inventory (the Stack's view: listed again when
-    /// older than the resync period, fed by every mutation's response).
+    /// The account's resources, from the shared inventory (the Stack's view).
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        let clients = Clients {
-            ec2: &self.ec2,
-            apigateway: &self.apigateway,
-            kms: &self.kms,
-            tagging: &self.tagging,
-            rds: &self.rds,
-            secrets: &self.secrets,
-            caller: &self.caller,
-            limiter: &self.ctx.limiter,
-            account: &self.scope.account,
-        };
-        self.ctx.inventory.snapshot(&self.scope, &clients, self.ctx.settings.resync_period).await
+        self.net.snapshot(self.ctx).await
     }
 
     /// Tells the shared inventory what a mutation (or a read of one resource) found.
     pub async fn record(&self, recorded: Recorded) {
-        self.ctx.inventory.record(&self.scope, recorded).await;
+        self.ctx.inventory.record(&self.net.scope, recorded).await;
     }
 
     fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
     where
         E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        aws_error(action, &self.caller, e)
+        aws_error(action, &self.net.caller, e)
     }
 
     /// Its security group's calls.
     pub fn groups(&self) -> SecurityGroups<'_> {
         SecurityGroups {
-            ec2: &self.ec2,
-            caller: &self.caller,
-            account: &self.scope.account,
+            ec2: &self.net.ec2,
+            caller: &self.net.caller,
+            account: &self.net.scope.account,
             limiter: &self.ctx.limiter,
         }
     }
@@ -100,8 +71,8 @@ impl<'a> DatabaseAws<'a> {
 
     /// Reads the subnet group named `name` now (not from the inventory), and records what it found.
     pub async fn subnet_group(&self, name: &str) -> Result<Option<DbSubnetGroup>> {
-        let read = || self.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
-        let found = match self.ctx.limiter.read(&self.scope.account, Service::Rds, read).await {
+        let read = || self.net.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
+        let found = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
             Ok(out) => out.db_subnet_groups().first().and_then(inventory::db_subnet_group_of),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => None,
             Err(e) => return Err(self.fail("rds:DescribeDBSubnetGroups", e)),
@@ -124,8 +95,9 @@ impl<'a> DatabaseAws<'a> {
         let result = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::Rds, || {
-                self.rds
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
                     .create_db_subnet_group()
                     .db_subnet_group_name(name)
                     .db_subnet_group_description(description)
@@ -152,8 +124,9 @@ impl<'a> DatabaseAws<'a> {
         let out = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::Rds, || {
-                self.rds
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
                     .modify_db_subnet_group()
                     .db_subnet_group_name(name)
                     .set_subnet_ids(Some(subnet_ids.to_vec()))
@@ -171,8 +144,8 @@ impl<'a> DatabaseAws<'a> {
         let result = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::Rds, || {
-                self.rds.delete_db_subnet_group().db_subnet_group_name(name).send()
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net.rds.delete_db_subnet_group().db_subnet_group_name(name).send()
             })
             .await;
         let deleted = Recorded::Deleted(Kind::DbSubnetGroups, name.to_string());
@@ -196,8 +169,8 @@ impl<'a> DatabaseAws<'a> {
 
     /// Reads the instance now (not from the inventory), and records what it found.
     pub async fn instance(&self, identifier: &str) -> Result<Option<ObservedInstance>> {
-        let read = || self.rds.describe_db_instances().db_instance_identifier(identifier).send();
-        let found = match self.ctx.limiter.read(&self.scope.account, Service::Rds, read).await {
+        let read = || self.net.rds.describe_db_instances().db_instance_identifier(identifier).send();
+        let found = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
             Ok(out) => out.db_instances().first().map(observed_instance),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => None,
             Err(e) => return Err(self.fail("rds:DescribeDBInstances", e)),
@@ -215,8 +188,9 @@ impl<'a> DatabaseAws<'a> {
         let result = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::Rds, || {
-                self.rds
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
                     .create_db_instance()
                     .db_instance_identifier(r.identifier)
                     .engine(super::plan::ENGINE)
@@ -261,8 +235,9 @@ impl<'a> DatabaseAws<'a> {
         let out = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::Rds, || {
-                self.rds
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
                     .modify_db_instance()
                     .db_instance_identifier(identifier)
                     .apply_immediately(true)
@@ -297,8 +272,9 @@ impl<'a> DatabaseAws<'a> {
         let result = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::Rds, || {
-                self.rds
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
                     .delete_db_instance()
                     .db_instance_identifier(identifier)
                     .skip_final_snapshot(final_snapshot.is_none())
@@ -319,8 +295,8 @@ impl<'a> DatabaseAws<'a> {
 
     /// Reads the secret (by name or ARN) now, not from the inventory, and records what it found.
     pub async fn secret(&self, name: &str) -> Result<Option<SecretInfo>> {
-        let read = || self.secrets.describe_secret().secret_id(name).send();
-        let found = match self.ctx.limiter.read(&self.scope.account, Service::SecretsManager, read).await {
+        let read = || self.net.secrets.describe_secret().secret_id(name).send();
+        let found = match self.ctx.limiter.read(&self.net.scope.account, Service::SecretsManager, read).await {
             Ok(out) => out.arn().map(|arn| SecretInfo {
                 name: out.name().unwrap_or(name).to_string(),
                 arn: arn.to_string(),
@@ -344,8 +320,8 @@ impl<'a> DatabaseAws<'a> {
         let out = self
             .ctx
             .limiter
-            .read(&self.scope.account, Service::SecretsManager, || {
-                self.secrets.get_secret_value().secret_id(arn).send()
+            .read(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.get_secret_value().secret_id(arn).send()
             })
             .await
             .map_err(|e| self.fail("secretsmanager:GetSecretValue", e))?;
@@ -360,6 +336,7 @@ impl<'a> DatabaseAws<'a> {
     /// URLs, shells and RDS's rules (which forbid `/`, `"`, `@` and spaces) without quoting.
     pub async fn random_password(&self) -> Result<Password> {
         let out = self
+            .net
             .secrets
             .get_random_password()
             .password_length(PASSWORD_LENGTH)
@@ -386,8 +363,9 @@ impl<'a> DatabaseAws<'a> {
         let result = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::SecretsManager, || {
-                self.secrets
+            .mutate(&self.net.scope.account, Service::SecretsManager, || {
+                self.net
+                    .secrets
                     .create_secret()
                     .name(name)
                     .description(description)
@@ -426,8 +404,8 @@ impl<'a> DatabaseAws<'a> {
         let out = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::SecretsManager, || {
-                self.secrets.put_secret_value().secret_id(arn).secret_string(value).send()
+            .mutate(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.put_secret_value().secret_id(arn).secret_string(value).send()
             })
             .await
             .map_err(|e| self.fail("secretsmanager:PutSecretValue", e))?;
@@ -439,8 +417,8 @@ impl<'a> DatabaseAws<'a> {
     pub async fn set_secret_key(&self, arn: &str, kms_key_arn: &str) -> Result<()> {
         self.ctx
             .limiter
-            .mutate(&self.scope.account, Service::SecretsManager, || {
-                self.secrets.update_secret().secret_id(arn).kms_key_id(kms_key_arn).send()
+            .mutate(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.update_secret().secret_id(arn).kms_key_id(kms_key_arn).send()
             })
             .await
             .map_err(|e| self.fail("secretsmanager:UpdateSecret", e))?;
@@ -451,8 +429,8 @@ impl<'a> DatabaseAws<'a> {
     pub async fn restore_secret(&self, arn: &str) -> Result<()> {
         self.ctx
             .limiter
-            .mutate(&self.scope.account, Service::SecretsManager, || {
-                self.secrets.restore_secret().secret_id(arn).send()
+            .mutate(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.restore_secret().secret_id(arn).send()
             })
             .await
             .map_err(|e| self.fail("secretsmanager:RestoreSecret", e))?;
@@ -465,8 +443,8 @@ impl<'a> DatabaseAws<'a> {
         let result = self
             .ctx
             .limiter
-            .mutate(&self.scope.account, Service::SecretsManager, || {
-                self.secrets.delete_secret().secret_id(arn).force_delete_without_recovery(true).send()
+            .mutate(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.delete_secret().secret_id(arn).force_delete_without_recovery(true).send()
             })
             .await;
         match result {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, TagSpecification, VpcEndpointType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -20,36 +21,43 @@ use crate::aws::limiter::Service;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
 
-/// The clients of one Stack's account and region, acting as its link's role.
+/// The clients of one Stack's account and region, acting as its link's role (also what a Database
+/// of the Stack reads and changes the account with).
 pub struct Network {
     pub scope: Scope,
-    ec2: aws_sdk_ec2::Client,
-    apigateway: aws_sdk_apigatewayv2::Client,
-    kms: aws_sdk_kms::Client,
-    tagging: aws_sdk_resourcegroupstagging::Client,
-    rds: aws_sdk_rds::Client,
-    secrets: aws_sdk_secretsmanager::Client,
-    caller: Caller,
+    pub(crate) ec2: aws_sdk_ec2::Client,
+    pub(crate) apigateway: aws_sdk_apigatewayv2::Client,
+    pub(crate) kms: aws_sdk_kms::Client,
+    pub(crate) tagging: aws_sdk_resourcegroupstagging::Client,
+    pub(crate) rds: aws_sdk_rds::Client,
+    pub(crate) secrets: aws_sdk_secretsmanager::Client,
+    pub(crate) caller: Caller,
 }
 
 impl Network {
     pub async fn connect(ctx: &Context, link: &AwsAccountLink, region: &str) -> Result<Self> {
         let config = ctx.aws.for_link(link, region).await?;
         let role_arn = link.status.as_ref().and_then(|s| s.role_arn.clone()).unwrap_or_default();
-        Ok(Self {
-            scope: Scope { account: link.spec.account_id.clone(), region: region.to_string() },
-            ec2: ctx.aws.client(&config),
-            apigateway: ctx.aws.client(&config),
-            kms: ctx.aws.client(&config),
-            tagging: ctx.aws.client(&config),
-            rds: ctx.aws.client(&config),
-            secrets: ctx.aws.client(&config),
+        let scope = Scope { account: link.spec.account_id.clone(), region: region.to_string() };
+        Ok(Self::with_config(ctx, &config, role_arn, scope))
+    }
+
+    /// The clients for `config` (the link's assumed role in `scope`'s region).
+    pub fn with_config(ctx: &Context, config: &SdkConfig, role_arn: String, scope: Scope) -> Self {
+        Self {
+            scope,
+            ec2: ctx.aws.client(config),
+            apigateway: ctx.aws.client(config),
+            kms: ctx.aws.client(config),
+            tagging: ctx.aws.client(config),
+            rds: ctx.aws.client(config),
+            secrets: ctx.aws.client(config),
             caller: Caller::LinkRole { role_arn },
-        })
+        }
     }
 
     /// The account's resources, from the shared inventory (listed again when older than the
-    /// resync period).
+    /// resync period, fed by every mutation's response).
     pub async fn snapshot(&self, ctx: &Context) -> Result<Snapshot> {
         let clients = Clients {
             ec2: &self.ec2,
