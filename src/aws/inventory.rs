@@ -21,6 +21,12 @@ use crate::error::{Error, Result};
 /// lagged would be a duplicate.
 const CREATE_GRACE: Duration = Duration::from_secs(120);
 
+/// A scope's lists are refreshed no sooner than this many times the last refresh took, after it
+/// ended: when listing is slow (many resources, a slow or throttling endpoint), the inventory
+/// spends at most about a quarter of its time listing, and reconciles work from the view
+/// mutations keep true in between.
+const REFRESH_SPACING: u32 = 3;
+
 pub type Tags = BTreeMap<String, String>;
 
 /// The (account, region) an inventory describes.
@@ -312,8 +318,8 @@ impl Created {
 pub enum Recorded {
     /// A new resource, from the create call's response.
     Created(Created),
-    /// Resources of this kind changed in a way the response does not tell (a rare repair): the
-    /// kind is listed again at the next read.
+    /// Resources of this kind changed in a way the response does not tell (a rare repair, or AWS
+    /// finishing what a reconcile waits for): the kind is listed again at the next read.
     Changed(Kind),
     /// A resource was deleted: forgotten at once. The kinds AWS deletes asynchronously (NAT
     /// gateways, VPC endpoints, which stay `deleting` a while) are listed again at the next read.
@@ -392,8 +398,11 @@ impl Clients<'_> {
 /// The inventories of every (account, region) the operator works in.
 #[derive(Default)]
 pub struct Inventory {
-    scopes: Mutex<HashMap<Scope, Arc<tokio::sync::Mutex<State>>>>,
+    /// Each scope's view, and the lock a refresh of it holds.
+    scopes: Mutex<HashMap<Scope, ScopeState>>,
 }
+
+type ScopeState = (Arc<tokio::sync::Mutex<State>>, Arc<tokio::sync::Mutex<()>>);
 
 #[derive(Default)]
 struct State {
@@ -402,49 +411,106 @@ struct State {
     listed: HashMap<Kind, (Instant, bool)>,
     /// Resources created by the operator that a list has not shown yet, with when they were made.
     pending: Vec<(Instant, Created)>,
+    /// While a refresh's lists are under way: what the operator changed meanwhile, applied again
+    /// over the lists when they come back.
+    journal: Option<Vec<Recorded>>,
+    /// How long the last refresh took, from its first request to its last answer.
+    last_refresh: Duration,
     /// DNS attributes per VPC ID and key states per key ID, which the bulk lists do not carry.
     vpc_dns: HashMap<String, (Option<bool>, Option<bool>)>,
     key_states: HashMap<String, String>,
 }
 
 impl Inventory {
-    fn state(&self, scope: &Scope) -> Arc<tokio::sync::Mutex<State>> {
+    fn state(&self, scope: &Scope) -> ScopeState {
         let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
         scopes.entry(scope.clone()).or_default().clone()
     }
 
-    /// The scope's resources, listing again each kind older than `max_age` or changed since. One
-    /// refresh at a time per scope: concurrent reconciles of the same account wait for it and share
-    /// its result.
+    /// The scope's resources, listing again each kind older than `max_age` (or than
+    /// `REFRESH_SPACING` times the last refresh, when listing is that slow) or changed since. One
+    /// refresh at a time per scope. The lists run without holding the view: a reconcile that finds
+    /// a refresh under way reads the view as it is (kept true by the mutations' records) instead of
+    /// waiting, unless a kind it needs was never listed or is known to be out of date.
     pub async fn snapshot(&self, scope: &Scope, clients: &Clients<'_>, max_age: Duration) -> Result<Snapshot> {
-        let state = self.state(scope);
-        let mut state = state.lock().await;
-        if state.snapshot.zones.is_empty() {
-            state.snapshot.zones = Arc::new(clients.read(Service::Ec2, || list_zones(clients)).await?);
-        }
-        let now = Instant::now();
-        let stale: Vec<Kind> = Kind::ALL
-            .into_iter()
-            .filter(|k| state.listed.get(k).is_none_or(|(at, dirty)| *dirty || now.duration_since(*at) > max_age))
-            .collect();
-        if !stale.is_empty() {
-            let lists =
-                futures::future::try_join_all(stale.iter().map(|k| clients.read(k.service(), || list(*k, clients))))
-                    .await?;
-            for (kind, listed) in stale.iter().zip(lists) {
-                state.apply(listed);
-                state.listed.insert(*kind, (now, false));
+        let (state, refresh) = self.state(scope);
+        {
+            let mut st = state.lock().await;
+            if st.snapshot.zones.is_empty() {
+                st.snapshot.zones = Arc::new(clients.read(Service::Ec2, || list_zones(clients)).await?);
             }
-            state.fill_details(clients).await?;
-            state.merge_pending(now);
+            let stale = st.stale(max_age, Instant::now());
+            if stale.is_empty() {
+                return Ok(st.snapshot.clone());
+            }
+            let must_wait = stale.iter().any(|k| st.listed.get(k).is_none_or(|(_, dirty)| *dirty));
+            if !must_wait && refresh.try_lock().is_err() {
+                return Ok(st.snapshot.clone());
+            }
         }
-        Ok(state.snapshot.clone())
+        let _refreshing = refresh.lock().await;
+        let (stale, started) = {
+            let mut st = state.lock().await;
+            let started = Instant::now();
+            let stale = st.stale(max_age, started);
+            if stale.is_empty() {
+                return Ok(st.snapshot.clone());
+            }
+            st.journal = Some(Vec::new());
+            (stale, started)
+        };
+        let lists =
+            futures::future::try_join_all(stale.iter().map(|k| clients.read(k.service(), || list(*k, clients)))).await;
+        let mut st = state.lock().await;
+        let journal = st.journal.take().unwrap_or_default();
+        let lists = lists?;
+        let ended = Instant::now();
+        for (kind, listed) in stale.iter().zip(lists) {
+            st.apply(listed);
+            st.listed.insert(*kind, (ended, false));
+        }
+        st.last_refresh = ended.duration_since(started);
+        // What the operator changed while the lists were under way, which they may not show.
+        for recorded in journal {
+            st.replay(recorded);
+        }
+        st.merge_pending(ended);
+        st.fill_details(clients).await?;
+        Ok(st.snapshot.clone())
     }
 
     /// Records what a mutation did.
     pub async fn record(&self, scope: &Scope, recorded: Recorded) {
-        let state = self.state(scope);
+        let (state, _) = self.state(scope);
         let mut state = state.lock().await;
+        if let Some(journal) = state.journal.as_mut() {
+            journal.push(recorded.clone());
+        }
+        state.record(recorded);
+    }
+}
+
+impl State {
+    /// The kinds to list again: never listed, changed in a way no record told, or older than
+    /// `max_age`, or than `REFRESH_SPACING` times the last refresh if that is longer.
+    fn stale(&self, max_age: Duration, now: Instant) -> Vec<Kind> {
+        let max_age = max_age.max(self.last_refresh * REFRESH_SPACING);
+        Kind::ALL
+            .into_iter()
+            .filter(|k| self.listed.get(k).is_none_or(|(at, dirty)| *dirty || now.duration_since(*at) > max_age))
+            .collect()
+    }
+
+    /// Applies again, after a list that began before it, what a mutation did: the lists may show
+    /// the resources as they were. Creations are kept by `pending` already.
+    fn replay(&mut self, recorded: Recorded) {
+        if !matches!(recorded, Recorded::Created(_)) {
+            self.record(recorded);
+        }
+    }
+
+    fn record(&mut self, recorded: Recorded) {
+        let state = self;
         match recorded {
             Recorded::Created(created) => {
                 state.pending.push((Instant::now(), created));
@@ -1177,6 +1243,8 @@ async fn list(kind: Kind, c: &Clients<'_>) -> Result<Listed> {
                 .get_resources()
                 .resource_type_filters("kms:key")
                 .tag_filters(filter)
+                // The largest page AWS gives (its default is 50).
+                .resources_per_page(100)
                 .into_paginator()
                 .send()
                 .try_collect()
@@ -1382,5 +1450,55 @@ mod tests {
         ));
         state.merge_pending(now + CREATE_GRACE + Duration::from_secs(1));
         assert!(state.pending.is_empty());
+    }
+
+    #[test]
+    fn a_slow_refresh_spaces_the_next_and_changes_made_during_its_lists_survive_them() {
+        let mut state = State::default();
+        let start = Instant::now();
+        assert_eq!(state.stale(Duration::from_secs(30), start).len(), Kind::ALL.len(), "never listed");
+        for kind in Kind::ALL {
+            state.listed.insert(kind, (start, false));
+        }
+        // A refresh that took 20 s: the next comes 60 s after it ended, not 30 s.
+        state.last_refresh = Duration::from_secs(20);
+        assert!(state.stale(Duration::from_secs(30), start + Duration::from_secs(45)).is_empty());
+        assert_eq!(state.stale(Duration::from_secs(30), start + Duration::from_secs(61)).len(), Kind::ALL.len());
+        // A kind a record says is out of date is listed again at once.
+        state.mark_changed(Kind::KmsAliases);
+        assert_eq!(state.stale(Duration::from_secs(30), start), vec![Kind::KmsAliases]);
+
+        // Lists that began before a route was set and a subnet deleted show them as they were; the
+        // journal's records are applied over them again.
+        let table = RouteTable {
+            id: "rtb-1".into(),
+            vpc_id: "vpc-1".into(),
+            routes: vec![],
+            associations: vec![],
+            tags: Tags::new(),
+        };
+        let subnet = Subnet {
+            id: "subnet-1".into(),
+            vpc_id: "vpc-1".into(),
+            cidr: "10.0.0.0/24".into(),
+            zone: "us-east-1a".into(),
+            tags: Tags::new(),
+        };
+        state.apply(Listed::RouteTables(vec![table.clone()]));
+        state.apply(Listed::Subnets(vec![subnet.clone()]));
+        let route = Recorded::Route {
+            route_table_id: "rtb-1".into(),
+            destination: "0.0.0.0/0".into(),
+            target: Some(RouteTarget::Gateway("igw-1".into())),
+        };
+        let deleted = Recorded::Deleted(Kind::Subnets, "subnet-1".into());
+        state.record(route.clone());
+        state.record(deleted.clone());
+        state.apply(Listed::RouteTables(vec![table]));
+        state.apply(Listed::Subnets(vec![subnet]));
+        state.replay(route);
+        state.replay(deleted);
+        assert_eq!(state.snapshot.route_tables[0].routes.len(), 1);
+        assert!(state.snapshot.subnets.is_empty());
     }
 }

@@ -23,6 +23,7 @@ use super::plan::{self, Arch, DesiredInstance, Names, NoPlacement, Placement};
 use crate::account_link::template::bastion_boundary_policy_name;
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{AwsAccountLink, Bastion, BastionAccess, BastionStatus, Database, Permissions, Stack};
+use crate::aws::inventory::new_security_group;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::{Context, FIELD_MANAGER};
@@ -283,45 +284,61 @@ impl<'a> Converge<'a> {
             return self.expire(&live, at).await;
         }
 
-        // 2. The instance's role, trusted by EC2 only.
+        // 2. The instance's role, trusted by EC2 only. What a create leaves is known from it, so the
+        // steps that follow a create go on in the same pass without reading it back.
         let role = &self.names.base;
-        let Some(found) = self.aws.role(role).await? else {
-            let description = format!("Bastion {}: Session Manager agent only", self.names.display);
-            self.aws.create_role(role, &description, self.boundary.as_deref(), &self.tags).await?;
-            self.event(EventType::Normal, "CreatedRole", format!("created IAM role {role}")).await;
-            return self.next("CreatingRole", format!("created IAM role {role}"));
+        let has_policy = match self.aws.role(role).await? {
+            Some(found) => {
+                self.claim("IAM role", role, &found.tags)?;
+                self.aws.role_policies(role).await?.contains(plan::ROLE_POLICY_NAME)
+            }
+            None => {
+                let description = format!("Bastion {}: Session Manager agent only", self.names.display);
+                self.aws.create_role(role, &description, self.boundary.as_deref(), &self.tags).await?;
+                self.event(EventType::Normal, "CreatedRole", format!("created IAM role {role}")).await;
+                false
+            }
         };
-        self.claim("IAM role", role, &found.tags)?;
-        if !self.aws.role_policies(role).await?.contains(plan::ROLE_POLICY_NAME) {
+        if !has_policy {
             self.aws.put_role_policy(role, plan::ROLE_POLICY_NAME, &plan::role_policy()).await?;
             let note = format!("allowed the Session Manager agent's calls to IAM role {role}");
             self.event(EventType::Normal, "PutRolePolicy", note).await;
-            return self.next("CreatingRole", format!("put the policy of IAM role {role}"));
         }
 
-        // 3. Its instance profile.
-        let Some(profile) = self.aws.instance_profile(role).await? else {
-            self.aws.create_instance_profile(role, &self.tags).await?;
-            self.event(EventType::Normal, "CreatedInstanceProfile", format!("created instance profile {role}")).await;
-            return self.next("CreatingInstanceProfile", format!("created instance profile {role}"));
+        // 3. Its instance profile (read back after a create for its ARN; IAM may not show it yet).
+        let profile = match self.aws.instance_profile(role).await? {
+            Some(profile) => profile,
+            None => {
+                self.aws.create_instance_profile(role, &self.tags).await?;
+                let note = format!("created instance profile {role}");
+                self.event(EventType::Normal, "CreatedInstanceProfile", note).await;
+                let Some(profile) = self.aws.instance_profile(role).await? else {
+                    return self.next("CreatingInstanceProfile", format!("created instance profile {role}"));
+                };
+                profile
+            }
         };
         self.claim("IAM instance profile", role, &profile.tags)?;
         if !profile.roles.iter().any(|r| r == role) {
             self.aws.add_role_to_instance_profile(role, role).await?;
-            return self.next("CreatingInstanceProfile", format!("added role {role} to its instance profile"));
         }
 
         // 4. The security group and its exact ingress.
         let vpc = self.placement.vpc_id.clone();
-        let Some(group) = self.aws.groups().find(&vpc, &self.names.base).await? else {
-            let description = match spec.access {
-                BastionAccess::Ssm => format!("Bastion {}: no inbound traffic (Session Manager)", self.names.display),
-                BastionAccess::Ssh => format!("Bastion {}: SSH from allowedCidrs only", self.names.display),
-            };
-            let id = self.aws.groups().create(&vpc, &self.names.base, &description, &self.tags).await?;
-            self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
-            self.status.security_group_id = Some(id.clone());
-            return self.next("CreatingSecurityGroup", format!("created the bastion's security group {id}"));
+        let group = match self.aws.groups().find(&vpc, &self.names.base).await? {
+            Some(group) => group,
+            None => {
+                let description = match spec.access {
+                    BastionAccess::Ssm => {
+                        format!("Bastion {}: no inbound traffic (Session Manager)", self.names.display)
+                    }
+                    BastionAccess::Ssh => format!("Bastion {}: SSH from allowedCidrs only", self.names.display),
+                };
+                let id = self.aws.groups().create(&vpc, &self.names.base, &description, &self.tags).await?;
+                self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
+                let tags = self.tags.iter().cloned().collect();
+                new_security_group(&id, &vpc, &self.names.base, tags)
+            }
         };
         self.claim("security group", &self.names.base, &group.tags)?;
         self.status.security_group_id = Some(group.id.clone());
@@ -344,7 +361,6 @@ impl<'a> Converge<'a> {
             let what: Vec<String> = authorize.iter().map(plan::describe_rule).collect();
             let note = format!("allowed on {}: {}", group.id, what.join(", "));
             self.event(EventType::Normal, "AuthorizedIngress", note).await;
-            return self.next("UpdatingSecurityGroup", format!("allowed {} on {}", what.join(", "), group.id));
         }
 
         // 5. The SSH key: the Secret first (so a crash never leaves a key pair whose private key is
@@ -368,7 +384,6 @@ impl<'a> Converge<'a> {
             self.aws.import_key_pair(name, public, &self.tags).await?;
             self.event(EventType::Normal, "ImportedKeyPair", format!("imported the public key as key pair {name}"))
                 .await;
-            return self.next("ImportingKeyPair", format!("imported key pair {name}"));
         }
         let key_name = key_name.map(|(name, _)| name);
 
@@ -537,13 +552,18 @@ impl<'a> Converge<'a> {
         let spec = &self.bastion.spec;
         let arch = Arch::of(&spec.instance_type);
         let pinned = self.bastion.annotations().get(plan::IMAGE_ANNOTATION).map(String::as_str);
-        let Some(image) = plan::pinned_image(pinned, arch) else {
-            let parameter = arch.image_parameter();
-            let image = self.aws.latest_image(&parameter).await?;
-            self.annotate(plan::IMAGE_ANNOTATION, &plan::image_annotation(arch, &image)).await?;
-            let note = format!("chose image {image} ({parameter})");
-            self.event(EventType::Normal, "ChoseImage", note).await;
-            return self.next("ChoosingImage", format!("chose image {image}"));
+        // The image is pinned in an annotation before the launch, so that a crash in between
+        // launches the same one.
+        let image = match plan::pinned_image(pinned, arch) {
+            Some(image) => image,
+            None => {
+                let parameter = arch.image_parameter();
+                let image = self.aws.latest_image(&parameter).await?;
+                self.annotate(plan::IMAGE_ANNOTATION, &plan::image_annotation(arch, &image)).await?;
+                let note = format!("chose image {image} ({parameter})");
+                self.event(EventType::Normal, "ChoseImage", note).await;
+                image
+            }
         };
         let mut previous: BTreeSet<String> = instances.iter().filter(|i| i.is_gone()).map(|i| i.id.clone()).collect();
         let known = self.status.instance_id.clone();

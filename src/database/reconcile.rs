@@ -21,7 +21,7 @@ use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{
     AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint, Stack,
 };
-use crate::aws::inventory::{self, Created, Kind, Recorded, Rule, Scope};
+use crate::aws::inventory::{self, Created, Kind, Recorded, Rule, Scope, SecurityGroup};
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::{Context, FIELD_MANAGER};
@@ -216,6 +216,19 @@ impl<'a> Converge<'a> {
         }
     }
 
+    /// Creates the dedicated security group (no ingress yet) and records it.
+    async fn create_group(&mut self) -> Result<SecurityGroup> {
+        let description =
+            format!("PostgreSQL of Database {}: 5432 from the stack's app and bastion groups only", self.names.display);
+        let vpc = &self.placement.vpc_id;
+        let id = self.aws.groups().create(vpc, &self.names.instance, &description, &self.tags).await?;
+        let tags = self.tags.iter().cloned().collect();
+        let created = inventory::new_security_group(&id, vpc, &self.names.instance, tags);
+        self.aws.record(Recorded::Created(Created::SecurityGroup(created.clone()))).await;
+        self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
+        Ok(created)
+    }
+
     async fn run(mut self) -> Result<Step<DatabaseStatus>> {
         // Everything is read from the account's shared inventory; only what it does not show (yet)
         // and an instance RDS is working on are read one by one.
@@ -228,22 +241,10 @@ impl<'a> Converge<'a> {
             Some(g) => Some(g.clone()),
             None => self.aws.groups().find(vpc, &self.names.instance).await?,
         };
-        let Some(group) = group else {
-            let description = format!(
-                "PostgreSQL of Database {}: 5432 from the stack's app and bastion groups only",
-                self.names.display
-            );
-            let id = self
-                .aws
-                .groups()
-                .create(&self.placement.vpc_id, &self.names.instance, &description, &self.tags)
-                .await?;
-            let tags = self.tags.iter().cloned().collect();
-            let created = inventory::new_security_group(&id, &self.placement.vpc_id, &self.names.instance, tags);
-            self.aws.record(Recorded::Created(Created::SecurityGroup(created))).await;
-            self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
-            self.status.security_group_id = Some(id.clone());
-            return self.next("CreatingSecurityGroup", format!("created the database's security group {id}"));
+        // What a create leaves is known from it: the steps after a create go on in the same pass.
+        let group = match group {
+            Some(group) => group,
+            None => self.create_group().await?,
         };
         self.claim("security group", &self.names.instance, &group.tags)?;
         self.status.security_group_id = Some(group.id.clone());
@@ -267,7 +268,6 @@ impl<'a> Converge<'a> {
                 let note = format!("revoked ingress no longer wanted on {}: {}", group.id, what.join(", "));
                 self.event(EventType::Normal, "RevokedIngress", note).await;
             }
-            return self.next("UpdatingSecurityGroup", format!("revoked ingress on {}", group.id));
         }
         if !changes.authorize.is_empty() {
             self.aws.groups().authorize_ingress(&group.id, &changes.authorize).await?;
@@ -275,7 +275,6 @@ impl<'a> Converge<'a> {
             let what: Vec<String> = changes.authorize.iter().map(plan::describe_rule).collect();
             let note = format!("allowed on {}: {}", group.id, what.join(", "));
             self.event(EventType::Normal, "AuthorizedIngress", note).await;
-            return self.next("UpdatingSecurityGroup", format!("allowed {} on {}", what.join(", "), group.id));
         }
 
         // 3. The subnet group over the private (or isolated) subnets.
@@ -287,7 +286,6 @@ impl<'a> Converge<'a> {
                 let note = format!("created DB subnet group {} over {}", self.names.instance, subnets.join(", "));
                 self.event(EventType::Normal, "CreatedDbSubnetGroup", note).await;
                 self.status.subnet_group_name = Some(self.names.instance.clone());
-                return self.next("CreatingSubnetGroup", format!("created DB subnet group {}", self.names.instance));
             }
             Some(found) if found.subnet_ids.iter().cloned().collect::<BTreeSet<_>>() != self.placement.subnet_ids => {
                 self.aws.modify_subnet_group(&self.names.instance, &subnets).await?;

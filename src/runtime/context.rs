@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -41,6 +44,9 @@ pub struct Context {
     /// The rate limiter (and crash-test failpoint) every AWS mutation goes through.
     pub limiter: Limiter,
     recorder: Recorder,
+    /// Per object (by UID), the last Event being written: Events are written in the background,
+    /// in order per object, off the path of the AWS calls, and waited for before the status.
+    events: Mutex<HashMap<String, Shared<BoxFuture<'static, ()>>>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -55,17 +61,45 @@ impl Context {
             aws,
             inventory: Inventory::default(),
             limiter: Limiter::from_env(),
+            events: Mutex::default(),
             failures: Mutex::default(),
         }
     }
 
-    /// Publishes an Event about `regarding`. A failure to publish is logged, never fatal: events
-    /// are for people, the conditions are the record.
+    /// Publishes an Event about `regarding`, in the background: the reconcile goes on with its next
+    /// AWS call while the API server writes it; the Events of one object are written in the order
+    /// they were published, and `events_written` waits for them. A failure to publish is logged,
+    /// never fatal: events are for people, the conditions are the record.
     pub async fn event(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: impl Into<String>) {
         let event =
             Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
-        if let Err(error) = self.recorder.publish(&event, regarding).await {
-            warn!(%error, reason, "could not publish event");
+        let (recorder, regarding) = (self.recorder.clone(), regarding.clone());
+        let uid = regarding.uid.clone().unwrap_or_default();
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let before = events.remove(&uid);
+        let write = async move {
+            if let Some(before) = before {
+                before.await;
+            }
+            if let Err(error) = recorder.publish(&event, &regarding).await {
+                warn!(%error, reason = event.reason, "could not publish event");
+            }
+        }
+        .boxed()
+        .shared();
+        tokio::spawn(write.clone());
+        events.insert(uid, write);
+    }
+
+    /// Waits until the Events published about the object with `uid` are written.
+    pub async fn events_written(&self, uid: &str) {
+        let last = self.events.lock().unwrap_or_else(|p| p.into_inner()).get(uid).cloned();
+        if let Some(last) = last {
+            last.clone().await;
+            let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            if events.get(uid).is_some_and(|l| l.ptr_eq(&last)) {
+                events.remove(uid);
+            }
         }
     }
 

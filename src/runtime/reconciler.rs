@@ -80,6 +80,7 @@ pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Con
             Ok(Action::requeue(requeue))
         }
         Ok(None) => {
+            ctx.events_written(&uid).await;
             ctx.record_success(&uid);
             ctx.metrics.forget_object(&uid);
             Ok(Action::await_change())
@@ -226,6 +227,8 @@ async fn publish<K: Managed>(
     let ready = conditions::ready(status.conditions()).is_some_and(|c| c.status == "True");
     let age = obj.meta().creation_timestamp.as_ref().and_then(|t| Duration::try_from(now.0.duration_since(t.0)).ok());
     ctx.metrics.object(&K::kind(&()), &obj.uid().unwrap_or_default(), ready, age);
+    // The Events of this pass come before the status that sums it up.
+    ctx.events_written(&obj.uid().unwrap_or_default()).await;
     if previous == Some(&status) {
         return Ok(());
     }

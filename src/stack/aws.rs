@@ -73,9 +73,29 @@ impl Network {
         ctx.inventory.snapshot(&self.scope, &clients, ctx.settings.resync_period).await
     }
 
+    /// Has the next snapshot list again the kinds AWS changes on its own (NAT gateways, VPC
+    /// endpoints and VPC Links becoming available or going away), for a stack waiting on them:
+    /// the responses that fed the inventory showed them in their in-between states.
+    pub async fn look_again(&self, ctx: &Context) {
+        for kind in [Kind::NatGateways, Kind::VpcEndpoints, Kind::VpcLinks] {
+            ctx.inventory.record(&self.scope, Recorded::Changed(kind)).await;
+        }
+    }
+
     /// Makes the mutation `action`; returns the ID of what it created or changed, for the Event.
     pub async fn apply(&self, ctx: &Context, action: &Action) -> Result<String> {
-        let (id, recorded) = self.call(ctx, action).await?;
+        let (id, recorded) = match self.call(ctx, action).await {
+            Ok(done) => done,
+            Err(error) => {
+                // A create whose answer was lost (a dropped connection, a server error) may have
+                // been made: that kind is listed again before the plan decides to create it anew
+                // (most creates carry no idempotency token).
+                if let Some(kind) = action.creates() {
+                    ctx.inventory.record(&self.scope, Recorded::Changed(kind)).await;
+                }
+                return Err(error);
+            }
+        };
         for r in recorded {
             ctx.inventory.record(&self.scope, r).await;
         }

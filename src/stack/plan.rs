@@ -10,8 +10,8 @@ use ipnet::Ipv4Net;
 use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
 use crate::api::{NatGateways, NetworkPattern, StackSpec, StackStatus, StackSubnet, SubnetTier};
 use crate::aws::inventory::{
-    Address, InternetGateway, KmsAlias, KmsKey, NatGateway, RouteTable, RouteTarget, Rule, SecurityGroup, Snapshot,
-    Source, Subnet, Tags, Vpc, VpcEndpoint, VpcLink,
+    Address, InternetGateway, Kind, KmsAlias, KmsKey, NatGateway, RouteTable, RouteTarget, Rule, SecurityGroup,
+    Snapshot, Source, Subnet, Tags, Vpc, VpcEndpoint, VpcLink,
 };
 use crate::error::Error;
 
@@ -548,6 +548,23 @@ pub struct EndpointChange {
 }
 
 impl Action {
+    /// The kind of resource the action creates, if it creates one.
+    pub fn creates(&self) -> Option<Kind> {
+        Some(match self {
+            Action::CreateVpc { .. } => Kind::Vpcs,
+            Action::CreateInternetGateway { .. } => Kind::InternetGateways,
+            Action::CreateSubnet { .. } => Kind::Subnets,
+            Action::CreateRouteTable { .. } => Kind::RouteTables,
+            Action::AllocateAddress { .. } => Kind::Addresses,
+            Action::CreateNatGateway { .. } => Kind::NatGateways,
+            Action::CreateSecurityGroup { .. } => Kind::SecurityGroups,
+            Action::CreateVpcEndpoint(_) => Kind::VpcEndpoints,
+            Action::CreateVpcLink { .. } => Kind::VpcLinks,
+            Action::CreateKey { .. } => Kind::KmsKeys,
+            _ => return None,
+        })
+    }
+
     /// The Event reason of the mutation.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -599,6 +616,20 @@ pub struct Change {
     /// The component it concerns.
     pub component: String,
     pub action: Action,
+}
+
+/// Whether `other` may be made at the same time as `first`, the change a pass makes first: both
+/// create a subnet, or both associate a subnet with the same route table (neither needs the
+/// other's result).
+pub fn independent(first: &Action, other: &Action) -> bool {
+    match (first, other) {
+        (Action::CreateSubnet { .. }, Action::CreateSubnet { .. }) => true,
+        (
+            Action::AssociateRouteTable { route_table_id: a, .. },
+            Action::AssociateRouteTable { route_table_id: b, .. },
+        ) => a == b,
+        _ => false,
+    }
 }
 
 /// What the comparison found.

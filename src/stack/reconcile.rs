@@ -85,6 +85,7 @@ impl Managed for Stack {
 
             let Some(first) = diff.changes.first() else {
                 if !diff.waiting.is_empty() {
+                    network.look_again(ctx).await;
                     let message = format!("waiting for AWS: {}", diff.waiting.join("; "));
                     let health = Health::progressing("WaitingForAws", message);
                     return Ok(Step { status: observed_status, health, requeue_after: Some(AWS_POLL) });
@@ -103,22 +104,29 @@ impl Managed for Stack {
                 });
             };
 
-            let id = network.apply(ctx, &first.action).await?;
-            made += 1;
-            let (reason, note) = if drift {
-                (
-                    "DriftRepaired",
-                    format!("repaired {}: {} ({}: {id})", first.component, first.what, first.action.reason()),
-                )
-            } else {
-                (first.action.reason(), format!("{}: {id} ({})", first.component, first.what))
-            };
-            info!(stack = %self.name_any(), %namespace, reason, %note, "AWS mutation");
-            ctx.event(&self.object_ref(&()), EventType::Normal, reason, note.clone()).await;
+            // Subnets, and a route table's associations, do not depend on one another: a run of
+            // them is made at once.
+            let batch: Vec<&plan::Change> =
+                diff.changes.iter().take_while(|c| plan::independent(&first.action, &c.action)).collect();
+            let batch = if batch.is_empty() { vec![first] } else { batch };
+            let ids = futures::future::try_join_all(batch.iter().map(|c| network.apply(ctx, &c.action))).await?;
+            made += batch.len();
+            let mut note = String::new();
+            for (change, id) in batch.iter().zip(ids) {
+                let (reason, text) = if drift {
+                    let what = format!("{} ({}: {id})", change.what, change.action.reason());
+                    ("DriftRepaired", format!("repaired {}: {what}", change.component))
+                } else {
+                    (change.action.reason(), format!("{}: {id} ({})", change.component, change.what))
+                };
+                info!(stack = %self.name_any(), %namespace, reason, note = %text, "AWS mutation");
+                ctx.event(&self.object_ref(&()), EventType::Normal, reason, text.clone()).await;
+                note = text;
+            }
             // A long pass reports its progress now and then (and lets other objects' reconciles
             // run); the next pass goes on at once.
             if made >= PASS_MUTATIONS || started.elapsed() >= PASS_TIME {
-                let left = diff.changes.len() - 1;
+                let left = diff.changes.len() - batch.len();
                 let message = if left == 0 { note } else { format!("{note}; {left} more difference(s) to fix") };
                 let health = Health::progressing(if drift { REPAIRING } else { "Converging" }, message);
                 return Ok(Step {
@@ -193,6 +201,7 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
             Ok(Cleanup::Done)
         }
         Teardown::Waiting(message) => {
+            network.look_again(ctx).await;
             Ok(Cleanup::Pending { reason: "WaitingForAws", message, requeue_after: AWS_POLL })
         }
         Teardown::Step(change) => {

@@ -20,7 +20,9 @@ struct Rewrite {
     times: usize,
 }
 
-/// What fraction of requests gets which fault. Decided per request, from a seeded generator.
+/// What fraction of requests gets which fault. Decided per request, from a seeded generator;
+/// with `throttle` above zero, the first request to each service is throttled, so that every
+/// service's throttling answer is exercised whatever the order of the calls.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Faults {
     /// Answered with the service's throttling error (`RequestLimitExceeded`, `Throttling`,
@@ -58,6 +60,8 @@ struct State {
     faults: Faults,
     fault_counts: FaultCounts,
     rng: Option<rand::rngs::StdRng>,
+    /// The services whose first request was throttled.
+    throttled_services: std::collections::HashSet<String>,
     /// Every call's action, when it was sent and how long moto took to answer (the benchmark's
     /// critical path).
     timings: Vec<Timing>,
@@ -123,10 +127,14 @@ impl FaultProxy {
 
     /// Keeps slow resources in their in-between states for the next `polls` answers that show them
     /// done, as real AWS does for minutes where moto is done at once: NAT gateways and VPC
-    /// endpoints `pending`, RDS instances `creating` (their create answered so too), on the way
+    /// endpoints `pending` (their creates answered so too, as AWS does), RDS instances `creating`
+    /// (likewise), on the way
     /// up; NAT gateways `deleting` on the way down.
     pub fn hold_in_between_states(&self, polls: usize) {
         self.answer_db_creates_as_creating();
+        let (available, pending) = ("<state>available</state>", "<state>pending</state>");
+        self.rewrite("CreateNatGateway", available, pending, usize::MAX);
+        self.rewrite("CreateVpcEndpoint", available, pending, usize::MAX);
         self.rewrite("DescribeNatGateways", "<state>available</state>", "<state>pending</state>", polls);
         self.rewrite("DescribeNatGateways", "<state>deleted</state>", "<state>deleting</state>", polls);
         self.rewrite("DescribeVpcEndpoints", "<state>available</state>", "<state>pending</state>", polls);
@@ -181,7 +189,7 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
             let text = String::from_utf8_lossy(&head).into_owned() + &String::from_utf8_lossy(&body);
             state.requests.push(text);
             state.fault_counts.requests += 1;
-            let fault = choose_fault(&mut state);
+            let fault = choose_fault(&mut state, &service_of(&String::from_utf8_lossy(&head)));
             (fault, state.faults.latency)
         };
         if !latency.is_zero() {
@@ -352,11 +360,14 @@ enum Fault {
 }
 
 /// Draws the fault for one request, counting it.
-fn choose_fault(state: &mut State) -> Option<Fault> {
+fn choose_fault(state: &mut State, service: &str) -> Option<Fault> {
     use rand::Rng;
     let faults = state.faults;
     let rng = state.rng.as_mut()?;
-    let x: f64 = rng.random();
+    let mut x: f64 = rng.random();
+    if faults.throttle > 0.0 && state.throttled_services.insert(service.to_string()) {
+        x = 0.0;
+    }
     let mut edge = 0.0;
     for (fault, p) in [
         (Fault::Throttle, faults.throttle),

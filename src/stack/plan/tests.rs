@@ -750,3 +750,23 @@ fn a_surplus_table_with_the_lower_id_takes_over_and_the_other_is_disassociated_t
     assert!(tables[0].routes.iter().any(|r| r.destination == DEFAULT_ROUTE));
     assert_eq!(account.observed.route_tables.len(), 3);
 }
+
+#[test]
+fn only_subnets_and_one_tables_associations_are_made_together() {
+    let subnet = |cidr: &str| Action::CreateSubnet {
+        vpc_id: "vpc-1".into(),
+        cidr: cidr.into(),
+        zone: "us-east-1a".into(),
+        tags: Tags::new(),
+    };
+    let associate = |table: &str, subnet: &str| Action::AssociateRouteTable {
+        route_table_id: table.into(),
+        subnet_id: subnet.into(),
+    };
+    assert!(independent(&subnet("10.0.0.0/19"), &subnet("10.0.32.0/19")));
+    assert!(independent(&associate("rtb-1", "subnet-1"), &associate("rtb-1", "subnet-2")));
+    assert!(!independent(&associate("rtb-1", "subnet-1"), &associate("rtb-2", "subnet-2")));
+    assert!(!independent(&subnet("10.0.0.0/19"), &associate("rtb-1", "subnet-1")));
+    let vpc = Action::CreateVpc { cidr: "10.0.0.0/16".into(), tags: Tags::new() };
+    assert!(!independent(&vpc, &vpc));
+}
