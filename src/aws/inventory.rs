@@ -1309,6 +1309,8 @@ async fn list(kind: Kind, c: &Clients<'_>) -> Result<Listed> {
                 .list_secrets()
                 .filters(filter)
                 .include_planned_deletion(true)
+                // The largest pages the APIs give, here and below: fewer calls per resync.
+                .max_results(100)
                 .into_paginator()
                 .send()
                 .try_collect()
@@ -1336,6 +1338,7 @@ async fn list(kind: Kind, c: &Clients<'_>) -> Result<Listed> {
             let pages: Vec<_> = c
                 .kms
                 .list_aliases()
+                .limit(100)
                 .into_paginator()
                 .send()
                 .try_collect()
