@@ -416,6 +416,8 @@ struct State {
     journal: Option<Vec<Recorded>>,
     /// How long the last refresh took, from its first request to its last answer.
     last_refresh: Duration,
+    /// When the last list of each kind began.
+    list_began: HashMap<Kind, Instant>,
     /// DNS attributes per VPC ID and key states per key ID, which the bulk lists do not carry.
     vpc_dns: HashMap<String, (Option<bool>, Option<bool>)>,
     key_states: HashMap<String, String>,
@@ -468,13 +470,14 @@ impl Inventory {
         for (kind, listed) in stale.iter().zip(lists) {
             st.apply(listed);
             st.listed.insert(*kind, (ended, false));
+            st.list_began.insert(*kind, started);
         }
         st.last_refresh = ended.duration_since(started);
         // What the operator changed while the lists were under way, which they may not show.
         for recorded in journal {
             st.replay(recorded);
         }
-        st.merge_pending(ended);
+        st.merge_pending();
         st.fill_details(clients).await?;
         Ok(st.snapshot.clone())
     }
@@ -514,14 +517,14 @@ impl State {
         match recorded {
             Recorded::Created(created) => {
                 state.pending.push((Instant::now(), created));
-                state.merge_pending(Instant::now());
+                state.merge_pending();
             }
             Recorded::Changed(kind) => state.mark_changed(kind),
             Recorded::Observed(now) => {
                 state.pending.retain(|(_, c)| c.kind() != now.kind() || c.id() != now.id());
                 state.forget(now.kind(), now.id());
                 state.pending.push((Instant::now(), now));
-                state.merge_pending(Instant::now());
+                state.merge_pending();
             }
             Recorded::Deleted(kind, id) => {
                 state.pending.retain(|(_, c)| c.id() != id && !matches!(c, Created::Secret(s) if s.arn == id));
@@ -761,12 +764,18 @@ impl State {
     }
 
     /// Adds the operator's recent creations that the lists do not show yet; drops those the lists
-    /// show (the list is the better record) and those past the grace period.
-    fn merge_pending(&mut self, now: Instant) {
+    /// show (the list is the better record) and those a list begun more than the grace period
+    /// after their creation did not show (gone since). However long the lists take or are spaced,
+    /// a creation stays in the view until a list has had its chance to show it.
+    fn merge_pending(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         let s = &mut self.snapshot;
         for (at, created) in pending {
-            if now.duration_since(at) > CREATE_GRACE {
+            if self
+                .list_began
+                .get(&created.kind())
+                .is_some_and(|began| began.saturating_duration_since(at) > CREATE_GRACE)
+            {
                 continue;
             }
             let shown = match &created {
@@ -1430,28 +1439,35 @@ mod tests {
         };
         let now = Instant::now();
         state.pending.push((now, Created::Vpc(vpc.clone())));
-        state.merge_pending(now);
+        state.merge_pending();
         assert_eq!(state.snapshot.vpcs.len(), 1);
         // A list without it (eventual consistency) keeps it while the grace lasts...
         state.apply(Listed::Vpcs(vec![]));
-        state.merge_pending(now + Duration::from_secs(1));
+        state.list_began.insert(Kind::Vpcs, now + Duration::from_secs(1));
+        state.merge_pending();
         assert_eq!(state.snapshot.vpcs.len(), 1);
         // ...a list with it makes the pending entry redundant...
         state.apply(Listed::Vpcs(vec![vpc]));
-        state.merge_pending(now + Duration::from_secs(2));
+        state.merge_pending();
         assert!(state.pending.is_empty());
-        // ...and without a list ever showing it, it is dropped after the grace period.
-        state.pending.push((
-            now,
-            Created::Subnet(Subnet {
-                id: "s".into(),
-                vpc_id: "vpc-1".into(),
-                cidr: String::new(),
-                zone: String::new(),
-                tags: Tags::new(),
-            }),
-        ));
-        state.merge_pending(now + CREATE_GRACE + Duration::from_secs(1));
+        // ...a creation no list was begun since stays, however long ago it was made (lists can be
+        // spaced further apart than the grace when they are slow)...
+        let subnet = Created::Subnet(Subnet {
+            id: "s".into(),
+            vpc_id: "vpc-1".into(),
+            cidr: String::new(),
+            zone: String::new(),
+            tags: Tags::new(),
+        });
+        state.pending.push((now, subnet));
+        state.list_began.insert(Kind::Subnets, now + CREATE_GRACE - Duration::from_secs(1));
+        state.merge_pending();
+        assert_eq!(state.snapshot.subnets.len(), 1);
+        // ...and one that a list begun after the grace does not show is gone.
+        state.apply(Listed::Subnets(vec![]));
+        state.list_began.insert(Kind::Subnets, now + CREATE_GRACE + Duration::from_secs(1));
+        state.merge_pending();
+        assert!(state.snapshot.subnets.is_empty());
         assert!(state.pending.is_empty());
     }
 
