@@ -477,7 +477,7 @@ impl Inventory {
         for recorded in journal {
             st.replay(recorded);
         }
-        st.merge_pending();
+        st.merge_pending(&stale);
         st.fill_details(clients).await?;
         Ok(st.snapshot.clone())
     }
@@ -517,14 +517,14 @@ impl State {
         match recorded {
             Recorded::Created(created) => {
                 state.pending.push((Instant::now(), created));
-                state.merge_pending();
+                state.merge_pending(&[]);
             }
             Recorded::Changed(kind) => state.mark_changed(kind),
             Recorded::Observed(now) => {
                 state.pending.retain(|(_, c)| c.kind() != now.kind() || c.id() != now.id());
                 state.forget(now.kind(), now.id());
                 state.pending.push((Instant::now(), now));
-                state.merge_pending();
+                state.merge_pending(&[]);
             }
             Recorded::Deleted(kind, id) => {
                 state.pending.retain(|(_, c)| c.id() != id && !matches!(c, Created::Secret(s) if s.arn == id));
@@ -763,21 +763,22 @@ impl State {
         }
     }
 
-    /// Adds the operator's recent creations that the lists do not show yet; drops those the lists
-    /// show (the list is the better record) and those a list begun more than the grace period
-    /// after their creation did not show (gone since). However long the lists take or are spaced,
-    /// a creation stays in the view until a list has had its chance to show it.
-    fn merge_pending(&mut self) {
+    /// Adds the operator's recent creations to the view. Each is judged only against a list of its
+    /// kind that began after it was made and has just been applied (`just_listed`): shown there, the
+    /// list is the better record and the entry goes; not shown by a list begun more than the grace
+    /// period after it, it is gone; otherwise (a list begun before it, or one that lags) it stays.
+    /// So a list that began before a creation and ends after it never hides it, however long the
+    /// lists take or are spaced.
+    fn merge_pending(&mut self, just_listed: &[Kind]) {
         let pending = std::mem::take(&mut self.pending);
-        let s = &mut self.snapshot;
         for (at, created) in pending {
-            if self
-                .list_began
-                .get(&created.kind())
-                .is_some_and(|began| began.saturating_duration_since(at) > CREATE_GRACE)
-            {
-                continue;
-            }
+            let kind = created.kind();
+            let began = just_listed
+                .contains(&kind)
+                .then(|| self.list_began.get(&kind).copied())
+                .flatten()
+                .filter(|began| *began > at);
+            let s = &mut self.snapshot;
             let shown = match &created {
                 Created::Vpc(r) => upsert(&mut s.vpcs, r, |x| x.id == r.id),
                 Created::Subnet(r) => upsert(&mut s.subnets, r, |x| x.id == r.id),
@@ -793,8 +794,10 @@ impl State {
                 Created::DbSubnetGroup(r) => upsert(&mut s.db_subnet_groups, r, |x| x.name == r.name),
                 Created::Secret(r) => upsert(&mut s.secrets, r, |x| x.name == r.name),
             };
-            if !shown {
-                self.pending.push((at, created));
+            match began {
+                Some(_) if shown => {}
+                Some(began) if began.duration_since(at) > CREATE_GRACE => self.forget(kind, created.id()),
+                _ => self.pending.push((at, created)),
             }
         }
     }
@@ -1439,19 +1442,28 @@ mod tests {
         };
         let now = Instant::now();
         state.pending.push((now, Created::Vpc(vpc.clone())));
-        state.merge_pending();
+        state.merge_pending(&[]);
         assert_eq!(state.snapshot.vpcs.len(), 1);
-        // A list without it (eventual consistency) keeps it while the grace lasts...
+        // Other records merge again: it is not taken for shown by a list because it is in the view.
+        state.merge_pending(&[]);
+        assert_eq!(state.pending.len(), 1);
+        // A list that began before it was made and ends after does not hide it...
+        state.apply(Listed::Vpcs(vec![]));
+        state.list_began.insert(Kind::Vpcs, now - Duration::from_secs(1));
+        state.merge_pending(&[Kind::Vpcs]);
+        assert_eq!(state.snapshot.vpcs.len(), 1);
+        // ...nor does one begun after it that lags (eventual consistency), within the grace...
         state.apply(Listed::Vpcs(vec![]));
         state.list_began.insert(Kind::Vpcs, now + Duration::from_secs(1));
-        state.merge_pending();
+        state.merge_pending(&[Kind::Vpcs]);
         assert_eq!(state.snapshot.vpcs.len(), 1);
-        // ...a list with it makes the pending entry redundant...
+        // ...a list begun after it that shows it makes the entry redundant...
         state.apply(Listed::Vpcs(vec![vpc]));
-        state.merge_pending();
+        state.merge_pending(&[Kind::Vpcs]);
         assert!(state.pending.is_empty());
-        // ...a creation no list was begun since stays, however long ago it was made (lists can be
-        // spaced further apart than the grace when they are slow)...
+        assert_eq!(state.snapshot.vpcs.len(), 1);
+        // ...and a creation that a list begun more than the grace after it does not show is gone,
+        // however long ago the last list was.
         let subnet = Created::Subnet(Subnet {
             id: "s".into(),
             vpc_id: "vpc-1".into(),
@@ -1460,13 +1472,12 @@ mod tests {
             tags: Tags::new(),
         });
         state.pending.push((now, subnet));
-        state.list_began.insert(Kind::Subnets, now + CREATE_GRACE - Duration::from_secs(1));
-        state.merge_pending();
+        state.merge_pending(&[]);
         assert_eq!(state.snapshot.subnets.len(), 1);
-        // ...and one that a list begun after the grace does not show is gone.
         state.apply(Listed::Subnets(vec![]));
         state.list_began.insert(Kind::Subnets, now + CREATE_GRACE + Duration::from_secs(1));
-        state.merge_pending();
+        state.merge_pending(&[Kind::Subnets]);
+        assert!(state.pending.is_empty());
         assert!(state.snapshot.subnets.is_empty());
         assert!(state.pending.is_empty());
     }
