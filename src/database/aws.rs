@@ -67,6 +67,15 @@ impl<'a> DatabaseAws<'a> {
         }
     }
 
+    /// Records what a read of one resource found: the resource as it is now, or that it is gone.
+    async fn record_read(&self, kind: Kind, id: &str, found: Option<Created>) {
+        self.record(match found {
+            Some(now) => Recorded::Observed(now),
+            None => Recorded::Deleted(kind, id.to_string()),
+        })
+        .await;
+    }
+
     // ----- RDS: subnet group -----
 
     /// Reads the subnet group named `name` now (not from the inventory), and records what it found.
@@ -77,11 +86,7 @@ impl<'a> DatabaseAws<'a> {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => None,
             Err(e) => return Err(self.fail("rds:DescribeDBSubnetGroups", e)),
         };
-        self.record(match &found {
-            Some(g) => Recorded::Observed(Created::DbSubnetGroup(g.clone())),
-            None => Recorded::Deleted(Kind::DbSubnetGroups, name.to_string()),
-        })
-        .await;
+        self.record_read(Kind::DbSubnetGroups, name, found.clone().map(Created::DbSubnetGroup)).await;
         Ok(found)
     }
 
@@ -175,11 +180,7 @@ impl<'a> DatabaseAws<'a> {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => None,
             Err(e) => return Err(self.fail("rds:DescribeDBInstances", e)),
         };
-        self.record(match &found {
-            Some(i) => Recorded::Observed(Created::DbInstance(i.clone())),
-            None => Recorded::Deleted(Kind::DbInstances, identifier.to_string()),
-        })
-        .await;
+        self.record_read(Kind::DbInstances, identifier, found.clone().map(Created::DbInstance)).await;
         Ok(found)
     }
 
@@ -308,11 +309,7 @@ impl<'a> DatabaseAws<'a> {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => None,
             Err(e) => return Err(self.fail("secretsmanager:DescribeSecret", e)),
         };
-        self.record(match &found {
-            Some(secret) => Recorded::Observed(Created::Secret(secret.clone())),
-            None => Recorded::Deleted(Kind::Secrets, name.to_string()),
-        })
-        .await;
+        self.record_read(Kind::Secrets, name, found.clone().map(Created::Secret)).await;
         Ok(found)
     }
 

@@ -106,9 +106,8 @@ impl Managed for Stack {
 
             // Subnets, and a route table's associations, do not depend on one another: a run of
             // them is made at once.
-            let batch: Vec<&plan::Change> =
-                diff.changes.iter().take_while(|c| plan::independent(&first.action, &c.action)).collect();
-            let batch = if batch.is_empty() { vec![first] } else { batch };
+            let together = diff.changes.iter().take_while(|c| plan::independent(&first.action, &c.action)).count();
+            let batch = &diff.changes[..together.max(1)];
             let ids = futures::future::try_join_all(batch.iter().map(|c| network.apply(ctx, &c.action))).await?;
             made += batch.len();
             let mut note = String::new();
