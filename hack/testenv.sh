@@ -26,7 +26,11 @@ BIN=$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION
 VENV=$CACHE/moto-$MOTO_VERSION
 LUPA_VENV=$CACHE/lupa-$LUPA_VERSION
 # The kstatus helper's sources (its go.mod pins sigs.k8s.io/cli-utils).
-KSTATUS_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kstatus
+HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+KSTATUS_SRC=$HACK/kstatus
+# moto's server with its EC2 tag lookup indexed (hack/moto_server.py says why), copied into the
+# venv at each build so that the command line of a running moto names no clone.
+MOTO_SERVER=$VENV/bin/tinystacks-moto-server
 STATE=${TINYSTACKS_STATE:-$CACHE/run}
 # The env file and pid files outlive the caller's working directory.
 case $STATE in /*) ;; *) STATE=$PWD/$STATE ;; esac
@@ -141,10 +145,14 @@ build_helm() {
 }
 
 build_moto() {
-  [ -x "$VENV/bin/moto_server" ] && return 0
-  log "installing moto[server]==$MOTO_VERSION into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  if [ ! -x "$VENV/bin/moto_server" ]; then
+    log "installing moto[server]==$MOTO_VERSION into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  fi
+  { printf '#!%s\n' "$VENV/bin/python3"; cat "$HACK/moto_server.py"; } >"$MOTO_SERVER.tmp"
+  chmod +x "$MOTO_SERVER.tmp"
+  mv -f "$MOTO_SERVER.tmp" "$MOTO_SERVER"
 }
 
 # kstatus: the real kstatus library in a tiny program, for the GitOps health tests. Rebuilt when
@@ -209,7 +217,7 @@ STOP_TIMEOUT=10
 # recycled pid is never signalled.
 component_exe() {
   case $1 in
-    moto) echo "$VENV/bin/moto_server" ;;
+    moto) echo "$MOTO_SERVER" ;;
     *) echo "$BIN/$1" ;;
   esac
 }
@@ -488,7 +496,7 @@ cmd_up() {
   if [ -n "${MOTO_INITIAL_NO_AUTH_ACTION_COUNT:-}" ]; then
     moto_env+=("INITIAL_NO_AUTH_ACTION_COUNT=$MOTO_INITIAL_NO_AUTH_ACTION_COUNT")
   fi
-  launch moto "${moto_env[@]}" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+  launch moto "${moto_env[@]}" "$MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT"
 
   # --initial-cluster must name the peer URL, or etcd refuses a non-default one.
   launch etcd "$BIN/etcd" \

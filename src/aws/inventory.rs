@@ -3,7 +3,7 @@
 //! and refreshed when older than the resync period (DESIGN §3). Mutations update it from their
 //! responses, so AWS calls in steady state grow with the number of resource types, not of objects.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,12 @@ const CREATE_GRACE: Duration = Duration::from_secs(120);
 /// spends at most about a quarter of its time listing, and reconciles work from the view
 /// mutations keep true in between.
 const REFRESH_SPACING: u32 = 3;
+
+/// After a refresh failed for a reason that passes (throttling, a timeout, a 5xx), no list is tried
+/// again for the scope sooner than this, or than `REFRESH_SPACING` times the failed attempt: the
+/// reconciles that wanted it share its outcome instead of each trying again, one after another,
+/// against an endpoint that is already struggling.
+const FAILED_REFRESH_PAUSE: Duration = Duration::from_secs(1);
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -352,22 +358,66 @@ pub enum Recorded {
 pub struct Snapshot {
     /// Availability zones in the region, by name.
     pub zones: Arc<Vec<String>>,
-    pub vpcs: Arc<Vec<Vpc>>,
-    pub subnets: Arc<Vec<Subnet>>,
-    pub route_tables: Arc<Vec<RouteTable>>,
-    pub internet_gateways: Arc<Vec<InternetGateway>>,
-    pub addresses: Arc<Vec<Address>>,
-    pub nat_gateways: Arc<Vec<NatGateway>>,
-    pub security_groups: Arc<Vec<SecurityGroup>>,
-    pub vpc_endpoints: Arc<Vec<VpcEndpoint>>,
-    pub vpc_links: Arc<Vec<VpcLink>>,
-    pub kms_keys: Arc<Vec<KmsKey>>,
-    pub kms_aliases: Arc<Vec<KmsAlias>>,
+    pub vpcs: Arc<Vec<Arc<Vpc>>>,
+    pub subnets: Arc<Vec<Arc<Subnet>>>,
+    pub route_tables: Arc<Vec<Arc<RouteTable>>>,
+    pub internet_gateways: Arc<Vec<Arc<InternetGateway>>>,
+    pub addresses: Arc<Vec<Arc<Address>>>,
+    pub nat_gateways: Arc<Vec<Arc<NatGateway>>>,
+    pub security_groups: Arc<Vec<Arc<SecurityGroup>>>,
+    pub vpc_endpoints: Arc<Vec<Arc<VpcEndpoint>>>,
+    pub vpc_links: Arc<Vec<Arc<VpcLink>>>,
+    pub kms_keys: Arc<Vec<Arc<KmsKey>>>,
+    pub kms_aliases: Arc<Vec<Arc<KmsAlias>>>,
     /// The account's DB instances carrying the owner-UID tag, DB subnet groups, and the secrets
     /// carrying the owner-UID tag (those scheduled for deletion too).
-    pub db_instances: Arc<Vec<ObservedInstance>>,
-    pub db_subnet_groups: Arc<Vec<DbSubnetGroup>>,
-    pub secrets: Arc<Vec<SecretInfo>>,
+    pub db_instances: Arc<Vec<Arc<ObservedInstance>>>,
+    pub db_subnet_groups: Arc<Vec<Arc<DbSubnetGroup>>>,
+    pub secrets: Arc<Vec<Arc<SecretInfo>>>,
+}
+
+impl Snapshot {
+    /// The IDs of the view's resources of `kind`, as `Created::id` names them.
+    fn each_id(&self, kind: Kind) -> Box<dyn Iterator<Item = &String> + '_> {
+        fn of<T>(list: &[T], id: fn(&T) -> &String) -> Box<dyn Iterator<Item = &String> + '_> {
+            Box::new(list.iter().map(id))
+        }
+        match kind {
+            Kind::Vpcs => of(&self.vpcs, |r| &r.id),
+            Kind::Subnets => of(&self.subnets, |r| &r.id),
+            Kind::RouteTables => of(&self.route_tables, |r| &r.id),
+            Kind::InternetGateways => of(&self.internet_gateways, |r| &r.id),
+            Kind::Addresses => of(&self.addresses, |r| &r.allocation_id),
+            Kind::NatGateways => of(&self.nat_gateways, |r| &r.id),
+            Kind::SecurityGroups => of(&self.security_groups, |r| &r.id),
+            Kind::VpcEndpoints => of(&self.vpc_endpoints, |r| &r.id),
+            Kind::VpcLinks => of(&self.vpc_links, |r| &r.id),
+            Kind::KmsKeys => of(&self.kms_keys, |r| &r.key_id),
+            Kind::KmsAliases => of(&self.kms_aliases, |r| &r.name),
+            Kind::DbInstances => of(&self.db_instances, |r| &r.identifier),
+            Kind::DbSubnetGroups => of(&self.db_subnet_groups, |r| &r.name),
+            Kind::Secrets => of(&self.secrets, |r| &r.name),
+        }
+    }
+
+    /// Adds a resource the view does not have.
+    fn add(&mut self, created: &Created) {
+        match created {
+            Created::Vpc(r) => Arc::make_mut(&mut self.vpcs).push(Arc::new(r.clone())),
+            Created::Subnet(r) => Arc::make_mut(&mut self.subnets).push(Arc::new(r.clone())),
+            Created::RouteTable(r) => Arc::make_mut(&mut self.route_tables).push(Arc::new(r.clone())),
+            Created::InternetGateway(r) => Arc::make_mut(&mut self.internet_gateways).push(Arc::new(r.clone())),
+            Created::Address(r) => Arc::make_mut(&mut self.addresses).push(Arc::new(r.clone())),
+            Created::NatGateway(r) => Arc::make_mut(&mut self.nat_gateways).push(Arc::new(r.clone())),
+            Created::SecurityGroup(r) => Arc::make_mut(&mut self.security_groups).push(Arc::new(r.clone())),
+            Created::VpcEndpoint(r) => Arc::make_mut(&mut self.vpc_endpoints).push(Arc::new(r.clone())),
+            Created::VpcLink(r) => Arc::make_mut(&mut self.vpc_links).push(Arc::new(r.clone())),
+            Created::KmsKey(r) => Arc::make_mut(&mut self.kms_keys).push(Arc::new(r.clone())),
+            Created::DbInstance(r) => Arc::make_mut(&mut self.db_instances).push(Arc::new(r.clone())),
+            Created::DbSubnetGroup(r) => Arc::make_mut(&mut self.db_subnet_groups).push(Arc::new(r.clone())),
+            Created::Secret(r) => Arc::make_mut(&mut self.secrets).push(Arc::new(r.clone())),
+        }
+    }
 }
 
 /// The clients a refresh uses, all acting as one link's role in the scope's region.
@@ -418,6 +468,9 @@ struct State {
     last_refresh: Duration,
     /// When the last list of each kind began.
     list_began: HashMap<Kind, Instant>,
+    /// The last refresh's error, if it failed for a reason that passes, with when it ended and how
+    /// long it took.
+    failed: Option<(Instant, Duration, Error)>,
     /// DNS attributes per VPC ID and key states per key ID, which the bulk lists do not carry.
     vpc_dns: HashMap<String, (Option<bool>, Option<bool>)>,
     key_states: HashMap<String, String>,
@@ -445,7 +498,10 @@ impl Inventory {
             if stale.is_empty() {
                 return Ok(st.snapshot.clone());
             }
-            let must_wait = stale.iter().any(|k| st.listed.get(k).is_none_or(|(_, dirty)| *dirty));
+            if let Some(shared) = st.after_failure(&stale, Instant::now()) {
+                return shared;
+            }
+            let must_wait = st.must_wait(&stale);
             if !must_wait && refresh.try_lock().is_err() {
                 return Ok(st.snapshot.clone());
             }
@@ -458,6 +514,10 @@ impl Inventory {
             if stale.is_empty() {
                 return Ok(st.snapshot.clone());
             }
+            // The refresh this call waited for may just have failed.
+            if let Some(shared) = st.after_failure(&stale, started) {
+                return shared;
+            }
             st.journal = Some(Vec::new());
             (stale, started)
         };
@@ -465,8 +525,17 @@ impl Inventory {
             futures::future::try_join_all(stale.iter().map(|k| clients.read(k.service(), || list(*k, clients)))).await;
         let mut st = state.lock().await;
         let journal = st.journal.take().unwrap_or_default();
-        let lists = lists?;
         let ended = Instant::now();
+        let lists = match lists {
+            Ok(lists) => lists,
+            Err(e) => {
+                // The records made meanwhile are in the view already; there are no lists to apply
+                // them over.
+                st.failed = passing(&e).map(|copy| (ended, ended.duration_since(started), copy));
+                return Err(e);
+            }
+        };
+        st.failed = None;
         for (kind, listed) in stale.iter().zip(lists) {
             st.apply(listed);
             st.listed.insert(*kind, (ended, false));
@@ -504,6 +573,26 @@ impl State {
             .collect()
     }
 
+    /// Whether a reconcile must wait for the `stale` kinds to be listed: one of them was never
+    /// listed, or a record says it is out of date. Otherwise the view, kept by the records, serves.
+    fn must_wait(&self, stale: &[Kind]) -> bool {
+        stale.iter().any(|k| self.listed.get(k).is_none_or(|(_, dirty)| *dirty))
+    }
+
+    /// What a reconcile gets while the pause after a failed refresh lasts: the view, if it may work
+    /// from the view, or else the refresh's error. `None` when no such pause lasts.
+    fn after_failure(&self, stale: &[Kind], now: Instant) -> Option<Result<Snapshot>> {
+        let (ended, took, error) = self.failed.as_ref()?;
+        let pause = FAILED_REFRESH_PAUSE.max(*took * REFRESH_SPACING);
+        if now.duration_since(*ended) >= pause {
+            return None;
+        }
+        Some(match passing(error) {
+            Some(error) if self.must_wait(stale) => Err(error),
+            _ => Ok(self.snapshot.clone()),
+        })
+    }
+
     /// Applies again, after a list that began before it, what a mutation did: the lists may show
     /// the resources as they were. Creations are kept by `pending` already.
     fn replay(&mut self, recorded: Recorded) {
@@ -515,16 +604,12 @@ impl State {
     fn record(&mut self, recorded: Recorded) {
         let state = self;
         match recorded {
-            Recorded::Created(created) => {
-                state.pending.push((Instant::now(), created));
-                state.merge_pending(&[]);
-            }
+            Recorded::Created(created) => state.add_pending(created),
             Recorded::Changed(kind) => state.mark_changed(kind),
             Recorded::Observed(now) => {
                 state.pending.retain(|(_, c)| c.kind() != now.kind() || c.id() != now.id());
                 state.forget(now.kind(), now.id());
-                state.pending.push((Instant::now(), now));
-                state.merge_pending(&[]);
+                state.add_pending(now);
             }
             Recorded::Deleted(kind, id) => {
                 state.pending.retain(|(_, c)| c.id() != id && !matches!(c, Created::Secret(s) if s.arn == id));
@@ -535,14 +620,20 @@ impl State {
                 if kind == Kind::VpcEndpoints {
                     // A gateway endpoint's routes go with it.
                     let target = RouteTarget::Gateway(id);
-                    for table in Arc::make_mut(&mut state.snapshot.route_tables) {
+                    let routes_to = |t: &RouteTable| t.routes.iter().any(|r| r.target == target);
+                    let tables = Arc::make_mut(&mut state.snapshot.route_tables);
+                    for table in tables.iter_mut().filter(|t| routes_to(t)).map(Arc::make_mut) {
                         table.routes.retain(|r| r.target != target);
                     }
                 }
             }
             Recorded::GatewayAttachment { gateway_id, vpc_id, attached } => {
-                state.edit(|s| {
-                    for g in Arc::make_mut(&mut s.internet_gateways).iter_mut().filter(|g| g.id == gateway_id) {
+                state.edit(&gateway_id, |s| {
+                    for g in Arc::make_mut(&mut s.internet_gateways)
+                        .iter_mut()
+                        .filter(|g| g.id == gateway_id)
+                        .map(Arc::make_mut)
+                    {
                         g.attached_vpcs.retain(|v| *v != vpc_id);
                         if attached {
                             g.attached_vpcs.push(vpc_id.clone());
@@ -551,8 +642,12 @@ impl State {
                 });
             }
             Recorded::Associated { route_table_id, association_id, subnet_id } => {
-                state.edit(|s| {
-                    for t in Arc::make_mut(&mut s.route_tables).iter_mut().filter(|t| t.id == route_table_id) {
+                state.edit(&route_table_id, |s| {
+                    for t in Arc::make_mut(&mut s.route_tables)
+                        .iter_mut()
+                        .filter(|t| t.id == route_table_id)
+                        .map(Arc::make_mut)
+                    {
                         t.associations.retain(|a| a.id != association_id);
                         t.associations
                             .push(Association { id: association_id.clone(), subnet_id: Some(subnet_id.clone()) });
@@ -560,15 +655,25 @@ impl State {
                 });
             }
             Recorded::Disassociated { association_id } => {
-                state.edit(|s| {
-                    for t in Arc::make_mut(&mut s.route_tables).iter_mut() {
+                let has = |t: &RouteTable| t.associations.iter().any(|a| a.id == association_id);
+                let Some(table_id) = state.snapshot.route_tables.iter().find(|t| has(t)).map(|t| t.id.clone()) else {
+                    return;
+                };
+                state.edit(&table_id, |s| {
+                    for t in
+                        Arc::make_mut(&mut s.route_tables).iter_mut().filter(|t| t.id == table_id).map(Arc::make_mut)
+                    {
                         t.associations.retain(|a| a.id != association_id);
                     }
                 });
             }
             Recorded::Route { route_table_id, destination, target } => {
-                state.edit(|s| {
-                    for t in Arc::make_mut(&mut s.route_tables).iter_mut().filter(|t| t.id == route_table_id) {
+                state.edit(&route_table_id, |s| {
+                    for t in Arc::make_mut(&mut s.route_tables)
+                        .iter_mut()
+                        .filter(|t| t.id == route_table_id)
+                        .map(Arc::make_mut)
+                    {
                         t.routes.retain(|r| r.destination != destination);
                         if let Some(target) = &target {
                             t.routes.push(Route { destination: destination.clone(), target: target.clone() });
@@ -577,8 +682,10 @@ impl State {
                 });
             }
             Recorded::Rule { group_id, egress, rule, added } => {
-                state.edit(|s| {
-                    for g in Arc::make_mut(&mut s.security_groups).iter_mut().filter(|g| g.id == group_id) {
+                state.edit(&group_id, |s| {
+                    for g in
+                        Arc::make_mut(&mut s.security_groups).iter_mut().filter(|g| g.id == group_id).map(Arc::make_mut)
+                    {
                         let rules = if egress { &mut g.egress } else { &mut g.ingress };
                         if added {
                             rules.insert(rule.clone());
@@ -591,52 +698,54 @@ impl State {
             Recorded::Alias { name, target_key_id } => {
                 let aliases = Arc::make_mut(&mut state.snapshot.kms_aliases);
                 aliases.retain(|a| a.name != name);
-                aliases.push(KmsAlias { name, target_key_id: Some(target_key_id) });
+                aliases.push(Arc::new(KmsAlias { name, target_key_id: Some(target_key_id) }));
             }
             Recorded::Tagged { kind, id, add, remove } => {
                 let retag = |tags: &mut Tags| {
                     tags.extend(add.clone());
                     tags.retain(|k, _| !remove.contains(k));
                 };
-                state.edit(|s| match kind {
-                    Kind::Vpcs => {
-                        Arc::make_mut(&mut s.vpcs).iter_mut().filter(|r| r.id == id).for_each(|r| retag(&mut r.tags))
-                    }
-                    Kind::Subnets => {
-                        Arc::make_mut(&mut s.subnets).iter_mut().filter(|r| r.id == id).for_each(|r| retag(&mut r.tags))
-                    }
+                state.edit(&id, |s| match kind {
+                    Kind::Vpcs => Arc::make_mut(&mut s.vpcs)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
+                    Kind::Subnets => Arc::make_mut(&mut s.subnets)
+                        .iter_mut()
+                        .filter(|r| r.id == id)
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::RouteTables => Arc::make_mut(&mut s.route_tables)
                         .iter_mut()
                         .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::InternetGateways => Arc::make_mut(&mut s.internet_gateways)
                         .iter_mut()
                         .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::Addresses => Arc::make_mut(&mut s.addresses)
                         .iter_mut()
                         .filter(|r| r.allocation_id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::NatGateways => Arc::make_mut(&mut s.nat_gateways)
                         .iter_mut()
                         .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::SecurityGroups => Arc::make_mut(&mut s.security_groups)
                         .iter_mut()
                         .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::VpcEndpoints => Arc::make_mut(&mut s.vpc_endpoints)
                         .iter_mut()
                         .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::VpcLinks => Arc::make_mut(&mut s.vpc_links)
                         .iter_mut()
                         .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::KmsKeys => Arc::make_mut(&mut s.kms_keys)
                         .iter_mut()
                         .filter(|r| r.key_id == id)
-                        .for_each(|r| retag(&mut r.tags)),
+                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
                     Kind::KmsAliases | Kind::DbInstances | Kind::DbSubnetGroups | Kind::Secrets => {}
                 });
             }
@@ -646,7 +755,7 @@ impl State {
                 entry.1 = hostnames.or(entry.1);
                 let (support, hostnames) = *entry;
                 let vpcs = Arc::make_mut(&mut state.snapshot.vpcs);
-                for vpc in vpcs.iter_mut().filter(|v| v.id == vpc_id) {
+                for vpc in vpcs.iter_mut().filter(|v| v.id == vpc_id).map(Arc::make_mut) {
                     vpc.dns_support = support;
                     vpc.dns_hostnames = hostnames;
                 }
@@ -654,7 +763,7 @@ impl State {
             Recorded::KeyState { key_id, state: key_state } => {
                 state.key_states.insert(key_id.clone(), key_state.clone());
                 let keys = Arc::make_mut(&mut state.snapshot.kms_keys);
-                for key in keys.iter_mut().filter(|k| k.key_id == key_id) {
+                for key in keys.iter_mut().filter(|k| k.key_id == key_id).map(Arc::make_mut) {
                     key.state = Some(key_state.clone());
                 }
             }
@@ -684,49 +793,54 @@ impl State {
     fn apply(&mut self, listed: Listed) {
         let s = &mut self.snapshot;
         match listed {
-            Listed::Vpcs(v) => s.vpcs = Arc::new(v),
-            Listed::Subnets(v) => s.subnets = Arc::new(v),
-            Listed::RouteTables(v) => s.route_tables = Arc::new(v),
-            Listed::InternetGateways(v) => s.internet_gateways = Arc::new(v),
-            Listed::Addresses(v) => s.addresses = Arc::new(v),
-            Listed::NatGateways(v) => s.nat_gateways = Arc::new(v),
-            Listed::SecurityGroups(v) => s.security_groups = Arc::new(v),
-            Listed::VpcEndpoints(v) => s.vpc_endpoints = Arc::new(v),
-            Listed::VpcLinks(v) => s.vpc_links = Arc::new(v),
-            Listed::KmsKeys(v) => s.kms_keys = Arc::new(v),
-            Listed::KmsAliases(v) => s.kms_aliases = Arc::new(v),
-            Listed::DbInstances(v) => s.db_instances = Arc::new(v),
-            Listed::DbSubnetGroups(v) => s.db_subnet_groups = Arc::new(v),
-            Listed::Secrets(v) => s.secrets = Arc::new(v),
+            Listed::Vpcs(v) => s.vpcs = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::Subnets(v) => s.subnets = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::RouteTables(v) => s.route_tables = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::InternetGateways(v) => s.internet_gateways = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::Addresses(v) => s.addresses = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::NatGateways(v) => s.nat_gateways = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::SecurityGroups(v) => s.security_groups = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::VpcEndpoints(v) => s.vpc_endpoints = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::VpcLinks(v) => s.vpc_links = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::KmsKeys(v) => s.kms_keys = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::KmsAliases(v) => s.kms_aliases = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::DbInstances(v) => s.db_instances = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::DbSubnetGroups(v) => s.db_subnet_groups = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::Secrets(v) => s.secrets = Arc::new(v.into_iter().map(Arc::new).collect()),
         }
     }
 
-    /// Applies a change to the view, and to the creations a list has not shown yet (which
-    /// `merge_pending` would otherwise bring back as they were created).
-    fn edit(&mut self, change: impl FnOnce(&mut Snapshot)) {
+    /// Applies a change to the resource `id` in the view, and to its creation if a list has not
+    /// shown it yet (which `merge_pending` would otherwise bring back as it was created).
+    fn edit(&mut self, id: &str, change: impl FnOnce(&mut Snapshot)) {
         change(&mut self.snapshot);
         let s = &self.snapshot;
-        for (_, created) in &mut self.pending {
-            let id = created.id().to_string();
+        for (_, created) in self.pending.iter_mut().filter(|(_, c)| c.id() == id) {
             let current = match created {
-                Created::Vpc(_) => s.vpcs.iter().find(|r| r.id == id).cloned().map(Created::Vpc),
-                Created::Subnet(_) => s.subnets.iter().find(|r| r.id == id).cloned().map(Created::Subnet),
-                Created::RouteTable(_) => s.route_tables.iter().find(|r| r.id == id).cloned().map(Created::RouteTable),
+                Created::Vpc(_) => s.vpcs.iter().find(|r| r.id == id).map(|r| Created::Vpc((**r).clone())),
+                Created::Subnet(_) => s.subnets.iter().find(|r| r.id == id).map(|r| Created::Subnet((**r).clone())),
+                Created::RouteTable(_) => {
+                    s.route_tables.iter().find(|r| r.id == id).map(|r| Created::RouteTable((**r).clone()))
+                }
                 Created::InternetGateway(_) => {
-                    s.internet_gateways.iter().find(|r| r.id == id).cloned().map(Created::InternetGateway)
+                    s.internet_gateways.iter().find(|r| r.id == id).map(|r| Created::InternetGateway((**r).clone()))
                 }
                 Created::Address(_) => {
-                    s.addresses.iter().find(|r| r.allocation_id == id).cloned().map(Created::Address)
+                    s.addresses.iter().find(|r| r.allocation_id == id).map(|r| Created::Address((**r).clone()))
                 }
-                Created::NatGateway(_) => s.nat_gateways.iter().find(|r| r.id == id).cloned().map(Created::NatGateway),
+                Created::NatGateway(_) => {
+                    s.nat_gateways.iter().find(|r| r.id == id).map(|r| Created::NatGateway((**r).clone()))
+                }
                 Created::SecurityGroup(_) => {
-                    s.security_groups.iter().find(|r| r.id == id).cloned().map(Created::SecurityGroup)
+                    s.security_groups.iter().find(|r| r.id == id).map(|r| Created::SecurityGroup((**r).clone()))
                 }
                 Created::VpcEndpoint(_) => {
-                    s.vpc_endpoints.iter().find(|r| r.id == id).cloned().map(Created::VpcEndpoint)
+                    s.vpc_endpoints.iter().find(|r| r.id == id).map(|r| Created::VpcEndpoint((**r).clone()))
                 }
-                Created::VpcLink(_) => s.vpc_links.iter().find(|r| r.id == id).cloned().map(Created::VpcLink),
-                Created::KmsKey(_) => s.kms_keys.iter().find(|r| r.key_id == id).cloned().map(Created::KmsKey),
+                Created::VpcLink(_) => s.vpc_links.iter().find(|r| r.id == id).map(|r| Created::VpcLink((**r).clone())),
+                Created::KmsKey(_) => {
+                    s.kms_keys.iter().find(|r| r.key_id == id).map(|r| Created::KmsKey((**r).clone()))
+                }
                 // Not edited in place: recorded whole (`Recorded::Observed`).
                 Created::DbInstance(_) | Created::DbSubnetGroup(_) | Created::Secret(_) => None,
             };
@@ -771,6 +885,8 @@ impl State {
     /// lists take or are spaced.
     fn merge_pending(&mut self, just_listed: &[Kind]) {
         let pending = std::mem::take(&mut self.pending);
+        // The IDs in the view, per kind, built once: a refresh may judge thousands of creations.
+        let mut in_view: HashMap<Kind, HashSet<String>> = HashMap::new();
         for (at, created) in pending {
             let kind = created.kind();
             let began = just_listed
@@ -778,28 +894,28 @@ impl State {
                 .then(|| self.list_began.get(&kind).copied())
                 .flatten()
                 .filter(|began| *began > at);
-            let s = &mut self.snapshot;
-            let shown = match &created {
-                Created::Vpc(r) => upsert(&mut s.vpcs, r, |x| x.id == r.id),
-                Created::Subnet(r) => upsert(&mut s.subnets, r, |x| x.id == r.id),
-                Created::RouteTable(r) => upsert(&mut s.route_tables, r, |x| x.id == r.id),
-                Created::InternetGateway(r) => upsert(&mut s.internet_gateways, r, |x| x.id == r.id),
-                Created::Address(r) => upsert(&mut s.addresses, r, |x| x.allocation_id == r.allocation_id),
-                Created::NatGateway(r) => upsert(&mut s.nat_gateways, r, |x| x.id == r.id),
-                Created::SecurityGroup(r) => upsert(&mut s.security_groups, r, |x| x.id == r.id),
-                Created::VpcEndpoint(r) => upsert(&mut s.vpc_endpoints, r, |x| x.id == r.id),
-                Created::VpcLink(r) => upsert(&mut s.vpc_links, r, |x| x.id == r.id),
-                Created::KmsKey(r) => upsert(&mut s.kms_keys, r, |x| x.key_id == r.key_id),
-                Created::DbInstance(r) => upsert(&mut s.db_instances, r, |x| x.identifier == r.identifier),
-                Created::DbSubnetGroup(r) => upsert(&mut s.db_subnet_groups, r, |x| x.name == r.name),
-                Created::Secret(r) => upsert(&mut s.secrets, r, |x| x.name == r.name),
-            };
+            let ids = in_view.entry(kind).or_insert_with(|| self.snapshot.each_id(kind).cloned().collect());
+            let shown = !ids.insert(created.id().to_string());
+            if !shown {
+                self.snapshot.add(&created);
+            }
             match began {
                 Some(_) if shown => {}
-                Some(began) if began.duration_since(at) > CREATE_GRACE => self.forget(kind, created.id()),
+                Some(began) if began.duration_since(at) > CREATE_GRACE => {
+                    ids.remove(created.id());
+                    self.forget(kind, created.id());
+                }
                 _ => self.pending.push((at, created)),
             }
         }
+    }
+
+    /// Keeps a creation until a list shows it, and adds it to the view now.
+    fn add_pending(&mut self, created: Created) {
+        if !self.snapshot.each_id(created.kind()).any(|id| id == created.id()) {
+            self.snapshot.add(&created);
+        }
+        self.pending.push((Instant::now(), created));
     }
 
     /// Asks for what the bulk lists lack (VPC DNS attributes, key states) for resources seen for the
@@ -827,27 +943,36 @@ impl State {
             }
         }
         let (dns, states) = (&self.vpc_dns, &self.key_states);
+        // Only the entries that change are copied: the view's entries are shared with the
+        // snapshots reconciles hold.
         for vpc in Arc::make_mut(&mut self.snapshot.vpcs).iter_mut() {
-            if let Some((support, hostnames)) = dns.get(&vpc.id) {
-                vpc.dns_support = *support;
-                vpc.dns_hostnames = *hostnames;
+            if let Some(&(support, hostnames)) = dns.get(&vpc.id)
+                && (vpc.dns_support, vpc.dns_hostnames) != (support, hostnames)
+            {
+                let vpc = Arc::make_mut(vpc);
+                (vpc.dns_support, vpc.dns_hostnames) = (support, hostnames);
             }
         }
         for key in Arc::make_mut(&mut self.snapshot.kms_keys).iter_mut() {
-            key.state = states.get(&key.key_id).filter(|s| !s.is_empty()).cloned();
+            let state = states.get(&key.key_id).filter(|s| !s.is_empty()).cloned();
+            if key.state != state {
+                Arc::make_mut(key).state = state;
+            }
         }
         Ok(())
     }
 }
 
-/// Replaces the entry that `same` finds, or adds `item`; returns whether the list already had it.
-fn upsert<T: Clone>(list: &mut Arc<Vec<T>>, item: &T, same: impl Fn(&T) -> bool) -> bool {
-    let list = Arc::make_mut(list);
-    if list.iter().any(&same) {
-        return true;
+/// A copy of `error` if it is a failure that passes by itself (throttling, a timeout, a 5xx), which
+/// the reconciles waiting for the same refresh may share; other errors each reconcile meets itself.
+fn passing(error: &Error) -> Option<Error> {
+    match error {
+        Error::AwsThrottled { action } => Some(Error::AwsThrottled { action: action.clone() }),
+        Error::AwsUnavailable { action, detail } => {
+            Some(Error::AwsUnavailable { action: action.clone(), detail: detail.clone() })
+        }
+        _ => None,
     }
-    list.push(item.clone());
-    false
 }
 
 /// A security group as CreateSecurityGroup leaves it: no ingress, EC2's default egress to
@@ -1480,6 +1605,36 @@ mod tests {
         assert!(state.pending.is_empty());
         assert!(state.snapshot.subnets.is_empty());
         assert!(state.pending.is_empty());
+    }
+
+    #[test]
+    fn the_reconciles_after_a_failed_refresh_share_its_outcome_for_a_while() {
+        let mut state = State::default();
+        let start = Instant::now();
+        let timed_out = || Error::AwsUnavailable { action: "ec2:DescribeSubnets".into(), detail: "timed out".into() };
+        // A refresh that timed out after 30 s: for 90 s no list is tried again.
+        state.failed = Some((start, Duration::from_secs(30), timed_out()));
+        let never_listed = state.stale(Duration::from_secs(30), start);
+        match state.after_failure(&never_listed, start + Duration::from_secs(60)) {
+            Some(Err(Error::AwsUnavailable { action, .. })) => assert_eq!(action, "ec2:DescribeSubnets"),
+            other => panic!("a reconcile that needs a kind never listed gets the refresh's error, got {other:?}"),
+        }
+        assert!(state.after_failure(&never_listed, start + Duration::from_secs(91)).is_none(), "then a list again");
+
+        // A reconcile that may work from the view gets the view.
+        for kind in Kind::ALL {
+            state.listed.insert(kind, (start, false));
+        }
+        let old = state.stale(Duration::ZERO, start + Duration::from_secs(1));
+        assert!(matches!(state.after_failure(&old, start + Duration::from_secs(1)), Some(Ok(_))));
+
+        // A quick failure (throttled) pauses for a second; an error that does not pass by itself
+        // (here: denied) is not shared: each reconcile meets it itself.
+        state.failed = Some((start, Duration::from_millis(50), Error::AwsThrottled { action: "x".into() }));
+        assert!(state.after_failure(&old, start + Duration::from_millis(900)).is_some());
+        assert!(state.after_failure(&old, start + Duration::from_millis(1100)).is_none());
+        let denied = Error::AccessDenied { action: "ec2:DescribeSubnets".into(), message: "no".into() };
+        assert!(passing(&denied).is_none());
     }
 
     #[test]

@@ -106,7 +106,11 @@ impl Aws {
                     .operation_attempt_timeout(Duration::from_secs(30))
                     .operation_timeout(Duration::from_secs(90))
                     .build();
-                aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts).load().await
+                aws_config::defaults(BehaviorVersion::latest())
+                    .http_client(shared_http_client())
+                    .timeout_config(timeouts)
+                    .load()
+                    .await
             })
             .await
     }
@@ -244,5 +248,24 @@ pub fn link_role(link: &AwsAccountLink) -> Option<LinkRole> {
         link_uid: link.metadata.uid.clone()?,
         role_arn: status.role_arn.clone()?,
         external_id: status.external_id.clone()?,
+    })
+}
+
+/// The HTTP client of every AWS client the operator builds, as the SDK's default one is made
+/// (hyper with rustls on aws-lc, the proxy from the environment), but made once. Without it, each
+/// service client (several per reconcile) made its own: its own connection pool, so no connection
+/// was reused from one reconcile to the next, and its own TLS set-up, loading the trusted roots.
+fn shared_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
     })
 }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::aws::{CreateInstance, DatabaseAws, Deleted, SecretInfo};
 use super::credentials::{self, SecretDocument};
-use super::plan::{self, DesiredInstance, Names, Phase, Placement};
+use super::plan::{self, DesiredInstance, Names, ObservedInstance, Phase, Placement};
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{
     AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint, Stack,
@@ -238,7 +238,7 @@ impl<'a> Converge<'a> {
         let vpc = &self.placement.vpc_id;
         let listed = snapshot.security_groups.iter().find(|g| g.vpc_id == *vpc && g.name == self.names.instance);
         let group = match listed {
-            Some(g) => Some(g.clone()),
+            Some(g) => Some(SecurityGroup::clone(g)),
             None => self.aws.groups().find(vpc, &self.names.instance).await?,
         };
         // What a create leaves is known from it: the steps after a create go on in the same pass.
@@ -324,7 +324,7 @@ impl<'a> Converge<'a> {
         let listed = snapshot.db_instances.iter().find(|i| i.identifier == self.names.instance);
         // RDS is working on it (or it is new): its state now, not as the last list saw it.
         let instance = match listed {
-            Some(i) if plan::phase(&i.status) == Phase::Available => Some(i.clone()),
+            Some(i) if plan::phase(&i.status) == Phase::Available => Some(ObservedInstance::clone(i)),
             _ => self.aws.instance(&self.names.instance).await?,
         };
         let Some(instance) = instance else {

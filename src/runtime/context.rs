@@ -2,7 +2,7 @@
 //! recorder, the metrics, the settings and the AWS client factory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -10,9 +10,10 @@ use futures::future::{BoxFuture, Shared};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use tracing::warn;
 
+use super::events::Events;
 use super::metrics::Metrics;
 use crate::aws::Aws;
 use crate::aws::inventory::Inventory;
@@ -43,7 +44,7 @@ pub struct Context {
     pub inventory: Inventory,
     /// The rate limiter (and crash-test failpoint) every AWS mutation goes through.
     pub limiter: Limiter,
-    recorder: Recorder,
+    recorder: Arc<Events>,
     /// Per object (by UID), the last Event being written: Events are written in the background,
     /// in order per object, off the path of the AWS calls, and waited for before the status.
     events: Mutex<HashMap<String, Shared<BoxFuture<'static, ()>>>>,
@@ -52,9 +53,8 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Metrics, aws: Aws, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Arc::new(Events::new(client.clone(), FIELD_MANAGER, instance)),
             client,
             settings,
             metrics,
@@ -71,8 +71,7 @@ impl Context {
     /// they were published, and `events_written` waits for them. A failure to publish is logged,
     /// never fatal: events are for people, the conditions are the record.
     pub async fn event(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: impl Into<String>) {
-        let event =
-            Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
+        let (reason, note) = (reason.to_string(), note.into());
         let (recorder, regarding) = (self.recorder.clone(), regarding.clone());
         let uid = regarding.uid.clone().unwrap_or_default();
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
@@ -81,8 +80,8 @@ impl Context {
             if let Some(before) = before {
                 before.await;
             }
-            if let Err(error) = recorder.publish(&event, &regarding).await {
-                warn!(%error, reason = event.reason, "could not publish event");
+            if let Err(error) = recorder.publish(&regarding, type_, &reason, &note).await {
+                warn!(%error, reason, "could not publish event");
             }
         }
         .boxed()
@@ -93,6 +92,7 @@ impl Context {
 
     /// Waits until the Events published about the object with `uid` are written.
     pub async fn events_written(&self, uid: &str) {
+        self.recorder.sweep();
         let last = self.events.lock().unwrap_or_else(|p| p.into_inner()).get(uid).cloned();
         if let Some(last) = last {
             last.clone().await;

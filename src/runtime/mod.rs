@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod context;
+mod events;
 mod http;
 mod leader;
 pub mod metrics;

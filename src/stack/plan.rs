@@ -4,6 +4,7 @@
 //! Pure: no client, no clock, so the convergence itself is unit-tested here.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
@@ -411,8 +412,8 @@ fn component(tags: &Tags) -> Option<&str> {
     tags.get(COMPONENT_TAG).map(String::as_str)
 }
 
-fn keep<T: Clone>(items: &[T], uid: &str, tags: impl Fn(&T) -> &Tags) -> Vec<T> {
-    items.iter().filter(|i| mine(tags(i), uid)).cloned().collect()
+fn keep<T: Clone>(items: &[Arc<T>], uid: &str, tags: impl Fn(&T) -> &Tags) -> Vec<T> {
+    items.iter().filter(|i| mine(tags(i), uid)).map(|i| T::clone(i)).collect()
 }
 
 impl Observed {
@@ -429,7 +430,7 @@ impl Observed {
             vpc_endpoints: keep(&snapshot.vpc_endpoints, uid, |r| &r.tags),
             vpc_links: keep(&snapshot.vpc_links, uid, |r| &r.tags),
             kms_keys: keep(&snapshot.kms_keys, uid, |r| &r.tags),
-            alias: snapshot.kms_aliases.iter().find(|a| a.name == alias).cloned(),
+            alias: snapshot.kms_aliases.iter().find(|a| a.name == alias).map(|a| KmsAlias::clone(a)),
         }
     }
 

@@ -654,11 +654,13 @@ fn only_the_owner_s_resources_are_observed() {
     let mut snapshot = Snapshot::default();
     let tagged = |uid: &str| Tags::from([(OWNER_UID_TAG.to_string(), uid.to_string())]);
     snapshot.vpcs = std::sync::Arc::new(vec![
-        Vpc { id: "vpc-1".into(), cidr: String::new(), tags: tagged("uid-1"), dns_support: None, dns_hostnames: None },
-        Vpc { id: "vpc-2".into(), cidr: String::new(), tags: tagged("uid-2"), dns_support: None, dns_hostnames: None },
+        Vpc { id: "vpc-1".into(), cidr: String::new(), tags: tagged("uid-1"), dns_support: None, dns_hostnames: None }
+            .into(),
+        Vpc { id: "vpc-2".into(), cidr: String::new(), tags: tagged("uid-2"), dns_support: None, dns_hostnames: None }
+            .into(),
     ]);
     snapshot.kms_aliases =
-        std::sync::Arc::new(vec![KmsAlias { name: "alias/tinystacks/team-a/web".into(), target_key_id: None }]);
+        std::sync::Arc::new(vec![KmsAlias { name: "alias/tinystacks/team-a/web".into(), target_key_id: None }.into()]);
     let o = Observed::of(&snapshot, "uid-1", "alias/tinystacks/team-a/web");
     assert_eq!(o.vpcs.len(), 1);
     assert_eq!(o.vpcs[0].id, "vpc-1");
