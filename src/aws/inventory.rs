@@ -620,38 +620,38 @@ impl State {
                 if kind == Kind::VpcEndpoints {
                     // A gateway endpoint's routes go with it.
                     let target = RouteTarget::Gateway(id);
-                    let routes_to = |t: &RouteTable| t.routes.iter().any(|r| r.target == target);
-                    let tables = Arc::make_mut(&mut state.snapshot.route_tables);
-                    for table in tables.iter_mut().filter(|t| routes_to(t)).map(Arc::make_mut) {
-                        table.routes.retain(|r| r.target != target);
-                    }
+                    change(
+                        &mut state.snapshot.route_tables,
+                        |t| t.routes.iter().any(|r| r.target == target),
+                        |t| t.routes.retain(|r| r.target != target),
+                    );
                 }
             }
             Recorded::GatewayAttachment { gateway_id, vpc_id, attached } => {
                 state.edit(&gateway_id, |s| {
-                    for g in Arc::make_mut(&mut s.internet_gateways)
-                        .iter_mut()
-                        .filter(|g| g.id == gateway_id)
-                        .map(Arc::make_mut)
-                    {
-                        g.attached_vpcs.retain(|v| *v != vpc_id);
-                        if attached {
-                            g.attached_vpcs.push(vpc_id.clone());
-                        }
-                    }
+                    change(
+                        &mut s.internet_gateways,
+                        |g| g.id == gateway_id,
+                        |g| {
+                            g.attached_vpcs.retain(|v| *v != vpc_id);
+                            if attached {
+                                g.attached_vpcs.push(vpc_id.clone());
+                            }
+                        },
+                    )
                 });
             }
             Recorded::Associated { route_table_id, association_id, subnet_id } => {
                 state.edit(&route_table_id, |s| {
-                    for t in Arc::make_mut(&mut s.route_tables)
-                        .iter_mut()
-                        .filter(|t| t.id == route_table_id)
-                        .map(Arc::make_mut)
-                    {
-                        t.associations.retain(|a| a.id != association_id);
-                        t.associations
-                            .push(Association { id: association_id.clone(), subnet_id: Some(subnet_id.clone()) });
-                    }
+                    change(
+                        &mut s.route_tables,
+                        |t| t.id == route_table_id,
+                        |t| {
+                            t.associations.retain(|a| a.id != association_id);
+                            t.associations
+                                .push(Association { id: association_id.clone(), subnet_id: Some(subnet_id.clone()) });
+                        },
+                    )
                 });
             }
             Recorded::Disassociated { association_id } => {
@@ -660,39 +660,41 @@ impl State {
                     return;
                 };
                 state.edit(&table_id, |s| {
-                    for t in
-                        Arc::make_mut(&mut s.route_tables).iter_mut().filter(|t| t.id == table_id).map(Arc::make_mut)
-                    {
-                        t.associations.retain(|a| a.id != association_id);
-                    }
+                    change(
+                        &mut s.route_tables,
+                        |t| t.id == table_id,
+                        |t| t.associations.retain(|a| a.id != association_id),
+                    )
                 });
             }
             Recorded::Route { route_table_id, destination, target } => {
                 state.edit(&route_table_id, |s| {
-                    for t in Arc::make_mut(&mut s.route_tables)
-                        .iter_mut()
-                        .filter(|t| t.id == route_table_id)
-                        .map(Arc::make_mut)
-                    {
-                        t.routes.retain(|r| r.destination != destination);
-                        if let Some(target) = &target {
-                            t.routes.push(Route { destination: destination.clone(), target: target.clone() });
-                        }
-                    }
+                    change(
+                        &mut s.route_tables,
+                        |t| t.id == route_table_id,
+                        |t| {
+                            t.routes.retain(|r| r.destination != destination);
+                            if let Some(target) = &target {
+                                t.routes.push(Route { destination: destination.clone(), target: target.clone() });
+                            }
+                        },
+                    )
                 });
             }
             Recorded::Rule { group_id, egress, rule, added } => {
                 state.edit(&group_id, |s| {
-                    for g in
-                        Arc::make_mut(&mut s.security_groups).iter_mut().filter(|g| g.id == group_id).map(Arc::make_mut)
-                    {
-                        let rules = if egress { &mut g.egress } else { &mut g.ingress };
-                        if added {
-                            rules.insert(rule.clone());
-                        } else {
-                            rules.remove(&rule);
-                        }
-                    }
+                    change(
+                        &mut s.security_groups,
+                        |g| g.id == group_id,
+                        |g| {
+                            let rules = if egress { &mut g.egress } else { &mut g.ingress };
+                            if added {
+                                rules.insert(rule.clone());
+                            } else {
+                                rules.remove(&rule);
+                            }
+                        },
+                    )
                 });
             }
             Recorded::Alias { name, target_key_id } => {
@@ -706,46 +708,16 @@ impl State {
                     tags.retain(|k, _| !remove.contains(k));
                 };
                 state.edit(&id, |s| match kind {
-                    Kind::Vpcs => Arc::make_mut(&mut s.vpcs)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::Subnets => Arc::make_mut(&mut s.subnets)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::RouteTables => Arc::make_mut(&mut s.route_tables)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::InternetGateways => Arc::make_mut(&mut s.internet_gateways)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::Addresses => Arc::make_mut(&mut s.addresses)
-                        .iter_mut()
-                        .filter(|r| r.allocation_id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::NatGateways => Arc::make_mut(&mut s.nat_gateways)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::SecurityGroups => Arc::make_mut(&mut s.security_groups)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::VpcEndpoints => Arc::make_mut(&mut s.vpc_endpoints)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::VpcLinks => Arc::make_mut(&mut s.vpc_links)
-                        .iter_mut()
-                        .filter(|r| r.id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
-                    Kind::KmsKeys => Arc::make_mut(&mut s.kms_keys)
-                        .iter_mut()
-                        .filter(|r| r.key_id == id)
-                        .for_each(|r| retag(&mut Arc::make_mut(r).tags)),
+                    Kind::Vpcs => change(&mut s.vpcs, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::Subnets => change(&mut s.subnets, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::RouteTables => change(&mut s.route_tables, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::InternetGateways => change(&mut s.internet_gateways, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::Addresses => change(&mut s.addresses, |r| r.allocation_id == id, |r| retag(&mut r.tags)),
+                    Kind::NatGateways => change(&mut s.nat_gateways, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::SecurityGroups => change(&mut s.security_groups, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::VpcEndpoints => change(&mut s.vpc_endpoints, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::VpcLinks => change(&mut s.vpc_links, |r| r.id == id, |r| retag(&mut r.tags)),
+                    Kind::KmsKeys => change(&mut s.kms_keys, |r| r.key_id == id, |r| retag(&mut r.tags)),
                     Kind::KmsAliases | Kind::DbInstances | Kind::DbSubnetGroups | Kind::Secrets => {}
                 });
             }
@@ -754,18 +726,17 @@ impl State {
                 entry.0 = support.or(entry.0);
                 entry.1 = hostnames.or(entry.1);
                 let (support, hostnames) = *entry;
-                let vpcs = Arc::make_mut(&mut state.snapshot.vpcs);
-                for vpc in vpcs.iter_mut().filter(|v| v.id == vpc_id).map(Arc::make_mut) {
-                    vpc.dns_support = support;
-                    vpc.dns_hostnames = hostnames;
-                }
+                change(
+                    &mut state.snapshot.vpcs,
+                    |v| v.id == vpc_id,
+                    |v| {
+                        (v.dns_support, v.dns_hostnames) = (support, hostnames);
+                    },
+                );
             }
             Recorded::KeyState { key_id, state: key_state } => {
                 state.key_states.insert(key_id.clone(), key_state.clone());
-                let keys = Arc::make_mut(&mut state.snapshot.kms_keys);
-                for key in keys.iter_mut().filter(|k| k.key_id == key_id).map(Arc::make_mut) {
-                    key.state = Some(key_state.clone());
-                }
+                change(&mut state.snapshot.kms_keys, |k| k.key_id == key_id, |k| k.state = Some(key_state.clone()));
             }
         }
     }
@@ -943,23 +914,26 @@ impl State {
             }
         }
         let (dns, states) = (&self.vpc_dns, &self.key_states);
-        // Only the entries that change are copied: the view's entries are shared with the
-        // snapshots reconciles hold.
-        for vpc in Arc::make_mut(&mut self.snapshot.vpcs).iter_mut() {
-            if let Some(&(support, hostnames)) = dns.get(&vpc.id)
-                && (vpc.dns_support, vpc.dns_hostnames) != (support, hostnames)
-            {
-                let vpc = Arc::make_mut(vpc);
-                (vpc.dns_support, vpc.dns_hostnames) = (support, hostnames);
-            }
-        }
-        for key in Arc::make_mut(&mut self.snapshot.kms_keys).iter_mut() {
-            let state = states.get(&key.key_id).filter(|s| !s.is_empty()).cloned();
-            if key.state != state {
-                Arc::make_mut(key).state = state;
-            }
-        }
+        let dns_of = |v: &Vpc| dns.get(&v.id).copied();
+        change(
+            &mut self.snapshot.vpcs,
+            |v| dns_of(v).is_some_and(|known| known != (v.dns_support, v.dns_hostnames)),
+            |v| (v.dns_support, v.dns_hostnames) = dns_of(v).unwrap_or((v.dns_support, v.dns_hostnames)),
+        );
+        let state_of = |k: &KmsKey| states.get(&k.key_id).filter(|s| !s.is_empty()).cloned();
+        change(&mut self.snapshot.kms_keys, |k| k.state != state_of(k), |k| k.state = state_of(k));
         Ok(())
+    }
+}
+
+/// Changes in place the entries of `list` that `which` picks. Only those are copied, and the list
+/// itself only if one is picked: entries and lists are shared with the snapshots reconciles hold.
+fn change<T: Clone>(list: &mut Arc<Vec<Arc<T>>>, which: impl Fn(&T) -> bool, mut how: impl FnMut(&mut T)) {
+    if !list.iter().any(|e| which(e)) {
+        return;
+    }
+    for entry in Arc::make_mut(list).iter_mut().filter(|e| which(e)) {
+        how(Arc::make_mut(entry));
     }
 }
 

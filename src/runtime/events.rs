@@ -67,14 +67,18 @@ enum Write {
 }
 
 impl Ledger {
-    /// Forgets the series whose window passed.
+    /// Forgets the series whose window passed, at most every `SWEEP_EVERY`.
     fn sweep(&mut self, now: Instant) {
-        self.by_key.retain(|_, s| now.duration_since(s.last) < SERIES_WINDOW);
-        self.swept = Some(now);
+        if self.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
+            self.by_key.retain(|_, s| now.duration_since(s.last) < SERIES_WINDOW);
+            self.swept = Some(now);
+        }
     }
 
-    fn sweep_due(&self, now: Instant) -> bool {
-        self.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+    /// Remembers the Event just created as the start of its series.
+    fn started(&mut self, key: Key, namespace: String, name: String, now: Instant) {
+        self.sweep(now);
+        self.by_key.insert(key, Series { namespace, name, count: 1, last: now });
     }
 
     /// Whether an Event with `key` starts a series or counts one up (and counts it).
@@ -102,11 +106,7 @@ impl Events {
 
     /// Forgets the series whose window passed, at most every `SWEEP_EVERY`.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        if series.sweep_due(now) {
-            series.sweep(now);
-        }
+        self.series.lock().unwrap_or_else(|p| p.into_inner()).sweep(Instant::now());
     }
 
     /// Writes one Event about `regarding` (in its namespace, or `default` for a cluster-scoped
@@ -156,11 +156,7 @@ impl Events {
                 };
                 let events = Api::<K8sEvent>::namespaced(self.client.clone(), &namespace);
                 events.create(&PostParams::default(), &event).await?;
-                let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-                if series.sweep_due(now) {
-                    series.sweep(now);
-                }
-                series.by_key.insert(key, Series { namespace, name, count: 1, last: now });
+                self.series.lock().unwrap_or_else(|p| p.into_inner()).started(key, namespace, name, now);
             }
         }
         Ok(())
@@ -180,7 +176,7 @@ mod tests {
         let mut series = Ledger::default();
         let start = Instant::now();
         assert_eq!(series.next(&key("a"), start), Write::Create);
-        series.by_key.insert(key("a"), Series { namespace: "ns".into(), name: "s.1".into(), count: 1, last: start });
+        series.started(key("a"), "ns".into(), "s.1".into(), start);
 
         let later = start + Duration::from_secs(60);
         let counted = Write::Count { namespace: "ns".into(), name: "s.1".into(), count: 2 };
@@ -193,10 +189,14 @@ mod tests {
         let gone = after + SERIES_WINDOW;
         assert_eq!(series.next(&key("a"), gone), Write::Create);
 
-        // A sweep forgets what is past its window, so nothing stays at steady state.
-        assert!(series.sweep_due(gone));
+        // A sweep forgets what is past its window, so nothing stays at steady state; sweeps come at
+        // most every `SWEEP_EVERY`.
         series.sweep(gone);
         assert!(series.by_key.is_empty());
-        assert!(!series.sweep_due(gone + Duration::from_secs(1)));
+        series.by_key.insert(key("c"), Series { namespace: "ns".into(), name: "s.2".into(), count: 1, last: start });
+        series.sweep(gone + Duration::from_secs(1));
+        assert_eq!(series.by_key.len(), 1, "no second sweep within SWEEP_EVERY");
+        series.sweep(gone + SWEEP_EVERY);
+        assert!(series.by_key.is_empty());
     }
 }
