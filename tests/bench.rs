@@ -8,7 +8,8 @@
 //! numbers of Stacks (default `1,100,1000`), `TINYSTACKS_BENCH_REPEATS` the runs per figure,
 //! `TINYSTACKS_BENCH_DEADLINE` a Unix time by which the scale runs must end (a size that would
 //! not converge and be measured before it is skipped, and the document says so),
-//! `TINYSTACKS_BENCH_RESYNC` the resync period of the scale runs.
+//! `TINYSTACKS_BENCH_RESYNC` the resync period of the scale runs, `TINYSTACKS_BENCH_TRACE` (any
+//! value) to print every AWS call of each full-stack run, in order, with its start and latency.
 
 mod common;
 
@@ -1093,6 +1094,18 @@ async fn full_stack(bench: &Bench, client: &Client, moto: &str, system: &str, pa
     let during: Vec<&Timing> = timings.iter().filter(|t| t.start >= t0 && t.start <= t_end).collect();
     let muts: Vec<&&Timing> = during.iter().filter(|t| mutating(&t.action)).collect();
     let critical: f64 = muts.iter().map(|t| t.latency.as_secs_f64()).sum();
+    if std::env::var_os("TINYSTACKS_BENCH_TRACE").is_some() {
+        // Every AWS call of the run in order: when it began after the apply, and how long it took.
+        for t in &during {
+            let mark = if mutating(&t.action) { "*" } else { " " };
+            eprintln!(
+                "[trace] {pattern} {:7.3}s +{:5.1}ms {mark} {}",
+                (t.start - t0).as_secs_f64(),
+                t.latency.as_secs_f64() * 1e3,
+                t.action
+            );
+        }
+    }
     // Leave the link alone from now on: later operators watch every link.
     links
         .patch(
