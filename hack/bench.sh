@@ -2,12 +2,13 @@
 # `make bench`: the operator's memory, AWS calls, CPU per reconcile, start-up and time to Ready,
 # measured against a fresh local control plane and moto and written to docs/BENCHMARKS.md (the
 # driver is the ignored test `bench` in tests/bench.rs). Not part of `make test`; takes about
-# 45 minutes on 2 cores.
+# 20 minutes on 2 cores (at most BENCH_MINUTES).
 #
 # Environment: BENCH_PROFILE (release, the default, or debug: the operator build measured),
 # TINYSTACKS_BENCH_SIZES (default 1,100,1000), TINYSTACKS_BENCH_REPEATS (default 3),
 # TINYSTACKS_BENCH_RESYNC (default 30s), BENCH_MINUTES (default 45: sizes that cannot be reached
-# and measured in that time are skipped, and the document says so).
+# and measured in that time are skipped, and the document says so), TINYSTACKS_BENCH_TRACE (any
+# value: print every AWS call of each full-stack run, with its start and latency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -3,7 +3,7 @@
 //! and refreshed when older than the resync period (DESIGN §3). Mutations update it from their
 //! responses, so AWS calls in steady state grow with the number of resource types, not of objects.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ const REFRESH_SPACING: u32 = 3;
 /// against an endpoint that is already struggling.
 const FAILED_REFRESH_PAUSE: Duration = Duration::from_secs(1);
 
-pub type Tags = BTreeMap<String, String>;
+pub use super::tags::Tags;
 
 /// The (account, region) an inventory describes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -548,6 +548,7 @@ impl Inventory {
         }
         st.merge_pending(&stale);
         st.fill_details(clients).await?;
+        super::tags::forget_unused();
         Ok(st.snapshot.clone())
     }
 
@@ -704,8 +705,8 @@ impl State {
             }
             Recorded::Tagged { kind, id, add, remove } => {
                 let retag = |tags: &mut Tags| {
-                    tags.extend(add.clone());
-                    tags.retain(|k, _| !remove.contains(k));
+                    tags.extend(add.iter());
+                    tags.retain(|k, _| !remove.iter().any(|r| r == k));
                 };
                 state.edit(&id, |s| match kind {
                     Kind::Vpcs => change(&mut s.vpcs, |r| r.id == id, |r| retag(&mut r.tags)),

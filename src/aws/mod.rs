@@ -9,6 +9,7 @@ mod interceptor;
 pub mod inventory;
 pub mod limiter;
 pub mod security_group;
+pub mod tags;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

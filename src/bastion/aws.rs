@@ -3,7 +3,8 @@
 //! Lookups answer `None` (or an empty list) for "not there"; every mutation goes through the
 //! shared rate limiter.
 
-use std::collections::{BTreeMap, BTreeSet};
+use crate::aws::tags::Tags;
+use std::collections::BTreeSet;
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::primitives::Blob;
@@ -38,7 +39,7 @@ pub struct BastionAws<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IamEntity {
     pub arn: String,
-    pub tags: BTreeMap<String, String>,
+    pub tags: Tags,
     /// The roles in an instance profile (empty for a role).
     pub roles: Vec<String>,
 }
@@ -47,7 +48,7 @@ pub struct IamEntity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyPair {
     pub name: String,
-    pub tags: BTreeMap<String, String>,
+    pub tags: Tags,
 }
 
 /// Everything RunInstances needs.
@@ -74,7 +75,7 @@ fn iam_tags(tags: &[(String, String)]) -> Result<Vec<aws_sdk_iam::types::Tag>> {
         .collect()
 }
 
-fn iam_tag_map(tags: &[aws_sdk_iam::types::Tag]) -> BTreeMap<String, String> {
+fn iam_tag_map(tags: &[aws_sdk_iam::types::Tag]) -> Tags {
     tags.iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
 }
 

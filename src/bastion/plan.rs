@@ -2,6 +2,7 @@
 //! status and the access mode), the exact ingress of its security group, the image's architecture,
 //! the TTL period, the idempotency token and the tunnel command. No I/O, so it is unit-tested here.
 
+use crate::aws::tags::Tags;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -109,17 +110,16 @@ pub fn tags(
 
 /// Whether a resource found under one of the Bastion's names is its own: made by this operator for
 /// this very object.
-pub fn ours(tags: &BTreeMap<String, String>, uid: &str) -> bool {
-    tags.get(MANAGED_BY_TAG).map(String::as_str) == Some(MANAGED_BY_VALUE)
-        && tags.get(OWNER_UID_TAG).map(String::as_str) == Some(uid)
+pub fn ours(tags: &Tags, uid: &str) -> bool {
+    tags.get(MANAGED_BY_TAG) == Some(MANAGED_BY_VALUE) && tags.get(OWNER_UID_TAG) == Some(uid)
 }
 
 /// Why a resource under one of the Bastion's names is not its own, for `NameTaken`.
-pub fn claimed_by_other(tags: &BTreeMap<String, String>, uid: &str) -> Option<String> {
+pub fn claimed_by_other(tags: &Tags, uid: &str) -> Option<String> {
     if ours(tags, uid) {
         return None;
     }
-    if tags.get(MANAGED_BY_TAG).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+    if tags.get(MANAGED_BY_TAG) != Some(MANAGED_BY_VALUE) {
         return Some("it was not created by tinystacks-operator".into());
     }
     Some(match tags.get(OWNER_TAG) {

@@ -4,6 +4,7 @@
 //! Secret before the EC2 key pair), the image, the instance, and last the leftovers of an earlier
 //! spec. Deletion terminates the instance first and confirms it before removing the rest.
 
+use crate::aws::tags::Tags;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -226,7 +227,7 @@ impl<'a> Converge<'a> {
         Ok(Step { status, health: Health::progressing(reason, message), requeue_after })
     }
 
-    fn claim(&self, what: &str, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+    fn claim(&self, what: &str, name: &str, tags: &Tags) -> Result<()> {
         match plan::claimed_by_other(tags, &self.uid) {
             None => Ok(()),
             Some(why) => Err(Error::NameTaken { what: what.into(), name: name.into(), why }),

@@ -2,7 +2,8 @@
 //! status), and what differs between the spec and what RDS and EC2 report. No I/O, so the odd
 //! cases (long names, version strings, drift) are unit-tested here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use crate::aws::tags::Tags;
+use std::collections::BTreeSet;
 
 use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
 use crate::api::{DatabaseSpec, NetworkPattern, Stack, SubnetTier};
@@ -91,8 +92,8 @@ pub fn owner(namespace: &str, name: &str) -> String {
 /// Whether a resource found under one of the Database's deterministic names is its own: made by
 /// this operator for a Database of the same namespace and name. A previous object of that name
 /// (deleted with `Retain`) counts as the same owner, so a re-created Database adopts what it left.
-pub fn claimed_by_other(tags: &BTreeMap<String, String>, owner: &str) -> Option<String> {
-    if tags.get(MANAGED_BY_TAG).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+pub fn claimed_by_other(tags: &Tags, owner: &str) -> Option<String> {
+    if tags.get(MANAGED_BY_TAG) != Some(MANAGED_BY_VALUE) {
         return Some("it was not created by tinystacks-operator".into());
     }
     match tags.get(OWNER_TAG) {
@@ -226,7 +227,7 @@ pub struct ObservedInstance {
     pub pending_multi_az: Option<bool>,
     pub pending_backup_days: Option<i32>,
     pub pending_engine_version: Option<String>,
-    pub tags: BTreeMap<String, String>,
+    pub tags: Tags,
 }
 
 /// How far along RDS is with the instance.
@@ -451,8 +452,7 @@ mod tests {
 
     #[test]
     fn ownership_needs_the_operator_and_the_same_owner() {
-        let mut tags: BTreeMap<String, String> =
-            tags("ns", "db", "uid-1", "x").into_iter().collect::<BTreeMap<String, String>>();
+        let mut tags: Tags = tags("ns", "db", "uid-1", "x").into_iter().collect();
         assert_eq!(claimed_by_other(&tags, &owner("ns", "db")), None);
         assert!(claimed_by_other(&tags, &owner("ns", "other")).is_some_and(|m| m.contains("Database/ns/db")));
         tags.remove(MANAGED_BY_TAG);

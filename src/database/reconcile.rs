@@ -4,6 +4,7 @@
 //! the secret (before the instance, so that its password can never be lost), the instance, drift
 //! and in-place changes, and last the endpoint in both secrets. Deletion follows `deletionPolicy`.
 
+use crate::aws::tags::Tags;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -209,7 +210,7 @@ impl<'a> Converge<'a> {
         }
     }
 
-    fn claim(&self, what: &str, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+    fn claim(&self, what: &str, name: &str, tags: &Tags) -> Result<()> {
         match plan::claimed_by_other(tags, &self.owner) {
             None => Ok(()),
             Some(why) => Err(Error::NameTaken { what: what.into(), name: name.into(), why }),
@@ -595,7 +596,7 @@ impl Teardown<'_> {
         Ok(Cleanup::Pending { reason, message, requeue_after })
     }
 
-    fn ours(&self, tags: &BTreeMap<String, String>) -> bool {
+    fn ours(&self, tags: &Tags) -> bool {
         let owner = plan::owner(&self.db.namespace().unwrap_or_default(), &self.db.name_any());
         plan::claimed_by_other(tags, &owner).is_none()
     }

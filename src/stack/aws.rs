@@ -394,7 +394,9 @@ impl Network {
                             .name(name)
                             .set_subnet_ids(Some(subnet_ids.clone()))
                             .set_security_group_ids(Some(group_ids.clone()))
-                            .set_tags(Some(tags.clone().into_iter().collect::<HashMap<_, _>>()))
+                            .set_tags(Some(
+                                tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+                            ))
                             .send()
                     })
                     .await?;
@@ -528,7 +530,7 @@ impl Network {
                         apigateway
                             .tag_resource()
                             .resource_arn(&arn)
-                            .set_tags(Some(add.clone().into_iter().collect()))
+                            .set_tags(Some(add.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
                             .send()
                     })
                     .await?;

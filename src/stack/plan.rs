@@ -357,7 +357,7 @@ pub fn plan_network(owner: Owner, spec: &StackSpec, region: &str, zones: Vec<Str
         pattern,
         cidr: network.cidr.clone(),
         zones,
-        user_tags: spec.tags.clone(),
+        user_tags: spec.tags.iter().collect(),
         subnets,
         internet_gateway: pattern == NetworkPattern::PublicPrivate,
         route_tables,
@@ -373,11 +373,11 @@ impl NetworkPlan {
     /// `Name` and the user's tags.
     pub fn tags_for(&self, component: &str) -> Tags {
         let mut tags = self.user_tags.clone();
-        tags.insert(MANAGED_BY_TAG.into(), MANAGED_BY_VALUE.into());
-        tags.insert(OWNER_TAG.into(), self.owner.reference());
-        tags.insert(OWNER_UID_TAG.into(), self.owner.uid.clone());
-        tags.insert(COMPONENT_TAG.into(), component.into());
-        tags.insert("Name".into(), self.owner.readable(component));
+        tags.insert(MANAGED_BY_TAG, MANAGED_BY_VALUE);
+        tags.insert(OWNER_TAG, self.owner.reference());
+        tags.insert(OWNER_UID_TAG, &self.owner.uid);
+        tags.insert(COMPONENT_TAG, component);
+        tags.insert("Name", self.owner.readable(component));
         tags
     }
 
@@ -409,7 +409,7 @@ fn mine(tags: &Tags, uid: &str) -> bool {
 }
 
 fn component(tags: &Tags) -> Option<&str> {
-    tags.get(COMPONENT_TAG).map(String::as_str)
+    tags.get(COMPONENT_TAG)
 }
 
 fn keep<T: Clone>(items: &[Arc<T>], uid: &str, tags: impl Fn(&T) -> &Tags) -> Vec<T> {
@@ -677,10 +677,9 @@ fn pick<'a, T>(
 /// The tag changes that make `observed` equal to `desired`. The operator owns the whole tag set of
 /// its resources (`spec.tags` is how to tag them), except AWS's own `aws:` tags.
 fn tag_changes(desired: &Tags, observed: &Tags) -> Option<(Tags, Vec<String>)> {
-    let add: Tags =
-        desired.iter().filter(|(k, v)| observed.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let add: Tags = desired.iter().filter(|(k, v)| observed.get(k) != Some(*v)).collect();
     let remove: Vec<String> =
-        observed.keys().filter(|k| !desired.contains_key(*k) && !k.starts_with("aws:")).cloned().collect();
+        observed.keys().filter(|k| !desired.contains_key(k) && !k.starts_with("aws:")).map(String::from).collect();
     (!add.is_empty() || !remove.is_empty()).then_some((add, remove))
 }
 

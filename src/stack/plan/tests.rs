@@ -220,8 +220,8 @@ impl Account {
             }
             Action::Retag { resource, add, remove } => {
                 let tags = self.tags_of(&resource);
-                tags.extend(add);
-                tags.retain(|k, _| !remove.contains(k));
+                tags.extend(add.iter());
+                tags.retain(|k, _| !remove.iter().any(|r| r == k));
             }
             Action::Delete(d) => self.delete(d),
         }
@@ -426,12 +426,12 @@ fn zones_come_from_the_spec_else_stay_where_subnets_are() {
 fn every_resource_carries_identity_component_name_and_user_tags() {
     let plan = public_private();
     let tags = plan.tags_for("subnet/public/0");
-    assert_eq!(tags[MANAGED_BY_TAG], "tinystacks-operator");
-    assert_eq!(tags[OWNER_TAG], "Stack/team-a/web");
-    assert_eq!(tags[OWNER_UID_TAG], "uid-1");
-    assert_eq!(tags[COMPONENT_TAG], "subnet/public/0");
-    assert_eq!(tags["Name"], "team-a-web-subnet-public-0");
-    assert_eq!(tags["team"], "a");
+    assert_eq!(&tags[MANAGED_BY_TAG], "tinystacks-operator");
+    assert_eq!(&tags[OWNER_TAG], "Stack/team-a/web");
+    assert_eq!(&tags[OWNER_UID_TAG], "uid-1");
+    assert_eq!(&tags[COMPONENT_TAG], "subnet/public/0");
+    assert_eq!(&tags["Name"], "team-a-web-subnet-public-0");
+    assert_eq!(&tags["team"], "a");
 }
 
 #[test]
@@ -518,7 +518,7 @@ fn drift_is_named_and_repaired() {
     repaired(&pp, |o| o.internet_gateways[0].attached_vpcs.clear(), "AttachedInternetGateway", "not attached");
     repaired(
         &pp,
-        |o| o.subnets.retain(|s| s.tags[COMPONENT_TAG] != "subnet/private/1"),
+        |o| o.subnets.retain(|s| &s.tags[COMPONENT_TAG] != "subnet/private/1"),
         "CreatedSubnet",
         "subnet/private/1",
     );
@@ -533,7 +533,7 @@ fn drift_is_named_and_repaired() {
     repaired(
         &pp,
         |o| {
-            o.vpcs[0].tags.insert("extra".into(), "x".into());
+            o.vpcs[0].tags.insert("extra", "x");
         },
         "UpdatedTags",
         "extra",
@@ -542,7 +542,7 @@ fn drift_is_named_and_repaired() {
     repaired(
         &pp,
         |o| {
-            o.security_groups.iter_mut().find(|g| g.tags[COMPONENT_TAG] == SG_APP).unwrap().ingress.insert(ssh);
+            o.security_groups.iter_mut().find(|g| &g.tags[COMPONENT_TAG] == SG_APP).unwrap().ingress.insert(ssh);
         },
         "RevokedSecurityGroupRule",
         "port 22",
@@ -566,7 +566,7 @@ fn drift_is_named_and_repaired() {
     repaired(
         &pi,
         |o| {
-            let isolated = o.route_tables.iter_mut().find(|t| t.tags[COMPONENT_TAG] == "rtb/isolated").unwrap();
+            let isolated = o.route_tables.iter_mut().find(|t| &t.tags[COMPONENT_TAG] == "rtb/isolated").unwrap();
             isolated
                 .routes
                 .push(Route { destination: DEFAULT_ROUTE.into(), target: RouteTarget::Gateway("igw-foreign".into()) });
@@ -576,7 +576,7 @@ fn drift_is_named_and_repaired() {
     );
     repaired(
         &pi,
-        |o| o.subnets.retain(|s| s.tags[COMPONENT_TAG] != "subnet/private/2"),
+        |o| o.subnets.retain(|s| &s.tags[COMPONENT_TAG] != "subnet/private/2"),
         "CreatedSubnet",
         "subnet/private/2",
     );
@@ -596,7 +596,7 @@ fn spec_changes_converge_in_place() {
     let live: Vec<&NatGateway> = account.observed.nat_gateways.iter().filter(|n| n.state == "available").collect();
     assert_eq!(live.len(), 2);
     assert_eq!(account.observed.vpcs[0].id, vpc, "the VPC stays");
-    assert!(account.observed.subnets.iter().all(|s| s.tags["team"] == "b" && s.tags["cost"] == "1"));
+    assert!(account.observed.subnets.iter().all(|s| &s.tags["team"] == "b" && &s.tags["cost"] == "1"));
 
     let none = plan_of(
         serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"cidr": "10.20.0.0/16", "natGateways": "None", "vpcLink": false}}),
@@ -605,7 +605,7 @@ fn spec_changes_converge_in_place() {
     assert!(account.observed.nat_gateways.iter().all(|n| n.state == "deleted"));
     assert!(account.observed.addresses.is_empty(), "Elastic IPs released");
     assert!(account.observed.vpc_links.is_empty());
-    assert!(!account.observed.security_groups.iter().any(|g| g.tags[COMPONENT_TAG] == SG_VPCLINK));
+    assert!(!account.observed.security_groups.iter().any(|g| &g.tags[COMPONENT_TAG] == SG_VPCLINK));
     assert!(
         account.observed.route_tables.iter().skip(1).all(|t| !t.routes.iter().any(|r| r.destination == DEFAULT_ROUTE))
     );
