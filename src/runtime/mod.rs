@@ -385,4 +385,31 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.next(), Some(WatchBackoff::FIRST));
     }
+
+    #[test]
+    fn the_stores_keep_objects_without_managed_fields_or_kubectls_copy() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+        let annotations = [(super::LAST_APPLIED, "{\"spec\":{}}"), ("tinystacks.io/paused", "true")];
+        let mut object = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    ..Default::default()
+                }]),
+                annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            data: Some([("a".to_string(), "b".to_string())].into()),
+            ..Default::default()
+        };
+        super::slim(&mut object);
+        assert_eq!(object.metadata.managed_fields, None);
+        let kept: Vec<&str> = object.metadata.annotations.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kept, ["tinystacks.io/paused"], "the annotations the reconciles read stay");
+        assert_eq!(object.metadata.name.as_deref(), Some("web"));
+        assert_eq!(object.data.as_ref().map(|d| d.len()), Some(1), "the rest of the object stays");
+    }
 }
