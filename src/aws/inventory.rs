@@ -588,6 +588,7 @@ impl State {
         if now.duration_since(*ended) >= pause {
             return None;
         }
+        // Only an error that passes is kept in `failed`; `passing` copies it.
         Some(match passing(error) {
             Some(error) if self.must_wait(stale) => Err(error),
             _ => Ok(self.snapshot.clone()),
@@ -765,20 +766,20 @@ impl State {
     fn apply(&mut self, listed: Listed) {
         let s = &mut self.snapshot;
         match listed {
-            Listed::Vpcs(v) => s.vpcs = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::Subnets(v) => s.subnets = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::RouteTables(v) => s.route_tables = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::InternetGateways(v) => s.internet_gateways = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::Addresses(v) => s.addresses = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::NatGateways(v) => s.nat_gateways = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::SecurityGroups(v) => s.security_groups = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::VpcEndpoints(v) => s.vpc_endpoints = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::VpcLinks(v) => s.vpc_links = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::KmsKeys(v) => s.kms_keys = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::KmsAliases(v) => s.kms_aliases = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::DbInstances(v) => s.db_instances = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::DbSubnetGroups(v) => s.db_subnet_groups = Arc::new(v.into_iter().map(Arc::new).collect()),
-            Listed::Secrets(v) => s.secrets = Arc::new(v.into_iter().map(Arc::new).collect()),
+            Listed::Vpcs(v) => s.vpcs = shared(v),
+            Listed::Subnets(v) => s.subnets = shared(v),
+            Listed::RouteTables(v) => s.route_tables = shared(v),
+            Listed::InternetGateways(v) => s.internet_gateways = shared(v),
+            Listed::Addresses(v) => s.addresses = shared(v),
+            Listed::NatGateways(v) => s.nat_gateways = shared(v),
+            Listed::SecurityGroups(v) => s.security_groups = shared(v),
+            Listed::VpcEndpoints(v) => s.vpc_endpoints = shared(v),
+            Listed::VpcLinks(v) => s.vpc_links = shared(v),
+            Listed::KmsKeys(v) => s.kms_keys = shared(v),
+            Listed::KmsAliases(v) => s.kms_aliases = shared(v),
+            Listed::DbInstances(v) => s.db_instances = shared(v),
+            Listed::DbSubnetGroups(v) => s.db_subnet_groups = shared(v),
+            Listed::Secrets(v) => s.secrets = shared(v),
         }
     }
 
@@ -925,6 +926,11 @@ impl State {
         change(&mut self.snapshot.kms_keys, |k| k.state != state_of(k), |k| k.state = state_of(k));
         Ok(())
     }
+}
+
+/// A listed kind as the view keeps it: each entry shared, so that a change copies only that entry.
+fn shared<T>(listed: Vec<T>) -> Arc<Vec<Arc<T>>> {
+    Arc::new(listed.into_iter().map(Arc::new).collect())
 }
 
 /// Changes in place the entries of `list` that `which` picks. Only those are copied, and the list
@@ -1151,7 +1157,7 @@ pub fn vpc_link_of(l: &aws_sdk_apigatewayv2::types::VpcLink) -> Option<VpcLink> 
         subnet_ids: l.subnet_ids().iter().cloned().collect(),
         group_ids: l.security_group_ids().iter().cloned().collect(),
         status: l.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
-        tags: l.tags().map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+        tags: l.tags().map(|t| t.iter().collect()).unwrap_or_default(),
     })
 }
 

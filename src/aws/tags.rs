@@ -81,8 +81,9 @@ impl Tags {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
+    /// The tags as owned pairs, for the SDK calls that take a map of them.
+    pub fn owned<C: FromIterator<(String, String)>>(&self) -> C {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -110,15 +111,6 @@ impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Tags {
 impl<K: AsRef<str>, V: AsRef<str>, const N: usize> From<[(K, V); N]> for Tags {
     fn from(pairs: [(K, V); N]) -> Self {
         pairs.into_iter().collect()
-    }
-}
-
-impl<'a> IntoIterator for &'a Tags {
-    type Item = (&'a str, &'a str);
-    type IntoIter = Box<dyn Iterator<Item = (&'a str, &'a str)> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
     }
 }
 

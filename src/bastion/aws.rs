@@ -3,7 +3,6 @@
 //! Lookups answer `None` (or an empty list) for "not there"; every mutation goes through the
 //! shared rate limiter.
 
-use crate::aws::tags::Tags;
 use std::collections::BTreeSet;
 
 use aws_config::SdkConfig;
@@ -23,6 +22,7 @@ use crate::aws::inventory::missing;
 use crate::aws::limiter::{Limiter, Service};
 pub use crate::aws::security_group::Deleted;
 use crate::aws::security_group::{SecurityGroups, code, ec2_tags};
+use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 
 /// The clients of one Bastion's reconcile, acting as its Stack's link in the Stack's region.

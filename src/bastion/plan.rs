@@ -2,7 +2,6 @@
 //! status and the access mode), the exact ingress of its security group, the image's architecture,
 //! the TTL period, the idempotency token and the tunnel command. No I/O, so it is unit-tested here.
 
-use crate::aws::tags::Tags;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
 use crate::api::{BastionAccess, NatGateways, NetworkPattern, Stack, SubnetTier};
 use crate::aws::inventory::{Rule, Source};
+use crate::aws::tags::Tags;
 
 /// SSH's port: the only one a bastion's group ever opens, and only for `Ssh`.
 pub const SSH_PORT: i32 = 22;

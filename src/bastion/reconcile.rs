@@ -4,7 +4,6 @@
 //! Secret before the EC2 key pair), the image, the instance, and last the leftovers of an earlier
 //! spec. Deletion terminates the instance first and confirms it before removing the rest.
 
-use crate::aws::tags::Tags;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use crate::account_link::template::bastion_boundary_policy_name;
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{AwsAccountLink, Bastion, BastionAccess, BastionStatus, Database, Permissions, Stack};
 use crate::aws::inventory::new_security_group;
+use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::{Context, FIELD_MANAGER};

@@ -2,12 +2,12 @@
 //! status), and what differs between the spec and what RDS and EC2 report. No I/O, so the odd
 //! cases (long names, version strings, drift) are unit-tested here.
 
-use crate::aws::tags::Tags;
 use std::collections::BTreeSet;
 
 use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
 use crate::api::{DatabaseSpec, NetworkPattern, Stack, SubnetTier};
 use crate::aws::inventory::{Rule, Source};
+use crate::aws::tags::Tags;
 
 /// PostgreSQL's port; RDS's default for the engine, and the only port the security group opens.
 pub const PORT: i32 = 5432;

@@ -4,7 +4,6 @@
 //! the secret (before the instance, so that its password can never be lost), the instance, drift
 //! and in-place changes, and last the endpoint in both secrets. Deletion follows `deletionPolicy`.
 
-use crate::aws::tags::Tags;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use crate::api::{
     AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint, Stack,
 };
 use crate::aws::inventory::{self, Created, Kind, Recorded, Rule, Scope, SecurityGroup};
+use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::{Context, FIELD_MANAGER};

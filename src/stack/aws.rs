@@ -2,8 +2,6 @@
 //! through the rate limiter and written back into the shared inventory. Calls that find their work
 //! already done (a retry after a crash, a resource someone else removed) count as done.
 
-use std::collections::HashMap;
-
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, TagSpecification, VpcEndpointType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -394,9 +392,7 @@ impl Network {
                             .name(name)
                             .set_subnet_ids(Some(subnet_ids.clone()))
                             .set_security_group_ids(Some(group_ids.clone()))
-                            .set_tags(Some(
-                                tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
-                            ))
+                            .set_tags(Some(tags.owned()))
                             .send()
                     })
                     .await?;
@@ -527,11 +523,7 @@ impl Network {
                 let arn = format!("arn:aws:apigateway:{}::/vpclinks/{id}", self.scope.region);
                 if !add.is_empty() {
                     self.mutate(ctx, Service::ApiGateway, "apigateway:POST", &[], || {
-                        apigateway
-                            .tag_resource()
-                            .resource_arn(&arn)
-                            .set_tags(Some(add.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
-                            .send()
+                        apigateway.tag_resource().resource_arn(&arn).set_tags(Some(add.owned())).send()
                     })
                     .await?;
                 } else {
