@@ -63,6 +63,14 @@ pub enum Error {
     #[error("AWS refused {action} ({code}): {message}")]
     AwsRequestFailed { action: String, code: String, message: String },
 
+    #[error("AWS refused {action} as invalid ({code}): {message}; {remedy}")]
+    AwsRejectedValue { action: String, code: String, message: String, remedy: String },
+
+    #[error(
+        "spec.allowedCidrs together admit {admitted} to port 22, more than an allow-list may ({limit}); list only the addresses people connect from"
+    )]
+    AllowedCidrsTooWide { admitted: String, limit: String },
+
     #[error(
         "bootstrap credentials Secret {namespace}/{name} does not exist; create it with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials), or fix spec.bootstrap.credentialsSecretRef"
     )]
@@ -124,7 +132,9 @@ impl Error {
             | Error::AccountLinkNotAllowed { .. }
             | Error::StackNotFound { .. }
             | Error::InvalidSpec(_)
-            | Error::SshNeedsPublicSubnet { .. } => ErrorKind::User,
+            | Error::SshNeedsPublicSubnet { .. }
+            | Error::AwsRejectedValue { .. }
+            | Error::AllowedCidrsTooWide { .. } => ErrorKind::User,
             Error::AwsThrottled { .. }
             | Error::AwsUnavailable { .. }
             | Error::AwsRequestFailed { .. }
@@ -160,6 +170,8 @@ impl Error {
             Error::AccessDenied { .. } => "AccessDenied",
             Error::AwsCredentialsRejected { .. } => "AwsCredentialsRejected",
             Error::AwsRequestFailed { .. } => "AwsRequestFailed",
+            Error::AwsRejectedValue { .. } => "AwsRejectedValue",
+            Error::AllowedCidrsTooWide { .. } => "AllowedCidrsTooWide",
             Error::BootstrapSecretMissing { .. } => "BootstrapSecretMissing",
             Error::BootstrapSecretInvalid { .. } => "BootstrapSecretInvalid",
             Error::AccountMismatch { .. } => "AccountMismatch",
@@ -209,6 +221,20 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::User);
         assert_eq!(e.reason(), "AccountLinkNotAllowed");
         assert!(e.to_string().contains("allowedNamespaces"));
+    }
+
+    #[test]
+    fn a_request_aws_refuses_as_invalid_stalls_and_says_what_to_change() {
+        let e = Error::AwsRejectedValue {
+            action: "rds:CreateDBInstance".into(),
+            code: "InvalidParameterCombination".into(),
+            message: "Cannot find version 16.99 for postgres".into(),
+            remedy: "set spec.engineVersion to a version RDS offers".into(),
+        };
+        assert_eq!((e.kind(), e.reason()), (ErrorKind::User, "AwsRejectedValue"));
+        assert!(e.to_string().ends_with("for postgres; set spec.engineVersion to a version RDS offers"), "{e}");
+        let wide = Error::AllowedCidrsTooWide { admitted: "512 IPv4 addresses".into(), limit: "256".into() };
+        assert_eq!((wide.kind(), wide.reason()), (ErrorKind::User, "AllowedCidrsTooWide"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, Stack};
 
+use common::fault_proxy::FaultProxy;
 use common::moto::{account_config, new_account_id, role_arn};
 use common::*;
 
@@ -45,6 +46,8 @@ struct World {
     link: String,
     stack: String,
     net: Network,
+    /// The moto account of this test.
+    account: String,
 }
 
 /// What the operator made in the account: (live instances, key pairs, tagged security groups,
@@ -67,8 +70,8 @@ impl World {
         let account = new_account_id();
         let aws = account_config(&account).await;
         let link = format!("bastion-link-{}", suffix());
-        let world = Self { client, ns, aws, link, stack: "web".into(), net: Network::default() };
-        world.fixture_link(&world.link, &account).await;
+        let world = Self { client, ns, aws, link, stack: "web".into(), net: Network::default(), account };
+        world.fixture_link(&world.link, &world.account).await;
         world
     }
 
@@ -626,6 +629,41 @@ async fn ssm_on_private_isolated_uses_the_private_subnets_and_ssh_there_stalls()
     world.delete("ops").await;
     world.wait_gone("jump").await;
     world.wait_gone("ops").await;
+    world.assert_nothing_left().await;
+}
+
+/// Ranges each narrow enough for admission (a /24 at most) but too wide together (512 addresses):
+/// `Stalled` (`AllowedCidrsTooWide`) before any AWS call; the same 256 addresses in two halves are
+/// an allow-list, and 22 opens to exactly those.
+#[tokio::test]
+async fn ssh_ranges_too_wide_together_stall_before_any_aws_call() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    world.bastion("jump", json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24", "198.51.100.0/24"]})).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    let stalled = wait_condition(&world.bastions(), "jump", "Stalled", "True", "AllowedCidrsTooWide").await;
+    let message = condition(&stalled, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
+    assert!(message.contains("spec.allowedCidrs") && message.contains("512 IPv4 addresses"), "{message}");
+    let bastion_calls = ["CreateRole", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "RunInstances", "ImportKeyPair"];
+    for action in bastion_calls {
+        assert_eq!(proxy.count(action), 0, "{action} was called for a Bastion whose ranges are too wide");
+    }
+    let (instances, keys, groups, roles, _) = world.leftovers().await;
+    assert!(instances.is_empty() && keys.is_empty() && groups.is_empty() && roles.is_empty(), "nothing made");
+
+    let halves = json!({"spec": {"allowedCidrs": ["203.0.113.0/25", "203.0.113.128/25"]}});
+    world.bastions().patch("jump", &PatchParams::default(), &Patch::Merge(&halves)).await.expect("narrow the ranges");
+    let b = world.wait_ready("jump").await;
+    let group = b.status.as_ref().and_then(|s| s.security_group_id.clone()).expect("group");
+    let ssh = |cidr: &str| ("tcp".to_string(), Some(22), Some(22), cidr.to_string());
+    assert_eq!(world.ingress(&group).await, [ssh("203.0.113.0/25"), ssh("203.0.113.128/25")].into());
+    common::invariants::assert_security_invariants(&world.account, &["203.0.113.0/25", "203.0.113.128/25"]).await;
+
+    world.delete("jump").await;
+    world.wait_gone("jump").await;
     world.assert_nothing_left().await;
 }
 

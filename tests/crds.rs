@@ -147,7 +147,7 @@ async fn valid_objects_are_accepted_with_their_defaults() {
         create(&client, &ns.name, Kind::Bastion, "ops", Kind::Bastion.spec()).await.expect("bastion accepted");
     assert_eq!(bastion.data["spec"]["access"], "Ssm");
     assert_eq!(bastion.data["spec"]["instanceType"], "t4g.nano");
-    let ssh = json!({"stackRef": {"name": "web"}, "access": "Ssh", "allowedCidrs": ["203.0.113.0/24", "2001:db8::/32"],
+    let ssh = json!({"stackRef": {"name": "web"}, "access": "Ssh", "allowedCidrs": ["203.0.113.0/24", "2001:db8::/56"],
                      "sshPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxl7b3Vh0example me@laptop", "ttl": "1h30m"});
     create(&client, &ns.name, Kind::Bastion, "ssh", ssh).await.expect("ssh bastion accepted");
 
@@ -325,7 +325,96 @@ fn invalid_cases() -> Vec<(Kind, Value, &'static str, &'static str)> {
             "spec.allowedCidrs",
             "must not admit the whole internet",
         ),
+        // The whole internet in two halves, and ranges too wide to be an allow-list: each entry is
+        // at most a /24 (IPv4) or a /56 (IPv6). All of these were admitted before.
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["0.0.0.0/1", "128.0.0.0/1"]}),
+            "spec.allowedCidrs",
+            "must be /24 or narrower (IPv4) and /56 or narrower (IPv6)",
+        ),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["::/1", "8000::/1"]}),
+            "spec.allowedCidrs",
+            "must be /24 or narrower",
+        ),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["198.51.100.10/32", "203.0.112.0/23"]}),
+            "spec.allowedCidrs",
+            "must be /24 or narrower",
+        ),
+        (
+            Kind::Bastion,
+            json!({"access": "Ssh", "allowedCidrs": ["2001:db8::/32"]}),
+            "spec.allowedCidrs",
+            "/56 or narrower (IPv6)",
+        ),
     ]
+}
+
+/// Names the operator could never build its AWS and Kubernetes names from (every one of these was
+/// admitted before, and stayed `Reconciling` for ever): (kind, name, words the refusal says).
+/// The limits come from the names each kind builds (`tinystacks_operator::api::MAX_*_NAME`).
+fn invalid_names() -> Vec<(Kind, String, &'static str)> {
+    vec![
+        // The KMS alias alias/tinystacks/<namespace>/<name> refuses '.'.
+        (Kind::Stack, "web.v2".into(), "may hold only lowercase letters, digits and '-'"),
+        // The VPC Link tinystacks-<namespace>-<name>: 128 at most.
+        (Kind::Stack, "s".repeat(54), "at most 53 characters"),
+        (Kind::Stack, "s".repeat(253), "at most 53 characters"),
+        // The label tinystacks.io/database=<name> on the connection Secret: 63 at most.
+        (Kind::Database, "d".repeat(64), "at most 63 characters"),
+        (Kind::Database, format!("{}.{}", "d".repeat(126), "d".repeat(126)), "at most 63 characters"),
+        (Kind::Bastion, "b".repeat(64), "at most 63 characters"),
+        (Kind::Link, "l".repeat(64), "at most 63 characters"),
+    ]
+}
+
+#[tokio::test]
+async fn names_too_long_or_of_the_wrong_shape_for_what_the_operator_builds_are_refused() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "crd-names").await;
+    let mut failures = Vec::new();
+    for (i, (kind, name, words)) in invalid_names().into_iter().enumerate() {
+        let result = create(&client, &ns.name, kind, &name, kind.spec()).await;
+        if result.is_ok() {
+            failures.push(format!("case {i} ({name}) was accepted"));
+            let _ = kind.api(&client, &ns.name).delete(&name, &DeleteParams::default()).await;
+            continue;
+        }
+        let message = rejection(result);
+        if !message.contains("metadata.name") || !message.contains(words) {
+            failures.push(format!("case {i} ({name}): expected metadata.name and {words:?} in: {message}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The longest names that fit, and the shapes that every derived name takes, are admitted.
+    let link = format!("l{}", suffix()) + &"l".repeat(56);
+    assert_eq!(link.len(), 63);
+    for (kind, name) in [
+        (Kind::Stack, "s".repeat(53)),
+        (Kind::Stack, "web-v2".to_string()),
+        (Kind::Database, "d".repeat(63)),
+        (Kind::Database, "orders.v2".to_string()),
+        (Kind::Bastion, "b".repeat(63)),
+        (Kind::Bastion, "ops.v2".to_string()),
+        (Kind::Link, link.clone()),
+    ] {
+        create(&client, &ns.name, kind, &name, kind.spec()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // A later update is not refused by the name rule (it is checked at creation only, so that
+    // objects made before it existed can still be changed and deleted).
+    let patch = json!({"metadata": {"labels": {"team": "a"}}});
+    Kind::Stack
+        .api(&client, &ns.name)
+        .patch(&"s".repeat(53), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("update");
+    Kind::Link.api(&client, "").delete(&link, &DeleteParams::default()).await.expect("delete link");
 }
 
 #[tokio::test]

@@ -824,6 +824,84 @@ async fn an_instance_rds_keeps_creating_shows_reconciling_then_ready_without_a_s
     world.wait_gone("slow").await;
 }
 
+/// Waits for `Stalled=True` with `reason`, and a message holding every one of `words`.
+async fn wait_stalled(world: &World, name: &str, reason: &str, words: &[&str]) -> Value {
+    let api = world.databases();
+    eventually(&format!("Database {name} Stalled ({reason})"), READY, || async {
+        let value = serde_json::to_value(api.get(name).await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        match condition(&value, "Stalled") {
+            Some(c)
+                if c["status"] == "True"
+                    && c["reason"] == reason
+                    && words.iter().all(|w| c["message"].as_str().is_some_and(|m| m.contains(w))) =>
+            {
+                Ok(c)
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// An engine version or instance class RDS does not offer can never pass: `Stalled`, the spec
+/// field named, no retry until the spec changes. moto accepts any version and class; the proxy
+/// answers as RDS does (its API reference lists `InvalidParameterCombination`, HTTP 400, among the
+/// common errors): CreateDBInstance with an unknown version gets "Cannot find version 16.99 for
+/// postgres", and a class the engine version is not offered on gets "RDS does not support creating
+/// a DB instance with the following combination: DBInstanceClass=..., Engine=postgres, ...".
+#[tokio::test]
+async fn an_engine_version_or_class_rds_does_not_offer_stalls_naming_the_field_until_the_spec_changes() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    proxy.refuse(
+        "CreateDBInstance",
+        "EngineVersion=16.99",
+        "InvalidParameterCombination",
+        "Cannot find version 16.99 for postgres",
+    );
+    proxy.refuse(
+        "ModifyDBInstance",
+        "DBInstanceClass=db.t4g.nope",
+        "InvalidParameterCombination",
+        "RDS does not support creating a DB instance with the following combination: DBInstanceClass=db.t4g.nope, Engine=postgres, EngineVersion=16.4, LicenseModel=postgresql-license. For supported combinations of instance class and database engine version, see the documentation.",
+    );
+    world.database("faulty", json!({"engineVersion": "16.99", "deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    let stalled =
+        wait_stalled(&world, "faulty", "AwsRejectedValue", &["Cannot find version 16.99", "set spec.engineVersion"])
+            .await;
+    let ready = condition(&serde_json::to_value(world.databases().get("faulty").await.expect("get")).expect("json"), "Ready");
+    assert_eq!(ready.map(|c| c["status"].clone()), Some(json!("False")), "{stalled}");
+    // Not retried: the first pass, and the one the Stalled status write itself wakes (it meets the
+    // same answer and has nothing new to write); then none for three resync periods (2 s) and more
+    // than a transient error's first backoff steps (1, 2, 4 s).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let creates = proxy.count("CreateDBInstance");
+    assert!(creates <= 2, "{creates} attempts before stalling");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(proxy.count("CreateDBInstance"), creates, "CreateDBInstance was tried again with the same spec");
+
+    // A version RDS offers: created, Ready.
+    let spec = json!({"spec": {"engineVersion": "16.4"}});
+    world.databases().patch("faulty", &PatchParams::default(), &Patch::Merge(&spec)).await.expect("change spec");
+    world.wait_ready("faulty").await;
+
+    // A class the version is not offered on: ModifyDBInstance refused, the class named.
+    let spec = json!({"spec": {"instanceClass": "db.t4g.nope"}});
+    world.databases().patch("faulty", &PatchParams::default(), &Patch::Merge(&spec)).await.expect("change spec");
+    wait_stalled(&world, "faulty", "AwsRejectedValue", &["DBInstanceClass=db.t4g.nope", "set spec.instanceClass"])
+        .await;
+    let spec = json!({"spec": {"instanceClass": "db.t4g.micro"}});
+    world.databases().patch("faulty", &PatchParams::default(), &Patch::Merge(&spec)).await.expect("change spec");
+    world.wait_ready("faulty").await;
+
+    world.delete("faulty").await;
+    world.wait_gone("faulty").await;
+}
+
 #[tokio::test]
 async fn with_the_real_stack_the_database_lands_in_its_private_side_and_the_stack_waits_for_it() {
     let _lock = OPERATOR_LOCK.lock().await;

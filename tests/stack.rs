@@ -921,6 +921,41 @@ async fn the_standby_takes_over_a_killed_leader_mid_create_and_finishes_without_
     drop(standby);
 }
 
+/// A request AWS refuses as invalid can never pass as it is: `Stalled`, never retried until the
+/// Stack changes; the Stack is still deleted to nothing. The KMS API reference lists
+/// `ValidationException` (HTTP 400) for a request whose values break a constraint, such as an
+/// alias name outside `^[a-zA-Z0-9/_-]+$` (what a Stack named `web.v2`, admitted before the name
+/// rule, makes); moto accepts what this test's Stack asks, so the proxy answers as KMS does.
+#[tokio::test]
+async fn a_request_aws_refuses_as_invalid_stalls_the_stack_without_retries() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-invalid").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = common::fault_proxy::FaultProxy::start(&moto).await;
+    let message = "1 validation error detected: Value at 'aliasName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9/_-]+$";
+    proxy.refuse("CreateAlias", "/refused", "ValidationException", message);
+    let operator = world.operator("2s", &[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    let uid = world.stack("refused", json!({"network": {"cidr": "10.95.0.0/16", "natGateways": "None"}})).await;
+
+    let stalled = wait_condition(&world.stacks(), "refused", "Stalled", "True", "AwsRejectedValue").await;
+    let said = condition(&stalled, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
+    assert!(said.contains("kms:CreateAlias") && said.contains("ValidationException"), "{said}");
+    // The first pass, and the one the Stalled status write itself wakes (it meets the same answer
+    // and has nothing new to write); then none for three resync periods and more than a transient
+    // error's first backoff steps (1, 2, 4 s).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = proxy.count("CreateAlias");
+    assert!(attempts <= 2, "{attempts} attempts before stalling");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(proxy.count("CreateAlias"), attempts, "CreateAlias was tried again with the same Stack");
+
+    world.delete("refused").await;
+    world.wait_gone("refused", READY).await;
+    let left = world.resources(&uid).await;
+    assert!(left.only_keys_pending_deletion(), "left behind: {:?}", left.counts());
+    drop(operator);
+}
+
 /// Mixed faults at rates that hit: every kind of throttling answer, 500s, 503s, answers lost after
 /// the change was made, latency, and NAT gateways and VPC endpoints kept in their in-between
 /// states. Both patterns converge to one resource per component, hold the security invariants, and

@@ -23,7 +23,9 @@ use super::{DeletionPolicy, IMMUTABLE, SecretReference, conditions_schema};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Role", type_ = "string", json_path = ".status.roleArn", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // Every name built from the object's name fits (`MAX_LINK_NAME`).
+    validation = super::name_length_rule("AwsAccountLink", super::MAX_LINK_NAME, "the name is the value of the label tinystacks.io/account-link on the template's ConfigMap, and label values are limited to 63")
 )]
 #[x_kube(validation = kube::core::Rule::new("!has(oldSelf.externalId) || (has(self.externalId) && self.externalId == oldSelf.externalId)").message("externalId cannot be changed or removed once set").field_path(".externalId"))]
 #[serde(rename_all = "camelCase")]

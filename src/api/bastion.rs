@@ -23,7 +23,9 @@ use super::{IMMUTABLE, LocalObjectReference, conditions_schema};
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Instance", type_ = "string", json_path = ".status.instanceId"),
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // Every name built from the object's name fits (`MAX_BASTION_NAME`).
+    validation = super::name_length_rule("Bastion", super::MAX_BASTION_NAME, "the name is the value of the label tinystacks.io/bastion on the key Secret, and label values are limited to 63")
 )]
 #[x_kube(
     validation = kube::core::Rule::new("self.access != 'Ssh' || (has(self.allowedCidrs) && size(self.allowedCidrs) > 0)").message("allowedCidrs is required and must not be empty when access is Ssh").field_path(".allowedCidrs"),
@@ -40,12 +42,15 @@ pub struct BastionSpec {
     #[serde(default)]
     pub access: BastionAccess,
 
-    /// CIDRs allowed to reach port 22 (`Ssh` only). Never `0.0.0.0/0` or `::/0`.
+    /// CIDRs allowed to reach port 22 (`Ssh` only): each IPv4 range /24 or narrower and each IPv6
+    /// range /56 or narrower, and all of them together at most 256 IPv4 addresses and one /56 of
+    /// IPv6 (checked by the operator: `Stalled`, `AllowedCidrsTooWide`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20), inner(length(max = 43)))]
     #[x_kube(
         validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("allowedCidrs must hold CIDRs such as 203.0.113.0/24"),
-        validation = kube::core::Rule::new("self.all(c, !isCIDR(c) || cidr(c).prefixLength() > 0)").message("allowedCidrs must not admit the whole internet (0.0.0.0/0 or ::/0)")
+        validation = kube::core::Rule::new("self.all(c, !isCIDR(c) || cidr(c).prefixLength() > 0)").message("allowedCidrs must not admit the whole internet (0.0.0.0/0 or ::/0)"),
+        validation = kube::core::Rule::new(format!("self.all(c, !isCIDR(c) || cidr(c).prefixLength() >= (cidr(c).ip().family() == 4 ? {SSH_MIN_PREFIX_V4} : {SSH_MIN_PREFIX_V6}))")).message(format!("allowedCidrs entries must be /{SSH_MIN_PREFIX_V4} or narrower (IPv4) and /{SSH_MIN_PREFIX_V6} or narrower (IPv6): a wider range is not an allow-list").as_str())
     )]
     pub allowed_cidrs: Vec<CidrBlock>,
 
@@ -72,6 +77,22 @@ pub struct BastionSpec {
 
 /// A CIDR block.
 pub type CidrBlock = String;
+
+/// The widest IPv4 entry of `allowedCidrs`: a /24 (256 addresses). Security scanners call a public
+/// range wider than /24 open to a port "wide open" (Prowler's
+/// `ec2_securitygroup_allow_wide_open_public_ipv4`); the addresses people connect from (an
+/// office's or a VPN's egress) fit in one.
+pub const SSH_MIN_PREFIX_V4: u8 = 24;
+/// The widest IPv6 entry of `allowedCidrs`: a /56, what an ISP assigns one subscriber (RIPE-690);
+/// wider ranges hold many subscribers' networks.
+pub const SSH_MIN_PREFIX_V6: u8 = 56;
+/// The most IPv4 addresses all of `allowedCidrs` together may admit to port 22: one /24's worth.
+/// The property is about who can reach the port, not how the ranges are spelled, so what is too
+/// wide as one range is too wide as many (`0.0.0.0/1` and `128.0.0.0/1` are the whole internet).
+/// The API server cannot compute a union; the operator checks it before any AWS call.
+pub const SSH_MAX_ADDRESSES_V4: u128 = 1 << (32 - SSH_MIN_PREFIX_V4);
+/// The most IPv6 addresses all of `allowedCidrs` together may admit: one /56's worth.
+pub const SSH_MAX_ADDRESSES_V6: u128 = 1 << (128 - SSH_MIN_PREFIX_V6);
 
 fn default_instance_type() -> String {
     "t4g.nano".into()

@@ -23,7 +23,9 @@ use super::{IMMUTABLE, LocalObjectReference, conditions_schema};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint.address"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // Every name built from the object's name fits (`MAX_DATABASE_NAME`).
+    validation = super::name_length_rule("Database", super::MAX_DATABASE_NAME, "the name is the value of the label tinystacks.io/database on the connection Secret, and label values are limited to 63")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {

@@ -96,6 +96,50 @@ macro_rules! impl_has_conditions {
 }
 impl_has_conditions!(AwsAccountLinkStatus, StackStatus, DatabaseStatus, BastionStatus);
 
+/// The longest name of a namespace, which the rules at admission cannot see (a rule at the root
+/// may read only `metadata.name`): every limit below holds in any namespace.
+pub const MAX_NAMESPACE: usize = 63;
+
+/// The longest name of an `AwsAccountLink`. Built from it: the label
+/// `tinystacks.io/account-link=<name>` on the ConfigMap of its template (label values: 63, the
+/// binding limit); the tag `tinystacks.io/owner=AwsAccountLink//<name>` (256); its Events
+/// `<name>.<16 hex digits>` (253); the ConfigMap's own name is cut to fit with a hash.
+pub const MAX_LINK_NAME: usize = 63;
+
+/// The longest name of a `Stack`, in a namespace of up to 63 characters. Built from it: the VPC
+/// Link `tinystacks-<namespace>-<name>` (API Gateway v2 names: 128, so 128 - 11 - 63 - 1 = 53, the
+/// binding limit); the KMS alias `alias/tinystacks/<namespace>/<name>` (256, and only
+/// `[a-zA-Z0-9/_-]`, so no `.` in the name); the tags `tinystacks.io/owner=Stack/<namespace>/<name>`
+/// and `Name=<namespace>-<name>-<component>` (256 with the longest component, `subnet-isolated-2`:
+/// 174); its Databases' and Bastions' `Name` tag `<namespace>/<stack>/<name>` (256: 128); its
+/// Databases' Secrets Manager names `tinystacks/<namespace>/<stack>/<database>` (512); its Events
+/// `<name>.<16 hex digits>` (253: 236).
+pub const MAX_STACK_NAME: usize = 53;
+
+/// The longest name of a `Database`. Built from it: the label `tinystacks.io/database=<name>` on
+/// its connection Secret (label values: 63, the binding limit); the connection Secret
+/// `<name>-connection` (253); the tags `tinystacks.io/owner=Database/<namespace>/<name>` and
+/// `Name=<namespace>/<stack>/<name>` (256); the Secrets Manager name
+/// `tinystacks/<namespace>/<stack>/<name>` (512); its Events (253). The RDS instance identifier,
+/// subnet group and security group are cut to RDS's 63 with a hash, so any name fits them.
+pub const MAX_DATABASE_NAME: usize = 63;
+
+/// The longest name of a `Bastion`. Built from it: the label `tinystacks.io/bastion=<name>` on its
+/// key Secret (label values: 63, the binding limit); the key Secret `<name>-ssh-key` (253); the
+/// tags `tinystacks.io/owner=Bastion/<namespace>/<name>` and `Name=<namespace>/<stack>/<name>`
+/// (256); its Events (253). The IAM role and instance profile, the security group and the key
+/// pairs are cut to IAM's 64 and end in the object's UID, so any name fits them.
+pub const MAX_BASTION_NAME: usize = 63;
+
+/// A rule at a kind's root: `metadata.name` at most `max` characters, because `why`. Checked when
+/// the object is created only (`oldSelf` is then absent), so that an object made before the rule
+/// existed can still be updated, and deleted (its finalizer removed).
+pub(crate) fn name_length_rule(kind: &str, max: usize, why: &str) -> kube::core::Rule {
+    kube::core::Rule::new(format!("oldSelf.hasValue() || size(self.metadata.name) <= {max}"))
+        .message(format!("{kind} metadata.name may be at most {max} characters: {why}").as_str())
+        .optional_old_self(true)
+}
+
 /// The `x-kubernetes-validations` rule for a field that may never change once set.
 pub(crate) const IMMUTABLE: &str = "self == oldSelf";
 

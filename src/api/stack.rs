@@ -25,7 +25,10 @@ use super::{DeletionPolicy, IMMUTABLE, LocalObjectReference, conditions_schema};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "VPC", type_ = "string", json_path = ".status.vpcId"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // The name's shape and length, from every name built from it (`MAX_STACK_NAME`).
+    validation = kube::core::Rule::new("oldSelf.hasValue() || self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("Stack metadata.name may hold only lowercase letters, digits and '-': it is part of the stack's KMS alias, where AWS refuses '.'").optional_old_self(true),
+    validation = super::name_length_rule("Stack", super::MAX_STACK_NAME, "the stack's VPC Link is named tinystacks-<namespace>-<name>, which AWS limits to 128 characters in a namespace of up to 63")
 )]
 #[x_kube(validation = kube::core::Rule::new("has(self.region) == has(oldSelf.region) && (!has(self.region) || self.region == oldSelf.region)").message("region is immutable").field_path(".region"))]
 #[serde(rename_all = "camelCase")]

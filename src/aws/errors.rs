@@ -40,6 +40,21 @@ pub const REJECTED_CREDENTIAL_CODES: &[&str] = &[
     "InvalidToken",
 ];
 
+/// Error codes for "this request can never succeed as it is": a value AWS refuses (a name's shape
+/// or length, an engine version or instance class RDS does not offer: RDS answers
+/// `InvalidParameterCombination` "Cannot find version 16.99 for postgres"), or values that do not
+/// go together. The request is built from the object's spec and name, so only a change of the
+/// object can make it pass; retrying never does.
+pub const INVALID_REQUEST_CODES: &[&str] = &[
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "InvalidParameter",
+    "InvalidParameterException",
+    "InvalidParameterValueException",
+    "ValidationException",
+    "ValidationError",
+];
+
 /// What kind of failure an AWS error code and HTTP status describe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -47,6 +62,8 @@ pub enum Failure {
     Denied,
     CredentialsRejected,
     ServerError,
+    /// A request AWS refuses as invalid (`INVALID_REQUEST_CODES`): the user's to fix.
+    Invalid,
     ClientError,
 }
 
@@ -56,6 +73,7 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Failure {
         Some(c) if THROTTLING_CODES.contains(&c) => return Failure::Throttled,
         Some(c) if DENIED_CODES.contains(&c) => return Failure::Denied,
         Some(c) if REJECTED_CREDENTIAL_CODES.contains(&c) => return Failure::CredentialsRejected,
+        Some(c) if INVALID_REQUEST_CODES.contains(&c) => return Failure::Invalid,
         _ => {}
     }
     match status {
@@ -160,6 +178,17 @@ where
                     whose: caller.describe(),
                     remedy: caller.remedy(),
                 },
+                // CloudFormation also answers `ValidationError` for a stack's state, which passes
+                // (an update while another is in progress): it stays a retried client error.
+                Failure::Invalid if action.starts_with("cloudformation:") => {
+                    Error::AwsRequestFailed { action, code: code.unwrap_or_default(), message }
+                }
+                Failure::Invalid => Error::AwsRejectedValue {
+                    action,
+                    code: code.unwrap_or_default(),
+                    message,
+                    remedy: "the request is built from this object's name and spec: change them (the operator does not retry until the object changes)".into(),
+                },
                 Failure::ClientError => {
                     Error::AwsRequestFailed { action, code: code.unwrap_or_else(|| format!("HTTP {status}")), message }
                 }
@@ -233,7 +262,7 @@ pub fn outcome(code: Option<&str>, status: u16) -> &'static str {
         Failure::Throttled => "throttled",
         Failure::Denied | Failure::CredentialsRejected => "denied",
         Failure::ServerError => "server_error",
-        Failure::ClientError => "client_error",
+        Failure::Invalid | Failure::ClientError => "client_error",
     }
 }
 
@@ -293,7 +322,11 @@ mod tests {
             assert_eq!(classify(Some(code), Some(403)), Failure::Denied, "{code}");
         }
         assert_eq!(classify(Some("InvalidClientTokenId"), Some(403)), Failure::CredentialsRejected);
-        assert_eq!(classify(Some("ValidationError"), Some(400)), Failure::ClientError);
+        assert_eq!(classify(Some("DBInstanceNotFound"), Some(404)), Failure::ClientError);
+        for code in ["InvalidParameterCombination", "InvalidParameterValue", "ValidationException", "ValidationError"] {
+            assert_eq!(classify(Some(code), Some(400)), Failure::Invalid, "{code}");
+        }
+        assert_eq!(outcome(Some("InvalidParameterCombination"), 400), "client_error");
     }
 
     #[test]

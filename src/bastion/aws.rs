@@ -206,7 +206,18 @@ impl<'a> BastionAws<'a> {
                     .send()
             })
             .await
-            .map_err(|e| self.fail("ec2:RunInstances", e))?;
+            .map_err(|e| match self.fail("ec2:RunInstances", e) {
+                // EC2 answers an unknown type `InvalidParameterValue`: "Invalid value 'x' for InstanceType".
+                Error::AwsRejectedValue { action, code, message, remedy } => {
+                    let remedy = if message.contains("InstanceType") {
+                        "set spec.instanceType to a type EC2 offers in this region (aws ec2 describe-instance-type-offerings)".into()
+                    } else {
+                        remedy
+                    };
+                    Error::AwsRejectedValue { action, code, message, remedy }
+                }
+                other => other,
+            })?;
         out.instances()
             .first()
             .and_then(|i| i.instance_id())

@@ -8,7 +8,12 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
-use crate::api::{BastionAccess, NatGateways, NetworkPattern, Stack, SubnetTier};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::api::{
+    BastionAccess, NatGateways, NetworkPattern, SSH_MAX_ADDRESSES_V4, SSH_MAX_ADDRESSES_V6, Stack, SubnetTier,
+};
+use crate::error::Error;
 use crate::aws::inventory::{Rule, Source};
 use crate::aws::tags::Tags;
 
@@ -237,6 +242,35 @@ pub fn desired_ingress(access: BastionAccess, allowed: &[String]) -> BTreeSet<Ru
             Rule { protocol: "tcp".into(), from: Some(SSH_PORT), to: Some(SSH_PORT), source }
         })
         .collect()
+}
+
+/// Refuses `allowedCidrs` whose union admits more addresses than an allow-list may
+/// (`SSH_MAX_ADDRESSES_V4`, `SSH_MAX_ADDRESSES_V6`): the exact union, overlaps counted once, so
+/// that ranges split to pass the per-entry bound at admission (`0.0.0.0/1` and `128.0.0.0/1`) are
+/// refused as what they are together. Entries that do not parse are left to the API server's rule.
+pub fn check_allowed_cidrs(allowed: &[String]) -> Result<(), Error> {
+    let nets: Vec<IpNet> = allowed.iter().filter_map(|c| c.parse().ok()).collect();
+    let v4: Vec<Ipv4Net> = nets.iter().filter_map(|n| if let IpNet::V4(n) = n { Some(*n) } else { None }).collect();
+    let v6: Vec<Ipv6Net> = nets.iter().filter_map(|n| if let IpNet::V6(n) = n { Some(*n) } else { None }).collect();
+    // Aggregated networks are disjoint, so their sizes add up to the union's.
+    let size = |bits: u32, prefix: u8| 1u128.checked_shl(bits - u32::from(prefix)).unwrap_or(u128::MAX);
+    let admitted_v4: u128 = Ipv4Net::aggregate(&v4).iter().map(|n| size(32, n.prefix_len())).sum();
+    let admitted_v6 =
+        Ipv6Net::aggregate(&v6).iter().map(|n| size(128, n.prefix_len())).fold(0u128, u128::saturating_add);
+    if admitted_v4 > SSH_MAX_ADDRESSES_V4 {
+        return Err(Error::AllowedCidrsTooWide {
+            admitted: format!("{admitted_v4} IPv4 addresses"),
+            limit: format!("at most {SSH_MAX_ADDRESSES_V4}, one /24"),
+        });
+    }
+    if admitted_v6 > SSH_MAX_ADDRESSES_V6 {
+        let networks = admitted_v6 / SSH_MAX_ADDRESSES_V6;
+        return Err(Error::AllowedCidrsTooWide {
+            admitted: format!("IPv6 ranges the size of {networks} /56 networks"),
+            limit: "at most one /56".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A rule as people read it, for events and messages.
@@ -598,5 +632,36 @@ mod tests {
         assert!(replacement_reason(&private, &desired, &placement).is_some());
         let extra_group = ObservedInstance { security_groups: BTreeSet::from(["sg-1".into(), "sg-2".into()]), ..ok };
         assert!(replacement_reason(&extra_group, &desired, &placement).unwrap().contains("sg-2"));
+    }
+
+    #[test]
+    fn allowed_cidrs_are_refused_when_their_union_is_too_wide() {
+        let check = |cidrs: &[&str]| check_allowed_cidrs(&cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+        // The whole internet, split so that no single entry is /0.
+        let split = check(&["0.0.0.0/1", "128.0.0.0/1"]).expect_err("the whole internet");
+        assert_eq!(split.reason(), "AllowedCidrsTooWide");
+        assert!(split.to_string().contains("4294967296 IPv4 addresses"), "{split}");
+        assert!(check(&["::/1", "8000::/1"]).is_err());
+        // Each entry narrow enough, together too wide.
+        assert!(check(&["203.0.113.0/24", "198.51.100.0/24"]).is_err());
+        let v6 = check(&["2001:db8:0:100::/56", "2001:db8:0:200::/56"]).expect_err("two /56");
+        assert!(v6.to_string().contains("2 /56 networks"), "{v6}");
+        // Overlaps and repeats count once; halves of one /24 are one /24.
+        check(&["203.0.113.0/24", "203.0.113.0/25", "203.0.113.7/32", "203.0.113.0/24"]).expect("one /24");
+        check(&["203.0.113.0/25", "203.0.113.128/25"]).expect("one /24 in two halves");
+        check(&["203.0.113.0/25", "198.51.100.0/26", "192.0.2.10/32"]).expect("under 256 addresses");
+        check(&["2001:db8::/57", "2001:db8:1::/64", "203.0.113.0/24"]).expect("each family within its limit");
+        check(&["203.0.113.0/24", "203.0.113.0/24 "]).expect("what does not parse is the API server's to refuse");
+        assert!(check(&["203.0.113.0/24", "203.0.114.0/32"]).is_err(), "one address over");
+        check(&[]).expect("no ranges");
+    }
+
+    #[test]
+    fn the_admission_rule_says_the_same_prefixes_as_the_operator() {
+        let crd = serde_json::to_string(&<crate::api::Bastion as kube::CustomResourceExt>::crd()).expect("CRD");
+        let expected = format!("== 4 ? {} : {}", crate::api::SSH_MIN_PREFIX_V4, crate::api::SSH_MIN_PREFIX_V6);
+        assert!(crd.contains(&expected), "no rule with {expected}");
+        assert_eq!(SSH_MAX_ADDRESSES_V4, 256);
+        assert_eq!(SSH_MAX_ADDRESSES_V6, 1u128 << 72);
     }
 }

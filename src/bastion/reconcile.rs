@@ -44,6 +44,11 @@ impl Managed for Bastion {
     }
 
     async fn reconcile(&self, ctx: &Context) -> Result<Step<Self::Status>> {
+        // Before any AWS call: the API server bounds each range, only the union tells how wide
+        // port 22 would open.
+        if self.spec.access == BastionAccess::Ssh {
+            plan::check_allowed_cidrs(&self.spec.allowed_cidrs)?;
+        }
         let namespace = self.namespace().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
         let stack = match stack::resolve(ctx, &namespace, &self.spec.stack_ref.name).await? {

@@ -57,6 +57,21 @@ impl<'a> DatabaseAws<'a> {
         aws_error(action, &self.net.caller, e)
     }
 
+    /// `fail` for a call that carries the instance's spec fields: when RDS refuses a value, the
+    /// message names the field to change.
+    fn fail_instance<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
+    where
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match self.fail(action, e) {
+            Error::AwsRejectedValue { action, code, message, .. } => {
+                let remedy = super::plan::fields_to_change(&message);
+                Error::AwsRejectedValue { action, code, message, remedy }
+            }
+            other => other,
+        }
+    }
+
     /// Its security group's calls.
     pub fn groups(&self) -> SecurityGroups<'_> {
         SecurityGroups {
@@ -228,7 +243,7 @@ impl<'a> DatabaseAws<'a> {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_already_exists_fault()) => {
                 self.instance(r.identifier).await.map(|_| ())
             }
-            Err(e) => Err(self.fail("rds:CreateDBInstance", e)),
+            Err(e) => Err(self.fail_instance("rds:CreateDBInstance", e)),
         }
     }
 
@@ -254,7 +269,7 @@ impl<'a> DatabaseAws<'a> {
                     .send()
             })
             .await
-            .map_err(|e| self.fail("rds:ModifyDBInstance", e))?;
+            .map_err(|e| self.fail_instance("rds:ModifyDBInstance", e))?;
         if let Some(instance) = out.db_instance().map(observed_instance) {
             self.record(Recorded::Observed(Created::DbInstance(instance))).await;
         }

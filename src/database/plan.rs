@@ -68,6 +68,20 @@ pub fn instance_identifier(namespace: &str, stack: &str, name: &str) -> String {
     format!("{readable}-{hash}")
 }
 
+/// What to change when RDS refuses a CreateDBInstance or ModifyDBInstance as invalid, from the
+/// words of its answer: `Cannot find version 16.99 for postgres` names the engine version,
+/// `... combination: DBInstanceClass=db.x, Engine=postgres, EngineVersion=16.4 ...` the class;
+/// otherwise every spec field the request carries.
+pub fn fields_to_change(message: &str) -> String {
+    if message.contains("DBInstanceClass") || message.to_ascii_lowercase().contains("instance class") {
+        return "set spec.instanceClass to a class RDS offers for this engine version in this region (aws rds describe-orderable-db-instance-options --engine postgres --engine-version <version>)".into();
+    }
+    if message.to_ascii_lowercase().contains("version") {
+        return "set spec.engineVersion to a version RDS offers for postgres in this region (aws rds describe-db-engine-versions --engine postgres)".into();
+    }
+    "the request carries spec.engineVersion, spec.instanceClass, spec.allocatedStorageGiB, spec.multiAz, spec.backupRetentionDays, spec.databaseName and spec.masterUsername: change the one AWS names".into()
+}
+
 /// 64-bit FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`), which a name
 /// that must come out the same after an upgrade needs.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -570,4 +584,16 @@ mod tests {
         assert_eq!(phase("deleting"), Phase::Deleting);
         assert_eq!(phase("storage-full"), Phase::Broken);
     }
+    #[test]
+    fn a_refused_engine_version_or_class_names_its_field() {
+        let version = fields_to_change("Cannot find version 16.99 for postgres");
+        assert!(version.starts_with("set spec.engineVersion"), "{version}");
+        let class = fields_to_change(
+            "RDS does not support creating a DB instance with the following combination: DBInstanceClass=db.t4g.nope, Engine=postgres, EngineVersion=16.4, LicenseModel=postgresql-license.",
+        );
+        assert!(class.starts_with("set spec.instanceClass"), "{class}");
+        let other = fields_to_change("Invalid storage size for engine name postgres and storage type gp3: 20");
+        assert!(other.contains("spec.allocatedStorageGiB"), "{other}");
+    }
+
 }

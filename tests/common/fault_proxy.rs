@@ -50,8 +50,18 @@ pub struct FaultCounts {
     pub throttle_codes: std::collections::BTreeMap<String, usize>,
 }
 
+/// An answer AWS gives to a request moto accepts: requests for `action` whose body contains
+/// `needle` are answered with HTTP 400 and AWS's `code` and `message`, never forwarded.
+struct Refusal {
+    action: String,
+    needle: String,
+    code: String,
+    message: String,
+}
+
 #[derive(Default)]
 struct State {
+    refusals: Vec<Refusal>,
     counts: HashMap<String, usize>,
     rewrites: Vec<Rewrite>,
     rewritten: HashMap<String, usize>,
@@ -142,6 +152,15 @@ impl FaultProxy {
         self.rewrite("DescribeDBInstances", available, "<DBInstanceStatus>creating</DBInstanceStatus>", polls);
     }
 
+    /// Answers every request for `action` whose body contains `needle` as AWS refuses an invalid
+    /// one (HTTP 400 with `code` and `message`, in the service's protocol), without forwarding it:
+    /// for values real AWS refuses and moto accepts (an engine version RDS does not offer).
+    pub fn refuse(&self, action: &str, needle: &str, code: &str, message: &str) {
+        let refusal =
+            Refusal { action: action.into(), needle: needle.into(), code: code.into(), message: message.into() };
+        self.state.lock().unwrap().refusals.push(refusal);
+    }
+
     /// How many requests for `action` (`CreateDBInstance`, `GetSecretValue`, ...) went through.
     pub fn count(&self, action: &str) -> usize {
         self.state.lock().unwrap().counts.get(action).copied().unwrap_or(0)
@@ -194,6 +213,21 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+        let refused = {
+            let state = state.lock().unwrap();
+            let text = String::from_utf8_lossy(&body);
+            state
+                .refusals
+                .iter()
+                .find(|r| r.action == action && text.contains(&r.needle))
+                .map(|r| error_response(&head, 400, &r.code, &r.message))
+        };
+        if let Some(answer) = refused {
+            if client.write_all(&answer).await.is_err() {
+                return;
+            }
+            continue;
         }
         if let Some((code, answer)) = fault.and_then(|f| error_answer(f, &head)) {
             if fault == Some(Fault::Throttle) {
@@ -414,6 +448,15 @@ fn error_answer(fault: Fault, head: &[u8]) -> Option<(&'static str, Vec<u8>)> {
         }
         Fault::Unavailable => (503, "ServiceUnavailable", "Service is unavailable. Try again later."),
     };
+    Some((code, error_response(head.as_bytes(), status, code, message)))
+}
+
+/// A whole HTTP error answer with `status`, `code` and `message`, in the protocol of the request's
+/// service (EC2's XML, the query protocols' XML, or JSON).
+fn error_response(head: &[u8], status: u16, code: &str, message: &str) -> Vec<u8> {
+    let head = String::from_utf8_lossy(head);
+    let json = head.lines().any(|l| l.to_lowercase().starts_with("x-amz-target:"));
+    let service = service_of(&head);
     let (content_type, body) = if service == "ec2" {
         let body = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
@@ -439,5 +482,5 @@ fn error_answer(fault: Fault, head: &[u8]) -> Option<(&'static str, Vec<u8>)> {
     )
     .into_bytes();
     answer.extend_from_slice(body.as_bytes());
-    Some((code, answer))
+    answer
 }

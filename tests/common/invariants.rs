@@ -5,7 +5,21 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, IpPermission, SecurityGroup};
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tinystacks_operator::api::{SSH_MAX_ADDRESSES_V4, SSH_MAX_ADDRESSES_V6};
+
 use super::moto::account_config;
+
+/// How many IPv4 and IPv6 addresses `ranges` admit together, each address counted once.
+fn union_sizes(ranges: &[&str]) -> (u128, u128) {
+    let nets: Vec<IpNet> = ranges.iter().filter_map(|r| r.parse().ok()).collect();
+    let v4: Vec<Ipv4Net> = nets.iter().filter_map(|n| if let IpNet::V4(n) = n { Some(*n) } else { None }).collect();
+    let v6: Vec<Ipv6Net> = nets.iter().filter_map(|n| if let IpNet::V6(n) = n { Some(*n) } else { None }).collect();
+    let size = |bits: u32, prefix: u8| 1u128.checked_shl(bits - u32::from(prefix)).unwrap_or(u128::MAX);
+    let v4 = Ipv4Net::aggregate(&v4).iter().map(|n| size(32, n.prefix_len())).fold(0, u128::saturating_add);
+    let v6 = Ipv6Net::aggregate(&v6).iter().map(|n| size(128, n.prefix_len())).fold(0, u128::saturating_add);
+    (v4, v6)
+}
 
 const OWNER_UID_TAG: &str = "tinystacks.io/owner-uid";
 const OWNER_TAG: &str = "tinystacks.io/owner";
@@ -16,7 +30,9 @@ const COMPONENT_TAG: &str = "tinystacks.io/component";
 /// - every security group of an RDS instance admits only security groups (a Stack's `sg/app`
 ///   group or a Bastion's group), never an address range;
 /// - port 22 is admitted from an address range only by a Bastion's group, and only from one of
-///   `ssh_cidrs` (the `allowedCidrs` of the account's SSH Bastions; empty when there are none);
+///   `ssh_cidrs` (the `allowedCidrs` of the account's SSH Bastions; empty when there are none),
+///   and the ranges one group admits to 22 together hold at most 256 IPv4 addresses and one /56
+///   of IPv6 (`SSH_MAX_ADDRESSES_V4`, `SSH_MAX_ADDRESSES_V6`), however they are split;
 /// - the route tables of isolated subnets (`subnet/isolated/*`) have no route out: only the local
 ///   route and gateway endpoints' routes, nothing to an internet or NAT gateway.
 ///
@@ -89,11 +105,26 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
                 .filter_map(|r| r.cidr_ip())
                 .chain(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()))
                 .collect();
-            for range in ranges {
-                if !is_bastion(g) || !ssh_cidrs.contains(&range) {
+            for range in &ranges {
+                if !is_bastion(g) || !ssh_cidrs.contains(range) {
                     violations.push(format!("group {id} admits SSH from {range} ({:?})", tag(g, OWNER_TAG)));
                 }
             }
+        }
+        let ssh_ranges: Vec<&str> = g
+            .ip_permissions()
+            .iter()
+            .filter(|p| covers_ssh(p))
+            .flat_map(|p| {
+                p.ip_ranges()
+                    .iter()
+                    .filter_map(|r| r.cidr_ip())
+                    .chain(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()))
+            })
+            .collect();
+        let (v4, v6) = union_sizes(&ssh_ranges);
+        if v4 > SSH_MAX_ADDRESSES_V4 || v6 > SSH_MAX_ADDRESSES_V6 {
+            violations.push(format!("group {id} admits SSH from {v4} IPv4 and {v6} IPv6 addresses: {ssh_ranges:?}"));
         }
     }
 
