@@ -647,7 +647,8 @@ async fn ssh_ranges_too_wide_together_stall_before_any_aws_call() {
     let stalled = wait_condition(&world.bastions(), "jump", "Stalled", "True", "AllowedCidrsTooWide").await;
     let message = condition(&stalled, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
     assert!(message.contains("spec.allowedCidrs") && message.contains("512 IPv4 addresses"), "{message}");
-    let bastion_calls = ["CreateRole", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "RunInstances", "ImportKeyPair"];
+    let bastion_calls =
+        ["CreateRole", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "RunInstances", "ImportKeyPair"];
     for action in bastion_calls {
         assert_eq!(proxy.count(action), 0, "{action} was called for a Bastion whose ranges are too wide");
     }

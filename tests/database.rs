@@ -873,7 +873,8 @@ async fn an_engine_version_or_class_rds_does_not_offer_stalls_naming_the_field_u
     let stalled =
         wait_stalled(&world, "faulty", "AwsRejectedValue", &["Cannot find version 16.99", "set spec.engineVersion"])
             .await;
-    let ready = condition(&serde_json::to_value(world.databases().get("faulty").await.expect("get")).expect("json"), "Ready");
+    let ready =
+        condition(&serde_json::to_value(world.databases().get("faulty").await.expect("get")).expect("json"), "Ready");
     assert_eq!(ready.map(|c| c["status"].clone()), Some(json!("False")), "{stalled}");
     // Not retried: the first pass, and the one the Stalled status write itself wakes (it meets the
     // same answer and has nothing new to write); then none for three resync periods (2 s) and more

@@ -13,9 +13,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::api::{
     BastionAccess, NatGateways, NetworkPattern, SSH_MAX_ADDRESSES_V4, SSH_MAX_ADDRESSES_V6, Stack, SubnetTier,
 };
-use crate::error::Error;
 use crate::aws::inventory::{Rule, Source};
 use crate::aws::tags::Tags;
+use crate::error::Error;
 
 /// SSH's port: the only one a bastion's group ever opens, and only for `Ssh`.
 pub const SSH_PORT: i32 = 22;

@@ -595,5 +595,4 @@ mod tests {
         let other = fields_to_change("Invalid storage size for engine name postgres and storage type gp3: 20");
         assert!(other.contains("spec.allocatedStorageGiB"), "{other}");
     }
-
 }
