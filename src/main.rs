@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tinystacks_operator::aws::AwsOptions;
+use tinystacks_operator::runtime;
 use tinystacks_operator::runtime::context::{SecretNamespaces, Settings};
-use tinystacks_operator::runtime::{self};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;

@@ -273,7 +273,10 @@ async fn endpoints_leader_lease_standby_and_clean_shutdown() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(holder(leases.clone()).await.as_deref(), Some(leader.identity.as_str()));
     assert_eq!(standby.get("/readyz").0, 200, "a standby replica is healthy");
-    assert!(!standby.get("/metrics").1.contains("tinystacks_reconciles_total{"), "the standby reconciled");
+    let standby_metrics = standby.get("/metrics").1;
+    assert!(standby_metrics.contains("tinystacks_leader 0"), "{standby_metrics}");
+    let reconciled = standby_metrics.lines().filter(|l| l.starts_with("tinystacks_reconciles_total{"));
+    assert!(reconciled.clone().count() == 4 && reconciled.clone().all(|l| l.ends_with(" 0")), "the standby reconciled");
 
     assert!(leader.terminate(), "SIGTERM ends the operator with exit code 0");
     assert!(leader.logs().contains("stopped"), "clean shutdown is logged");

@@ -143,6 +143,7 @@ impl Default for Metrics {
             let _ = reconciles.get_or_create(&labels);
             let _ = duration.get_or_create(&labels);
             let _ = in_flight.get_or_create(&labels);
+            let _ = time_to_ready.get_or_create(&labels);
             for ready in [true, false] {
                 let _ = managed.get_or_create(&managed_labels(kind, ready));
             }
@@ -276,7 +277,7 @@ mod tests {
         assert_eq!((gauge(&m, "Stack", true), gauge(&m, "Stack", false)), (0, 0));
         // Ready when first seen (a restart): no time to Ready, it is not known.
         m.object("Database", "c", true, Some(Duration::from_secs(5)));
-        assert!(!m.encode().contains("tinystacks_time_to_ready_seconds_count{kind=\"Database\"}"));
+        assert!(m.encode().contains("tinystacks_time_to_ready_seconds_count{kind=\"Database\"} 0"));
     }
 
     /// The families served once each has a sample, as the README's table names them.
