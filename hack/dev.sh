@@ -33,12 +33,30 @@ cmd_down() {
   hack/testenv.sh down
 }
 
+# A free loopback port, so that several environments (TINYSTACKS_STATE) can run side by side.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# On a failure after the environment was started by this run: stop the operator and that
+# environment, so that a failed `make dev` leaves nothing running.
+cleanup_on_failure() {
+  local status=$?
+  [[ $status -eq 0 ]] && return
+  printf '\n==> failed (exit %s); stopping what this run started\n' "$status" >&2
+  stop_operator
+  [[ ${STARTED_ENV:-0} == 1 ]] && hack/testenv.sh down >&2 || true
+}
+
 cmd_up() {
-  step "building the operator"
-  cargo build --locked --quiet
+  trap cleanup_on_failure EXIT
+  step "building the operator (first time: about 10 minutes on 2 cores; cargo shows its progress)"
+  cargo build --locked
   local bin=$CARGO_TARGET_DIR/debug/tinystacks-operator
 
-  step "starting the control plane and moto (first run builds Kubernetes from source: ~15 minutes)"
+  step "starting the control plane and moto (first run builds Kubernetes from source: about 10 more minutes)"
+  STARTED_ENV=0
+  hack/testenv.sh status >/dev/null 2>&1 || STARTED_ENV=1
   local env_file
   env_file=$(hack/testenv.sh up)
   # shellcheck disable=SC1090
@@ -56,15 +74,22 @@ cmd_up() {
     --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
     --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 
-  step "running the operator (log: $LOG)"
+  local metrics_addr=${TINYSTACKS_METRICS_ADDR:-127.0.0.1:$(free_port)}
+  step "running the operator (log: $LOG; metrics: http://$metrics_addr/metrics)"
   stop_operator
   mkdir -p "$(dirname "$PIDFILE")" "$(dirname "$LOG")"
   TINYSTACKS_NAMESPACE=$OPERATOR_NS TINYSTACKS_RESYNC_PERIOD=${TINYSTACKS_RESYNC_PERIOD:-30s} \
-    TINYSTACKS_METRICS_ADDR=${TINYSTACKS_METRICS_ADDR:-127.0.0.1:8080} \
+    TINYSTACKS_METRICS_ADDR=$metrics_addr \
     nohup "$bin" run >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
-  sleep 1
-  kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { tail -n 20 "$LOG"; exit 1; }
+  # Up when /readyz answers; an operator that exits instead says why in its log.
+  local up=0
+  for _ in $(seq 50); do
+    kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break
+    if curl -fsS "http://$metrics_addr/readyz" >/dev/null 2>&1; then up=1; break; fi
+    sleep 0.2
+  done
+  [[ $up == 1 ]] || { tail -n 20 "$LOG"; exit 1; }
 
   step "applying examples/"
   kubectl apply -f examples/
@@ -90,9 +115,10 @@ cmd_up() {
   step "conditions"
   kubectl get tinystacks -A -o go-template='{{range .items}}{{.kind}} {{with .metadata.namespace}}{{.}}/{{end}}{{.metadata.name}}{{"\n"}}{{range .status.conditions}}  {{.type}}={{.status}} {{.reason}}{{with .message}}: {{.}}{{end}}{{"\n"}}{{end}}{{end}}'
 
+  trap - EXIT
   cat <<EOF
 
-The operator keeps running. To use the cluster:   source $env_file
+The operator keeps running (metrics: http://$metrics_addr/metrics). To use the cluster:   source $env_file
 Operator log:                                   $LOG
 Stop everything:                                make dev-down
 EOF

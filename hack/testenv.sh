@@ -20,6 +20,8 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 MOTO_VERSION=${MOTO_VERSION:-5.2.5}
 LUPA_VERSION=${LUPA_VERSION:-2.8}
+# promtool, to check the PrometheusRule the chart ships (Prometheus v3.x is module v0.3xx).
+PROMETHEUS_MODULE_VERSION=${PROMETHEUS_MODULE_VERSION:-v0.316.0}
 
 CACHE=${TINYSTACKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tinystacks-operator}
 BIN=$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION
@@ -171,6 +173,22 @@ build_kstatus() {
   echo "$sum" >"$BIN/kstatus.sum"
 }
 
+# promtool: `promtool check rules` on charts/tinystacks-operator/files/prometheus-rules.yaml.
+# From the Go module proxy, pinned; the version is part of the cached binary's name, since $BIN's
+# name does not carry it. Prometheus's module is large (its service discoveries pull in cloud
+# SDKs): the first build takes minutes.
+build_promtool() {
+  local out=$BIN/promtool-$PROMETHEUS_MODULE_VERSION
+  if [ -x "$out" ]; then ln -sf "$(basename "$out")" "$BIN/promtool"; return 0; fi
+  log "building promtool (github.com/prometheus/prometheus $PROMETHEUS_MODULE_VERSION; first time: minutes)"
+  local dir=$CACHE/src/promtool-$PROMETHEUS_MODULE_VERSION
+  mkdir -p "$dir" "$BIN"
+  GOBIN="$dir" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
+  cp "$dir/promtool" "$out"
+  ln -sf "$(basename "$out")" "$BIN/promtool"
+}
+
 # lupa: Lua 5.1 (the Lua of Argo CD's health checks) from Python, to test the chart's Argo CD
 # health check. `lupa-python` lands in $BIN, which the env file puts on PATH.
 build_lupa() {
@@ -191,6 +209,7 @@ cmd_build() {
   build_helm
   build_kubernetes
   build_kstatus
+  build_promtool
   log "binaries in $BIN"
 }
 

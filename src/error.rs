@@ -79,6 +79,11 @@ pub enum Error {
     #[error("bootstrap credentials Secret {namespace}/{name} has no usable key {key}; {why}")]
     BootstrapSecretInvalid { namespace: String, name: String, key: String, why: String },
 
+    #[error(
+        "bootstrap credentials Secret {namespace}/{name} is in a namespace the operator does not read bootstrap Secrets from (it reads {allowed}); put the Secret there and change spec.bootstrap.credentialsSecretRef, or have the operator's administrator add {namespace} to --bootstrap-secret-namespaces (TINYSTACKS_BOOTSTRAP_SECRET_NAMESPACES)"
+    )]
+    BootstrapSecretNamespaceNotAllowed { namespace: String, name: String, allowed: String },
+
     #[error("{what}: AWS account {actual}, but spec.accountId is {expected}; {remedy}")]
     AccountMismatch { what: String, expected: String, actual: String, remedy: String },
 
@@ -132,6 +137,7 @@ impl Error {
             | Error::AccountLinkNotAllowed { .. }
             | Error::StackNotFound { .. }
             | Error::InvalidSpec(_)
+            | Error::BootstrapSecretNamespaceNotAllowed { .. }
             | Error::SshNeedsPublicSubnet { .. }
             | Error::AwsRejectedValue { .. }
             | Error::AllowedCidrsTooWide { .. } => ErrorKind::User,
@@ -174,6 +180,7 @@ impl Error {
             Error::AllowedCidrsTooWide { .. } => "AllowedCidrsTooWide",
             Error::BootstrapSecretMissing { .. } => "BootstrapSecretMissing",
             Error::BootstrapSecretInvalid { .. } => "BootstrapSecretInvalid",
+            Error::BootstrapSecretNamespaceNotAllowed { .. } => "BootstrapSecretNamespaceNotAllowed",
             Error::AccountMismatch { .. } => "AccountMismatch",
             Error::CloudFormationStackFailed { .. } => "CloudFormationStackFailed",
             Error::AssumeRoleDenied { .. } => "AssumeRoleDenied",

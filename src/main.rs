@@ -1,12 +1,14 @@
 //! The `tinystacks-operator` command line: `run`, `crds`, `account-template`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tinystacks_operator::aws::AwsOptions;
-use tinystacks_operator::runtime::{self, context::Settings};
+use tinystacks_operator::runtime;
+use tinystacks_operator::runtime::context::{SecretNamespaces, Settings};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
@@ -58,6 +60,10 @@ struct RunArgs {
     /// The operator's own namespace: its leader Lease and template ConfigMaps live there.
     #[arg(long, env = "TINYSTACKS_NAMESPACE", default_value = "tinystacks-system")]
     namespace: String,
+    /// Namespaces an AwsAccountLink's bootstrap Secret may be in: a comma-separated list, or `*`
+    /// for any (default: the operator's own namespace).
+    #[arg(long, env = "TINYSTACKS_BOOTSTRAP_SECRET_NAMESPACES", default_value = "")]
+    bootstrap_secret_namespaces: String,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "TINYSTACKS_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -129,15 +135,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            init_logging(args.log_format);
+            let format = args.log_format;
+            init_logging(format);
             give_back_free_memory();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
-                Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
+                Err(error) => return fail_in(format, &format!("cannot start the async runtime: {error}")),
             };
             match runtime.block_on(runtime::run(options(args))) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(error) => fail(&error.to_string()),
+                Err(error) => fail_in(format, &error.to_string()),
             }
         }
     }
@@ -152,6 +159,7 @@ fn options(args: RunArgs) -> runtime::Options {
         settings: Settings {
             resync_period: args.resync_period,
             max_backoff: args.max_backoff,
+            bootstrap_secret_namespaces: SecretNamespaces::parse(&args.bootstrap_secret_namespaces, &args.namespace),
             namespace: args.namespace,
         },
         concurrency: args.concurrency,
@@ -186,6 +194,9 @@ const CREDENTIAL_BEARING_TARGETS: &[(&str, LevelFilter)] = &[
     ("kube_client", LevelFilter::DEBUG),
 ];
 
+/// JSON: one flat object per line (`timestamp`, `level`, `target`, `message` and the event's own
+/// fields side by side; no span fields, which repeated the object under other names). Text: colour
+/// only on a terminal (and never with `NO_COLOR`), so a log written to a file has no escape codes.
 fn init_logging(format: LogFormat) {
     let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ceiling =
@@ -193,14 +204,42 @@ fn init_logging(format: LogFormat) {
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Json => registry.with(layer.json().with_filter(wanted).with_filter(ceiling)).init(),
-        LogFormat::Text => registry.with(layer.with_filter(wanted).with_filter(ceiling)).init(),
+        LogFormat::Json => {
+            let layer = layer.json().flatten_event(true).with_current_span(false).with_span_list(false);
+            registry.with(layer.with_filter(wanted).with_filter(ceiling)).init()
+        }
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            registry.with(layer.with_ansi(colour).with_filter(wanted).with_filter(ceiling)).init()
+        }
     }
 }
 
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
+}
+
+/// A fatal error of `run`, in the log's format: in JSON mode one JSON line like every other (a log
+/// pipeline parsing JSON would drop a plain line), written whatever RUST_LOG says.
+fn fail_in(format: LogFormat, message: &str) -> ExitCode {
+    match format {
+        LogFormat::Text => fail(message),
+        LogFormat::Json => {
+            eprintln!("{}", fatal_line(message, &k8s_openapi::jiff::Timestamp::now().to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fatal_line(message: &str, timestamp: &str) -> String {
+    serde_json::json!({
+        "timestamp": timestamp,
+        "level": "ERROR",
+        "target": env!("CARGO_CRATE_NAME"),
+        "message": format!("error: {message}"),
+    })
+    .to_string()
 }
 
 /// Every 10 s, has glibc's allocator give the system back the pages that nothing uses any more.
@@ -238,5 +277,18 @@ fn give_back_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if let Err(error) = spawned {
         tracing::warn!(%error, "cannot start the thread that gives free memory back to the system");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_fatal_error_in_json_mode_is_one_flat_json_line() {
+        let line = super::fatal_line("cannot reach the Kubernetes API server: refused", "2026-01-01T00:00:00Z");
+        assert_eq!(line.lines().count(), 1);
+        let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(value["level"], "ERROR");
+        assert_eq!(value["message"], "error: cannot reach the Kubernetes API server: refused");
+        assert!(value.get("fields").is_none());
     }
 }

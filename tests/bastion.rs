@@ -584,6 +584,10 @@ async fn ssh_on_public_private_is_public_with_22_from_the_cidrs_a_generated_key_
     said.push_str(&format!("{:?}", world.event_notes().await));
     said.push_str(&serde_json::to_string(&b).unwrap_or_default());
     assert!(said.contains("GeneratedSshKey") || said.contains("generated an ed25519"), "the log and events were read");
+    assert!(
+        logged_change(&operator.logs(), "Bastion", "jump", "CreatedRole"),
+        "the Bastion's changes are logged at info"
+    );
     let body: String = private_pem.lines().filter(|l| !l.starts_with("-----")).collect();
     for line in private_pem.lines().filter(|l| !l.starts_with("-----") && l.len() > 20) {
         assert!(!said.contains(line), "a line of the private key appears in a log line, event or status");

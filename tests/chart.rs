@@ -553,7 +553,7 @@ fn warnings_with(log: &str, needles: &[&str]) -> Vec<String> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|line| matches!(line["level"].as_str(), Some("WARN" | "ERROR")))
-        .map(|line| line["fields"].to_string().replace(['\\', '"'], ""))
+        .map(|line| line.to_string().replace(['\\', '"'], ""))
         .filter(|text| needles.iter().all(|n| text.contains(n)))
         .collect()
 }
@@ -586,7 +586,7 @@ fn documented_metrics() -> BTreeSet<String> {
     let section = section.split("\n## ").next().unwrap_or(section);
     section
         .lines()
-        .filter(|l| l.starts_with("| `tinystacks_"))
+        .filter(|l| l.starts_with("| `tinystacks_") || l.starts_with("| `process_"))
         .filter_map(|l| l.split('`').nth(1).map(String::from))
         .collect()
 }

@@ -612,3 +612,26 @@ async fn a_reference_into_another_namespace_is_refused_as_an_unknown_field() {
         assert!(stderr.contains("unknown field") && stderr.contains(field), "{field} named in: {stderr}");
     }
 }
+
+/// `kubectl get bastions -o wide` shows a Bastion's expiry as a time. A `date` column shows an age,
+/// and kubectl prints a time still to come, which every expiry is, as `<invalid>`.
+#[tokio::test]
+async fn the_bastion_expiry_column_shows_the_time_to_come() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "crd-expires").await;
+    let name = format!("jump-{}", suffix());
+    create(&client, &ns.name, Kind::Bastion, &name, json!({"stackRef": {"name": "web"}})).await.expect("created");
+    let expires = "2099-01-01T00:00:00Z";
+    let status = json!({"status": {"expiresAt": expires}});
+    let api = Api::<Bastion>::namespaced(client.clone(), &ns.name);
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("write the status");
+    let out = std::process::Command::new("kubectl")
+        .args(["get", "bastions.tinystacks.io", &name, "-n", &ns.name, "-o", "wide"])
+        .output()
+        .expect("kubectl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.lines().next().is_some_and(|h| h.contains("EXPIRES")), "{table}");
+    assert!(table.contains(expires) && !table.contains("<invalid>"), "{table}");
+}

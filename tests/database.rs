@@ -519,6 +519,9 @@ async fn ready_database_is_private_encrypted_and_reachable_through_env_from() {
     );
     let said = everything_said(&world, &operator).await;
     assert!(said.contains("DeletingDbInstance"), "the log and events were scanned");
+    for reason in ["CreatedSecurityGroup", "CreatingDbInstance", "WroteConnectionSecret", "DeletingDbInstance"] {
+        assert!(logged_change(&operator.logs(), "Database", "orders", reason), "{reason} is not logged at info");
+    }
     assert!(!said.contains(&password), "the password appears in a log line, event or status");
     assert!(!said.contains(&base64(password.as_bytes())), "the password appears base64-encoded");
 }

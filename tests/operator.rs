@@ -273,7 +273,10 @@ async fn endpoints_leader_lease_standby_and_clean_shutdown() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(holder(leases.clone()).await.as_deref(), Some(leader.identity.as_str()));
     assert_eq!(standby.get("/readyz").0, 200, "a standby replica is healthy");
-    assert!(!standby.get("/metrics").1.contains("tinystacks_reconciles_total{"), "the standby reconciled");
+    let standby_metrics = standby.get("/metrics").1;
+    assert!(standby_metrics.contains("tinystacks_leader 0"), "{standby_metrics}");
+    let reconciled = standby_metrics.lines().filter(|l| l.starts_with("tinystacks_reconciles_total{"));
+    assert!(reconciled.clone().count() == 4 && reconciled.clone().all(|l| l.ends_with(" 0")), "the standby reconciled");
 
     assert!(leader.terminate(), "SIGTERM ends the operator with exit code 0");
     assert!(leader.logs().contains("stopped"), "clean shutdown is logged");
@@ -332,4 +335,388 @@ fn missing_crds_are_one_clear_line_and_a_failure() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("CRD for AwsAccountLink") && stderr.contains("crds"), "{stderr}");
+}
+
+/// (status, message) of a live object as a GitOps tool judges it: `kstatus` (the real kstatus
+/// library, hack/kstatus, as Flux uses it) or the chart's Argo CD health check in Lua 5.1.
+fn gitops_health(tool: &str, object: &serde_json::Value) -> (String, String) {
+    use std::io::Write;
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut cmd = match tool {
+        "kstatus" => Command::new("kstatus"),
+        _ => {
+            let mut cmd = Command::new("lupa-python");
+            cmd.arg(format!("{repo}/hack/argocd_health.py"))
+                .arg(format!("{repo}/charts/tinystacks-operator/docs/argocd-health.lua"));
+            cmd
+        }
+    };
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}; source the env file of `hack/testenv.sh up`"));
+    child.stdin.take().expect("stdin").write_all(object.to_string().as_bytes()).expect("write the object");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the helper");
+    (result["status"].as_str().unwrap_or_default().into(), result["message"].as_str().unwrap_or_default().into())
+}
+
+async fn live_link(client: &Client, name: &str) -> serde_json::Value {
+    serde_json::to_value(Api::<AwsAccountLink>::all(client.clone()).get(name).await.expect("get link")).expect("JSON")
+}
+
+/// Waits (up to 90 s: the link deploys its CloudFormation stack in moto) for the link's Ready=True.
+async fn wait_verified(client: &Client, name: &str) -> serde_json::Value {
+    eventually(&format!("{name}: Ready=True"), Duration::from_secs(90), || async {
+        let link = live_link(client, name).await;
+        match common::condition(&link, "Ready") {
+            Some(c) if c["status"] == "True" && c["observedGeneration"] == link["metadata"]["generation"] => Ok(link),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// Every line of an operator's JSON log is one flat object: no nested `fields`, no `span` or
+/// `spans`; an object is named by `kind`, `namespace` and `name`, never by a per-kind key.
+fn assert_log_shape(log: &str) {
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        lines += 1;
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let object = value.as_object().unwrap_or_else(|| panic!("not an object: {line}"));
+        for key in ["timestamp", "level", "target"] {
+            assert!(object.get(key).is_some_and(|v| v.is_string()), "no {key}: {line}");
+        }
+        assert!(object.get("message").is_none_or(|m| m.is_string()), "message not flat: {line}");
+        for key in ["fields", "span", "spans", "stack", "link", "database", "bastion"] {
+            assert!(!object.contains_key(key), "`{key}` in: {line}");
+        }
+        let ours = ["AwsAccountLink", "Stack", "Database", "Bastion"];
+        if object.get("kind").and_then(|k| k.as_str()).is_some_and(|k| ours.contains(&k)) {
+            assert!(object.get("name").is_some_and(|n| n.is_string()), "an object without its name: {line}");
+        }
+    }
+    assert!(lines > 10, "the log has {lines} lines");
+}
+
+#[tokio::test]
+async fn a_spec_change_while_paused_is_neither_current_for_kstatus_nor_healthy_for_argocd() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "op-paused").await;
+    let operator = start(&ns);
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    let name = format!("paused-{}", suffix());
+    let spec = verified_link_spec(&client, &ns.name, &[&ns.name]).await;
+    create(&links, &name, spec).await;
+    let ready = wait_verified(&client, &name).await;
+    assert_eq!(gitops_health("kstatus", &ready).0, "Current", "{ready}");
+    assert_eq!(gitops_health("argocd", &ready).0, "Healthy", "{ready}");
+    let applied = ready["metadata"]["generation"].as_i64().expect("generation");
+
+    // Paused and changed in one edit: the change is not applied, and no tool may call it done.
+    let change = json!({"metadata": {"annotations": {"tinystacks.io/paused": "true"}},
+                        "spec": {"allowedNamespaces": [ns.name, "another"]}});
+    links.patch(&name, &PatchParams::default(), &Patch::Merge(&change)).await.expect("pause and change");
+    wait_condition(&links, &name, "Ready", "True", "Paused").await;
+    let paused = live_link(&client, &name).await;
+    assert_eq!(paused["metadata"]["generation"], applied + 1);
+    assert_eq!(paused["status"]["observedGeneration"], applied, "the unapplied generation is not observed");
+    let ready = common::condition(&paused, "Ready").expect("Ready");
+    assert_eq!(ready["observedGeneration"], applied);
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("generation {} is not applied", applied + 1)), "{message}");
+    let (status, _) = gitops_health("kstatus", &paused);
+    assert_eq!(status, "InProgress", "kstatus on a paused, changed link: {paused}");
+    let (status, message) = gitops_health("argocd", &paused);
+    assert_eq!(status, "Suspended", "Argo CD on a paused, changed link: {paused}");
+    assert!(message.contains("not applied"), "{message}");
+
+    // Resumed: the change is applied, and the tools say so.
+    let resume = json!({"metadata": {"annotations": {"tinystacks.io/paused": null}}});
+    links.patch(&name, &PatchParams::default(), &Patch::Merge(&resume)).await.expect("resume");
+    let resumed = wait_verified(&client, &name).await;
+    assert_eq!(resumed["status"]["observedGeneration"], applied + 1);
+    assert_eq!(gitops_health("kstatus", &resumed).0, "Current", "{resumed}");
+    assert_eq!(gitops_health("argocd", &resumed).0, "Healthy", "{resumed}");
+
+    links.delete(&name, &DeleteParams::default()).await.expect("delete link");
+    eventually("the link deleted", Duration::from_secs(90), || async {
+        match links.get_opt(&name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|l| l.map(|l| l.finalizers().to_vec())))),
+        }
+    })
+    .await;
+    assert_log_shape(&operator.logs());
+}
+
+#[tokio::test]
+async fn a_link_goes_on_within_seconds_of_its_bootstrap_secret_and_other_namespaces_are_refused() {
+    use k8s_openapi::api::core::v1::Secret;
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let system = TestNamespace::new(&client, "op-system").await;
+    let team = TestNamespace::new(&client, "op-team").await;
+    // A resync far longer than the test: only the watch of Secrets can wake the link.
+    let config = OperatorConfig {
+        namespace: &system.name,
+        lease_name: "tinystacks-operator",
+        resync: "10m",
+        extra_args: vec!["--leader-election".into(), "false".into()],
+    };
+    // The default: bootstrap Secrets in the operator's namespace only.
+    let operator = Operator::start_with_env(config, &[("TINYSTACKS_BOOTSTRAP_SECRET_NAMESPACES", "")]);
+    let links = Api::<AwsAccountLink>::all(client.clone());
+
+    // A link whose Secret is in a team's namespace: refused, though the Secret is there.
+    let elsewhere = format!("elsewhere-{}", suffix());
+    let team_spec = verified_link_spec(&client, &team.name, &[&team.name]).await;
+    create(&links, &elsewhere, team_spec.clone()).await;
+    let refused = wait_condition(&links, &elsewhere, "Stalled", "True", "BootstrapSecretNamespaceNotAllowed").await;
+    let message =
+        common::condition(&refused, "Stalled").expect("Stalled")["message"].as_str().unwrap_or("").to_string();
+    assert!(message.contains(&format!("{}/bootstrap", team.name)), "{message}");
+    assert!(message.contains(&system.name) && message.contains("--bootstrap-secret-namespaces"), "{message}");
+
+    // A link whose Secret (in the operator's namespace) does not exist yet.
+    let waiting = format!("waiting-{}", suffix());
+    let mut spec = team_spec;
+    spec["bootstrap"]["credentialsSecretRef"] = json!({"namespace": system.name, "name": "bootstrap"});
+    create(&links, &waiting, spec).await;
+    wait_condition(&links, &waiting, "Stalled", "True", "BootstrapSecretMissing").await;
+
+    // The Secret its message asks for: the link goes on at once, not at the next resync.
+    let data = Api::<Secret>::namespaced(client.clone(), &team.name).get("bootstrap").await.expect("Secret").data;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("bootstrap".into()), ..Default::default() },
+        data,
+        ..Default::default()
+    };
+    let created = std::time::Instant::now();
+    Api::<Secret>::namespaced(client.clone(), &system.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the bootstrap Secret");
+    eventually("the link to leave BootstrapSecretMissing", Duration::from_secs(15), || async {
+        let link = live_link(&client, &waiting).await;
+        match common::condition(&link, "Ready") {
+            Some(c) if c["reason"] != "BootstrapSecretMissing" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let woken = created.elapsed();
+    wait_verified(&client, &waiting).await;
+    eprintln!(
+        "the link left BootstrapSecretMissing {woken:?} after its Secret was created; Ready after {:?}",
+        created.elapsed()
+    );
+
+    for name in [&elsewhere, &waiting] {
+        links.delete(name, &DeleteParams::default()).await.expect("delete link");
+    }
+    for name in [&elsewhere, &waiting] {
+        eventually(&format!("{name} deleted"), Duration::from_secs(90), || async {
+            match links.get_opt(name).await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{:?}", other.map(|l| l.map(|l| l.finalizers().to_vec())))),
+            }
+        })
+        .await;
+    }
+    assert_log_shape(&operator.logs());
+}
+
+/// The names of the samples a scrape's `# TYPE` families serve: counters as `_total`, histograms
+/// as `_bucket`, `_sum` and `_count`.
+fn served_names(scrape: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
+            _ => {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The operator's metric names (`tinystacks_*`, `process_*`) in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain([' ']) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else if !word.is_empty() {
+            let taken = std::mem::take(&mut word);
+            if taken.starts_with("tinystacks_") || taken.starts_with("process_") {
+                names.push(taken);
+            }
+        }
+    }
+    names
+}
+
+/// Every `expr` of the dashboard and the queries of its variables.
+fn dashboard_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                    ("query", serde_json::Value::String(s)) if s.contains('(') => out.push(s.clone()),
+                    _ => dashboard_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| dashboard_exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_first_scrape_has_series_and_the_alerts_and_dashboard_name_only_served_metrics() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "op-metrics").await;
+    let operator = start(&ns);
+    eventually("/readyz", WAIT, || async {
+        (operator.get("/readyz").0 == 200).then_some(()).ok_or("not ready".to_string())
+    })
+    .await;
+    // The first scrape, before this operator's first reconcile could have ended.
+    let (code, first) = operator.get("/metrics");
+    assert_eq!(code, 200);
+    let version = env!("CARGO_PKG_VERSION");
+    for series in [
+        format!("tinystacks_build_info{{version=\"{version}\"}} 1"),
+        "tinystacks_reconciles_in_flight{kind=\"Database\"}".to_string(),
+        "tinystacks_managed_objects{kind=\"Bastion\",ready=\"false\"}".to_string(),
+        "tinystacks_leader ".to_string(),
+        "process_resident_memory_bytes ".to_string(),
+        "process_cpu_seconds_total ".to_string(),
+        "process_open_fds ".to_string(),
+        "process_start_time_seconds ".to_string(),
+    ] {
+        assert!(first.contains(&series), "the first scrape lacks {series}:\n{first}");
+    }
+
+    // An object reconciled: the leader gauge, the client's requests.
+    let link = link(&client, &[&ns.name]).await;
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    wait_condition(&links, &link, "Stalled", "True", "BootstrapSecretMissing").await;
+    let (_, scrape) = operator.get("/metrics");
+    assert!(scrape.contains("tinystacks_leader 1"), "{scrape}");
+    assert!(scrape.contains("tinystacks_kubernetes_requests_total{method=\"WATCH\",code=\"200\"}"), "{scrape}");
+    assert!(scrape.contains("tinystacks_kubernetes_requests_total{method=\"PATCH\",code=\"200\"}"), "{scrape}");
+    let served = served_names(&scrape);
+
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let rules = std::fs::read_to_string(format!("{repo}/charts/tinystacks-operator/files/prometheus-rules.yaml"))
+        .expect("the rules");
+    let rules: serde_json::Value = serde_yaml::from_str(&rules).expect("the rules are YAML");
+    let mut exprs: Vec<(String, String)> = Vec::new();
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            let name = rule["alert"].as_str().or(rule["record"].as_str()).unwrap_or_default();
+            exprs.push((format!("rule {name}"), rule["expr"].as_str().expect("expr").to_string()));
+        }
+    }
+    let dashboard = std::fs::read_to_string(format!("{repo}/charts/tinystacks-operator/files/grafana-dashboard.json"))
+        .expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    dashboard_exprs(&dashboard, &mut queries);
+    assert!(queries.len() > 15, "{queries:?}");
+    exprs.extend(queries.into_iter().map(|q| ("the dashboard".to_string(), q)));
+    let mut unknown = Vec::new();
+    for (whose, expr) in &exprs {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{whose} names no metric of the operator: {expr}");
+        unknown.extend(names.into_iter().filter(|n| !served.contains(n)).map(|n| format!("{whose}: {n}")));
+    }
+    assert!(unknown.is_empty(), "not served by the operator: {unknown:?}\nserved: {served:?}");
+    links.delete(&link, &DeleteParams::default()).await.expect("delete link");
+    wait_gone(&links, &link).await;
+    assert_log_shape(&operator.logs());
+}
+
+/// promtool (built by `hack/testenv.sh` from the Go module proxy, pinned) checks the chart's rule
+/// file and runs its unit tests (hack/prometheus-rules.test.yaml).
+#[test]
+fn the_shipped_alert_rules_pass_promtool() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    for args in [
+        vec![
+            "check".to_string(),
+            "rules".into(),
+            format!("{repo}/charts/tinystacks-operator/files/prometheus-rules.yaml"),
+        ],
+        vec!["test".to_string(), "rules".into(), format!("{repo}/hack/prometheus-rules.test.yaml")],
+    ] {
+        let out = Command::new("promtool").args(&args).output().unwrap_or_else(|e| {
+            panic!("cannot run promtool: {e}; `hack/testenv.sh up` builds it and its env file puts it on PATH")
+        });
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A fatal start-up error in JSON mode is a JSON line like the others; a text log written to a
+/// file (not a terminal) holds no colour codes.
+#[test]
+fn start_up_errors_follow_the_log_format_and_files_get_no_colour() {
+    let kubeconfig = std::env::temp_dir().join(format!("tinystacks-kubeconfig-{}", suffix()));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n",
+            free_port()
+        ),
+    )
+    .expect("kubeconfig");
+    let run = |format: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tinystacks-operator"))
+            .args(["run", "--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .env("TINYSTACKS_LOG_FORMAT", format)
+            .env_remove("NO_COLOR")
+            .output()
+            .expect("run the operator");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let json = run("json");
+    for line in json.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{json}"));
+        assert!(value.get("fields").is_none(), "{line}");
+    }
+    let last: serde_json::Value = serde_json::from_str(json.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(last["level"], "ERROR", "{json}");
+    assert!(last["message"].as_str().is_some_and(|m| m.contains("cannot reach the Kubernetes API server")), "{json}");
+    let text = run("text");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log that is not a terminal: {text:?}");
+    assert!(text.lines().last().is_some_and(|l| l.starts_with("error: cannot reach")), "{text}");
 }

@@ -51,6 +51,14 @@ impl Bootstrap {
                 "spec.bootstrap.credentialsSecretRef is required when bootstrap.mode is CloudFormation".into(),
             )
         })?;
+        let allowed = &ctx.settings.bootstrap_secret_namespaces;
+        if !allowed.allows(&reference.namespace) {
+            return Err(Error::BootstrapSecretNamespaceNotAllowed {
+                namespace: reference.namespace.clone(),
+                name: reference.name.clone(),
+                allowed: allowed.to_string(),
+            });
+        }
         let credentials = read_credentials(ctx, reference).await?;
         let config = ctx.aws.bootstrap_config(&credentials, &link.spec.region).await;
         Ok(Self {

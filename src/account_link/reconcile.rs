@@ -147,7 +147,7 @@ impl Managed for AwsAccountLink {
             // Without bootstrap credentials nothing can have been created. Once something was
             // (a stack ID or a role in status), the deletion waits for the Secret with that error.
             Err(e) if e.kind() != ErrorKind::Transient && !made_anything(self) => {
-                info!(link = %name, error = %e, "no bootstrap credentials and nothing created; nothing to delete");
+                info!(kind = "AwsAccountLink", %name, error = %e, "no bootstrap credentials and nothing created; nothing to delete");
                 return Ok(Cleanup::Done);
             }
             Err(e) => return Err(e),
@@ -157,7 +157,7 @@ impl Managed for AwsAccountLink {
             return Ok(Cleanup::Done);
         };
         if !owned_by(&stack, &name) {
-            info!(link = %name, stack = %stack_name, "the stack does not carry this link's tags; leaving it");
+            info!(kind = "AwsAccountLink", %name, cloudformation_stack = %stack_name, "the stack does not carry this link's tags; leaving it");
             return Ok(Cleanup::Done);
         }
         match plan::phase(&stack.status) {

@@ -22,7 +22,9 @@ use super::{IMMUTABLE, LocalObjectReference, conditions_schema};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Instance", type_ = "string", json_path = ".status.instanceId"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt", priority = 1),
+    // A string, not a date: kubectl shows a date column as an age, and a time still to come as
+    // `<invalid>`.
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // Every name built from the object's name fits (`MAX_BASTION_NAME`).
     validation = super::name_length_rule("Bastion", super::MAX_BASTION_NAME, "the name is the value of the label tinystacks.io/bastion on the key Secret, and label values are limited to 63")

@@ -92,7 +92,7 @@ impl Managed for Bastion {
         let link = match account_link::resolve_for_cleanup(ctx, &stack, &namespace, records).await? {
             LinkForCleanup::Usable(link) => link,
             LinkForCleanup::NothingMade(why) => {
-                info!(bastion = %self.name_any(), %namespace, %why, "nothing to delete in AWS");
+                info!(kind = "Bastion", %namespace, name = %self.name_any(), %why, "nothing to delete in AWS");
                 forget_key_secret(self, ctx).await?;
                 return Ok(Cleanup::Done);
             }
@@ -217,6 +217,7 @@ impl<'a> Converge<'a> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
+        log_change(self.bastion, reason, &note);
         self.ctx.event(&self.bastion.object_ref(&()), type_, reason, note).await;
     }
 
@@ -678,6 +679,7 @@ impl Teardown<'_> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
+        log_change(self.bastion, reason, &note);
         self.ctx.event(&self.bastion.object_ref(&()), type_, reason, note).await;
     }
 
@@ -774,4 +776,11 @@ impl Teardown<'_> {
         forget_key_secret(self.bastion, self.ctx).await?;
         Ok(Cleanup::Done)
     }
+}
+
+/// Every change the Bastion's reconcile or cleanup makes (each has its Event) is logged at info,
+/// as the Stack's AWS mutations are.
+fn log_change(bastion: &Bastion, reason: &str, note: &str) {
+    let (namespace, name) = (bastion.namespace().unwrap_or_default(), bastion.name_any());
+    info!(kind = "Bastion", %namespace, %name, reason, %note, "change made");
 }

@@ -109,7 +109,7 @@ impl Managed for Database {
         let link = match account_link::resolve_for_cleanup(ctx, &stack, &namespace, records).await? {
             LinkForCleanup::Usable(link) => link,
             LinkForCleanup::NothingMade(why) => {
-                info!(database = %self.name_any(), %namespace, %why, "nothing to delete in AWS");
+                info!(kind = "Database", %namespace, name = %self.name_any(), %why, "nothing to delete in AWS");
                 return Ok(Cleanup::Done);
             }
             LinkForCleanup::NotAllowed(message) => {
@@ -187,6 +187,7 @@ impl<'a> Converge<'a> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
+        log_change(self.db, reason, &note);
         self.ctx.event(&self.db.object_ref(&()), type_, reason, note).await;
     }
 
@@ -602,6 +603,7 @@ impl Teardown<'_> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
+        log_change(self.db, reason, &note);
         self.ctx.event(&self.db.object_ref(&()), type_, reason, note).await;
     }
 
@@ -721,4 +723,11 @@ impl Teardown<'_> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Every change the Database's reconcile or cleanup makes (each has its Event) is logged at info,
+/// as the Stack's AWS mutations are.
+fn log_change(db: &Database, reason: &str, note: &str) {
+    let (namespace, name) = (db.namespace().unwrap_or_default(), db.name_any());
+    info!(kind = "Database", %namespace, %name, reason, %note, "change made");
 }

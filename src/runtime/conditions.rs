@@ -32,26 +32,39 @@ impl Health {
     }
 }
 
+/// The generation the conditions (and `status.observedGeneration`) describe: the object's own,
+/// except while paused, when it stays the last one a reconcile applied. A spec change made while
+/// paused is not applied, and tools that follow kstatus (Flux, Argo CD, `kubectl wait`) must see it
+/// as not observed yet rather than as Current (`Ready=True` at the new generation).
+pub fn observed_generation(previous: &[Condition], health: &Health, generation: Option<i64>) -> Option<i64> {
+    match health {
+        Health::Paused => find(previous, READY).and_then(|c| c.observed_generation),
+        _ => generation,
+    }
+}
+
 /// The new condition list: `previous` with the three standard conditions replaced.
 /// `lastTransitionTime` moves only when a condition's status changes, so a reconcile that finds
-/// the same state produces an identical list and its status write is skipped.
+/// the same state produces an identical list and its status write is skipped. `generation` is the
+/// object's; the conditions carry [`observed_generation`].
 pub fn compute(previous: &[Condition], health: &Health, generation: Option<i64>, now: &Time) -> Vec<Condition> {
     let prev_ready = find(previous, READY);
+    let observed = observed_generation(previous, health, generation);
     let (ready, reconciling, stalled) = match health {
         Health::Ready { reason, message } => (("True", reason.as_str(), message.clone()), "False", "False"),
         Health::Progressing { reason, message } => (("False", reason.as_str(), message.clone()), "True", "False"),
         Health::Stalled { reason, message } => (("False", reason.as_str(), message.clone()), "False", "True"),
         Health::Paused => {
             let status = prev_ready.map_or("Unknown", |c| c.status.as_str());
-            (
-                (
-                    status,
-                    "Paused",
-                    "reconciliation is paused by the annotation tinystacks.io/paused; no AWS call is made".to_string(),
-                ),
-                "False",
-                "False",
-            )
+            let mut message =
+                "reconciliation is paused by the annotation tinystacks.io/paused; no AWS call is made".to_string();
+            if let Some(current) = generation.filter(|g| observed != Some(*g)) {
+                message.push_str(&match observed {
+                    Some(applied) => format!("; generation {current} is not applied (the last applied is {applied})"),
+                    None => format!("; generation {current} is not applied"),
+                });
+            }
+            ((status, "Paused", message), "False", "False")
         }
     };
     let (ready_status, ready_reason, ready_message) = ready;
@@ -65,19 +78,11 @@ pub fn compute(previous: &[Condition], health: &Health, generation: Option<i64>,
 
     let mut out: Vec<Condition> =
         previous.iter().filter(|c| ![READY, RECONCILING, STALLED].contains(&c.type_.as_str())).cloned().collect();
-    out.push(condition(prev_ready, READY, ready_status, ready_reason, &ready_message, generation, now));
+    out.push(condition(prev_ready, READY, ready_status, ready_reason, &ready_message, observed, now));
     let (rec_reason, rec_message) = if reconciling == "True" { (flag_reason, flag_message) } else { ("Idle", "") };
-    out.push(condition(
-        find(previous, RECONCILING),
-        RECONCILING,
-        reconciling,
-        rec_reason,
-        rec_message,
-        generation,
-        now,
-    ));
+    out.push(condition(find(previous, RECONCILING), RECONCILING, reconciling, rec_reason, rec_message, observed, now));
     let (st_reason, st_message) = if stalled == "True" { (flag_reason, flag_message) } else { ("NotStalled", "") };
-    out.push(condition(find(previous, STALLED), STALLED, stalled, st_reason, st_message, generation, now));
+    out.push(condition(find(previous, STALLED), STALLED, stalled, st_reason, st_message, observed, now));
     out
 }
 
@@ -190,6 +195,24 @@ mod tests {
         assert_eq!(get(&paused, RECONCILING).status, "False");
         let fresh = compute(&[], &Health::Paused, Some(1), &at(10));
         assert_eq!(get(&fresh, READY).status, "Unknown");
+    }
+
+    #[test]
+    fn a_spec_change_while_paused_is_not_reported_as_observed() {
+        let ready = compute(&[], &Health::ready("Verified", "ok"), Some(1), &at(10));
+        let paused = compute(&ready, &Health::Paused, Some(2), &at(20));
+        assert!(paused.iter().all(|c| c.observed_generation == Some(1)), "{paused:?}");
+        assert_eq!(observed_generation(&ready, &Health::Paused, Some(2)), Some(1));
+        assert!(get(&paused, READY).message.ends_with("generation 2 is not applied (the last applied is 1)"));
+        assert!(!is_ready(&paused, Some(2)));
+        // Paused with nothing changed: the generation is the applied one, the message says no more.
+        let unchanged = compute(&ready, &Health::Paused, Some(1), &at(20));
+        assert!(unchanged.iter().all(|c| c.observed_generation == Some(1)));
+        assert!(!get(&unchanged, READY).message.contains("not applied"));
+        // Paused before any reconcile: nothing was observed.
+        let fresh = compute(&[], &Health::Paused, Some(1), &at(10));
+        assert!(fresh.iter().all(|c| c.observed_generation.is_none()));
+        assert_eq!(observed_generation(&paused, &Health::ready("Verified", "ok"), Some(2)), Some(2));
     }
 
     #[test]

@@ -32,6 +32,49 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// The operator's own namespace (template ConfigMaps, the leader Lease).
     pub namespace: String,
+    /// Where an AwsAccountLink's bootstrap Secret may be.
+    pub bootstrap_secret_namespaces: SecretNamespaces,
+}
+
+/// The namespaces the operator reads AwsAccountLinks' bootstrap Secrets from. A link is
+/// cluster-scoped and may name any namespace's Secret; whoever may create a link must not thereby
+/// get the operator to use AWS keys stored in a team's namespace, so by default only the
+/// operator's own namespace is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretNamespaces {
+    Any,
+    Only(Vec<String>),
+}
+
+impl SecretNamespaces {
+    /// `--bootstrap-secret-namespaces`: `*` for any namespace, else a comma-separated list; empty
+    /// means the operator's own namespace.
+    pub fn parse(value: &str, operator_namespace: &str) -> Self {
+        let names: Vec<String> = value.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+        if names.iter().any(|n| n == "*") {
+            return SecretNamespaces::Any;
+        }
+        if names.is_empty() {
+            return SecretNamespaces::Only(vec![operator_namespace.to_string()]);
+        }
+        SecretNamespaces::Only(names)
+    }
+
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            SecretNamespaces::Any => true,
+            SecretNamespaces::Only(names) => names.iter().any(|n| n == namespace),
+        }
+    }
+}
+
+impl std::fmt::Display for SecretNamespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretNamespaces::Any => f.write_str("every namespace"),
+            SecretNamespaces::Only(names) => write!(f, "{}", names.join(", ")),
+        }
+    }
 }
 
 pub struct Context {
@@ -114,5 +157,23 @@ impl Context {
 
     pub(crate) fn record_success(&self, uid: &str) {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecretNamespaces;
+
+    #[test]
+    fn bootstrap_secrets_are_read_from_the_operators_namespace_unless_configured() {
+        let default = SecretNamespaces::parse("", "tinystacks-system");
+        assert!(default.allows("tinystacks-system"));
+        assert!(!default.allows("team-a"), "a team's namespace is not read by default");
+        let listed = SecretNamespaces::parse(" tinystacks-system, accounts ,", "tinystacks-system");
+        assert_eq!(listed, SecretNamespaces::Only(vec!["tinystacks-system".into(), "accounts".into()]));
+        assert!(listed.allows("accounts") && !listed.allows("team-a"));
+        assert_eq!(listed.to_string(), "tinystacks-system, accounts");
+        let any = SecretNamespaces::parse("*", "tinystacks-system");
+        assert!(any.allows("team-a"));
     }
 }

@@ -39,9 +39,34 @@ pub struct AwsRequestLabels {
     pub outcome: String,
 }
 
+/// One request of the operator's Kubernetes client: the HTTP method (`WATCH` for a watch) and the
+/// status code, or `error` when no response came (connection refused, timeout).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeRequestLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+/// The kinds, so that a scrape before the first reconcile already shows each kind's series at 0.
+const KINDS: [&str; 4] = ["AwsAccountLink", "Stack", "Database", "Bastion"];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    leader: Gauge,
+    in_flight: Family<KindLabels, Gauge>,
+    kube_requests: Family<KubeRequestLabels, Counter>,
+    kube_duration: Family<MethodLabels, Histogram>,
     reconciles: Family<KindLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: Family<KindLabels, Histogram>,
@@ -61,7 +86,35 @@ struct Tracked {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("tinystacks");
+        let mut root = Registry::default();
+        // The process metrics under their usual names, which dashboards and alerts expect.
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("tinystacks");
+        let build = Family::<BuildLabels, Gauge>::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        registry.register("build_info", "The operator's version; always 1", build);
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controllers (holds the leader Lease, or runs without leader election)",
+            leader.clone(),
+        );
+        let in_flight = Family::<KindLabels, Gauge>::default();
+        registry.register("reconciles_in_flight", "Reconciles running now, by kind", in_flight.clone());
+        let kube_requests = Family::<KubeRequestLabels, Counter>::default();
+        registry.register(
+            "kubernetes_requests",
+            "Requests of the operator's Kubernetes client, by method (WATCH for watches) and status code",
+            kube_requests.clone(),
+        );
+        let kube_duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+        });
+        registry.register(
+            "kubernetes_request_duration_seconds",
+            "Time until the Kubernetes API server's response headers, by method",
+            kube_duration.clone(),
+        );
         let reconciles = Family::<KindLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
@@ -85,8 +138,22 @@ impl Default for Metrics {
             "Time from an object's creation to its first Ready, by kind",
             time_to_ready.clone(),
         );
+        for kind in KINDS {
+            let labels = KindLabels { kind: kind.into() };
+            let _ = reconciles.get_or_create(&labels);
+            let _ = duration.get_or_create(&labels);
+            let _ = in_flight.get_or_create(&labels);
+            let _ = time_to_ready.get_or_create(&labels);
+            for ready in [true, false] {
+                let _ = managed.get_or_create(&managed_labels(kind, ready));
+            }
+        }
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
+            leader,
+            in_flight,
+            kube_requests,
+            kube_duration,
             reconciles,
             errors,
             duration,
@@ -103,6 +170,24 @@ impl Metrics {
         let labels = KindLabels { kind: kind.into() };
         self.reconciles.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a reconcile of `kind` as running until the returned guard is dropped.
+    pub fn reconcile_started(&self, kind: &str) -> InFlight {
+        let gauge = self.in_flight.get_or_create(&KindLabels { kind: kind.into() }).clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Counts one request of the Kubernetes client; `code` is `None` when no response came.
+    pub fn kube_request(&self, method: &str, code: Option<u16>, elapsed: Duration) {
+        let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
+        self.kube_requests.get_or_create(&KubeRequestLabels { method: method.into(), code }).inc();
+        self.kube_duration.get_or_create(&MethodLabels { method: method.into() }).observe(elapsed.as_secs_f64());
     }
 
     pub fn failed(&self, kind: &str, reason: &str) {
@@ -153,6 +238,15 @@ impl Metrics {
     }
 }
 
+/// A running reconcile, counted in `tinystacks_reconciles_in_flight` until dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn managed_labels(kind: &str, ready: bool) -> ManagedLabels {
     ManagedLabels { kind: kind.into(), ready: ready.to_string() }
 }
@@ -183,7 +277,7 @@ mod tests {
         assert_eq!((gauge(&m, "Stack", true), gauge(&m, "Stack", false)), (0, 0));
         // Ready when first seen (a restart): no time to Ready, it is not known.
         m.object("Database", "c", true, Some(Duration::from_secs(5)));
-        assert!(!m.encode().contains("tinystacks_time_to_ready_seconds_count{kind=\"Database\"}"));
+        assert!(m.encode().contains("tinystacks_time_to_ready_seconds_count{kind=\"Database\"} 0"));
     }
 
     /// The families served once each has a sample, as the README's table names them.
@@ -191,6 +285,7 @@ mod tests {
         m.reconciled("Stack", Duration::from_millis(1));
         m.failed("Stack", "InvalidSpec");
         m.aws_request("ec2", "DescribeVpcs", "success");
+        m.kube_request("GET", Some(200), Duration::from_millis(3));
         m.object("Stack", "a", false, None);
         m.object("Stack", "a", true, Some(Duration::from_secs(1)));
         m.encode()
@@ -211,9 +306,42 @@ mod tests {
         let section = section.split("\n## ").next().unwrap_or_default();
         let documented: BTreeSet<String> = section
             .lines()
-            .filter(|l| l.starts_with("| `tinystacks_"))
+            .filter(|l| l.starts_with("| `tinystacks_") || l.starts_with("| `process_"))
             .filter_map(|l| l.split('`').nth(1).map(String::from))
             .collect();
         assert_eq!(documented, served_families(&Metrics::default()));
+    }
+
+    #[test]
+    fn a_scrape_before_any_reconcile_has_every_kind_at_zero_and_the_process() {
+        let m = Metrics::default();
+        let text = m.encode();
+        for kind in KINDS {
+            for series in [
+                format!("tinystacks_reconciles_total{{kind=\"{kind}\"}} 0"),
+                format!("tinystacks_reconciles_in_flight{{kind=\"{kind}\"}} 0"),
+                format!("tinystacks_managed_objects{{kind=\"{kind}\",ready=\"true\"}} 0"),
+            ] {
+                assert!(text.contains(&series), "{series} in {text}");
+            }
+        }
+        assert!(text.contains(&format!("tinystacks_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains("tinystacks_leader 0"), "{text}");
+        for name in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name} in {text}");
+        }
+    }
+
+    #[test]
+    fn in_flight_reconciles_and_the_leader_are_gauges_that_follow() {
+        let m = Metrics::default();
+        let running = m.reconcile_started("Stack");
+        assert!(m.encode().contains("tinystacks_reconciles_in_flight{kind=\"Stack\"} 1"));
+        drop(running);
+        assert!(m.encode().contains("tinystacks_reconciles_in_flight{kind=\"Stack\"} 0"));
+        m.set_leader(true);
+        assert!(m.encode().contains("tinystacks_leader 1"));
+        m.kube_request("WATCH", None, Duration::from_millis(1));
+        assert!(m.encode().contains("tinystacks_kubernetes_requests_total{method=\"WATCH\",code=\"error\"} 1"));
     }
 }

@@ -1,12 +1,14 @@
 //! Wiring: start-up checks, the HTTP endpoints, leader election and one controller per kind,
 //! with the watches that let a change of one object wake the objects that depend on it.
 
+mod client;
 pub mod conditions;
 pub mod context;
 mod events;
 mod http;
 mod leader;
 pub mod metrics;
+mod process;
 pub mod reconciler;
 
 use std::net::SocketAddr;
@@ -15,11 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -28,7 +31,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info};
 
 use crate::api::{AwsAccountLink, Bastion, Database, Stack};
-use context::{Context, Settings};
+use context::{Context, SecretNamespaces, Settings};
 use leader::LeaderElection;
 use metrics::Metrics;
 use reconciler::{Managed, error_policy, reconcile};
@@ -72,10 +75,10 @@ pub enum StartupError {
 /// Runs the operator until SIGTERM or Ctrl-C; returns an error if it could not start or lost
 /// the leader lease.
 pub async fn run(options: Options) -> Result<(), StartupError> {
-    let client = Client::try_default().await.map_err(|e| StartupError::Config(e.to_string()))?;
+    let metrics = Metrics::default();
+    let client = client::counted(&metrics).await.map_err(StartupError::Config)?;
     preflight(&client, &options).await?;
 
-    let metrics = Metrics::default();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(options.metrics_addr).await?;
     tokio::spawn({
@@ -110,6 +113,7 @@ pub async fn run(options: Options) -> Result<(), StartupError> {
             _ = stopped.wait_for(|s| *s) => return Ok(()),
         }
     }
+    metrics.set_leader(true);
 
     let aws = crate::aws::Aws::new(options.aws.clone(), metrics.clone());
     let ctx =
@@ -235,12 +239,19 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
     let databases = namespaced_api::<Guarded<Database>>(&client, options);
     let bastions = namespaced_api::<Guarded<Bastion>>(&client, options);
 
-    // A link wakes when a Stack that uses it changes (deletion waits for them).
-    let link_controller = controller(links.clone())
-        .with_config(config.clone())
-        .trigger_backoff(backoff())
+    // A link wakes when a Stack that uses it changes (deletion waits for them), and when its
+    // bootstrap Secret is created, changed or deleted (a link waiting for it goes on at once).
+    let link_controller = controller(links.clone()).with_config(config.clone()).trigger_backoff(backoff());
+    let link_store = link_controller.store();
+    let link_controller = link_controller
         .watches(stacks.clone(), wc(), |s: Guarded<Stack>| {
             s.0.ok().map(|s| ObjectRef::new(&s.spec.account_link_ref.name))
+        })
+        .watches_stream(bootstrap_secrets(&client, &ctx.settings.bootstrap_secret_namespaces), move |secret| {
+            let (name, ns) = (secret.name_any(), secret.namespace().unwrap_or_default());
+            referrers(&link_store, |l: &AwsAccountLink| {
+                l.spec.bootstrap.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name && r.namespace == ns)
+            })
         })
         .graceful_shutdown_on(stopped());
 
@@ -266,7 +277,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
     // its connection Secret is edited or deleted (so that it is written again at once).
     let databases_for_bastions = databases.clone();
     let database_controller = controller(databases).with_config(config.clone()).trigger_backoff(backoff());
-    let connection_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
+    let connection_secrets = namespaced_api::<Secret>(&client, options);
     let managed = format!("{}={}", crate::database::MANAGED_LABEL, context::FIELD_MANAGER);
     let managed_for_bastions = managed.clone();
     let db_store = database_controller.store();
@@ -289,7 +300,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
     let bastion_controller = controller(bastions).with_config(config).trigger_backoff(backoff());
     let bastion_store = bastion_controller.store();
     let bastion_store_2 = bastion_store.clone();
-    let key_secrets = namespaced_api::<k8s_openapi::api::core::v1::Secret>(&client, options);
+    let key_secrets = namespaced_api::<Secret>(&client, options);
     let bastion_controller = bastion_controller
         .watches(stacks, wc(), move |s: Guarded<Stack>| {
             let (name, ns) = (s.name_any(), s.namespace());
@@ -312,6 +323,23 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
         drain(database_controller.run(reconcile::<Database>, error_policy::<Database>, ctx.clone())),
         drain(bastion_controller.run(reconcile::<Bastion>, error_policy::<Bastion>, ctx)),
     );
+}
+
+/// The Secrets that links may take bootstrap credentials from, as metadata only (the keys never
+/// pass through the watch): the Secrets of the allowed namespaces, so the operator's own namespace
+/// alone by default.
+fn bootstrap_secrets(
+    client: &Client,
+    namespaces: &SecretNamespaces,
+) -> BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>> {
+    let watch = |api: Api<PartialObjectMeta<Secret>>| watcher(api, watcher::Config::default()).touched_objects();
+    match namespaces {
+        SecretNamespaces::Any => watch(Api::all(client.clone())).boxed(),
+        SecretNamespaces::Only(names) => {
+            futures::stream::select_all(names.iter().map(|ns| watch(Api::namespaced(client.clone(), ns)).boxed()))
+                .boxed()
+        }
+    }
 }
 
 /// The pause after a watch error before a controller polls its watches again: 250 ms, doubling up

@@ -62,14 +62,17 @@ pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Con
     let obj = match &guard.0 {
         Ok(obj) => obj,
         Err(invalid) => {
-            warn!(kind = %K::kind(&()), name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace,
-                error = %invalid.error, "skipping malformed object");
+            let (name, namespace) = (&invalid.metadata.name, &invalid.metadata.namespace);
+            warn!(kind = %K::kind(&()), namespace = namespace.as_deref().unwrap_or_default(),
+                name = name.as_deref().unwrap_or_default(), error = %invalid.error, "skipping malformed object");
             return Ok(Action::await_change());
         }
     };
     let kind = K::kind(&());
     let started = Instant::now();
+    let in_flight = ctx.metrics.reconcile_started(&kind);
     let outcome = drive(obj, &ctx).await;
+    drop(in_flight);
     ctx.metrics.reconciled(&kind, started.elapsed());
     let uid = obj.uid().unwrap_or_default();
     match outcome {
@@ -88,23 +91,24 @@ pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Con
         Err(error) => {
             ctx.metrics.failed(&kind, error.reason());
             let reference = obj.object_ref(&());
+            let namespace = obj.namespace().unwrap_or_default();
             ctx.event(&reference, EventType::Warning, error.reason(), error.to_string()).await;
             let (health, action) = match error.kind() {
                 ErrorKind::Transient => {
                     let delay = crate::error::backoff(ctx.record_failure(&uid), ctx.settings.max_backoff);
-                    warn!(%kind, name = %obj.name_any(), %error, retry_in = ?delay, "reconcile failed");
+                    warn!(%kind, namespace = %namespace, name = %obj.name_any(), %error, retry_in = ?delay, "reconcile failed");
                     (Health::progressing(error.reason(), error.to_string()), Action::requeue(delay))
                 }
                 ErrorKind::User => {
-                    info!(%kind, name = %obj.name_any(), %error, "stalled until the spec or a referenced object changes");
+                    info!(%kind, namespace = %namespace, name = %obj.name_any(), %error, "stalled until the spec or a referenced object changes");
                     (Health::stalled(error.reason(), error.to_string()), Action::await_change())
                 }
                 ErrorKind::Permission => {
-                    warn!(%kind, name = %obj.name_any(), %error, "stalled on a missing permission");
+                    warn!(%kind, namespace = %namespace, name = %obj.name_any(), %error, "stalled on a missing permission");
                     (Health::stalled(error.reason(), error.to_string()), Action::requeue(ctx.settings.resync_period))
                 }
                 ErrorKind::External => {
-                    warn!(%kind, name = %obj.name_any(), %error, "stalled until a person fixes it outside the cluster");
+                    warn!(%kind, namespace = %namespace, name = %obj.name_any(), %error, "stalled until a person fixes it outside the cluster");
                     (Health::stalled(error.reason(), error.to_string()), Action::requeue(ctx.settings.resync_period))
                 }
             };
@@ -119,7 +123,8 @@ pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Con
 pub fn error_policy<K: Managed>(guard: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> Action {
     let uid = guard.uid().unwrap_or_default();
     let delay = crate::error::backoff(ctx.record_failure(&uid), ctx.settings.max_backoff);
-    warn!(kind = %K::kind(&()), name = %guard.name_any(), %error, retry_in = ?delay, "status write failed");
+    let namespace = guard.namespace().unwrap_or_default();
+    warn!(kind = %K::kind(&()), %namespace, name = %guard.name_any(), %error, retry_in = ?delay, "status write failed");
     Action::requeue(delay)
 }
 
@@ -128,7 +133,7 @@ async fn drive<K: Managed>(obj: &K, ctx: &Context) -> Result<Option<Step<K::Stat
     let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
     let existing = obj.status().cloned().unwrap_or_default();
     if paused {
-        debug!(name = %obj.name_any(), "paused");
+        debug!(kind = %K::kind(&()), namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), "paused");
         return Ok(Some(Step { status: existing, health: Health::Paused, requeue_after: None }));
     }
     if obj.meta().deletion_timestamp.is_some() {
@@ -138,7 +143,8 @@ async fn drive<K: Managed>(obj: &K, ctx: &Context) -> Result<Option<Step<K::Stat
         return match obj.cleanup(ctx).await? {
             Cleanup::Done => {
                 remove_finalizer(obj, ctx).await?;
-                info!(kind = %K::kind(&()), name = %obj.name_any(), "cleanup finished, finalizer removed");
+                info!(kind = %K::kind(&()), namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(),
+                    "cleanup finished, finalizer removed");
                 Ok(None)
             }
             Cleanup::Pending { reason, message, requeue_after } => Ok(Some(Step {
@@ -222,8 +228,9 @@ async fn publish<K: Managed>(
     let previous = obj.status();
     let previous_conditions = previous.map(|s| s.conditions().to_vec()).unwrap_or_default();
     let now = Time(Timestamp::now());
-    let conditions = conditions::compute(&previous_conditions, health, obj.meta().generation, &now);
-    status.set_conditions(conditions, obj.meta().generation);
+    let generation = obj.meta().generation;
+    let conditions = conditions::compute(&previous_conditions, health, generation, &now);
+    status.set_conditions(conditions, conditions::observed_generation(&previous_conditions, health, generation));
     let ready = conditions::ready(status.conditions()).is_some_and(|c| c.status == "True");
     let age = obj.meta().creation_timestamp.as_ref().and_then(|t| Duration::try_from(now.0.duration_since(t.0)).ok());
     ctx.metrics.object(&K::kind(&()), &obj.uid().unwrap_or_default(), ready, age);

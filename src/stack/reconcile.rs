@@ -118,7 +118,7 @@ impl Managed for Stack {
                 } else {
                     (change.action.reason(), format!("{}: {id} ({})", change.component, change.what))
                 };
-                info!(stack = %self.name_any(), %namespace, reason, note = %text, "AWS mutation");
+                info!(kind = "Stack", %namespace, name = %self.name_any(), reason, note = %text, "AWS mutation");
                 ctx.event(&self.object_ref(&()), EventType::Normal, reason, text.clone()).await;
                 note = text;
             }
@@ -171,7 +171,7 @@ impl Managed for Stack {
         let link = match account_link::resolve_for_cleanup(ctx, self, &namespace, records_resources(self)).await? {
             LinkForCleanup::Usable(link) => link,
             LinkForCleanup::NothingMade(why) => {
-                info!(stack = %name, %namespace, %why, "nothing to delete in AWS");
+                info!(kind = "Stack", %namespace, %name, %why, "nothing to delete in AWS");
                 return Ok(Cleanup::Done);
             }
             LinkForCleanup::NotAllowed(message) => {
@@ -207,7 +207,8 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
             let id = network.apply(ctx, &change.action).await?;
             let reason = change.action.reason();
             let note = format!("{} ({id})", change.what);
-            info!(stack = %stack.name_any(), reason, %note, "AWS mutation");
+            let (namespace, name) = (stack.namespace().unwrap_or_default(), stack.name_any());
+            info!(kind = "Stack", %namespace, %name, reason, %note, "AWS mutation");
             ctx.event(&stack.object_ref(&()), EventType::Normal, reason, note.clone()).await;
             Ok(Cleanup::Pending { reason: "Deleting", message: note, requeue_after: Duration::ZERO })
         }

@@ -122,6 +122,10 @@ impl Operator {
             .args(&config.extra_args)
             .env("RUST_LOG", "debug,hyper=info,tower=info,rustls=info,kube_client=info")
             .env("TINYSTACKS_LOG_FORMAT", "json")
+            // The tests keep each link's bootstrap Secret in the test's own namespace, which is not
+            // always the operator's; the default (the operator's namespace only) is tested with
+            // `env` overriding this (tests/operator.rs).
+            .env("TINYSTACKS_BOOTSTRAP_SECRET_NAMESPACES", "*")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
@@ -261,6 +265,14 @@ pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
         .collect()
+}
+
+/// Whether the operator's JSON log has the change `reason` made to `kind` `name` at info, as every
+/// change is logged (and made an Event).
+pub fn logged_change(log: &str, kind: &str, name: &str, reason: &str) -> bool {
+    log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|l| {
+        l["level"] == "INFO" && l["kind"] == kind && l["name"] == name && l["reason"] == reason && l["note"].is_string()
+    })
 }
 
 /// A link that verifies: CloudFormation mode in a fresh moto account, whose credentials are the

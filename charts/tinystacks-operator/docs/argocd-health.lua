@@ -51,6 +51,10 @@ if (annotations ~= nil and annotations["tinystacks.io/paused"] == "true")
     or (ready ~= nil and ready.reason == "Paused") then
   hs.status = "Suspended"
   hs.message = "Paused by the annotation tinystacks.io/paused: no AWS call is made until it is removed"
+  -- The operator's own message says when a spec change waits, not applied, for the pause to end.
+  if ready ~= nil and ready.reason == "Paused" and ready.message ~= nil and ready.message ~= "" then
+    hs.message = ready.message
+  end
   return hs
 end
 
