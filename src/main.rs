@@ -152,6 +152,7 @@ fn options(args: RunArgs) -> runtime::Options {
         settings: Settings {
             resync_period: args.resync_period,
             max_backoff: args.max_backoff,
+            claim: format!("{}/{}", args.namespace, args.lease_name),
             namespace: args.namespace,
         },
         concurrency: args.concurrency,

@@ -32,6 +32,9 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// The operator's own namespace (template ConfigMaps, the leader Lease).
     pub namespace: String,
+    /// This install's claim, `<namespace>/<lease name>`: the value of `tinystacks.io/claimed-by`
+    /// on the objects it acts on.
+    pub claim: String,
 }
 
 pub struct Context {
