@@ -32,6 +32,11 @@ pub enum Error {
     )]
     AccountLinkNotAllowed { link: String, namespace: String },
 
+    #[error(
+        "AwsAccountLink {link:?} no longer allows namespace {namespace:?}, so the AWS resources in status cannot be deleted: add the namespace to the link's spec.allowedNamespaces again (the deletion then goes on), or remove the finalizer tinystacks.io/cleanup to leave them in AWS"
+    )]
+    AccountLinkNoLongerAllows { link: String, namespace: String },
+
     #[error("Stack {name:?} does not exist in this namespace; create it or fix spec.stackRef.name")]
     StackNotFound { name: String },
 
@@ -103,6 +108,19 @@ pub enum Error {
     )]
     NameTaken { what: String, name: String, why: String },
 
+    #[error(
+        "{what} {id} carries tinystacks.io/owner {owner} but tinystacks.io/owner-uid {found}, not this object's UID {uid}: {why}; {remedy}"
+    )]
+    OwnershipTagsDisagree {
+        what: String,
+        id: String,
+        owner: String,
+        found: String,
+        uid: String,
+        why: String,
+        remedy: String,
+    },
+
     #[error("RDS reports the DB instance {identifier} as {status:?}; it needs a person (see its RDS events)")]
     DbInstanceUnhealthy { identifier: String, status: String },
 
@@ -152,11 +170,15 @@ impl Error {
             | Error::CloudFormationStackFailed { .. }
             | Error::AssumeRoleDenied { .. }
             | Error::NameTaken { .. }
+            | Error::OwnershipTagsDisagree { .. }
             | Error::DbInstanceUnhealthy { .. }
             | Error::DbInstanceNotCompliant { .. }
             | Error::SecretUnusable { .. }
             | Error::KmsKeyPendingDeletion { .. }
-            | Error::SshKeySecretUnusable { .. } => ErrorKind::External,
+            | Error::SshKeySecretUnusable { .. }
+            // A link change wakes Stacks at once, but not their Databases and Bastions: they look
+            // again at the resync period.
+            | Error::AccountLinkNoLongerAllows { .. } => ErrorKind::External,
         }
     }
 
@@ -166,7 +188,7 @@ impl Error {
             Error::Kube(e) if is_forbidden(e) => "KubernetesForbidden",
             Error::Kube(_) => "KubernetesApiError",
             Error::AccountLinkNotFound { .. } => "AccountLinkNotFound",
-            Error::AccountLinkNotAllowed { .. } => "AccountLinkNotAllowed",
+            Error::AccountLinkNotAllowed { .. } | Error::AccountLinkNoLongerAllows { .. } => "AccountLinkNotAllowed",
             Error::StackNotFound { .. } => "StackNotFound",
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::SshNeedsPublicSubnet { .. } => "SshNeedsPublicSubnet",
@@ -186,6 +208,8 @@ impl Error {
             Error::AssumeRoleDenied { .. } => "AssumeRoleDenied",
             Error::WaitingForRole { .. } => "WaitingForRole",
             Error::NameTaken { .. } => "NameTaken",
+            // The reason the Secrets' ownership checks use too: one word for "not this object's".
+            Error::OwnershipTagsDisagree { .. } => "OwnershipConflict",
             Error::DbInstanceUnhealthy { .. } => "DbInstanceUnhealthy",
             Error::DbInstanceNotCompliant { .. } => "DbInstanceNotCompliant",
             Error::SecretUnusable { .. } => "SecretUnusable",

@@ -160,6 +160,7 @@ fn options(args: RunArgs) -> runtime::Options {
             resync_period: args.resync_period,
             max_backoff: args.max_backoff,
             bootstrap_secret_namespaces: SecretNamespaces::parse(&args.bootstrap_secret_namespaces, &args.namespace),
+            claim: format!("{}/{}", args.namespace, args.lease_name),
             namespace: args.namespace,
         },
         concurrency: args.concurrency,

@@ -236,6 +236,47 @@ async fn a_missing_stack_stalls_and_recovers_when_created_and_pause_is_honoured(
 }
 
 #[tokio::test]
+async fn objects_paused_then_deleted_are_cleaned_up_and_go() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "op-paused-delete").await;
+    let _operator = start(&ns);
+    let link = link(&client, &[&ns.name]).await;
+    stack(&client, &ns.name, "web", &link).await;
+    database(&client, &ns.name, "orders", "web").await;
+    bastion(&client, &ns.name, "ops", "web").await;
+    let stacks = Api::<Stack>::namespaced(client.clone(), &ns.name);
+    let databases = Api::<Database>::namespaced(client.clone(), &ns.name);
+    let bastions = Api::<Bastion>::namespaced(client.clone(), &ns.name);
+    // Each holds the finalizer (and this install's claim) before it is paused.
+    wait_condition(&stacks, "web", "Ready", "False", "WaitingForAccountLink").await;
+    wait_condition(&databases, "orders", "Ready", "False", "WaitingForStack").await;
+    wait_condition(&bastions, "ops", "Ready", "False", "WaitingForStack").await;
+    let claim = format!("{}/tinystacks-operator", ns.name);
+    let web = stacks.get("web").await.expect("stack");
+    assert_eq!(web.annotations().get("tinystacks.io/claimed-by"), Some(&claim), "claimed with the finalizer");
+
+    let pause = Patch::Merge(json!({"metadata": {"annotations": {"tinystacks.io/paused": "true"}}}));
+    stacks.patch("web", &PatchParams::default(), &pause).await.expect("pause");
+    databases.patch("orders", &PatchParams::default(), &pause).await.expect("pause");
+    bastions.patch("ops", &PatchParams::default(), &pause).await.expect("pause");
+    wait_condition(&stacks, "web", "Ready", "False", "Paused").await;
+    wait_condition(&databases, "orders", "Ready", "False", "Paused").await;
+    wait_condition(&bastions, "ops", "Ready", "False", "Paused").await;
+
+    // Deleted while paused: the pause holds convergence, not a deletion; each goes, in order.
+    stacks.delete("web", &DeleteParams::default()).await.expect("delete stack");
+    wait_condition(&stacks, "web", "Ready", "False", "DependentsExist").await;
+    databases.delete("orders", &DeleteParams::default()).await.expect("delete database");
+    bastions.delete("ops", &DeleteParams::default()).await.expect("delete bastion");
+    wait_gone(&databases, "orders").await;
+    wait_gone(&bastions, "ops").await;
+    wait_gone(&stacks, "web").await;
+    Api::<AwsAccountLink>::all(client.clone()).delete(&link, &DeleteParams::default()).await.expect("delete link");
+}
+
+#[tokio::test]
 async fn endpoints_leader_lease_standby_and_clean_shutdown() {
     let _serial = OPERATOR_LOCK.lock().await;
     let client = client().await;

@@ -1315,3 +1315,259 @@ async fn fifty_stacks_converge_and_steady_state_calls_do_not_grow_with_their_num
         assert!(*per <= one * 1.5 + 3.0, "{n} stacks: {per} calls per resync, against {one} for one stack");
     }
 }
+
+/// The value of the counter `name{labels}` in the operator's metrics (0 when it has no sample).
+fn counter(operator: &Operator, series: &str) -> f64 {
+    let (_, body) = operator.get("/metrics");
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+/// Every VPC that carries `tinystacks.io/owner` = `Stack/<ns>/<name>`, whatever its UID tag.
+async fn vpcs_named(world: &World, name: &str) -> Vec<aws_sdk_ec2::types::Vpc> {
+    let owner = format!("Stack/{}/{name}", world.ns.name);
+    let filter = Filter::builder().name("tag:tinystacks.io/owner").values(owner).build();
+    world.ec2().describe_vpcs().filters(filter).send().await.expect("vpcs").vpcs().to_vec()
+}
+
+/// The Stack's `Stalled` condition once it is `True` with `reason` and its message contains
+/// `contains`.
+async fn wait_stalled(world: &World, name: &str, reason: &str, contains: &str) -> String {
+    let api = world.stacks();
+    eventually(&format!("Stack {name} Stalled ({reason})"), READY, || async {
+        let s = api.get(name).await.map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(&s).map_err(|e| e.to_string())?;
+        match condition(&v, "Stalled") {
+            Some(c) if c["status"] == "True" && c["reason"] == reason => {
+                let message = c["message"].as_str().unwrap_or_default().to_string();
+                if message.contains(contains) { Ok(message) } else { Err(message) }
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_installs_on_the_same_stack_build_one_network_and_the_claim_can_be_moved() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-installs").await;
+    // A second install: its own namespace and Lease, watching the same namespace.
+    let other_ns = TestNamespace::new(&world.client, "stack-install-b").await;
+    let install = |namespace: &str, lease: &str| {
+        Operator::start(OperatorConfig {
+            namespace,
+            lease_name: lease,
+            resync: "5s",
+            extra_args: vec!["--watch-namespace".into(), world.ns.name.clone()],
+        })
+    };
+    let a = install(&world.ns.name, "tinystacks-operator");
+    let b = install(&other_ns.name, "install-b");
+    let claims = [format!("{}/tinystacks-operator", world.ns.name), format!("{}/install-b", other_ns.name)];
+    let uid = world.stack("both", json!({"network": {"cidr": "10.71.0.0/16"}})).await;
+
+    let stack = world.wait_ready("both", READY).await;
+    assert_eq!(world.resources(&uid).await.counts(), one_public_private_stack(), "one network, not two");
+    let components = world.resources(&uid).await.components();
+    assert!(components.values().all(|c| *c == 1), "one resource per component: {components:?}");
+    let claim = stack.annotations().get("tinystacks.io/claimed-by").cloned().expect("the Stack is claimed");
+    let (owner, other) = if claim == claims[0] { (&a, &b) } else { (&b, &a) };
+    assert!(claims.contains(&claim), "claimed by one of the two installs: {claim}");
+
+    // The other install left it alone: no AWS call at all (the link is a paused fixture), a
+    // counted skip and a log line.
+    let skipped = "tinystacks_claimed_elsewhere_total{kind=\"Stack\"}";
+    eventually("the other install to count its skips", WAIT_METRIC, || async {
+        let n = counter(other, skipped);
+        if n >= 1.0 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await;
+    assert_eq!(aws_calls(other), 0, "the install that does not hold the claim called AWS");
+    assert!(aws_calls(owner) > 0);
+    assert!(other.logs().contains("claimed by another install"), "the skip is logged");
+
+    // A person moves the Stack to the other install by rewriting the annotation; from then on the
+    // other install acts on it (a spec change converges) and the first leaves it alone.
+    let moved_to = if claim == claims[0] { &claims[1] } else { &claims[0] };
+    let patch = json!({"metadata": {"annotations": {"tinystacks.io/claimed-by": moved_to}}});
+    world.stacks().patch("both", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("move the claim");
+    let owner_skips = counter(owner, skipped);
+    world.patch_spec("both", json!({"tags": {"moved": "yes"}})).await;
+    world.wait_ready("both", READY).await;
+    let r = world.resources(&uid).await;
+    assert!(r.all_tags().iter().all(|(_, t)| t.get("moved").map(String::as_str) == Some("yes")));
+    assert!(counter(owner, skipped) > owner_skips, "the first install now skips the Stack");
+    assert!(aws_calls(other) > 0, "the new holder did the work");
+
+    world.delete("both").await;
+    world.wait_gone("both", READY).await;
+    let left = world.resources(&uid).await;
+    assert!(left.only_keys_pending_deletion(), "left behind: {:?}", left.counts());
+    assert!(vpcs_named(&world, "both").await.is_empty(), "no VPC of the Stack is left, whatever its UID tag");
+    drop((a, b));
+}
+
+const WAIT_METRIC: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn an_edited_owner_uid_tag_stalls_the_stack_and_nothing_is_made_again_or_orphaned() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-owner-tag").await;
+    // A short resync: the inventory is listed again within seconds of the edit.
+    let operator = world.operator("3s", &[]);
+    let spec = json!({"network": {"cidr": "10.72.0.0/16", "natGateways": "None", "vpcLink": false}});
+    let uid = world.stack("edited", spec).await;
+    let stack = world.wait_ready("edited", READY).await;
+    let vpc = stack.status.as_ref().and_then(|s| s.vpc_id.clone()).expect("vpcId");
+    let before = world.resources(&uid).await.counts();
+
+    // Someone changes the VPC's owner-uid tag by hand.
+    let ec2 = world.ec2();
+    let tag = |value: &str| aws_sdk_ec2::types::Tag::builder().key(UID_TAG).value(value).build();
+    ec2.create_tags().resources(&vpc).tags(tag("someone-else")).send().await.expect("edit the tag");
+    let message = wait_stalled(&world, "edited", "OwnershipConflict", &vpc).await;
+    for part in ["someone-else", &uid, "set the tag back"] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    let vpcs = vpcs_named(&world, "edited").await;
+    assert_eq!(vpcs.len(), 1, "no second VPC was made: {vpcs:?}");
+    let events = world.events("edited").await;
+    assert!(events.iter().any(|r| r == "OwnershipConflict"), "a Warning Event says so: {events:?}");
+
+    // Deleting the Stack deletes nothing while the tag disagrees: the VPC would be left behind
+    // with nothing to find it by.
+    let errors = "tinystacks_reconcile_errors_total{kind=\"Stack\",reason=\"OwnershipConflict\"}";
+    let seen = counter(&operator, errors);
+    world.delete("edited").await;
+    eventually("the deletion to meet the conflict", READY, || async {
+        let n = counter(&operator, errors);
+        if n > seen { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await;
+    wait_stalled(&world, "edited", "OwnershipConflict", &vpc).await;
+    let mut during = world.resources(&uid).await.counts();
+    during.insert("vpc", during["vpc"] + 1); // the edited VPC no longer carries the UID
+    assert_eq!(during, before, "nothing was deleted while the conflict stands");
+
+    // The tag set back, the deletion goes on and leaves nothing.
+    ec2.create_tags().resources(&vpc).tags(tag(&uid)).send().await.expect("restore the tag");
+    world.wait_gone("edited", READY).await;
+    assert!(world.resources(&uid).await.only_keys_pending_deletion());
+    assert!(vpcs_named(&world, "edited").await.is_empty(), "the VPC went too");
+}
+
+#[tokio::test]
+async fn a_stack_created_again_under_a_retained_ones_name_does_not_take_its_resources() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-again").await;
+    let _operator = world.operator("3s", &[]);
+    let spec = json!({"deletionPolicy": "Retain", "network": {"cidr": "10.73.0.0/16", "natGateways": "None", "vpcLink": false}});
+    let first = world.stack("again", spec.clone()).await;
+    world.wait_ready("again", READY).await;
+    let kept = world.resources(&first).await.counts();
+    world.delete("again").await;
+    world.wait_gone("again", READY).await;
+
+    // Same name, new UID: stalled, saying why and what to do; nothing made, nothing taken.
+    let second = world.stack("again", spec).await;
+    let message = wait_stalled(&world, "again", "OwnershipConflict", "Retain").await;
+    assert!(
+        message.contains(&first) && message.contains(&second) && message.contains("not supported yet"),
+        "{message}"
+    );
+    assert_eq!(vpcs_named(&world, "again").await.len(), 1, "no second VPC");
+    assert!(world.resources(&second).await.counts().values().all(|n| *n == 0), "the new Stack made nothing");
+
+    // It made nothing, so it goes at once, and the retained resources stay as they were.
+    world.delete("again").await;
+    world.wait_gone("again", READY).await;
+    assert_eq!(world.resources(&first).await.counts(), kept, "the retained resources are untouched");
+}
+
+#[tokio::test]
+async fn a_namespace_dropped_from_the_link_while_its_stack_is_deleted_stalls_the_deletion() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-disallowed").await;
+    let _operator = world.operator("30s", &[]);
+    let spec = json!({"network": {"cidr": "10.74.0.0/16", "natGateways": "None", "vpcLink": false}});
+    let uid = world.stack("dropped", spec).await;
+    world.wait_ready("dropped", READY).await;
+    let before = world.resources(&uid).await.counts();
+
+    // The link drops the namespace; then the Stack is deleted: its resources cannot be reached.
+    let links = Api::<AwsAccountLink>::all(world.client.clone());
+    let allow = |namespaces: Vec<String>| json!({"spec": {"allowedNamespaces": namespaces}});
+    links.patch(&world.link, &PatchParams::default(), &Patch::Merge(allow(vec![]))).await.expect("drop the namespace");
+    wait_stalled(&world, "dropped", "AccountLinkNotAllowed", "allowedNamespaces").await;
+    world.delete("dropped").await;
+    let message = wait_stalled(&world, "dropped", "AccountLinkNotAllowed", "cannot be deleted").await;
+    assert!(message.contains(&world.ns.name) && message.contains("allowedNamespaces again"), "{message}");
+    let s = serde_json::to_value(world.stacks().get("dropped").await.expect("stack")).expect("json");
+    assert_eq!(condition(&s, "Reconciling").expect("Reconciling")["status"], "False");
+    assert_eq!(world.resources(&uid).await.counts(), before, "nothing deleted, nothing lost track of");
+
+    // Allowed again (the link's change wakes the Stack), the deletion finishes.
+    links
+        .patch(&world.link, &PatchParams::default(), &Patch::Merge(allow(vec![world.ns.name.clone()])))
+        .await
+        .expect("allow");
+    world.wait_gone("dropped", READY).await;
+    assert!(world.resources(&uid).await.only_keys_pending_deletion());
+}
+
+/// Whether the Lease `name` in `ns` is held by `identity` and was renewed after `after`.
+async fn holds_lease(client: &Client, ns: &str, identity: &str, after: Timestamp) -> Result<(), String> {
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), ns);
+    let spec = leases.get("tinystacks-operator").await.map_err(|e| e.to_string())?.spec.unwrap_or_default();
+    let renewed = spec.renew_time.map(|t| t.0);
+    match (spec.holder_identity.as_deref(), renewed) {
+        (Some(holder), Some(renewed)) if holder == identity && renewed > after => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test]
+async fn the_leader_keeps_running_through_a_20s_api_server_outage_and_leads_again() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-outage").await;
+    // Leader election on, with the harness's 6 s lease: the outage outlasts it three times.
+    let mut operator = Operator::start(OperatorConfig {
+        namespace: &world.ns.name,
+        lease_name: "tinystacks-operator",
+        resync: "5m",
+        extra_args: vec!["--watch-namespace".into(), world.ns.name.clone()],
+    });
+    let spec = json!({"network": {"cidr": "10.75.0.0/16", "natGateways": "None", "vpcLink": false}});
+    let uid = world.stack("outage", spec).await;
+    world.wait_ready("outage", READY).await;
+
+    let down = Instant::now();
+    tokio::task::spawn_blocking(|| restart_apiserver(Duration::from_secs(20))).await.expect("restart");
+    eventually("the API server to answer again", Duration::from_secs(60), || async {
+        client().await.apiserver_version().await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    let back = Timestamp::now();
+    eprintln!("the API server was away {:?}", down.elapsed());
+    assert_eq!(operator.exited(), None, "the operator kept running:\n{}", operator.logs());
+    let client = client().await;
+    eventually("the operator to lead again", Duration::from_secs(60), || {
+        holds_lease(&client, &world.ns.name, &operator.identity, back)
+    })
+    .await;
+    let logs = operator.logs();
+    assert!(logs.contains("lost the leader lease: controllers stopped"), "leadership was dropped");
+    assert_eq!(logs.matches("became leader").count(), 2, "and taken again");
+
+    // The controllers run again: a change converges, and the deletion leaves nothing.
+    let patched = Instant::now();
+    world.patch_spec("outage", json!({"tags": {"after": "outage"}})).await;
+    world.wait_ready("outage", READY).await;
+    eprintln!("a spec change after leading again was Ready {:?} later", patched.elapsed());
+    let r = world.resources(&uid).await;
+    assert!(r.all_tags().iter().all(|(_, t)| t.get("after").map(String::as_str) == Some("outage")));
+    world.delete("outage").await;
+    world.wait_gone("outage", READY).await;
+    assert!(world.resources(&uid).await.only_keys_pending_deletion());
+    assert_eq!(operator.exited(), None);
+}

@@ -58,13 +58,12 @@ pub enum LinkForCleanup {
     /// No AWS call was ever made through the link for this namespace: the link is gone, was never
     /// verified, or does not allow the namespace and the object records nothing it created.
     NothingMade(String),
-    /// The object records AWS resources, but the link no longer allows its namespace: the
-    /// resources stay until the namespace is allowed again (or the finalizer is removed by hand).
-    NotAllowed(String),
 }
 
 /// Resolves the link for deleting what a Stack (or an object on it) made. `records_resources`:
-/// the object's status names AWS resources it created.
+/// the object's status names AWS resources it created. When it does and the link no longer allows
+/// the namespace, the deletion is stalled (`AccountLinkNoLongerAllows`): the resources stay until
+/// the namespace is allowed again, or the finalizer is removed by hand.
 pub async fn resolve_for_cleanup(
     ctx: &Context,
     stack: &Stack,
@@ -77,9 +76,7 @@ pub async fn resolve_for_cleanup(
     };
     if !allows(&link, namespace) {
         if records_resources {
-            return Ok(LinkForCleanup::NotAllowed(format!(
-                "AwsAccountLink {name:?} no longer allows namespace {namespace:?}, so the AWS resources in status cannot be deleted: add the namespace to spec.allowedNamespaces again, or remove the finalizer to leave them in AWS"
-            )));
+            return Err(Error::AccountLinkNoLongerAllows { link: name.clone(), namespace: namespace.into() });
         }
         return Ok(LinkForCleanup::NothingMade(format!(
             "AwsAccountLink {name:?} does not allow namespace {namespace:?}, so no AWS call was ever made"

@@ -23,6 +23,9 @@ pub const VERSION: &str = "v1alpha1";
 pub const FINALIZER: &str = "tinystacks.io/cleanup";
 /// `tinystacks.io/paused: "true"` stops all AWS calls for the object.
 pub const PAUSED_ANNOTATION: &str = "tinystacks.io/paused";
+/// `tinystacks.io/claimed-by: <operator namespace>/<lease name>`: the one install that acts on the
+/// object. Written with the finalizer; another install leaves a claimed object alone.
+pub const CLAIM_ANNOTATION: &str = "tinystacks.io/claimed-by";
 
 /// The CRDs of every kind, in the order they are documented.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -96,13 +96,6 @@ impl Managed for Bastion {
                 forget_key_secret(self, ctx).await?;
                 return Ok(Cleanup::Done);
             }
-            LinkForCleanup::NotAllowed(message) => {
-                return Ok(Cleanup::Pending {
-                    reason: "AccountLinkNotAllowed",
-                    message,
-                    requeue_after: Duration::from_secs(300),
-                });
-            }
         };
         let aws = connect(ctx, &stack, &link).await?;
         let vpc_id = stack.status.as_ref().and_then(|s| s.vpc_id.clone());

@@ -112,13 +112,6 @@ impl Managed for Database {
                 info!(kind = "Database", %namespace, name = %self.name_any(), %why, "nothing to delete in AWS");
                 return Ok(Cleanup::Done);
             }
-            LinkForCleanup::NotAllowed(message) => {
-                return Ok(Cleanup::Pending {
-                    reason: "AccountLinkNotAllowed",
-                    message,
-                    requeue_after: Duration::from_secs(300),
-                });
-            }
         };
         let aws = connect(ctx, &stack, &link).await?;
         let vpc_id = stack.status.as_ref().and_then(|s| s.vpc_id.clone());

@@ -34,6 +34,9 @@ pub struct Settings {
     pub namespace: String,
     /// Where an AwsAccountLink's bootstrap Secret may be.
     pub bootstrap_secret_namespaces: SecretNamespaces,
+    /// This install's claim, `<namespace>/<lease name>`: the value of `tinystacks.io/claimed-by`
+    /// on the objects it acts on.
+    pub claim: String,
 }
 
 /// The namespaces the operator reads AwsAccountLinks' bootstrap Secrets from. A link is

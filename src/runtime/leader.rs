@@ -1,7 +1,9 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that two replicas can run and only
 //! one reconciles. Updates carry the resourceVersion they read, so two candidates can never both
-//! believe they won. A leader that cannot renew within the lease duration stops: the process
-//! exits rather than risk two leaders mutating AWS at once.
+//! believe they won. A leader that cannot renew within the renew deadline (two thirds of the lease
+//! duration, each attempt bounded by the retry period) steps down before any other replica may
+//! take the lease, so that two leaders never mutate AWS at once; the process keeps running and
+//! stands for the lease again (`runtime::run`).
 
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ impl LeaderElection {
     pub async fn acquire(&self) -> Result<()> {
         let mut announced = false;
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.attempt().await {
                 Ok(true) => {
                     info!(lease = %self.name, identity = %self.identity, "became leader");
                     return Ok(());
@@ -45,12 +47,13 @@ impl LeaderElection {
         }
     }
 
-    /// Renews the lease until a renewal fails for longer than the lease duration, then returns.
+    /// Renews the lease until it is lost to another replica or no renewal succeeded for the renew
+    /// deadline, then returns: the caller stops acting as leader at once.
     pub async fn hold(&self) {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.retry_period()).await;
-            match self.try_acquire_or_renew().await {
+            match self.attempt().await {
                 Ok(true) => last_renewed = tokio::time::Instant::now(),
                 Ok(false) => {
                     warn!(lease = %self.name, "lost the lease to another replica");
@@ -58,7 +61,8 @@ impl LeaderElection {
                 }
                 Err(error) => {
                     warn!(%error, "lease renewal failed");
-                    if last_renewed.elapsed() >= self.lease_duration {
+                    if last_renewed.elapsed() >= self.renew_deadline() {
+                        warn!(lease = %self.name, deadline = ?self.renew_deadline(), "no renewal within the renew deadline");
                         return;
                     }
                 }
@@ -82,6 +86,22 @@ impl LeaderElection {
 
     fn retry_period(&self) -> Duration {
         self.lease_duration / 3
+    }
+
+    /// How long a leader goes on without a successful renewal: less than the lease duration, so
+    /// that it has stopped before another replica may see the lease expired.
+    fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+
+    /// One try, bounded by the retry period: an API server that accepts the connection and never
+    /// answers must not hold a leader past its deadline.
+    async fn attempt(&self) -> Result<bool> {
+        tokio::time::timeout(self.retry_period(), self.try_acquire_or_renew()).await.unwrap_or_else(|_| {
+            Err(crate::error::Error::Kube(kube::Error::Service(
+                format!("no answer from the API server within {:?}", self.retry_period()).into(),
+            )))
+        })
     }
 
     async fn try_acquire_or_renew(&self) -> Result<bool> {

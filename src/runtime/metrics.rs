@@ -73,6 +73,7 @@ pub struct Metrics {
     aws_requests: Family<AwsRequestLabels, Counter>,
     managed: Family<ManagedLabels, Gauge>,
     time_to_ready: Family<KindLabels, Histogram>,
+    claimed_elsewhere: Family<KindLabels, Counter>,
     /// Each managed object by UID: its kind, whether it is Ready, and whether it ever was.
     objects: Arc<Mutex<HashMap<String, Tracked>>>,
 }
@@ -138,6 +139,12 @@ impl Default for Metrics {
             "Time from an object's creation to its first Ready, by kind",
             time_to_ready.clone(),
         );
+        let claimed_elsewhere = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "claimed_elsewhere",
+            "Reconciles skipped because another install (tinystacks.io/claimed-by) claims the object, by kind",
+            claimed_elsewhere.clone(),
+        );
         for kind in KINDS {
             let labels = KindLabels { kind: kind.into() };
             let _ = reconciles.get_or_create(&labels);
@@ -160,6 +167,7 @@ impl Default for Metrics {
             aws_requests,
             managed,
             time_to_ready,
+            claimed_elsewhere,
             objects: Arc::default(),
         }
     }
@@ -192,6 +200,11 @@ impl Metrics {
 
     pub fn failed(&self, kind: &str, reason: &str) {
         self.errors.get_or_create(&ErrorLabels { kind: kind.into(), reason: reason.into() }).inc();
+    }
+
+    /// Counts a reconcile left undone because another install claims the object.
+    pub fn claimed_elsewhere(&self, kind: &str) {
+        self.claimed_elsewhere.get_or_create(&KindLabels { kind: kind.into() }).inc();
     }
 
     /// Counts one attempt of an AWS API call (each SDK retry is one more request against AWS).
@@ -285,6 +298,7 @@ mod tests {
         m.reconciled("Stack", Duration::from_millis(1));
         m.failed("Stack", "InvalidSpec");
         m.aws_request("ec2", "DescribeVpcs", "success");
+        m.claimed_elsewhere("Stack");
         m.kube_request("GET", Some(200), Duration::from_millis(3));
         m.object("Stack", "a", false, None);
         m.object("Stack", "a", true, Some(Duration::from_secs(1)));

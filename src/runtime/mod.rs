@@ -28,7 +28,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{AwsAccountLink, Bastion, Database, Stack};
 use context::{Context, SecretNamespaces, Settings};
@@ -72,8 +72,8 @@ pub enum StartupError {
     Http(#[from] std::io::Error),
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C; returns an error if it could not start or lost
-/// the leader lease.
+/// Runs the operator until SIGTERM or Ctrl-C; returns an error if it could not start. Losing the
+/// leader lease stops the controllers until the lease is held again; the process keeps running.
 pub async fn run(options: Options) -> Result<(), StartupError> {
     let metrics = Metrics::default();
     let client = client::counted(&metrics).await.map_err(StartupError::Config)?;
@@ -106,34 +106,47 @@ pub async fn run(options: Options) -> Result<(), StartupError> {
             options.lease_duration,
         )
     });
-    if let Some(election) = &election {
-        let mut stopped = stop_rx.clone();
-        tokio::select! {
-            acquired = election.acquire() => acquired.map_err(|e| StartupError::Unreachable(e.to_string()))?,
-            _ = stopped.wait_for(|s| *s) => return Ok(()),
-        }
-    }
-    metrics.set_leader(true);
-
     let aws = crate::aws::Aws::new(options.aws.clone(), metrics.clone());
-    let ctx =
-        Arc::new(Context::new(client.clone(), options.settings.clone(), metrics, aws, Some(options.identity.clone())));
-    let controllers = run_controllers(client, ctx, &options, stop_rx);
-    let lost = async {
-        match &election {
-            Some(election) => election.hold().await,
-            None => futures::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = controllers => {
-            if let Some(election) = &election {
-                election.release().await;
+    // One term of leadership per turn: a leader that loses the lease (another replica took it, or
+    // the API server was away past the renew deadline) drops its controllers, cancelling the
+    // reconciles under way (each is safe to stop after any call), and stands for the lease again;
+    // the next term starts from a fresh context (its AWS view is listed again).
+    loop {
+        if let Some(election) = &election {
+            let mut stopped = stop_rx.clone();
+            tokio::select! {
+                acquired = election.acquire() => acquired.map_err(|e| StartupError::Unreachable(e.to_string()))?,
+                _ = stopped.wait_for(|s| *s) => return Ok(()),
             }
-            info!("stopped");
-            Ok(())
         }
-        _ = lost => Err(StartupError::Unreachable("lost the leader lease; exiting so that only one replica reconciles".into())),
+        metrics.set_leader(true);
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            options.settings.clone(),
+            metrics.clone(),
+            aws.clone(),
+            Some(options.identity.clone()),
+        ));
+        let controllers = run_controllers(client.clone(), ctx, &options, stop_rx.clone());
+        let lost = async {
+            match &election {
+                Some(election) => election.hold().await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = controllers => {
+                if let Some(election) = &election {
+                    election.release().await;
+                }
+                info!("stopped");
+                return Ok(());
+            }
+            _ = lost => {
+                metrics.set_leader(false);
+                warn!("lost the leader lease: controllers stopped; standing for the lease again");
+            }
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::conditions::{self, Health};
 use super::context::{Context, FIELD_MANAGER};
-use crate::api::{FINALIZER, HasConditions, PAUSED_ANNOTATION};
+use crate::api::{CLAIM_ANNOTATION, FINALIZER, HasConditions, PAUSED_ANNOTATION};
 use crate::error::{Error, ErrorKind, Result};
 
 /// What a kind's reconcile found and did.
@@ -128,17 +128,34 @@ pub fn error_policy<K: Managed>(guard: Arc<DeserializeGuard<K>>, error: &Error, 
     Action::requeue(delay)
 }
 
-/// Runs the steps; `Ok(None)` means nothing more is to be written (the object is on its way out).
+/// Runs the steps; `Ok(None)` means nothing more is to be written (the object is on its way out,
+/// or another install acts on it).
 async fn drive<K: Managed>(obj: &K, ctx: &Context) -> Result<Option<Step<K::Status>>> {
+    match claim(obj, ctx).await? {
+        Claim::Ours => {}
+        Claim::Elsewhere(holder) => {
+            ctx.metrics.claimed_elsewhere(&K::kind(&()));
+            info!(kind = %K::kind(&()), name = %obj.name_any(), namespace = %obj.namespace().unwrap_or_default(), %holder,
+                ours = %ctx.settings.claim, "claimed by another install; left alone (no AWS call, no status write)");
+            return Ok(None);
+        }
+        Claim::Raced => {
+            // The object changed since it was read: its watch event brings the fresh one, with
+            // whichever claim won.
+            debug!(kind = %K::kind(&()), name = %obj.name_any(), "the object changed while claiming it; looking again");
+            return Ok(None);
+        }
+    }
     let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
     let existing = obj.status().cloned().unwrap_or_default();
-    if paused {
-        debug!(kind = %K::kind(&()), namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), "paused");
-        return Ok(Some(Step { status: existing, health: Health::Paused, requeue_after: None }));
-    }
+    // Deletion comes before the pause: the pause holds convergence, not a deletion someone asked
+    // for later; the cleanup follows the object's deletionPolicy as it would unpaused.
     if obj.meta().deletion_timestamp.is_some() {
         if !obj.finalizers().iter().any(|f| f == FINALIZER) {
             return Ok(None);
+        }
+        if paused {
+            info!(kind = %K::kind(&()), namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), "deleted while paused: cleaning up as the deletion policy says");
         }
         return match obj.cleanup(ctx).await? {
             Cleanup::Done => {
@@ -154,10 +171,71 @@ async fn drive<K: Managed>(obj: &K, ctx: &Context) -> Result<Option<Step<K::Stat
             })),
         };
     }
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(obj, ctx).await?;
+    if paused {
+        debug!(kind = %K::kind(&()), namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), "paused");
+        return Ok(Some(Step { status: existing, health: Health::Paused, requeue_after: None }));
     }
     obj.reconcile(ctx).await.map(Some)
+}
+
+/// Which install acts on an object.
+enum Claim {
+    /// This one (it holds the claim, or nothing is to be done that needs one).
+    Ours,
+    /// Another install, named by the annotation's value.
+    Elsewhere(String),
+    /// The claim could not be written: the object changed since it was read.
+    Raced,
+}
+
+/// Finds whose the object is, and claims it (with the finalizer, in one patch guarded by the
+/// resourceVersion) before this install acts on it. Of two installs that read the same version,
+/// one writes its claim and the other's patch fails its `test`; the loser sees the winner's claim
+/// on its next look. A paused object is not claimed (nothing is done to it), nor one being deleted
+/// without the finalizer (nothing is left to do).
+async fn claim<K: Managed>(obj: &K, ctx: &Context) -> Result<Claim> {
+    let ours = &ctx.settings.claim;
+    let holder = obj.annotations().get(CLAIM_ANNOTATION);
+    if let Some(holder) = holder
+        && holder != ours
+    {
+        return Ok(Claim::Elsewhere(holder.clone()));
+    }
+    let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
+    let deleting = obj.meta().deletion_timestamp.is_some();
+    let finalized = obj.finalizers().iter().any(|f| f == FINALIZER);
+    if (paused && !deleting) || (deleting && !finalized) {
+        return Ok(Claim::Ours);
+    }
+    let mut ops = vec![json!({ "op": "test", "path": "/metadata/resourceVersion", "value": obj.resource_version() })];
+    if holder.is_none() {
+        ops.push(match &obj.meta().annotations {
+            Some(_) => json!({ "op": "add", "path": annotation_path(CLAIM_ANNOTATION), "value": ours }),
+            None => json!({ "op": "add", "path": "/metadata/annotations", "value": { CLAIM_ANNOTATION: ours } }),
+        });
+    }
+    if !deleting && !finalized {
+        ops.push(match &obj.meta().finalizers {
+            Some(list) if !list.is_empty() => {
+                json!({ "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER })
+            }
+            _ => json!({ "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] }),
+        });
+    }
+    if ops.len() == 1 {
+        return Ok(Claim::Ours);
+    }
+    match patch_json(obj, ctx, serde_json::Value::Array(ops)).await {
+        Ok(()) => Ok(Claim::Ours),
+        // A failed `test` (the resourceVersion moved on) answers 422; a conflict, 409.
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 || status.code == 422 => Ok(Claim::Raced),
+        Err(error) => Err(error),
+    }
+}
+
+/// The JSON pointer of an annotation (`/` in a key is written `~1`).
+fn annotation_path(key: &str) -> String {
+    format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1"))
 }
 
 /// PATCHes the object (or one of its subresources) through its own URL, whatever its scope.
@@ -177,22 +255,6 @@ async fn patch<K: Managed, P: Serialize + Debug>(
     .map_err(kube::Error::BuildRequest)?;
     ctx.client.request::<serde_json::Value>(request).await?;
     Ok(())
-}
-
-async fn add_finalizer<K: Managed>(obj: &K, ctx: &Context) -> Result<()> {
-    // The `test` on resourceVersion makes a concurrent change fail the patch instead of losing
-    // someone else's finalizer; the next reconcile sees the fresh object.
-    let patch = match &obj.meta().finalizers {
-        Some(list) if !list.is_empty() => json!([
-            { "op": "test", "path": "/metadata/resourceVersion", "value": obj.resource_version() },
-            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
-        ]),
-        _ => json!([
-            { "op": "test", "path": "/metadata/resourceVersion", "value": obj.resource_version() },
-            { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
-        ]),
-    };
-    patch_json(obj, ctx, patch).await
 }
 
 async fn remove_finalizer<K: Managed>(obj: &K, ctx: &Context) -> Result<()> {
@@ -255,4 +317,16 @@ async fn publish<K: Managed>(
         ctx.event(&obj.object_ref(&()), EventType::Normal, &ready.reason, ready.message.clone()).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_annotation_key_is_escaped_in_its_json_pointer() {
+        assert_eq!(
+            super::annotation_path("tinystacks.io/claimed-by"),
+            "/metadata/annotations/tinystacks.io~1claimed-by"
+        );
+        assert_eq!(super::annotation_path("a~b/c"), "/metadata/annotations/a~0b~1c");
+    }
 }

@@ -463,6 +463,101 @@ impl Observed {
     }
 }
 
+/// A resource that says it is this Stack's (its `tinystacks.io/owner` and a component, or the
+/// status names its ID) but carries another `tinystacks.io/owner-uid`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Foreign {
+    /// What it is, as a person reads it (`VPC`, `subnet`, ...).
+    pub what: &'static str,
+    pub id: String,
+    /// The `tinystacks.io/owner-uid` it carries.
+    pub uid: String,
+    /// Whether this Stack's status names it: then this Stack made it and its tag was changed.
+    pub in_status: bool,
+}
+
+impl Foreign {
+    /// The error that stalls the Stack: what was found and what a person can do. Nothing is
+    /// created beside it (a second network) and nothing of it is deleted (an orphan).
+    pub fn conflict(&self, owner: &Owner) -> Error {
+        let (why, remedy) = if self.in_status {
+            (
+                "this Stack made it (its status names it) and the tag was changed since".to_string(),
+                format!(
+                    "set the tag back (aws ec2 create-tags --resources {id} --tags Key={OWNER_UID_TAG},Value={uid}, or the service's own tagging call); the operator never replaces a resource whose ownership tags disagree, nor deletes it",
+                    id = self.id,
+                    uid = owner.uid
+                ),
+            )
+        } else {
+            (
+                "it belongs to another Stack object of this name: one deleted with deletionPolicy Retain and created again gets a new UID, and does not take over the retained resources (adopting them is not supported yet); or the tag was changed by hand".to_string(),
+                "delete the old Stack's resources in AWS (or set the tag back if it was changed by hand), or give this Stack another name; this Stack creates nothing while they exist".to_string(),
+            )
+        };
+        Error::OwnershipTagsDisagree {
+            what: self.what.to_string(),
+            id: self.id.clone(),
+            owner: owner.reference(),
+            found: self.uid.clone(),
+            uid: owner.uid.clone(),
+            why,
+            remedy,
+        }
+    }
+}
+
+/// The resources of the snapshot that claim to be `owner`'s but carry another UID (see
+/// [`Foreign`]), the VPC first. Resources on their way out (a NAT gateway or endpoint deleted, a key pending
+/// deletion) are left out: an earlier Stack of the same name deleted with `Delete` leaves those
+/// for a while.
+pub fn foreign(snapshot: &Snapshot, owner: &Owner, status: &StackStatus) -> Vec<Foreign> {
+    let reference = owner.reference();
+    let mut named: BTreeSet<&str> = status.subnets.iter().map(|s| s.id.as_str()).collect();
+    named.extend(
+        [&status.vpc_id, &status.internet_gateway_id, &status.app_security_group_id, &status.vpc_link_id]
+            .into_iter()
+            .flatten()
+            .map(String::as_str),
+    );
+    named.extend(
+        status
+            .nat_gateway_ids
+            .iter()
+            .chain(&status.route_table_ids)
+            .chain(&status.vpc_endpoint_ids)
+            .map(String::as_str),
+    );
+    let key_in_status = |arn: &str| status.kms_key_arn.as_deref() == Some(arn);
+    let check = |what: &'static str, id: &str, tags: &Tags, in_status: bool| {
+        let uid = tags.get(OWNER_UID_TAG)?;
+        if uid == owner.uid {
+            return None;
+        }
+        let ours = tags.get(OWNER_TAG) == Some(reference.as_str()) && component(tags).is_some();
+        (ours || in_status).then(|| Foreign { what, id: id.to_string(), uid: uid.to_string(), in_status })
+    };
+    let named = |id: &str| named.contains(id);
+    let s = snapshot;
+    let mut found = Vec::new();
+    found.extend(s.vpcs.iter().filter_map(|r| check("VPC", &r.id, &r.tags, named(&r.id))));
+    found.extend(s.subnets.iter().filter_map(|r| check("subnet", &r.id, &r.tags, named(&r.id))));
+    found.extend(s.route_tables.iter().filter_map(|r| check("route table", &r.id, &r.tags, named(&r.id))));
+    found.extend(s.internet_gateways.iter().filter_map(|r| check("internet gateway", &r.id, &r.tags, named(&r.id))));
+    found.extend(
+        s.addresses.iter().filter_map(|r| check("Elastic IP", &r.allocation_id, &r.tags, named(&r.allocation_id))),
+    );
+    let nats = s.nat_gateways.iter().filter(|r| !going(&r.state));
+    found.extend(nats.filter_map(|r| check("NAT gateway", &r.id, &r.tags, named(&r.id))));
+    found.extend(s.security_groups.iter().filter_map(|r| check("security group", &r.id, &r.tags, named(&r.id))));
+    let endpoints = s.vpc_endpoints.iter().filter(|r| !going(&r.state));
+    found.extend(endpoints.filter_map(|r| check("VPC endpoint", &r.id, &r.tags, named(&r.id))));
+    found.extend(s.vpc_links.iter().filter_map(|r| check("VPC Link", &r.id, &r.tags, named(&r.id))));
+    let keys = s.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion"));
+    found.extend(keys.filter_map(|k| check("KMS key", &k.key_id, &k.tags, key_in_status(&k.arn))));
+    found
+}
+
 /// A NAT gateway or endpoint that is gone or going (AWS lists them for a while after).
 fn gone(state: &str) -> bool {
     matches!(state, "deleted" | "failed" | "rejected" | "expired")

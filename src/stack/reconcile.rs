@@ -66,6 +66,10 @@ impl Managed for Stack {
             // After the first mutation this is the cached view with the mutations' responses
             // applied: no list is made again.
             let snapshot = network.snapshot(ctx).await?;
+            // Never a second network beside one whose ownership tags were changed.
+            if let Some(foreign) = plan::foreign(&snapshot, &owner, &status).first() {
+                return Err(foreign.conflict(&owner));
+            }
             let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
             let zones = plan::choose_zones(
                 self.spec.network.availability_zones.as_deref(),
@@ -174,13 +178,6 @@ impl Managed for Stack {
                 info!(kind = "Stack", %namespace, %name, %why, "nothing to delete in AWS");
                 return Ok(Cleanup::Done);
             }
-            LinkForCleanup::NotAllowed(message) => {
-                return Ok(Cleanup::Pending {
-                    reason: "AccountLinkNotAllowed",
-                    message,
-                    requeue_after: Duration::from_secs(300),
-                });
-            }
         };
         teardown(self, ctx, &link).await
     }
@@ -192,6 +189,12 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
     let region = stack.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
     let network = Network::connect(ctx, link, &region).await?;
     let snapshot = network.snapshot(ctx).await?;
+    // A resource this Stack made whose tag was changed would be left behind: the deletion waits
+    // for the tag (resources of an earlier Stack of this name are not this one's to delete).
+    let status = stack.status.clone().unwrap_or_default();
+    if let Some(foreign) = plan::foreign(&snapshot, &owner, &status).iter().find(|f| f.in_status) {
+        return Err(foreign.conflict(&owner));
+    }
     let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
     match plan::teardown(&observed, &owner.kms_alias()) {
         Teardown::Done => {

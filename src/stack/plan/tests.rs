@@ -772,3 +772,66 @@ fn only_subnets_and_one_tables_associations_are_made_together() {
     let vpc = Action::CreateVpc { cidr: "10.0.0.0/16".into(), tags: Tags::new() };
     assert!(!independent(&vpc, &vpc));
 }
+
+fn vpc(id: &str, tags: &[(&str, &str)]) -> Arc<Vpc> {
+    Arc::new(Vpc {
+        id: id.into(),
+        cidr: "10.20.0.0/16".into(),
+        tags: tags.iter().copied().collect(),
+        dns_support: Some(true),
+        dns_hostnames: Some(true),
+    })
+}
+
+#[test]
+fn a_resource_with_this_stacks_owner_tag_and_another_uid_is_a_conflict_and_says_what_to_do() {
+    let owner = owner();
+    let theirs = [(OWNER_TAG, "Stack/team-a/web"), (OWNER_UID_TAG, "uid-0"), (COMPONENT_TAG, "vpc")];
+    let snapshot = Snapshot { vpcs: Arc::new(vec![vpc("vpc-old", &theirs)]), ..Default::default() };
+
+    // Not named in status: an earlier Stack of this name (Retain, created again), or an edit.
+    let found = foreign(&snapshot, &owner, &StackStatus::default());
+    assert_eq!(found, vec![Foreign { what: "VPC", id: "vpc-old".into(), uid: "uid-0".into(), in_status: false }]);
+    let error = found[0].conflict(&owner);
+    assert_eq!((error.reason(), error.kind()), ("OwnershipConflict", crate::error::ErrorKind::External));
+    let message = error.to_string();
+    for part in ["vpc-old", "uid-0", "uid-1", "Retain", "not supported yet", "delete"] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    // Named in status: this Stack made it, and the tag was changed.
+    let status = StackStatus { vpc_id: Some("vpc-old".into()), ..Default::default() };
+    let found = foreign(&snapshot, &owner, &status);
+    assert!(found[0].in_status);
+    let message = found[0].conflict(&owner).to_string();
+    assert!(message.contains("set the tag back") && message.contains("Value=uid-1"), "{message}");
+
+    // Named in status, with every ownership tag changed: still this Stack's.
+    let renamed = Snapshot { vpcs: Arc::new(vec![vpc("vpc-old", &[(OWNER_UID_TAG, "other")])]), ..Default::default() };
+    assert_eq!(foreign(&renamed, &owner, &status).len(), 1);
+}
+
+#[test]
+fn own_resources_other_stacks_and_resources_on_their_way_out_are_no_conflict() {
+    let owner = owner();
+    let mine = [(OWNER_TAG, "Stack/team-a/web"), (OWNER_UID_TAG, "uid-1"), (COMPONENT_TAG, "vpc")];
+    let other_name = [(OWNER_TAG, "Stack/team-a/api"), (OWNER_UID_TAG, "uid-9"), (COMPONENT_TAG, "vpc")];
+    let other_ns = [(OWNER_TAG, "Stack/team-b/web"), (OWNER_UID_TAG, "uid-8"), (COMPONENT_TAG, "vpc")];
+    let key = |state: &str| {
+        Arc::new(KmsKey {
+            key_id: "k-old".into(),
+            arn: "arn:aws:kms:us-east-1:1:key/k-old".into(),
+            tags: [(OWNER_TAG, "Stack/team-a/web"), (OWNER_UID_TAG, "uid-0"), (COMPONENT_TAG, KMS)].into(),
+            state: Some(state.into()),
+        })
+    };
+    let snapshot = Snapshot {
+        vpcs: Arc::new(vec![vpc("vpc-1", &mine), vpc("vpc-2", &other_name), vpc("vpc-3", &other_ns)]),
+        // An earlier Stack of this name deleted with `Delete`: its key waits out its window.
+        kms_keys: Arc::new(vec![key("PendingDeletion")]),
+        ..Default::default()
+    };
+    assert_eq!(foreign(&snapshot, &owner, &StackStatus::default()), vec![]);
+    let retained = Snapshot { kms_keys: Arc::new(vec![key("Enabled")]), ..Default::default() };
+    assert_eq!(foreign(&retained, &owner, &StackStatus::default()).len(), 1, "a retained key is a conflict");
+}
