@@ -1015,6 +1015,7 @@ fn documented_metrics() -> BTreeSet<String> {
 async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_without_rbac_denial() {
     let _serial = OPERATOR_LOCK.lock().await;
     let client = client().await;
+    clear_leftovers();
     // The narrowest install: Secret rights in the team's namespace (operator.watchNamespace) and,
     // for the bootstrap Secret, read in the operator's own.
     let team = TestNamespace::new(&client, "chart-team").await;
@@ -1100,6 +1101,29 @@ async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_withou
     wait_gone(&links, &denying).await;
 
     assert_no_rbac_denial(&operator.logs());
+}
+
+/// Lets go every object of the four kinds left in the cluster by an earlier test that failed
+/// before its cleanup: their finalizers removed, then deleted. No operator acts on them while
+/// the caller holds `OPERATOR_LOCK` (test binaries run one after another), and left alone, a
+/// link whose bootstrap Secret is in a namespace the narrowed RBAC does not cover reads as a
+/// denial, and an object with a finalizer keeps its CRD from being deleted.
+fn clear_leftovers() {
+    for kind in ["bastions", "databases", "stacks", "awsaccountlinks"] {
+        let resource = format!("{kind}.tinystacks.io");
+        let out = run(kubectl().args(["get", &resource, "--all-namespaces", "-o", "json"]), None);
+        let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) else { continue };
+        for object in list["items"].as_array().into_iter().flatten() {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let mut target = vec![resource.as_str(), name];
+            if let Some(ns) = object["metadata"]["namespace"].as_str() {
+                target.extend(["--namespace", ns]);
+            }
+            let unfinalize = r#"{"metadata":{"finalizers":null}}"#;
+            run(kubectl().arg("patch").args(&target).args(["--type=merge", "-p", unfinalize]), None);
+            run(kubectl().arg("delete").args(&target).args(["--ignore-not-found", "--wait=false"]), None);
+        }
+    }
 }
 
 /// With the ServiceAccount's token: the Secrets of the watched namespace and the bootstrap
@@ -1568,6 +1592,7 @@ async fn the_readmes_upgrade_and_uninstall_procedures_work_as_written_after_a_he
     let crds = older.join("crds/tinystacks.io.yaml");
     let text = std::fs::read_to_string(&crds).expect("the chart's CRDs");
     std::fs::write(&crds, text.replacen("description: ", "description: (the previous release) ", 1)).expect("write");
+    clear_leftovers();
     let mut delete_crds = kubectl();
     delete_crds.args(["delete", "crd", "--ignore-not-found", "--wait", "--timeout=120s"]).args(CRD_NAMES);
     run_ok(&mut delete_crds);
