@@ -563,6 +563,96 @@ fn the_kubernetes_floor_is_the_oldest_whose_cel_compiles_the_crds_rules() {
     assert_eq!(cel_calls("sets.contains(self, ['a(']) && 'x.size(' != ''"), ["sets.contains"]);
 }
 
+/// A second kube-apiserver over the test environment's etcd (a key prefix of its own), emulating
+/// `version` (`--emulated-version`: its APIs, features and CEL environment are that version's);
+/// stopped when dropped.
+struct EmulatedApiServer {
+    child: std::process::Child,
+    server: String,
+}
+
+impl EmulatedApiServer {
+    fn start(version: &str) -> Self {
+        let state = PathBuf::from(std::env::var("TINYSTACKS_STATE").expect("TINYSTACKS_STATE of hack/testenv.sh"));
+        let ports = std::fs::read_to_string(state.join("ports")).expect("the environment's ports");
+        let etcd = ports.lines().find_map(|l| l.strip_prefix("ETCD_PORT=")).expect("ETCD_PORT").trim().to_string();
+        let (pki, port, dir) = (state.join("pki"), free_port(), state.join(format!("emulated-{}", suffix())));
+        let file = |name: &str| pki.join(name).to_str().expect("path").to_string();
+        let log = std::fs::File::create(format!("{}.log", dir.display())).expect("log file");
+        let child = Command::new("kube-apiserver")
+            .arg(format!("--emulated-version=kube={version}"))
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd}"))
+            .arg(format!("--etcd-prefix=/{}", dir.file_name().unwrap().to_str().unwrap()))
+            .arg(format!("--cert-dir={}", dir.display()))
+            .arg(format!("--tls-cert-file={}", file("apiserver.crt")))
+            .arg(format!("--tls-private-key-file={}", file("apiserver.key")))
+            .arg(format!("--client-ca-file={}", file("ca.crt")))
+            .arg(format!("--service-account-key-file={}", file("sa.pub")))
+            .arg(format!("--service-account-signing-key-file={}", file("sa.key")))
+            .arg(format!("--secure-port={port}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--authorization-mode=RBAC"])
+            .args(["--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none"])
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver (on PATH through the env file)");
+        let server = Self { child, server: format!("https://127.0.0.1:{port}") };
+        let deadline = Instant::now() + WAIT;
+        while !run(kubectl().args(["--server", &server.server, "get", "--raw", "/readyz"]), None).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the API server emulating {version} did not start: {}.log",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        server
+    }
+
+    /// `kubectl apply --server-side` of `yaml` to this server.
+    fn apply(&self, yaml: &str) -> Output {
+        run(
+            kubectl().args(["--server", &self.server, "apply", "--server-side", "--dry-run=server", "-f", "-"]),
+            Some(yaml),
+        )
+    }
+}
+
+impl Drop for EmulatedApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CRD with one CEL rule over a map.
+fn probe_crd(rule: &str) -> String {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "probes.floor.tinystacks.io"},
+        "spec": {"group": "floor.tinystacks.io", "scope": "Namespaced",
+            "names": {"kind": "Probe", "plural": "probes"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object", "properties": {"m": {
+                    "type": "object", "maxProperties": 4, "additionalProperties": {"type": "string", "maxLength": 9},
+                    "x-kubernetes-validations": [{"rule": rule}]}}}}}}}]}})
+    .to_string()
+}
+
+#[test]
+fn an_api_server_emulating_the_floor_accepts_the_crds() {
+    // 1.31, the oldest --emulated-version a 1.34 API server takes, is the chart's floor.
+    let server = EmulatedApiServer::start("1.31");
+    let crds = std::fs::read_to_string(format!("{REPO}/crds/tinystacks.io.yaml")).expect("crds/");
+    let out = server.apply(&crds);
+    assert!(out.status.success(), "the CRDs at 1.31: {}", String::from_utf8_lossy(&out.stderr));
+    // The emulation holds: a rule of 1.32's CEL (a two-variable comprehension) is refused, the
+    // IP and CIDR libraries the CRDs use are not.
+    let out = server.apply(&probe_crd("self.all(k, v, size(v) < 3)"));
+    assert!(!out.status.success(), "a 1.32 CEL rule accepted: the server does not emulate 1.31");
+    assert!(server.apply(&probe_crd("self.all(k, isCIDR(self[k]))")).status.success(), "the CIDR library");
+}
+
 #[test]
 fn an_extra_env_entry_replaces_the_charts_variable() {
     let docs = rendered(&[
