@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -30,9 +30,9 @@ use common::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/tinystacks-operator");
-/// The oldest Kubernetes the chart supports (Chart.yaml kubeVersion): rendering for it proves
-/// that no newer API is used.
-const MIN_KUBE_VERSION: &str = "1.33.0";
+/// The oldest Kubernetes the chart supports (README, `checkKubeVersion` in `_helpers.tpl`):
+/// rendering for it proves that no newer API is used.
+const MIN_KUBE_VERSION: &str = "1.31.0";
 const WAIT: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------------------------------------
@@ -73,8 +73,14 @@ fn kubectl() -> Command {
 
 /// `helm template` of the chart with `--set` values; the documents, or helm's error.
 fn render(sets: &[&str]) -> Result<Vec<Value>, String> {
+    render_yaml(&["t", "--namespace", "tinystacks-system", "--kube-version", MIN_KUBE_VERSION], sets)
+        .and_then(|text| parse_documents(&text))
+}
+
+/// `helm template` with `args` (release name, flags) and `--set` values: the YAML, or helm's error.
+fn render_yaml(args: &[&str], sets: &[&str]) -> Result<String, String> {
     let mut cmd = helm();
-    cmd.args(["template", "t", CHART, "--namespace", "tinystacks-system", "--kube-version", MIN_KUBE_VERSION]);
+    cmd.arg("template").args(args).arg(CHART);
     for set in sets {
         cmd.args(["--set", set]);
     }
@@ -82,9 +88,12 @@ fn render(sets: &[&str]) -> Result<Vec<Value>, String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| format!("rendered YAML: {e}"))?;
         if !value.is_null() {
             docs.push(value);
@@ -326,6 +335,457 @@ fn the_schema_and_the_templates_reject_mistakes_with_a_clear_message() {
     assert!(error.contains("metrics.service.enabled"), "{error}");
 }
 
+#[test]
+fn helm_template_with_no_flags_renders() {
+    // No --kube-version: Helm renders for its built-in default version (v1.20 in a build without
+    // the version flags), which a `kubeVersion` constraint in Chart.yaml refused.
+    let text = render_yaml(&["t"], &[]).unwrap_or_else(|e| panic!("helm template with no flags: {e}"));
+    let docs = parse_documents(&text).expect("YAML");
+    assert!(find(&docs, "Deployment").is_some(), "{text}");
+    let chart = std::fs::read_to_string(format!("{CHART}/Chart.yaml")).expect("Chart.yaml");
+    assert!(!chart.lines().any(|l| l.starts_with("kubeVersion:")), "a kubeVersion constraint is back in Chart.yaml");
+}
+
+/// Where each CEL function the CRDs may call entered the API server's base CEL environment
+/// (k8s.io/apiserver pkg/cel/environment/base.go, `IntroducedVersion`); 0 for what CRD rules
+/// always had. An API server compiles new rules for its previous minor version, so the floor is
+/// one minor above the newest library used.
+const CEL_FUNCTIONS: &[(&str, u32)] = &[
+    // The CEL standard library, the strings extension (version 0), lists, regex, URLs.
+    ("size", 0),
+    ("matches", 0),
+    ("startsWith", 0),
+    ("endsWith", 0),
+    ("contains", 0),
+    ("has", 0),
+    ("all", 0),
+    ("exists", 0),
+    ("exists_one", 0),
+    ("map", 0),
+    ("filter", 0),
+    ("int", 0),
+    ("uint", 0),
+    ("double", 0),
+    ("string", 0),
+    ("bool", 0),
+    ("bytes", 0),
+    ("duration", 0),
+    ("timestamp", 0),
+    ("dyn", 0),
+    ("type", 0),
+    ("charAt", 0),
+    ("indexOf", 0),
+    ("lastIndexOf", 0),
+    ("lowerAscii", 0),
+    ("upperAscii", 0),
+    ("replace", 0),
+    ("split", 0),
+    ("substring", 0),
+    ("trim", 0),
+    ("join", 0),
+    ("isSorted", 0),
+    ("sum", 0),
+    ("min", 0),
+    ("max", 0),
+    ("find", 0),
+    ("findAll", 0),
+    ("url", 0),
+    ("isURL", 0),
+    ("getScheme", 0),
+    ("getHost", 0),
+    ("getHostname", 0),
+    ("getPort", 0),
+    ("getEscapedPath", 0),
+    ("getQuery", 0),
+    // 1.28: optional types and quantities.
+    ("optional.of", 28),
+    ("optional.ofNonZeroValue", 28),
+    ("optional.none", 28),
+    ("orValue", 28),
+    ("hasValue", 28),
+    ("value", 28),
+    ("quantity", 28),
+    ("isQuantity", 28),
+    // 1.29: strings extension version 2, sets.
+    ("format", 29),
+    ("quote", 29),
+    ("sets.contains", 29),
+    ("sets.equivalent", 29),
+    ("sets.intersects", 29),
+    // 1.30: the IP and CIDR libraries.
+    ("ip", 30),
+    ("isIP", 30),
+    ("cidr", 30),
+    ("isCIDR", 30),
+    ("family", 30),
+    ("isUnspecified", 30),
+    ("isLoopback", 30),
+    ("isLinkLocalMulticast", 30),
+    ("isLinkLocalUnicast", 30),
+    ("isGlobalUnicast", 30),
+    ("isCanonical", 30),
+    ("containsIP", 30),
+    ("containsCIDR", 30),
+    ("masked", 30),
+    ("prefixLength", 30),
+    // 1.31: the format library; 1.32: two-variable comprehensions; 1.33: semver; 1.34: lists v3.
+    ("validate", 31),
+    ("transformList", 32),
+    ("transformMap", 32),
+    ("transformMapEntry", 32),
+    ("semver", 33),
+    ("isSemver", 33),
+    ("distinct", 34),
+    ("flatten", 34),
+    ("range", 34),
+    ("sort", 34),
+    ("sortBy", 34),
+    ("reverse", 34),
+    ("first", 34),
+    ("last", 34),
+];
+
+/// The CEL rules of every `x-kubernetes-validations` in `value`.
+fn cel_rules(value: &Value, rules: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(validations)) = map.get("x-kubernetes-validations") {
+                rules.extend(validations.iter().filter_map(|v| v["rule"].as_str().map(String::from)));
+            }
+            map.values().for_each(|v| cel_rules(v, rules));
+        }
+        Value::Array(items) => items.iter().for_each(|v| cel_rules(v, rules)),
+        _ => {}
+    }
+}
+
+/// The functions a CEL rule calls (`sets.contains`, `format.named`, else the name after the last
+/// dot), and whether a comprehension takes two variables (`all(k, v, ...)`).
+fn cel_calls(rule: &str) -> Vec<String> {
+    let chars: Vec<char> = rule.chars().collect();
+    let mut calls = Vec::new();
+    let (mut i, mut quote) = (0, None);
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some(q) = quote {
+            if c == '\\' {
+                i += 1;
+            } else if c == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        if c == '\'' || c == '"' {
+            quote = Some(c);
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+                i += 1;
+            }
+            if chars.get(i) == Some(&'(') {
+                let path: String = chars[start..i].iter().collect();
+                let parts: Vec<&str> = path.split('.').collect();
+                let name = match parts[0] {
+                    "sets" | "optional" | "format" if parts.len() > 1 => format!("{}.{}", parts[0], parts[1]),
+                    _ => parts[parts.len() - 1].to_string(),
+                };
+                if matches!(name.as_str(), "all" | "exists" | "exists_one") && top_level_commas(&chars[i..]) == 2 {
+                    calls.push("transformList".into()); // a two-variable comprehension: 1.32
+                }
+                calls.push(name);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    calls
+}
+
+/// The commas at the top level of the argument list that `args` opens.
+fn top_level_commas(args: &[char]) -> usize {
+    let (mut depth, mut commas, mut quote) = (0, 0, None);
+    for &c in args {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            (None, ',') if depth == 1 => commas += 1,
+            _ => {}
+        }
+    }
+    commas
+}
+
+#[test]
+fn the_kubernetes_floor_is_the_oldest_whose_cel_compiles_the_crds_rules() {
+    let text = std::fs::read_to_string(format!("{REPO}/crds/tinystacks.io.yaml")).expect("crds/");
+    let mut rules = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let crd: Value = serde::Deserialize::deserialize(doc).expect("CRD YAML");
+        cel_rules(&crd, &mut rules);
+    }
+    assert!(rules.len() > 10, "the CRDs' rules: {rules:?}");
+    let mut newest = (0, String::new());
+    for rule in &rules {
+        for call in cel_calls(rule) {
+            let Some(&(_, minor)) = CEL_FUNCTIONS.iter().find(|(name, _)| *name == call) else {
+                panic!("{call}() in `{rule}`: add the Kubernetes version its CEL library came in to CEL_FUNCTIONS");
+            };
+            if minor > newest.0 {
+                newest = (minor, call);
+            }
+        }
+    }
+    let floor = format!("1.{}", newest.0 + 1);
+    assert_eq!(format!("{floor}.0"), MIN_KUBE_VERSION, "the newest CEL function the CRDs call is {}()", newest.1);
+    // The chart's check and the README say the same floor.
+    let helpers = std::fs::read_to_string(format!("{CHART}/templates/_helpers.tpl")).expect("_helpers.tpl");
+    assert!(helpers.contains(&format!("semverCompare \"<{floor}.0-0\"")), "checkKubeVersion is not at {floor}");
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).expect("README.md");
+    assert!(readme.contains(&format!("Kubernetes {floor} or later")), "the README does not name {floor}");
+    // The table itself: a rule of each era is dated as base.go dates it.
+    assert_eq!(
+        cel_calls("self.all(c, isCIDR(c)) && cidr(self[0]).prefixLength() > 0"),
+        ["all", "isCIDR", "cidr", "prefixLength"]
+    );
+    assert_eq!(cel_calls("self.all(k, v, size(v) < 3)"), ["transformList", "all", "size"]);
+    assert_eq!(cel_calls("sets.contains(self, ['a(']) && 'x.size(' != ''"), ["sets.contains"]);
+}
+
+/// A second kube-apiserver over the test environment's etcd (a key prefix of its own), emulating
+/// `version` (`--emulated-version`: its APIs, features and CEL environment are that version's);
+/// stopped when dropped.
+struct EmulatedApiServer {
+    child: std::process::Child,
+    server: String,
+}
+
+impl EmulatedApiServer {
+    fn start(version: &str) -> Self {
+        let state = PathBuf::from(std::env::var("TINYSTACKS_STATE").expect("TINYSTACKS_STATE of hack/testenv.sh"));
+        let ports = std::fs::read_to_string(state.join("ports")).expect("the environment's ports");
+        let etcd = ports.lines().find_map(|l| l.strip_prefix("ETCD_PORT=")).expect("ETCD_PORT").trim().to_string();
+        let (pki, port, dir) = (state.join("pki"), free_port(), state.join(format!("emulated-{}", suffix())));
+        let file = |name: &str| pki.join(name).to_str().expect("path").to_string();
+        let log = std::fs::File::create(format!("{}.log", dir.display())).expect("log file");
+        let child = Command::new("kube-apiserver")
+            .arg(format!("--emulated-version=kube={version}"))
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd}"))
+            .arg(format!("--etcd-prefix=/{}", dir.file_name().unwrap().to_str().unwrap()))
+            .arg(format!("--cert-dir={}", dir.display()))
+            .arg(format!("--tls-cert-file={}", file("apiserver.crt")))
+            .arg(format!("--tls-private-key-file={}", file("apiserver.key")))
+            .arg(format!("--client-ca-file={}", file("ca.crt")))
+            .arg(format!("--service-account-key-file={}", file("sa.pub")))
+            .arg(format!("--service-account-signing-key-file={}", file("sa.key")))
+            .arg(format!("--secure-port={port}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--authorization-mode=RBAC"])
+            .args(["--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none"])
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver (on PATH through the env file)");
+        let server = Self { child, server: format!("https://127.0.0.1:{port}") };
+        let deadline = Instant::now() + WAIT;
+        while !run(kubectl().args(["--server", &server.server, "get", "--raw", "/readyz"]), None).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the API server emulating {version} did not start: {}.log",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        server
+    }
+
+    /// `kubectl apply --server-side` of `yaml` to this server.
+    fn apply(&self, yaml: &str) -> Output {
+        run(
+            kubectl().args(["--server", &self.server, "apply", "--server-side", "--dry-run=server", "-f", "-"]),
+            Some(yaml),
+        )
+    }
+}
+
+impl Drop for EmulatedApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CRD with one CEL rule over a map.
+fn probe_crd(rule: &str) -> String {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "probes.floor.tinystacks.io"},
+        "spec": {"group": "floor.tinystacks.io", "scope": "Namespaced",
+            "names": {"kind": "Probe", "plural": "probes"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object", "properties": {"m": {
+                    "type": "object", "maxProperties": 4, "additionalProperties": {"type": "string", "maxLength": 9},
+                    "x-kubernetes-validations": [{"rule": rule}]}}}}}}}]}})
+    .to_string()
+}
+
+#[test]
+fn an_api_server_emulating_the_floor_accepts_the_crds() {
+    // 1.31, the oldest --emulated-version a 1.34 API server takes, is the chart's floor.
+    let server = EmulatedApiServer::start("1.31");
+    let crds = std::fs::read_to_string(format!("{REPO}/crds/tinystacks.io.yaml")).expect("crds/");
+    let out = server.apply(&crds);
+    assert!(out.status.success(), "the CRDs at 1.31: {}", String::from_utf8_lossy(&out.stderr));
+    // The emulation holds: a rule of 1.32's CEL (a two-variable comprehension) is refused, the
+    // IP and CIDR libraries the CRDs use are not.
+    let out = server.apply(&probe_crd("self.all(k, v, size(v) < 3)"));
+    assert!(!out.status.success(), "a 1.32 CEL rule accepted: the server does not emulate 1.31");
+    assert!(server.apply(&probe_crd("self.all(k, isCIDR(self[k]))")).status.success(), "the CIDR library");
+}
+
+#[test]
+fn an_extra_env_entry_replaces_the_charts_variable() {
+    let docs = rendered(&[
+        "operator.extraEnv[0].name=RUST_LOG",
+        "operator.extraEnv[0].value=trace",
+        "operator.extraEnv[1].name=HTTPS_PROXY",
+        "operator.extraEnv[1].value=http://proxy:3128",
+    ]);
+    let env = env_of(&docs);
+    let rust_log: Vec<&(String, Value)> = env.iter().filter(|(n, _)| n == "RUST_LOG").collect();
+    assert_eq!(rust_log, [&("RUST_LOG".to_string(), json!("trace"))], "one entry, the user's: {env:?}");
+    assert_eq!(env_value(&docs, "HTTPS_PROXY"), Some(json!("http://proxy:3128")));
+    assert_eq!(env_value(&docs, "TINYSTACKS_LOG_FORMAT"), Some(json!("json")), "the chart's others stay");
+    let names: BTreeSet<&String> = env.iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), env.len(), "no name twice: {env:?}");
+    // A downward-API variable too, replaced by a plain value.
+    let docs = rendered(&["operator.extraEnv[0].name=POD_NAME", "operator.extraEnv[0].value=fixed"]);
+    assert_eq!(env_of(&docs).iter().filter(|(n, _)| n == "POD_NAME").count(), 1);
+    assert_eq!(env_value(&docs, "POD_NAME"), Some(json!("fixed")));
+    let error = render(&["operator.extraEnv[0].value=nameless"]).expect_err("an entry without a name");
+    assert!(error.contains("/operator/extraEnv/0") && error.contains("name"), "{error}");
+}
+
+/// The values users expect from an operator's chart, each with the settings the test sets.
+const USER_VALUES: &[&str] = &[
+    "commonLabels.team=platform",
+    "deploymentAnnotations.owner=platform",
+    "revisionHistoryLimit=3",
+    "terminationGracePeriodSeconds=90",
+    "strategy.type=Recreate",
+    "strategy.rollingUpdate=null",
+    "automountServiceAccountToken=false",
+    "serviceAccount.automount=false",
+    "serviceAccount.labels.tier=ops",
+    "podDisruptionBudget.maxUnavailable=1",
+    "operator.envFrom[0].configMapRef.name=proxy",
+    "extraVolumes[0].name=token",
+    "extraVolumes[0].projected.sources[0].serviceAccountToken.path=token",
+    "extraVolumes[0].projected.sources[0].serviceAccountToken.expirationSeconds=3600",
+    "extraVolumeMounts[0].name=token",
+    "extraVolumeMounts[0].mountPath=/var/run/secrets/kubernetes.io/serviceaccount",
+    "extraVolumeMounts[0].readOnly=true",
+    "metrics.serviceMonitor.honorLabels=true",
+    "metrics.serviceMonitor.relabelings[0].action=replace",
+    "metrics.serviceMonitor.relabelings[0].sourceLabels[0]=__meta_kubernetes_pod_node_name",
+    "metrics.serviceMonitor.relabelings[0].targetLabel=node",
+    "metrics.serviceMonitor.metricRelabelings[0].action=drop",
+    "metrics.serviceMonitor.metricRelabelings[0].regex=go_.*",
+    "metrics.serviceMonitor.metricRelabelings[0].sourceLabels[0]=__name__",
+    "metrics.podMonitor.honorLabels=true",
+    "metrics.podMonitor.labels.release=prometheus",
+    "metrics.podMonitor.relabelings[0].action=replace",
+    "metrics.podMonitor.relabelings[0].sourceLabels[0]=__meta_kubernetes_pod_node_name",
+    "metrics.podMonitor.relabelings[0].targetLabel=node",
+];
+
+#[test]
+fn the_values_users_expect_render_and_the_schema_checks_them() {
+    let mut sets = USER_VALUES.to_vec();
+    sets.push("metrics.serviceMonitor.enabled=true");
+    let docs = rendered(&sets);
+    for doc in &docs {
+        assert_eq!(doc["metadata"]["labels"]["team"], "platform", "commonLabels on {}", doc["kind"]);
+    }
+    let deployment = find(&docs, "Deployment").unwrap();
+    assert_eq!(deployment["metadata"]["annotations"]["owner"], "platform");
+    assert_eq!(deployment["spec"]["revisionHistoryLimit"], 3);
+    assert_eq!(deployment["spec"]["strategy"], json!({"type": "Recreate"}));
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 90);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(pod["spec"]["volumes"][0]["name"], "token");
+    let c = container(&docs);
+    assert_eq!(c["envFrom"], json!([{"configMapRef": {"name": "proxy"}}]));
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/var/run/secrets/kubernetes.io/serviceaccount");
+    let sa = find(&docs, "ServiceAccount").unwrap();
+    assert_eq!(sa["metadata"]["labels"]["tier"], "ops");
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    let pdb = &find(&docs, "PodDisruptionBudget").unwrap()["spec"];
+    assert_eq!((pdb["maxUnavailable"].clone(), pdb.get("minAvailable")), (json!(1), None), "one of the two");
+    let endpoint = &find(&docs, "ServiceMonitor").unwrap()["spec"]["endpoints"][0];
+    assert_eq!(endpoint["honorLabels"], true);
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "node");
+    assert_eq!(endpoint["metricRelabelings"][0]["action"], "drop");
+
+    // The PodMonitor instead: the pods' metrics port, no Service needed.
+    let docs = rendered(&["metrics.podMonitor.enabled=true", "metrics.service.enabled=false"]);
+    let monitor = find(&docs, "PodMonitor").expect("a PodMonitor");
+    assert!(find(&docs, "Service").is_none());
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        find(&docs, "Deployment").unwrap()["spec"]["selector"]["matchLabels"]
+    );
+    let error = render(&["metrics.podMonitor.enabled=true", "metrics.serviceMonitor.enabled=true"]).expect_err("both");
+    assert!(error.contains("choose one"), "{error}");
+
+    // The defaults: what the chart did before these values existed, the SA's token off.
+    let docs = rendered(&[]);
+    let deployment = find(&docs, "Deployment").unwrap();
+    assert_eq!(
+        deployment["spec"]["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    assert_eq!(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 30);
+    assert_eq!(deployment["spec"]["template"]["spec"]["automountServiceAccountToken"], true);
+    assert_eq!(find(&docs, "ServiceAccount").unwrap()["automountServiceAccountToken"], false);
+    assert_eq!(find(&docs, "PodDisruptionBudget").unwrap()["spec"]["minAvailable"], 1);
+
+    // rbac.create=false: no RBAC object at all.
+    let kinds = kinds(&rendered(&["rbac.create=false"]));
+    assert!(!kinds.iter().any(|k| k.contains("Role")), "{kinds:?}");
+
+    // The schema refuses what the API server or the templates would trip on.
+    for (set, expected) in [
+        ("revisionHistoryLimit=-1", "/revisionHistoryLimit"),
+        ("terminationGracePeriodSeconds=soon", "/terminationGracePeriodSeconds"),
+        ("strategy.type=Sideways", "/strategy/type"),
+        ("rbac.create=maybe", "/rbac/create"),
+        ("commonLabels.team=1", "/commonLabels/team"),
+        ("extraVolumeMounts[0].name=token", "/extraVolumeMounts/0"),
+        ("serviceAccount.automount=yes", "/serviceAccount/automount"),
+        ("metrics.podMonitor.honorLabels=yes", "/metrics/podMonitor/honorLabels"),
+        ("metrics.serviceMonitor.relabelings=drop", "/metrics/serviceMonitor/relabelings"),
+        ("podDisruptionBudget.maxUnavailable=true", "/podDisruptionBudget/maxUnavailable"),
+        ("operator.watchNamespace=Team_A", "/operator/watchNamespace"),
+    ] {
+        let error = render(&[set]).expect_err(set);
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+}
+
 /// Least privilege, checked on the rendered rules; the installed test proves they are enough.
 #[test]
 fn the_roles_grant_no_wildcard_write_all_or_escalation() {
@@ -350,8 +810,14 @@ fn the_roles_grant_no_wildcard_write_all_or_escalation() {
             .find(|r| r["resources"].as_array().unwrap().contains(&json!(resource)))
             .cloned()
     };
+    let written = json!(["get", "list", "watch", "create", "patch", "delete"]);
     let secrets = rule_for("secrets").expect("a rule for Secrets");
-    assert_eq!(secrets["verbs"], json!(["get", "list", "watch", "create", "patch", "delete"]), "no update");
+    assert_eq!(secrets["verbs"], written, "no update");
+    // The bootstrap Secrets: read only, in the operator's own namespace.
+    let own = find(&docs, "Role").unwrap();
+    let bootstrap: Vec<&Value> =
+        own["rules"].as_array().unwrap().iter().filter(|r| r["resources"] == json!(["secrets"])).collect();
+    assert_eq!(bootstrap, [&json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]})]);
     assert_eq!(rule_for("namespaces").unwrap()["resourceNames"], json!(["tinystacks-system"]));
     assert!(rule_for("leases").is_none() && rule_for("configmaps").is_none(), "those stay in the Role");
     let kinds = rule_for("stacks").unwrap();
@@ -360,6 +826,27 @@ fn the_roles_grant_no_wildcard_write_all_or_escalation() {
         json!(["get", "list", "watch", "patch"]),
         "no create, update or delete of users' objects"
     );
+
+    // With watchNamespace: no Secret right at cluster scope; the same rights, in that namespace.
+    let docs = rendered(&["operator.watchNamespace=team-a"]);
+    let cluster = find(&docs, "ClusterRole").unwrap();
+    assert!(
+        !cluster["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"].as_array().unwrap().contains(&json!("secrets"))),
+        "cluster-wide Secret rights with watchNamespace: {cluster}"
+    );
+    let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Role").collect();
+    let team = roles.iter().find(|r| r["metadata"]["namespace"] == "team-a").expect("a Role in team-a");
+    assert_eq!(team["rules"], json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": written}]));
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == "team-a")
+        .expect("a RoleBinding in team-a");
+    assert_eq!(binding["roleRef"]["name"], team["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["namespace"], "tinystacks-system");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -372,18 +859,26 @@ struct Release {
     service_account: String,
     kubeconfig: PathBuf,
     client: Client,
+    /// `operator.watchNamespace`, which the operator is then started with.
+    watch_namespace: Option<String>,
     // Dropped after `drop` uninstalled the release.
     namespace: TestNamespace,
 }
 
 impl Release {
     async fn install(client: &Client, prefix: &str) -> Self {
+        Self::install_watching(client, prefix, None).await
+    }
+
+    /// A release with `operator.watchNamespace` set to `watch_namespace`, if any.
+    async fn install_watching(client: &Client, prefix: &str, watch_namespace: Option<&str>) -> Self {
         install_crds(client).await;
         let namespace = TestNamespace::new(client, prefix).await;
         let name = format!("ts-{}", suffix());
         // Everything optional that the API server can hold is on: the NetworkPolicy, the IRSA
         // annotation. No pod runs here (no kubelet); the operator runs out of cluster below.
-        run_ok(helm().args([
+        let mut install = helm();
+        install.args([
             "install",
             &name,
             CHART,
@@ -395,31 +890,36 @@ impl Release {
             "networkPolicy.egress.enabled=true",
             "--set",
             "serviceAccount.roleArn=arn:aws:iam::123456789012:role/tinystacks-operator",
-        ]));
+        ]);
+        if let Some(ns) = watch_namespace {
+            install.args(["--set", &format!("operator.watchNamespace={ns}")]);
+        }
+        run_ok(&mut install);
         let service_account = format!("{name}-tinystacks-operator");
-        // The TokenRequest API: a short-lived token bound to the ServiceAccount.
-        let token = run_ok(kubectl().args([
-            "create",
-            "token",
-            &service_account,
-            "--namespace",
-            &namespace.name,
-            "--duration",
-            "2h",
-        ]));
-        let kubeconfig = std::env::temp_dir().join(format!("tinystacks-{name}.kubeconfig"));
-        std::fs::write(&kubeconfig, service_account_kubeconfig(token.trim())).expect("write the kubeconfig");
-        Self { name, service_account, kubeconfig, client: client.clone(), namespace }
+        let kubeconfig = service_account_token_kubeconfig(&service_account, &namespace.name);
+        let watch_namespace = watch_namespace.map(String::from);
+        Self { name, service_account, kubeconfig, client: client.clone(), watch_namespace, namespace }
     }
 
     fn operator(&self) -> Operator {
+        let mut extra_args = vec![];
+        if let Some(ns) = &self.watch_namespace {
+            extra_args = vec!["--watch-namespace".to_string(), ns.clone()];
+        }
         let config = OperatorConfig {
             namespace: &self.namespace.name,
             lease_name: "tinystacks-operator",
             resync: "2s",
-            extra_args: vec![],
+            extra_args,
         };
         Operator::start_with_env(config, &[("KUBECONFIG", self.kubeconfig.to_str().unwrap())])
+    }
+
+    /// A client that authenticates with the ServiceAccount's token, as the operator does.
+    async fn service_account_client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("the token's kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+        Client::try_from(config).expect("a client with the ServiceAccount's token")
     }
 
     fn user(&self) -> String {
@@ -462,6 +962,16 @@ impl Drop for Release {
             .status();
         let _ = std::fs::remove_file(&self.kubeconfig);
     }
+}
+
+/// A kubeconfig file holding a token of the ServiceAccount (the TokenRequest API: short-lived,
+/// bound to the ServiceAccount).
+fn service_account_token_kubeconfig(service_account: &str, namespace: &str) -> PathBuf {
+    let token =
+        run_ok(kubectl().args(["create", "token", service_account, "--namespace", namespace, "--duration", "2h"]));
+    let kubeconfig = std::env::temp_dir().join(format!("tinystacks-{namespace}-{service_account}.kubeconfig"));
+    std::fs::write(&kubeconfig, service_account_kubeconfig(token.trim())).expect("write the kubeconfig");
+    kubeconfig
 }
 
 /// A kubeconfig for `token`, with the server and CA of the admin kubeconfig of the test env.
@@ -595,8 +1105,11 @@ fn documented_metrics() -> BTreeSet<String> {
 async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_without_rbac_denial() {
     let _serial = OPERATOR_LOCK.lock().await;
     let client = client().await;
-    let release = Release::install(&client, "chart-rbac").await;
+    clear_leftovers();
+    // The narrowest install: Secret rights in the team's namespace (operator.watchNamespace) and,
+    // for the bootstrap Secret, read in the operator's own.
     let team = TestNamespace::new(&client, "chart-team").await;
+    let release = Release::install_watching(&client, "chart-rbac", Some(&team.name)).await;
     let operator = release.operator();
 
     let links = Api::<AwsAccountLink>::all(client.clone());
@@ -606,7 +1119,8 @@ async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_withou
     let (link, denying) = (format!("chart-{}", suffix()), format!("chart-deny-{}", suffix()));
     // A link that verifies, so that every kind goes through its whole AWS side (the connection
     // Secret, the SSH key Secret, the template ConfigMap) under the chart's RBAC.
-    create(&links, &link, json!({}), verified_link_spec(&client, &team.name, &[&team.name]).await).await;
+    // Its bootstrap Secret in the operator's namespace, where the chart lets the operator read it.
+    create(&links, &link, json!({}), verified_link_spec(&client, &release.namespace.name, &[&team.name]).await).await;
     create(&links, &denying, json!({}), link_spec(&["nobody"])).await;
     let network = json!({"cidr": "10.20.0.0/16", "natGateways": "None", "vpcLink": false});
     create(&stacks, "web", json!({}), json!({"accountLinkRef": {"name": link}, "network": network})).await;
@@ -622,9 +1136,10 @@ async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_withou
     ] {
         assert_eq!(ready["status"]["observedGeneration"], ready["metadata"]["generation"], "{what}");
     }
-    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &team.name);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &team.name);
     assert!(secrets.get_opt("orders-connection").await.expect("get").is_some(), "the connection Secret");
     assert!(secrets.get_opt("ops-ssh-key").await.expect("get").is_some(), "the SSH key Secret");
+    assert_secrets_out_of_scope_are_unreadable(&client, &release, &team.name).await;
 
     // Every kind got its finalizer (a patch) and its conditions (status patch) from the operator
     // running as the chart's ServiceAccount.
@@ -676,6 +1191,59 @@ async fn the_charts_service_account_runs_every_kind_through_its_lifecycle_withou
     wait_gone(&links, &denying).await;
 
     assert_no_rbac_denial(&operator.logs());
+}
+
+/// Lets go every object of the four kinds left in the cluster by an earlier test that failed
+/// before its cleanup: their finalizers removed, then deleted. No operator acts on them while
+/// the caller holds `OPERATOR_LOCK` (test binaries run one after another), and left alone, a
+/// link whose bootstrap Secret is in a namespace the narrowed RBAC does not cover reads as a
+/// denial, and an object with a finalizer keeps its CRD from being deleted.
+fn clear_leftovers() {
+    for kind in ["bastions", "databases", "stacks", "awsaccountlinks"] {
+        let resource = format!("{kind}.tinystacks.io");
+        let out = run(kubectl().args(["get", &resource, "--all-namespaces", "-o", "json"]), None);
+        let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) else { continue };
+        for object in list["items"].as_array().into_iter().flatten() {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let mut target = vec![resource.as_str(), name];
+            if let Some(ns) = object["metadata"]["namespace"].as_str() {
+                target.extend(["--namespace", ns]);
+            }
+            let unfinalize = r#"{"metadata":{"finalizers":null}}"#;
+            run(kubectl().arg("patch").args(&target).args(["--type=merge", "-p", unfinalize]), None);
+            run(kubectl().arg("delete").args(&target).args(["--ignore-not-found", "--wait=false"]), None);
+        }
+    }
+}
+
+/// With the ServiceAccount's token: the Secrets of the watched namespace and the bootstrap
+/// Secret can be read, a Secret of any other namespace cannot, nor Secrets cluster-wide.
+async fn assert_secrets_out_of_scope_are_unreadable(client: &Client, release: &Release, team: &str) {
+    let outside = TestNamespace::new(client, "chart-outside").await;
+    let victim: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "victim"}, "stringData": {"k": "v"}})).expect("a Secret");
+    Api::<Secret>::namespaced(client.clone(), &outside.name)
+        .create(&PostParams::default(), &victim)
+        .await
+        .expect("create the Secret outside the operator's scope");
+    let token = release.service_account_client().await;
+    let forbidden = |result: kube::Result<Secret>, what: &str| match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    };
+    forbidden(Api::<Secret>::namespaced(token.clone(), &outside.name).get("victim").await, "get outside");
+    for ns in [outside.name.as_str(), "default", "kube-system"] {
+        match Api::<Secret>::namespaced(token.clone(), ns).list(&Default::default()).await {
+            Err(kube::Error::Api(s)) if s.code == 403 => {}
+            other => panic!("list Secrets in {ns}: expected 403 Forbidden, got {:?}", other.map(|l| l.items.len())),
+        }
+    }
+    match Api::<Secret>::all(token.clone()).list(&Default::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("list Secrets cluster-wide: expected 403 Forbidden, got {:?}", other.map(|l| l.items.len())),
+    }
+    Api::<Secret>::namespaced(token.clone(), team).get("orders-connection").await.expect("the team's Secret");
+    Api::<Secret>::namespaced(token, &release.namespace.name).get("bootstrap").await.expect("the bootstrap Secret");
 }
 
 #[tokio::test]
@@ -854,6 +1422,24 @@ where
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("write the status");
 }
 
+/// Writes what the operator's first pass writes: `Ready=False`, `Reconciling=True`.
+async fn write_reconciling<K>(api: &Api<K>, name: &str)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let generation = api.get(name).await.expect("get").meta().generation;
+    let condition = |type_: &str, status: &str, reason: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": "written by the test",
+               "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"})
+    };
+    let status = json!({"status": {"observedGeneration": generation, "conditions": [
+        condition("Ready", "False", "Creating"),
+        condition("Reconciling", "True", "Creating"),
+        condition("Stalled", "False", "NotStalled"),
+    ]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("write the status");
+}
+
 #[tokio::test]
 async fn gitops_health_follows_kstatus_argocd_and_kubectl_wait_over_live_objects() {
     let _serial = OPERATOR_LOCK.lock().await;
@@ -976,4 +1562,313 @@ async fn gitops_health_follows_kstatus_argocd_and_kubectl_wait_over_live_objects
     wait_gone(&links, &link).await;
     wait_gone(&links, &denying).await;
     assert_no_rbac_denial(&operator.logs());
+}
+
+// ------------------------------------------------------------------------------------------------
+// The chart's objects, the README's procedures and the GitOps examples against the API server
+
+/// Installs the pinned CRDs of Flux, Argo CD and prometheus-operator (hack/gitops-crds.sh: the
+/// projects' published CRDs, from the Go module proxy) and waits until they are Established.
+fn install_gitops_crds() {
+    let dir = run_ok(&mut Command::new(format!("{REPO}/hack/gitops-crds.sh")));
+    let dir = dir.trim();
+    run_ok(kubectl().args(["apply", "--server-side", "--force-conflicts", "-f", dir]));
+    run_ok(kubectl().args(["wait", "--for=condition=Established", "--timeout=60s", "-f", dir]));
+}
+
+/// `kubectl apply --server-side --dry-run=server` of `yaml` into `namespace`: the API server
+/// validates and admits every object without storing it. Returns kubectl's output or error.
+fn server_dry_run(yaml: &str, namespace: &str) -> Result<String, String> {
+    let out = run(
+        kubectl().args(["apply", "--server-side", "--dry-run=server", "--namespace", namespace, "-f", "-"]),
+        Some(yaml),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() { Ok(stdout) } else { Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr))) }
+}
+
+#[tokio::test]
+async fn a_release_with_helms_longest_name_installs() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let namespace = TestNamespace::new(&client, "chart-long").await;
+    // Helm refuses release names over 53 characters; the full name adds "-tinystacks-operator".
+    let name = format!("a-release-name-as-long-as-helm-will-take-it-here-{}", suffix());
+    let name = &name[..53];
+    let out = run(helm().args(["install", name, CHART, "--namespace", &namespace.name]), None);
+    let uninstall = || run(helm().args(["uninstall", name, "--namespace", &namespace.name]), None);
+    assert!(out.status.success(), "helm install {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &namespace.name)
+        .list(&Default::default())
+        .await
+        .expect("list Services");
+    let names: Vec<String> = services.items.iter().map(|s| s.name_any()).collect();
+    uninstall();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].len() <= 63 && names[0].ends_with("-metrics"), "{names:?}");
+    assert!(names[0].starts_with(name), "the release name is kept whole: {names:?}");
+}
+
+#[tokio::test]
+async fn the_values_users_expect_are_accepted_by_the_api_server() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    install_gitops_crds();
+    let namespace = TestNamespace::new(&client, "chart-values").await;
+    let watch = format!("operator.watchNamespace={}", namespace.name);
+    for monitor in ["metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true"] {
+        let mut sets = USER_VALUES.to_vec();
+        sets.extend([monitor, watch.as_str()]);
+        let yaml = render_yaml(&["t", "--namespace", &namespace.name], &sets).expect("helm template");
+        let applied = server_dry_run(&yaml, &namespace.name).unwrap_or_else(|e| panic!("{monitor}: {e}\n{yaml}"));
+        let kind = if monitor.contains("pod") { "podmonitor" } else { "servicemonitor" };
+        for object in ["deployment.apps/t-tinystacks-operator", "poddisruptionbudget.policy/", kind, "role.rbac"] {
+            assert!(applied.contains(object), "{object} not applied: {applied}");
+        }
+    }
+}
+
+/// The first ```sh block of the README's section `section`.
+fn readme_commands(section: &str) -> String {
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).expect("README.md");
+    let start = [format!("\n## {section}\n"), format!("\n### {section}\n")]
+        .iter()
+        .find_map(|heading| readme.find(heading))
+        .unwrap_or_else(|| panic!("no section `{section}` in README.md"));
+    let text = &readme[start..];
+    let block = text.split("```sh\n").nth(1).unwrap_or_else(|| panic!("no sh block under `### {section}`"));
+    block.split("```").next().expect("a closed block").to_string()
+}
+
+/// Runs `script` with bash from the repository's root (where the README's commands run), within
+/// `timeout`; panics with its output unless it succeeds.
+fn run_script(script: &str, timeout: Duration) -> String {
+    run_ok(
+        Command::new("timeout")
+            .args([&timeout.as_secs().to_string(), "bash", "-euo", "pipefail", "-c", script])
+            .current_dir(REPO),
+    )
+}
+
+/// Puts the generated CRDs back however the test ends, for the tests that follow (with a client
+/// of its own: the test's runtime may be gone).
+struct CrdsBack;
+
+impl Drop for CrdsBack {
+    fn drop(&mut self) {
+        let _ = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+            runtime.block_on(async { install_crds(&client().await).await });
+        })
+        .join();
+    }
+}
+
+const CRD_NAMES: [&str; 4] =
+    ["awsaccountlinks.tinystacks.io", "stacks.tinystacks.io", "databases.tinystacks.io", "bastions.tinystacks.io"];
+
+#[tokio::test]
+async fn the_readmes_upgrade_and_uninstall_procedures_work_as_written_after_a_helm_install() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    let _crds_back = CrdsBack;
+    // The previous version of the chart: this one with a CRD that differs (a description), as
+    // every release's CRDs differ from the last. Helm creates CRDs only where there are none.
+    let older = std::env::temp_dir().join(format!("tinystacks-older-chart-{}", suffix()));
+    run_ok(Command::new("cp").args(["-r", CHART, older.to_str().unwrap()]));
+    let crds = older.join("crds/tinystacks.io.yaml");
+    let text = std::fs::read_to_string(&crds).expect("the chart's CRDs");
+    std::fs::write(&crds, text.replacen("description: ", "description: (the previous release) ", 1)).expect("write");
+    clear_leftovers();
+    let mut delete_crds = kubectl();
+    delete_crds.args(["delete", "crd", "--ignore-not-found", "--wait", "--timeout=120s"]).args(CRD_NAMES);
+    run_ok(&mut delete_crds);
+
+    // The README's install, with the older chart.
+    let install =
+        readme_commands("Installing into a cluster").replace("charts/tinystacks-operator", older.to_str().unwrap());
+    assert!(install.contains("helm install tinystacks-operator"), "{install}");
+    run_script(&install, Duration::from_secs(120));
+    let crd_api = Api::<CustomResourceDefinition>::all(client.clone());
+    let managers = |crd: CustomResourceDefinition| -> Vec<String> {
+        crd.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|f| f.manager).collect()
+    };
+    let first = crd_api.get(CRD_NAMES[0]).await.expect("the CRD Helm created");
+    assert!(managers(first).contains(&"helm".to_string()), "Helm manages the CRDs it created");
+
+    // What the README said before: refused, a conflict with helm.
+    let out = run(kubectl().args(["apply", "--server-side", "-f", "crds/"]).current_dir(REPO), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("conflict") && stderr.contains("helm"), "{stderr}");
+
+    // The README's upgrade, as written: the CRDs are this version's, the release upgraded.
+    let upgrade = readme_commands("Upgrading");
+    run_script(&upgrade, Duration::from_secs(120));
+    let applied = crd_api.get(CRD_NAMES[0]).await.expect("the CRD");
+    let description = serde_json::to_string(&applied.spec.versions).expect("JSON");
+    assert!(!description.contains("(the previous release)"), "the CRD was not upgraded");
+    let status =
+        run_ok(helm().args(["status", "tinystacks-operator", "--namespace", "tinystacks-system", "-o", "json"]));
+    let status: Value = serde_json::from_str(&status).expect("helm status JSON");
+    assert_eq!(status["version"], 2, "one upgrade: {status}");
+    assert_eq!(status["config"]["serviceAccount"]["roleArn"], "arn:aws:iam::111122223333:role/tinystacks-operator");
+    std::fs::remove_dir_all(&older).expect("remove the older chart");
+
+    // Objects of every state an uninstall meets: a link, a Stack waiting for it, a Stalled Stack.
+    let kubeconfig = service_account_token_kubeconfig("tinystacks-operator", "tinystacks-system");
+    let config = OperatorConfig {
+        namespace: "tinystacks-system",
+        lease_name: "tinystacks-operator",
+        resync: "2s",
+        extra_args: vec![],
+    };
+    let operator = Operator::start_with_env(config, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let team = TestNamespace::new(&client, "chart-uninstall").await;
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    let stacks = Api::<Stack>::namespaced(client.clone(), &team.name);
+    let (link, denying) = (format!("uninstall-{}", suffix()), format!("uninstall-deny-{}", suffix()));
+    create(&links, &link, json!({}), link_spec(&[&team.name])).await;
+    create(&links, &denying, json!({}), link_spec(&["nobody"])).await;
+    create(&stacks, "waiting", json!({}), json!({"accountLinkRef": {"name": link}})).await;
+    create(&stacks, "stalled", json!({}), json!({"accountLinkRef": {"name": denying}})).await;
+    wait_reconciled(&stacks, "waiting").await;
+    wait_condition(&stacks, "stalled", "Stalled", "True", "AccountLinkNotAllowed").await;
+    wait_reconciled(&links, &link).await;
+
+    // The README's uninstall, as written: nothing of the release, the kinds or the namespace left.
+    // `helm uninstall` would stop the operator's pods; this one runs out of cluster, so it is
+    // stopped at that line, once it has let every object go.
+    let uninstall = readme_commands("Uninstalling");
+    let (objects, rest) = uninstall.split_once("helm uninstall").expect("a `helm uninstall` line");
+    run_script(objects, Duration::from_secs(300));
+    assert_no_rbac_denial(&operator.logs());
+    drop(operator);
+    run_script(&format!("helm uninstall{rest}"), Duration::from_secs(300));
+    for name in CRD_NAMES {
+        assert!(crd_api.get_opt(name).await.expect("get CRD").is_none(), "{name} is still there");
+    }
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    assert!(namespaces.get_opt("tinystacks-system").await.expect("get namespace").is_none());
+    let roles = Api::<ClusterRole>::all(client.clone());
+    assert!(roles.get_opt("tinystacks-operator").await.expect("get ClusterRole").is_none(), "the ClusterRole");
+    let out = run(helm().args(["status", "tinystacks-operator", "--namespace", "tinystacks-system"]), None);
+    assert!(!out.status.success(), "the release is gone");
+    let _ = std::fs::remove_file(kubeconfig);
+}
+
+/// The YAML blocks of a Markdown file.
+fn yaml_blocks(path: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.split("```yaml\n").skip(1).filter_map(|b| b.split("```").next().map(String::from)).collect()
+}
+
+#[tokio::test]
+async fn the_gitops_examples_are_accepted_and_their_health_checks_run_over_live_objects() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    install_gitops_crds();
+    for namespace in ["flux-system", "argocd"] {
+        let out = run(kubectl().args(["create", "namespace", namespace]), None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() || stderr.contains("AlreadyExists"), "{stderr}");
+    }
+    // Every object of examples/gitops/, checked by the API server against the tools' CRDs.
+    let examples = format!("{REPO}/examples/gitops");
+    let out = run_ok(kubectl().args(["apply", "--server-side", "--dry-run=server", "--recursive", "-f", &examples]));
+    for object in [
+        "gitrepository.source.toolkit.fluxcd.io/tinystacks-operator",
+        "helmrelease.helm.toolkit.fluxcd.io/tinystacks-operator",
+        "kustomization.kustomize.toolkit.fluxcd.io/team-a",
+        "application.argoproj.io/tinystacks-operator",
+        "application.argoproj.io/team-a",
+        "configmap/argocd-cm",
+    ] {
+        assert!(out.contains(object), "{object} not applied: {out}");
+    }
+
+    // The ConfigMaps of the chart's docs are accepted; the key the docs used to give is not.
+    let docs = format!("{CHART}/docs/README.md");
+    let config_maps: Vec<String> = yaml_blocks(&docs).into_iter().filter(|b| b.contains("kind: ConfigMap")).collect();
+    assert_eq!(config_maps.len(), 2, "the per-kind keys and the group's wildcard");
+    for block in &config_maps {
+        server_dry_run(block, "argocd").unwrap_or_else(|e| panic!("{e}\n{block}"));
+    }
+    let wildcard_key = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "argocd-cm"},
+        "data": {"resource.customizations.health.tinystacks.io_*": "return {}"}});
+    let error = server_dry_run(&wildcard_key.to_string(), "argocd").expect_err("a `*` in a ConfigMap key");
+    assert!(error.contains("a valid config key"), "{error}");
+
+    // The example's argocd-cm holds the chart's script for each kind.
+    let script = std::fs::read_to_string(format!("{CHART}/docs/argocd-health.lua")).expect("argocd-health.lua");
+    let cm: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{examples}/argocd/argocd-cm.yaml")).expect("argocd-cm.yaml"),
+    )
+    .expect("YAML");
+    let kinds = ["AwsAccountLink", "Stack", "Database", "Bastion"];
+    for kind in kinds {
+        let key = format!("resource.customizations.health.tinystacks.io_{kind}");
+        assert_eq!(cm["data"][&key].as_str(), Some(script.as_str()), "{key}");
+    }
+    assert_eq!(cm["data"].as_object().unwrap().len(), kinds.len());
+
+    // The Flux Kustomization's health checks (kstatus) and the Argo CD checks of argocd-cm over
+    // the objects they name, live: in progress before the operator reports, then Ready.
+    let flux = std::fs::read_to_string(format!("{examples}/flux/operator.yaml")).expect("operator.yaml");
+    let kustomization = parse_documents(&flux)
+        .expect("YAML")
+        .into_iter()
+        .find(|d| d["kind"] == "Kustomization")
+        .expect("a Kustomization");
+    let checks = kustomization["spec"]["healthChecks"].as_array().expect("healthChecks").clone();
+    assert!(checks.len() >= 2, "{checks:?}");
+    let team = TestNamespace::new(&client, "gitops-examples").await;
+    let lua = std::env::temp_dir().join(format!("tinystacks-argocd-cm-{}.lua", suffix()));
+    for check in &checks {
+        assert_eq!(check["apiVersion"], "tinystacks.io/v1alpha1", "{check}");
+        let (kind, name) = (check["kind"].as_str().expect("kind"), check["name"].as_str().expect("name"));
+        let resource = format!("{}.tinystacks.io/{name}", kind.to_lowercase());
+        match kind {
+            "Stack" => {
+                let api = Api::<Stack>::namespaced(client.clone(), &team.name);
+                create(&api, name, json!({}), json!({"accountLinkRef": {"name": "sandbox"}})).await;
+            }
+            "Database" => {
+                let api = Api::<Database>::namespaced(client.clone(), &team.name);
+                create(&api, name, json!({}), json!({"stackRef": {"name": "web"}})).await;
+            }
+            other => panic!("a health check on {other}: extend this test"),
+        }
+        let key = format!("resource.customizations.health.tinystacks.io_{kind}");
+        std::fs::write(&lua, cm["data"][&key].as_str().expect("the kind's script")).expect("write the script");
+        let argocd_cm = |object: &str| {
+            health(
+                Command::new("lupa-python").args([&format!("{REPO}/hack/argocd_health.py"), lua.to_str().unwrap()]),
+                object,
+            )
+        };
+        // Before the operator's first status, Argo CD waits; kstatus reads an object without
+        // conditions as Current (its rule for kinds it knows nothing of), so it is checked once
+        // the operator has said Reconciling, as its first pass does.
+        let fresh = live(&resource, Some(&team.name));
+        assert_eq!(argocd_cm(&fresh).0, "Progressing", "{resource}");
+        match kind {
+            "Stack" => write_reconciling(&Api::<Stack>::namespaced(client.clone(), &team.name), name).await,
+            _ => write_reconciling(&Api::<Database>::namespaced(client.clone(), &team.name), name).await,
+        }
+        let reconciling = live(&resource, Some(&team.name));
+        assert_eq!(kstatus(&reconciling).0, "InProgress", "{resource}: {reconciling}");
+        assert_eq!(argocd_cm(&reconciling).0, "Progressing", "{resource}");
+        match kind {
+            "Stack" => write_ready(&Api::<Stack>::namespaced(client.clone(), &team.name), name).await,
+            _ => write_ready(&Api::<Database>::namespaced(client.clone(), &team.name), name).await,
+        }
+        let ready = live(&resource, Some(&team.name));
+        assert_eq!(kstatus(&ready).0, "Current", "{resource}: {ready}");
+        assert_eq!(argocd_cm(&ready).0, "Healthy", "{resource}");
+    }
+    let _ = std::fs::remove_file(&lua);
 }
