@@ -107,6 +107,9 @@ pub enum Error {
         "the Stack's KMS key {key_id} is scheduled for deletion by someone else; cancel the deletion (kms:CancelKeyDeletion) and enable the key"
     )]
     KmsKeyPendingDeletion { key_id: String },
+
+    #[error("spec.restoreFromSnapshot: the DB snapshot {snapshot:?} {why}")]
+    RestoreSnapshotUnusable { snapshot: String, why: String },
 }
 
 fn is_forbidden(e: &kube::Error) -> bool {
@@ -124,7 +127,8 @@ impl Error {
             | Error::AccountLinkNotAllowed { .. }
             | Error::StackNotFound { .. }
             | Error::InvalidSpec(_)
-            | Error::SshNeedsPublicSubnet { .. } => ErrorKind::User,
+            | Error::SshNeedsPublicSubnet { .. }
+            | Error::RestoreSnapshotUnusable { .. } => ErrorKind::User,
             Error::AwsThrottled { .. }
             | Error::AwsUnavailable { .. }
             | Error::AwsRequestFailed { .. }
@@ -171,6 +175,7 @@ impl Error {
             Error::DbInstanceNotCompliant { .. } => "DbInstanceNotCompliant",
             Error::SecretUnusable { .. } => "SecretUnusable",
             Error::KmsKeyPendingDeletion { .. } => "KmsKeyPendingDeletion",
+            Error::RestoreSnapshotUnusable { .. } => "RestoreSnapshotUnusable",
         }
     }
 }
