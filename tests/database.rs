@@ -936,6 +936,19 @@ async fn mixed_aws_faults_make_one_of_each_and_leave_nothing() {
     assert!(counts.throttled > 0 && counts.server_errors > 0 && counts.unavailable > 0 && counts.dropped > 0);
 }
 
+/// Tags the fixture's app group as a Stack tags its own, so that the invariants know it.
+async fn tag_app_group(world: &World) {
+    world
+        .ec2()
+        .create_tags()
+        .resources(&world.net.app_group)
+        .tags(aws_sdk_ec2::types::Tag::builder().key("tinystacks.io/owner-uid").value("fixture-stack").build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key("tinystacks.io/component").value("sg/app").build())
+        .send()
+        .await
+        .expect("tag the app group");
+}
+
 /// Issue 25, point 4: while the Stack is not Ready (its link being deleted, a Stack failing) the
 /// Database makes nothing new, but its guarantees hold as long as the link's role is verified: an
 /// instance made public and 5432 opened to the internet are both closed again, and the Database
@@ -983,6 +996,7 @@ async fn guarantees_hold_while_the_stack_is_not_ready() {
         if public == Some(false) && rules == only_app { Ok(()) } else { Err(format!("{public:?} {rules:?}")) }
     })
     .await;
+    tag_app_group(&world).await;
     common::invariants::assert_security_invariants(&world.account, &[]).await;
     let db = serde_json::to_value(world.databases().get("guarded").await.expect("get")).expect("json");
     let ready = condition(&db, "Ready").expect("Ready");
@@ -1025,7 +1039,8 @@ async fn a_recreated_database_names_the_earlier_final_snapshot_and_can_be_restor
     world.wait_event("Normal", "RestoringDbInstance", &snapshot).await;
     world.wait_event("Normal", "SetMasterPassword", &id).await;
     let instance = world.instance(&id).await.expect("the restored instance");
-    let tag = |k: &str| instance.tag_list().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string);
+    let tag =
+        |k: &str| instance.tag_list().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string);
     assert_eq!(tag("tinystacks.io/master-password").as_deref(), Some("secret"), "the secret's password was set");
     assert_eq!(tag("tinystacks.io/owner-uid"), db.uid(), "tagged as the new Database's");
     assert_eq!(instance.publicly_accessible(), Some(false));
@@ -1035,6 +1050,7 @@ async fn a_recreated_database_names_the_earlier_final_snapshot_and_can_be_restor
     let groups: Vec<&str> = instance.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id()).collect();
     assert_eq!(groups, [status.security_group_id.as_deref().unwrap_or_default()]);
     assert_eq!(instance.db_subnet_group().and_then(|g| g.db_subnet_group_name()), status.subnet_group_name.as_deref());
+    tag_app_group(&world).await;
     common::invariants::assert_security_invariants(&world.account, &[]).await;
 
     // Immutable: neither changed nor removed.
@@ -1095,7 +1111,8 @@ async fn a_stack_keeps_what_a_retained_database_and_a_final_snapshot_need() {
     let tier = |t: tinystacks_operator::api::SubnetTier| -> BTreeSet<String> {
         status.subnets.iter().filter(|s| s.tier == t).map(|s| s.id.clone()).collect()
     };
-    let (private, public) = (tier(tinystacks_operator::api::SubnetTier::Private), tier(tinystacks_operator::api::SubnetTier::Public));
+    let (private, public) =
+        (tier(tinystacks_operator::api::SubnetTier::Private), tier(tinystacks_operator::api::SubnetTier::Public));
 
     world.delete("kept").await;
     world.delete("snap").await;
@@ -1135,7 +1152,8 @@ async fn a_stack_keeps_what_a_retained_database_and_a_final_snapshot_need() {
 
     // Said: a Warning per kept resource, naming what needs it.
     let events = world.event_notes().await;
-    let kept_notes: Vec<&String> = events.iter().filter(|(t, r, _)| t == "Warning" && r == "KeptInUse").map(|(_, _, n)| n).collect();
+    let kept_notes: Vec<&String> =
+        events.iter().filter(|(t, r, _)| t == "Warning" && r == "KeptInUse").map(|(_, _, n)| n).collect();
     let about = |what: &str| kept_notes.iter().find(|n| n.contains(what)).map(|n| n.to_string()).unwrap_or_default();
     let key_note = about(&format!("KMS key {key_id}"));
     assert!(key_note.contains(&format!("DB instance {kept_id}")) && key_note.contains("DB snapshot"), "{kept_notes:?}");

@@ -146,7 +146,9 @@ async fn guarded_wait(
     // Only a period already recorded can end: one not started yet has no instance to stop.
     let recorded = bastion.annotations().get(plan::PERIOD_ANNOTATION).map(String::as_str);
     let expires = match (&bastion.spec.ttl, recorded) {
-        (Some(ttl), Some(_)) => Some(plan::period(ttl, recorded, now)).filter(|(_, new)| !new).and_then(|(p, _)| p.expires_at()),
+        (Some(ttl), Some(_)) => {
+            Some(plan::period(ttl, recorded, now)).filter(|(_, new)| !new).and_then(|(p, _)| p.expires_at())
+        }
         _ => None,
     };
     let mut step = waiting(status, message);
@@ -158,7 +160,10 @@ async fn guarded_wait(
         let ttl = bastion.spec.ttl.clone().unwrap_or_default();
         if !live.is_empty() {
             aws.terminate(&live).await?;
-            let note = format!("the ttl of {ttl} ended at {at}: terminated instance {} (the Stack is not Ready)", live.join(", "));
+            let note = format!(
+                "the ttl of {ttl} ended at {at}: terminated instance {} (the Stack is not Ready)",
+                live.join(", ")
+            );
             ctx.event(&reference, EventType::Normal, "TerminatedInstance", note).await;
         }
         return Ok(expired(step.status, &ttl, at));
@@ -171,7 +176,11 @@ async fn guarded_wait(
         if !revoke.is_empty() {
             aws.groups().revoke_ingress(&group.id, &revoke).await?;
             let what: Vec<String> = revoke.iter().map(plan::describe_rule).collect();
-            let note = format!("revoked ingress on the bastion's security group {} while waiting: {}", group.id, what.join(", "));
+            let note = format!(
+                "revoked ingress on the bastion's security group {} while waiting: {}",
+                group.id,
+                what.join(", ")
+            );
             ctx.event(&reference, EventType::Warning, "DriftRepaired", note).await;
         }
     }

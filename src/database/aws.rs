@@ -297,9 +297,8 @@ impl<'a> DatabaseAws<'a> {
     /// The manual DB snapshots of the instance `identifier` (a `Snapshot` policy's final
     /// snapshots among them), oldest first.
     pub async fn manual_snapshots_of(&self, identifier: &str) -> Result<Vec<String>> {
-        let read = || {
-            self.net.rds.describe_db_snapshots().db_instance_identifier(identifier).snapshot_type("manual").send()
-        };
+        let read =
+            || self.net.rds.describe_db_snapshots().db_instance_identifier(identifier).snapshot_type("manual").send();
         let out = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_snapshot_not_found_fault()) => return Ok(Vec::new()),

@@ -171,12 +171,17 @@ async fn guarded_wait(
         if !holes.is_empty() {
             aws.groups().revoke_ingress(&group.id, &holes).await?;
             for rule in &holes {
-                let recorded = Recorded::Rule { group_id: group.id.clone(), egress: false, rule: rule.clone(), added: false };
+                let recorded =
+                    Recorded::Rule { group_id: group.id.clone(), egress: false, rule: rule.clone(), added: false };
                 aws.record(recorded).await;
             }
             let what: Vec<String> = holes.iter().map(plan::describe_rule).collect();
-            event(format!("revoked ingress on the database's security group {} while waiting: {}", group.id, what.join(", ")))
-                .await;
+            event(format!(
+                "revoked ingress on the database's security group {} while waiting: {}",
+                group.id,
+                what.join(", ")
+            ))
+            .await;
         }
     }
     if let Some(instance) = instance.filter(|i| plan::phase(&i.status) == Phase::Available) {
@@ -575,11 +580,18 @@ impl<'a> Converge<'a> {
             self.names.instance
         );
         self.event(EventType::Normal, "RestoringDbInstance", note).await;
-        self.busy("InstanceNotAvailable", format!("RDS is restoring the DB instance {} from {snapshot}", self.names.instance))
+        self.busy(
+            "InstanceNotAvailable",
+            format!("RDS is restoring the DB instance {} from {snapshot}", self.names.instance),
+        )
     }
 
     /// Gives a restored instance the secret's master password in place of its snapshot's.
-    async fn set_master_password(mut self, secret: &SecretInfo, instance: &ObservedInstance) -> Result<Step<DatabaseStatus>> {
+    async fn set_master_password(
+        mut self,
+        secret: &SecretInfo,
+        instance: &ObservedInstance,
+    ) -> Result<Step<DatabaseStatus>> {
         let value = self.aws.secret_value(&secret.arn).await?;
         let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
         self.aws.set_master_password(instance, &document.password).await?;

@@ -86,13 +86,16 @@ impl Network {
     /// `Snapshot` policy's final snapshot, a person). Read at teardown only, never at steady state.
     pub async fn dependants(&self, ctx: &Context, keys: &[&KmsKey], vpcs: &[&str]) -> Result<Vec<Dependant>> {
         let encrypts = |reported: Option<&str>| {
-            reported.is_some_and(|r| keys.iter().any(|k| r == k.arn || r == k.key_id || r.ends_with(&format!("/{}", k.key_id))))
+            reported.is_some_and(|r| {
+                keys.iter().any(|k| r == k.arn || r == k.key_id || r.ends_with(&format!("/{}", k.key_id)))
+            })
         };
         let account = &self.scope.account;
         let mut found = Vec::new();
 
         let list = || self.rds.describe_db_instances().into_paginator().send().try_collect();
-        let pages: Vec<_> = ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBInstances", e))?;
+        let pages: Vec<_> =
+            ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBInstances", e))?;
         for i in pages.iter().flat_map(|p| p.db_instances()) {
             let group = i.db_subnet_group();
             let vpc_id = group.and_then(|g| g.vpc_id()).filter(|v| vpcs.contains(v));
@@ -114,7 +117,8 @@ impl Network {
         }
 
         let list = || self.rds.describe_db_snapshots().into_paginator().send().try_collect();
-        let pages: Vec<_> = ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBSnapshots", e))?;
+        let pages: Vec<_> =
+            ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBSnapshots", e))?;
         for snap in pages.iter().flat_map(|p| p.db_snapshots()).filter(|s| encrypts(s.kms_key_id())) {
             found.push(Dependant {
                 what: format!(

@@ -1416,7 +1416,9 @@ impl Kept {
 
 /// Whether `reported` (an ARN, a key ID, or a key's alias ARN as an API reports it) names `key`.
 fn names_key(reported: &str, key: &KmsKey) -> bool {
-    reported == key.arn || reported == key.key_id || reported.rsplit_once(":key/").is_some_and(|(_, id)| id == key.key_id)
+    reported == key.arn
+        || reported == key.key_id
+        || reported.rsplit_once(":key/").is_some_and(|(_, id)| id == key.key_id)
 }
 
 /// What the stack's teardown must leave for `dependants`:

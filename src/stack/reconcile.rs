@@ -13,9 +13,9 @@ use tracing::info;
 
 use super::aws::Network;
 use super::plan::{self, Kept, Observed, Owner, Previous, Teardown};
-use crate::aws::inventory::KmsKey;
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Stack, StackStatus};
+use crate::aws::inventory::KmsKey;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::{self, Health};
 use crate::runtime::context::Context;

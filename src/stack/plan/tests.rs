@@ -801,8 +801,13 @@ fn teardown_keeps_what_a_retained_instance_and_a_snapshot_need_and_deletes_the_r
         admitted_groups: vec![app.clone(), "sg-of-someone-else".into()],
     };
     // A final snapshot names the key by ID; a secret of another key needs nothing of the stack.
-    let snapshot = Dependant { what: "DB snapshot final".into(), kms_key: Some(key.key_id.clone()), ..Default::default() };
-    let other = Dependant { what: "Secrets Manager secret x".into(), kms_key: Some("arn:aws:kms:r:1:key/other".into()), ..Default::default() };
+    let snapshot =
+        Dependant { what: "DB snapshot final".into(), kms_key: Some(key.key_id.clone()), ..Default::default() };
+    let other = Dependant {
+        what: "Secrets Manager secret x".into(),
+        kms_key: Some("arn:aws:kms:r:1:key/other".into()),
+        ..Default::default()
+    };
     let kept = kept(&account.observed, &[retained, snapshot.clone(), other]);
     let mut ids: Vec<&str> = kept.0.keys().map(String::as_str).collect();
     ids.sort_unstable();
