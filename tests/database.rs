@@ -1066,7 +1066,7 @@ async fn a_recreated_database_names_the_earlier_final_snapshot_and_can_be_restor
     let message = condition(&ghost, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
     assert!(message.contains("spec.restoreFromSnapshot") && message.contains("no-such-snapshot"), "{message}");
     let (instances, _, _, _) = world.inventory().await;
-    assert_eq!(instances, [id.clone()], "no instance for the stalled Database");
+    assert_eq!(instances, [id.as_str()], "no instance for the stalled Database");
 
     for name in ["orders", "ghost"] {
         world.delete(name).await;
