@@ -138,6 +138,9 @@ pub enum Error {
         "the Stack's KMS key {key_id} is scheduled for deletion by someone else; cancel the deletion (kms:CancelKeyDeletion) and enable the key"
     )]
     KmsKeyPendingDeletion { key_id: String },
+
+    #[error("spec.restoreFromSnapshot: the DB snapshot {snapshot:?} {why}")]
+    RestoreSnapshotUnusable { snapshot: String, why: String },
 }
 
 fn is_forbidden(e: &kube::Error) -> bool {
@@ -158,7 +161,8 @@ impl Error {
             | Error::BootstrapSecretNamespaceNotAllowed { .. }
             | Error::SshNeedsPublicSubnet { .. }
             | Error::AwsRejectedValue { .. }
-            | Error::AllowedCidrsTooWide { .. } => ErrorKind::User,
+            | Error::AllowedCidrsTooWide { .. }
+            | Error::RestoreSnapshotUnusable { .. } => ErrorKind::User,
             Error::AwsThrottled { .. }
             | Error::AwsUnavailable { .. }
             | Error::AwsRequestFailed { .. }
@@ -214,6 +218,7 @@ impl Error {
             Error::DbInstanceNotCompliant { .. } => "DbInstanceNotCompliant",
             Error::SecretUnusable { .. } => "SecretUnusable",
             Error::KmsKeyPendingDeletion { .. } => "KmsKeyPendingDeletion",
+            Error::RestoreSnapshotUnusable { .. } => "RestoreSnapshotUnusable",
         }
     }
 }

@@ -903,3 +903,51 @@ async fn with_the_real_stack_and_no_nat_an_ssm_bastion_is_public_without_inbound
     .await;
     world.assert_nothing_left().await;
 }
+
+/// Issue 25, point 4: while the Stack is not Ready (its link being deleted, a Stack failing) the
+/// Bastion makes nothing new, but as long as the link's role is verified its group keeps only the
+/// spec's rules (22 opened to the internet is revoked) and the TTL still ends: the instance is
+/// terminated at `expiresAt`, reason `Expired`.
+#[tokio::test]
+async fn ttl_and_ingress_hold_while_the_stack_is_not_ready() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    world.bastion("guarded", json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24"], "ttl": "30s"})).await;
+    let _operator = world.operator(&[]);
+    let b = world.wait_ready("guarded").await;
+    let status = b.status.clone().expect("status");
+    let id = status.instance_id.clone().expect("instanceId");
+    let group = status.security_group_id.clone().expect("securityGroupId");
+
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
+        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
+    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    wait_condition(&world.bastions(), "guarded", "Ready", "False", "WaitingForStack").await;
+
+    let open = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    world.ec2().authorize_security_group_ingress().group_id(&group).ip_permissions(open).send().await.expect("open");
+    world.wait_event("Warning", "DriftRepaired", "0.0.0.0/0").await;
+    let ssh_only: BTreeSet<_> = [("tcp".to_string(), Some(22), Some(22), "203.0.113.0/24".to_string())].into();
+    eventually("22 from allowedCidrs only", READY, || async {
+        let rules = world.ingress(&group).await;
+        if rules == ssh_only { Ok(()) } else { Err(format!("{rules:?}")) }
+    })
+    .await;
+    let sts = aws_sdk_sts::Client::new(&world.aws);
+    let account = sts.get_caller_identity().send().await.expect("identity").account().expect("account").to_string();
+    common::invariants::assert_security_invariants(&account, &["203.0.113.0/24"]).await;
+
+    let expired = wait_condition_for(&world.bastions(), "guarded", "Ready", "False", "Expired", READY).await;
+    assert_eq!(expired["status"]["instanceId"], Value::Null, "status no longer names an instance");
+    assert_eq!(World::state(&world.instance(&id).await), "terminated");
+    assert!(world.leftovers().await.0.is_empty(), "no live instance after expiry");
+
+    world.delete("guarded").await;
+    world.wait_gone("guarded").await;
+}

@@ -1017,3 +1017,230 @@ async fn mixed_aws_faults_make_one_of_each_and_leave_nothing() {
     eprintln!("faults injected: {counts:?}");
     assert!(counts.throttled > 0 && counts.server_errors > 0 && counts.unavailable > 0 && counts.dropped > 0);
 }
+
+/// Tags the fixture's app group as a Stack tags its own, so that the invariants know it.
+async fn tag_app_group(world: &World) {
+    world
+        .ec2()
+        .create_tags()
+        .resources(&world.net.app_group)
+        .tags(aws_sdk_ec2::types::Tag::builder().key("tinystacks.io/owner-uid").value("fixture-stack").build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key("tinystacks.io/component").value("sg/app").build())
+        .send()
+        .await
+        .expect("tag the app group");
+}
+
+/// Issue 25, point 4: while the Stack is not Ready (its link being deleted, a Stack failing) the
+/// Database makes nothing new, but its guarantees hold as long as the link's role is verified: an
+/// instance made public and 5432 opened to the internet are both closed again, and the Database
+/// stays `Ready=False`, reason `WaitingForStack`.
+#[tokio::test]
+async fn guarantees_hold_while_the_stack_is_not_ready() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    world.database("guarded", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[]);
+    let db = world.wait_ready("guarded").await;
+    let status = db.status.clone().expect("status");
+    let id = status.db_instance_identifier.clone().expect("identifier");
+    let db_group = status.security_group_id.clone().expect("group");
+
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
+        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
+    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    wait_condition(&world.databases(), "guarded", "Ready", "False", "WaitingForStack").await;
+
+    world
+        .rds()
+        .modify_db_instance()
+        .db_instance_identifier(&id)
+        .publicly_accessible(true)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("made public");
+    let open = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(5432)
+        .to_port(5432)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    world.ec2().authorize_security_group_ingress().group_id(&db_group).ip_permissions(open).send().await.expect("open");
+
+    world.wait_event("Warning", "DriftRepaired", "PubliclyAccessible").await;
+    world.wait_event("Warning", "DriftRepaired", "0.0.0.0/0").await;
+    eventually("private and 5432 from the app group only", READY, || async {
+        let public = world.instance(&id).await.and_then(|i| i.publicly_accessible());
+        let rules = world.ingress(&db_group).await;
+        let only_app: BTreeSet<_> = [("tcp".to_string(), Some(5432), Some(5432), world.net.app_group.clone())].into();
+        if public == Some(false) && rules == only_app { Ok(()) } else { Err(format!("{public:?} {rules:?}")) }
+    })
+    .await;
+    tag_app_group(&world).await;
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
+    let db = serde_json::to_value(world.databases().get("guarded").await.expect("get")).expect("json");
+    let ready = condition(&db, "Ready").expect("Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("WaitingForStack")));
+
+    world.delete("guarded").await;
+    world.wait_gone("guarded").await;
+}
+
+/// Issue 25, point 9: a Database deleted (default `Snapshot` policy) and created again under the
+/// same name (what `kubectl replace --force` does) gets a new, empty instance: an Event names the
+/// final snapshot the earlier one left. `spec.restoreFromSnapshot` makes the instance from that
+/// snapshot instead, placed and locked down as a created one, with the master password set to the
+/// generated secret's (a restored instance keeps its snapshot's: RestoreDBInstanceFromDBSnapshot
+/// takes no password). The field is immutable, and a snapshot that does not exist stalls.
+#[tokio::test]
+async fn a_recreated_database_names_the_earlier_final_snapshot_and_can_be_restored_from_it() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    world.database("orders", json!({})).await;
+    let _operator = world.operator(&[]);
+    let db = world.wait_ready("orders").await;
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    world.delete("orders").await;
+    let note = world.wait_event("Normal", "DeletingDbInstance", "final snapshot").await;
+    let snapshot = note.rsplit(' ').next().expect("the snapshot's name ends the event").to_string();
+    world.wait_gone("orders").await;
+
+    // Created again, empty: the Event names the snapshot and the field to restore from it.
+    world.database("orders", json!({"deletionPolicy": "Delete"})).await;
+    world.wait_ready("orders").await;
+    let said = world.wait_event("Warning", "EarlierSnapshotExists", &snapshot).await;
+    assert!(said.contains("spec.restoreFromSnapshot"), "{said}");
+    world.delete("orders").await;
+    world.wait_gone("orders").await;
+
+    // Created again from the snapshot.
+    world.database("orders", json!({"deletionPolicy": "Delete", "restoreFromSnapshot": snapshot})).await;
+    let db = world.wait_ready("orders").await;
+    world.wait_event("Normal", "RestoringDbInstance", &snapshot).await;
+    world.wait_event("Normal", "SetMasterPassword", &id).await;
+    let instance = world.instance(&id).await.expect("the restored instance");
+    let tag =
+        |k: &str| instance.tag_list().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_string);
+    assert_eq!(tag("tinystacks.io/master-password").as_deref(), Some("secret"), "the secret's password was set");
+    assert_eq!(tag("tinystacks.io/owner-uid"), db.uid(), "tagged as the new Database's");
+    assert_eq!(instance.publicly_accessible(), Some(false));
+    assert_eq!(instance.storage_encrypted(), Some(true));
+    assert_eq!(instance.kms_key_id(), Some(world.net.kms_key_arn.as_str()), "the Stack's key");
+    let status = db.status.clone().expect("status");
+    let groups: Vec<&str> = instance.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id()).collect();
+    assert_eq!(groups, [status.security_group_id.as_deref().unwrap_or_default()]);
+    assert_eq!(instance.db_subnet_group().and_then(|g| g.db_subnet_group_name()), status.subnet_group_name.as_deref());
+    tag_app_group(&world).await;
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
+
+    // Immutable: neither changed nor removed.
+    for spec in [json!({"spec": {"restoreFromSnapshot": "another"}}), json!({"spec": {"restoreFromSnapshot": null}})] {
+        let refused = world.databases().patch("orders", &PatchParams::default(), &Patch::Merge(&spec)).await;
+        let message = refused.expect_err("restoreFromSnapshot is immutable").to_string();
+        assert!(message.contains("restoreFromSnapshot is immutable"), "{message}");
+    }
+
+    // A snapshot that does not exist: Stalled, the field named, no instance.
+    world.database("ghost", json!({"deletionPolicy": "Delete", "restoreFromSnapshot": "no-such-snapshot"})).await;
+    let ghost = wait_condition(&world.databases(), "ghost", "Stalled", "True", "RestoreSnapshotUnusable").await;
+    let message = condition(&ghost, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
+    assert!(message.contains("spec.restoreFromSnapshot") && message.contains("no-such-snapshot"), "{message}");
+    let (instances, _, _, _) = world.inventory().await;
+    assert_eq!(instances, [id.as_str()], "no instance for the stalled Database");
+
+    for name in ["orders", "ghost"] {
+        world.delete(name).await;
+        world.wait_gone(name).await;
+    }
+}
+
+/// Issue 25, point 2: a Stack deleted after a Database it hosted was deleted with `Retain` (and
+/// another with the default `Snapshot`) keeps what they still need and deletes the rest: the KMS
+/// key (it encrypts the retained instance, its secret and the final snapshot: once deleted, KMS
+/// cannot bring it back and all of them are unreadable), the VPC and the subnets of the retained
+/// instance's subnet group, and the app security group its own group admits. It says so in a
+/// Warning Event per kept resource and finishes. Moto lets subnets and VPCs with an instance in
+/// them be deleted; AWS does not: "You must terminate all running instances in the subnet before
+/// you can delete the subnet" (EC2 API Reference, DeleteSubnet), a VPC can be deleted only once
+/// "all gateways and resources that are associated with the VPC" are gone (DeleteVpc), and a
+/// security group "referenced by another security group in the same VPC" cannot be deleted
+/// (DeleteSecurityGroup): each fails with `DependencyViolation`, so the old teardown looped there.
+#[tokio::test]
+async fn a_stack_keeps_what_a_retained_database_and_a_final_snapshot_need() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::linked().await;
+    let stack: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": world.stack},
+        "spec": {"accountLinkRef": {"name": world.link}, "network": {"pattern": "PublicPrivate", "natGateways": "None", "vpcLink": false}},
+    }))
+    .expect("stack");
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    stacks.create(&PostParams::default(), &stack).await.expect("create stack");
+    world.database("kept", json!({"deletionPolicy": "Retain"})).await;
+    world.database("snap", json!({})).await;
+    let _operator = world.operator(&[]);
+    let kept = world.wait_ready("kept").await;
+    world.wait_ready("snap").await;
+    let kept_id = kept.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    let stack = stacks.get(&world.stack).await.expect("stack");
+    let uid = stack.uid().expect("uid");
+    let status = stack.status.clone().expect("stack status");
+    let vpc = status.vpc_id.clone().expect("vpc");
+    let key_arn = status.kms_key_arn.clone().expect("key");
+    let app = status.app_security_group_id.clone().expect("app group");
+    let tier = |t: tinystacks_operator::api::SubnetTier| -> BTreeSet<String> {
+        status.subnets.iter().filter(|s| s.tier == t).map(|s| s.id.clone()).collect()
+    };
+    let (private, public) =
+        (tier(tinystacks_operator::api::SubnetTier::Private), tier(tinystacks_operator::api::SubnetTier::Public));
+
+    world.delete("kept").await;
+    world.delete("snap").await;
+    world.wait_gone("kept").await;
+    world.wait_gone("snap").await;
+    stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
+    eventually("the Stack gone", READY, || async {
+        match stacks.get_opt(&world.stack).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|s| s.and_then(|s| s.status).map(|s| s.conditions)))),
+        }
+    })
+    .await;
+
+    // Kept: the key (enabled, not scheduled for deletion), the VPC, the private subnets, the app group.
+    let kms = aws_sdk_kms::Client::new(&world.aws);
+    let key = kms.describe_key().key_id(&key_arn).send().await.expect("the key");
+    let state = key.key_metadata().and_then(|m| m.key_state()).map(|s| s.as_str().to_string());
+    assert_eq!(state.as_deref(), Some("Enabled"), "the key the retained instance needs is kept");
+    let key_id = key.key_metadata().map(|m| m.key_id().to_string()).unwrap_or_default();
+    let ec2 = world.ec2();
+    let owned = aws_sdk_ec2::types::Filter::builder().name("tag:tinystacks.io/owner-uid").values(&uid).build();
+    let vpcs = ec2.describe_vpcs().filters(owned.clone()).send().await.expect("vpcs");
+    assert_eq!(vpcs.vpcs().iter().filter_map(|v| v.vpc_id()).collect::<Vec<_>>(), [vpc.as_str()]);
+    let subnets = ec2.describe_subnets().filters(owned.clone()).send().await.expect("subnets");
+    let left: BTreeSet<String> = subnets.subnets().iter().filter_map(|s| s.subnet_id().map(str::to_string)).collect();
+    assert_eq!(left, private, "the subnets of the retained instance's subnet group, and only those");
+    assert!(left.is_disjoint(&public));
+    let groups = ec2.describe_security_groups().filters(owned.clone()).send().await.expect("groups");
+    assert_eq!(groups.security_groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(), [app.as_str()]);
+    // Deleted: what costs money or nothing needs.
+    let gateways = ec2.describe_internet_gateways().filters(owned.clone()).send().await.expect("gateways");
+    assert!(gateways.internet_gateways().is_empty(), "the internet gateway is deleted");
+    let tables = ec2.describe_route_tables().filters(owned).send().await.expect("route tables");
+    assert!(tables.route_tables().is_empty(), "the route tables are deleted");
+    assert!(world.instance(&kept_id).await.is_some(), "the retained instance is untouched");
+
+    // Said: a Warning per kept resource, naming what needs it.
+    let events = world.event_notes().await;
+    let kept_notes: Vec<&String> =
+        events.iter().filter(|(t, r, _)| t == "Warning" && r == "KeptInUse").map(|(_, _, n)| n).collect();
+    let about = |what: &str| kept_notes.iter().find(|n| n.contains(what)).map(|n| n.to_string()).unwrap_or_default();
+    let key_note = about(&format!("KMS key {key_id}"));
+    assert!(key_note.contains(&format!("DB instance {kept_id}")) && key_note.contains("DB snapshot"), "{kept_notes:?}");
+    assert!(key_note.contains("Secrets Manager secret"), "the retained secret is encrypted with it: {key_note}");
+    assert!(about(&format!("VPC {vpc}")).contains(&kept_id), "{kept_notes:?}");
+    assert!(about(&format!("security group {app}")).contains(&kept_id), "{kept_notes:?}");
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
+}

@@ -377,6 +377,9 @@ const APIGATEWAY_VPC_LINKS: &[&str] =
 const KMS_ALIASES: &[&str] = &["arn:aws:kms:*:*:alias/tinystacks/*"];
 /// Default parameter and option groups are AWS's, untagged, and referenced by every new instance.
 const RDS_DEFAULT_GROUPS: &[&str] = &["arn:aws:rds:*:*:pg:default.*", "arn:aws:rds:*:*:og:default:*"];
+/// A restore reads a DB snapshot of the account, whoever made it, and AWS's default groups.
+const RDS_SNAPSHOTS_AND_DEFAULT_GROUPS: &[&str] =
+    &["arn:aws:rds:*:*:snapshot:*", "arn:aws:rds:*:*:pg:default.*", "arn:aws:rds:*:*:og:default:*"];
 /// The operator names its secrets `tinystacks/<namespace>/<stack>/<database>` (Secrets Manager adds a
 /// random suffix), so the name bounds them in addition to the tag.
 const SECRETS: &[&str] = &["arn:aws:secretsmanager:*:*:secret:tinystacks/*"];
@@ -549,6 +552,11 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::mutate("rds:ModifyDBInstance"),
             Rule::bounded("rds:ModifyDBInstance").on(RDS_DEFAULT_GROUPS),
             Rule::mutate("rds:DeleteDBInstance"),
+            // `spec.restoreFromSnapshot`: a new instance with the request's tags, in our subnet
+            // group, from a snapshot a person may have made (untagged), with AWS's default groups.
+            Rule::create("rds:RestoreDBInstanceFromDBSnapshot"),
+            Rule::mutate("rds:RestoreDBInstanceFromDBSnapshot"),
+            Rule::bounded("rds:RestoreDBInstanceFromDBSnapshot").on(RDS_SNAPSHOTS_AND_DEFAULT_GROUPS),
             Rule::read("rds:DescribeDBInstances"),
             Rule::read("rds:DescribeDBSnapshots"),
             Rule::read("rds:ListTagsForResource"),
@@ -1273,7 +1281,8 @@ The role also gives Tinystacks the following access to your AWS account:
             kms:ScheduleKeyDeletion kms:TagResource kms:UntagResource kms:Encrypt kms:Decrypt
             kms:GenerateDataKey kms:ListResourceTags rds:CreateDBSubnetGroup rds:DeleteDBSubnetGroup
             rds:ModifyDBSubnetGroup rds:DescribeDBSubnetGroups rds:CreateDBInstance rds:ModifyDBInstance
-            rds:DeleteDBInstance rds:DescribeDBInstances rds:DescribeDBSnapshots rds:AddTagsToResource
+            rds:DeleteDBInstance rds:RestoreDBInstanceFromDBSnapshot rds:DescribeDBInstances
+            rds:DescribeDBSnapshots rds:AddTagsToResource
             rds:ListTagsForResource secretsmanager:GetRandomPassword secretsmanager:CreateSecret
             secretsmanager:PutSecretValue secretsmanager:GetSecretValue secretsmanager:DescribeSecret
             secretsmanager:DeleteSecret secretsmanager:TagResource secretsmanager:ListSecrets iam:CreateRole

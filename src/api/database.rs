@@ -28,6 +28,7 @@ use super::{IMMUTABLE, LocalObjectReference, conditions_schema};
     validation = super::name_length_rule("Database", super::MAX_DATABASE_NAME, "the name is the value of the label tinystacks.io/database on the connection Secret, and label values are limited to 63")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.restoreFromSnapshot) == has(oldSelf.restoreFromSnapshot) && (!has(self.restoreFromSnapshot) || self.restoreFromSnapshot == oldSelf.restoreFromSnapshot)").message("restoreFromSnapshot is immutable").field_path(".restoreFromSnapshot"))]
 pub struct DatabaseSpec {
     /// The Stack, in this namespace, whose private side hosts the database. Immutable.
     #[x_kube(validation = kube::core::Rule::new(IMMUTABLE).message("stackRef is immutable"))]
@@ -92,6 +93,16 @@ pub struct DatabaseSpec {
     /// The Kubernetes Secret with the connection settings for `envFrom`.
     #[serde(default)]
     pub connection_secret: ConnectionSecret,
+
+    /// A DB snapshot (identifier or ARN) to create the instance from instead of an empty one, for
+    /// example the final snapshot a `Snapshot` policy left (named in the deleted Database's
+    /// Events). Used only when the instance is created; immutable. The snapshot must be encrypted
+    /// with the Stack's KMS key (a final snapshot of the same Stack is). The data and database
+    /// names are the snapshot's; the master password is set to the one generated in the
+    /// Database's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub restore_from_snapshot: Option<String>,
 }
 
 fn default_engine_version() -> String {

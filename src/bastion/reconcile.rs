@@ -52,7 +52,7 @@ impl Managed for Bastion {
         let namespace = self.namespace().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
         let stack = match stack::resolve(ctx, &namespace, &self.spec.stack_ref.name).await? {
-            StackFor::NotReady { message } => return Ok(waiting(status, message)),
+            StackFor::NotReady { stack, message } => return guarded_wait(self, ctx, &stack, status, message).await,
             StackFor::Usable(stack) => stack,
         };
         let placement = match plan::placement(&stack, self.spec.access) {
@@ -61,11 +61,12 @@ impl Managed for Bastion {
                 return Err(Error::SshNeedsPublicSubnet { stack: stack.name_any() });
             }
             Err(NoPlacement::Incomplete(why)) => {
-                return Ok(waiting(status, format!("Stack {:?} is Ready, but {why}", stack.name_any())));
+                let message = format!("Stack {:?} is Ready, but {why}", stack.name_any());
+                return guarded_wait(self, ctx, &stack, status, message).await;
             }
         };
         let link = match account_link::resolve_for(ctx, &stack, &namespace).await? {
-            LinkFor::NotReady { message } => return Ok(waiting(status, message)),
+            LinkFor::NotReady { message } => return guarded_wait(self, ctx, &stack, status, message).await,
             LinkFor::Usable(link) => link,
         };
         let aws = connect(ctx, &stack, &link).await?;
@@ -119,6 +120,84 @@ fn names(bastion: &Bastion) -> Names {
 
 fn waiting(status: BastionStatus, message: String) -> Step<BastionStatus> {
     Step { status, health: Health::progressing("WaitingForStack", message), requeue_after: None }
+}
+
+/// Waiting for the Stack or its link: nothing is made, but whenever the account can still be
+/// reached (the link's role is verified, which is all deletion needs too) the TTL and the
+/// security group hold: past `expiresAt` the instance is terminated, and the group loses every
+/// rule the spec does not ask for (22 from anywhere else than `allowedCidrs`).
+async fn guarded_wait(
+    bastion: &Bastion,
+    ctx: &Context,
+    stack: &Stack,
+    status: BastionStatus,
+    message: String,
+) -> Result<Step<BastionStatus>> {
+    let namespace = bastion.namespace().unwrap_or_default();
+    let link = match account_link::resolve_for_cleanup(ctx, stack, &namespace, true).await? {
+        LinkForCleanup::Usable(link) => link,
+        LinkForCleanup::NothingMade(_) | LinkForCleanup::NotAllowed(_) => return Ok(waiting(status, message)),
+    };
+    let aws = connect(ctx, stack, &link).await?;
+    let (names, uid, now) = (names(bastion), bastion.uid().unwrap_or_default(), Timestamp::now());
+    let reference = bastion.object_ref(&());
+    // Only a period already recorded can end: one not started yet has no instance to stop.
+    let recorded = bastion.annotations().get(plan::PERIOD_ANNOTATION).map(String::as_str);
+    let expires = match (&bastion.spec.ttl, recorded) {
+        (Some(ttl), Some(_)) => {
+            Some(plan::period(ttl, recorded, now)).filter(|(_, new)| !new).and_then(|(p, _)| p.expires_at())
+        }
+        _ => None,
+    };
+    let mut step = waiting(status, message);
+    step.status.expires_at = expires.map(Time);
+    if let Some(at) = expires
+        && at <= now
+    {
+        let live: Vec<String> = aws.instances(&uid).await?.into_iter().filter(|i| !i.is_gone()).map(|i| i.id).collect();
+        let ttl = bastion.spec.ttl.clone().unwrap_or_default();
+        if !live.is_empty() {
+            aws.terminate(&live).await?;
+            let note = format!(
+                "the ttl of {ttl} ended at {at}: terminated instance {} (the Stack is not Ready)",
+                live.join(", ")
+            );
+            ctx.event(&reference, EventType::Normal, "TerminatedInstance", note).await;
+        }
+        return Ok(expired(step.status, &ttl, at));
+    }
+    if let Some(vpc) = stack.status.as_ref().and_then(|s| s.vpc_id.as_deref())
+        && let Some(group) = aws.groups().find(vpc, &names.base).await?.filter(|g| plan::ours(&g.tags, &uid))
+    {
+        let desired = plan::desired_ingress(bastion.spec.access, &bastion.spec.allowed_cidrs);
+        let revoke: Vec<_> = group.ingress.difference(&desired).cloned().collect();
+        if !revoke.is_empty() {
+            aws.groups().revoke_ingress(&group.id, &revoke).await?;
+            let what: Vec<String> = revoke.iter().map(plan::describe_rule).collect();
+            let note = format!(
+                "revoked ingress on the bastion's security group {} while waiting: {}",
+                group.id,
+                what.join(", ")
+            );
+            ctx.event(&reference, EventType::Warning, "DriftRepaired", note).await;
+        }
+    }
+    if let Some(left) = expires.and_then(|at| Duration::try_from(at.duration_since(now)).ok()) {
+        step.requeue_after = Some(ctx.settings.resync_period.min(left + Duration::from_millis(200)));
+    }
+    Ok(step)
+}
+
+/// The status after expiry: `Ready=False`, reason `Expired`, until `ttl` changes.
+fn expired(mut status: BastionStatus, ttl: &str, at: Timestamp) -> Step<BastionStatus> {
+    status.instance_id = None;
+    status.public_ip = None;
+    status.private_ip = None;
+    status.tunnel_command = None;
+    let message = format!(
+        "the ttl of {ttl} ended at {at}: the instance is terminated and the Stack's databases no longer admit this bastion; change spec.ttl to start a new period"
+    );
+    Step { status, health: Health::stalled(EXPIRED, message), requeue_after: None }
 }
 
 /// How soon to look again while EC2 is working.
@@ -602,7 +681,7 @@ impl<'a> Converge<'a> {
     }
 
     /// At expiry: terminate what runs; then `Ready=False`, reason `Expired`, until `ttl` changes.
-    async fn expire(mut self, live: &[&plan::ObservedInstance], at: Timestamp) -> Result<Step<BastionStatus>> {
+    async fn expire(self, live: &[&plan::ObservedInstance], at: Timestamp) -> Result<Step<BastionStatus>> {
         let ttl = self.bastion.spec.ttl.clone().unwrap_or_default();
         if !live.is_empty() {
             let ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
@@ -610,11 +689,7 @@ impl<'a> Converge<'a> {
             let note = format!("the ttl of {ttl} ended at {at}: terminated instance {}", ids.join(", "));
             self.event(EventType::Normal, "TerminatedInstance", note).await;
         }
-        self.clear_instance();
-        let message = format!(
-            "the ttl of {ttl} ended at {at}: the instance is terminated and the Stack's databases no longer admit this bastion; change spec.ttl to start a new period"
-        );
-        Ok(Step { status: self.status, health: Health::stalled(EXPIRED, message), requeue_after: None })
+        Ok(expired(self.status, &ttl, at))
     }
 
     /// The address the tunnel forwards to: the Stack's first Database (by name) with an endpoint.

@@ -307,6 +307,116 @@ impl<'a> DatabaseAws<'a> {
         }
     }
 
+    // ----- RDS: snapshots (read only when an instance is about to be made) -----
+
+    /// The manual DB snapshots of the instance `identifier` (a `Snapshot` policy's final
+    /// snapshots among them), oldest first.
+    pub async fn manual_snapshots_of(&self, identifier: &str) -> Result<Vec<String>> {
+        let read =
+            || self.net.rds.describe_db_snapshots().db_instance_identifier(identifier).snapshot_type("manual").send();
+        let out = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_snapshot_not_found_fault()) => return Ok(Vec::new()),
+            Err(e) => return Err(self.fail("rds:DescribeDBSnapshots", e)),
+        };
+        let mut found: Vec<_> = out
+            .db_snapshots()
+            .iter()
+            .filter_map(|s| Some((s.snapshot_create_time().map(|t| t.secs()), s.db_snapshot_identifier()?.to_string())))
+            .collect();
+        found.sort();
+        Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// The DB snapshot `id`, if it exists.
+    pub async fn db_snapshot(&self, id: &str) -> Result<Option<SnapshotInfo>> {
+        let read = || self.net.rds.describe_db_snapshots().db_snapshot_identifier(id).send();
+        let out = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_snapshot_not_found_fault()) => return Ok(None),
+            Err(e) => return Err(self.fail("rds:DescribeDBSnapshots", e)),
+        };
+        Ok(out.db_snapshots().first().map(|s| SnapshotInfo {
+            status: s.status().unwrap_or_default().to_string(),
+            engine: s.engine().unwrap_or_default().to_string(),
+            encrypted: s.encrypted().unwrap_or(false),
+            kms_key_id: s.kms_key_id().map(str::to_string),
+        }))
+    }
+
+    /// RestoreDBInstanceFromDBSnapshot: a new instance from the snapshot, placed and locked down
+    /// as a created one is. It keeps the snapshot's master password until `set_master_password`.
+    pub async fn restore_instance(&self, r: &RestoreInstance<'_>) -> Result<()> {
+        let result = self
+            .ctx
+            .limiter
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
+                    .restore_db_instance_from_db_snapshot()
+                    .db_instance_identifier(r.identifier)
+                    .db_snapshot_identifier(r.snapshot)
+                    .db_instance_class(r.class)
+                    .storage_type("gp3")
+                    .port(PORT)
+                    .db_subnet_group_name(r.subnet_group)
+                    .vpc_security_group_ids(r.security_group)
+                    .publicly_accessible(false)
+                    .deletion_protection(true)
+                    .multi_az(r.multi_az)
+                    .copy_tags_to_snapshot(true)
+                    .auto_minor_version_upgrade(true)
+                    .set_tags(Some(rds_tags(r.tags)))
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(out) => {
+                if let Some(instance) = out.db_instance().map(observed_instance) {
+                    self.record(Recorded::Created(Created::DbInstance(instance))).await;
+                }
+                Ok(())
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_already_exists_fault()) => {
+                self.instance(r.identifier).await.map(|_| ())
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_snapshot_not_found_fault()) => {
+                Err(Error::RestoreSnapshotUnusable { snapshot: r.snapshot.into(), why: "does not exist".into() })
+            }
+            Err(e) => Err(self.fail("rds:RestoreDBInstanceFromDBSnapshot", e)),
+        }
+    }
+
+    /// Sets the master password (a restored instance still has its snapshot's), then marks the
+    /// instance as holding the secret's password. Repeating it after a crash sets the same password.
+    pub async fn set_master_password(&self, instance: &ObservedInstance, password: &Password) -> Result<()> {
+        let identifier = instance.identifier.as_str();
+        self.ctx
+            .limiter
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
+                    .modify_db_instance()
+                    .db_instance_identifier(identifier)
+                    .master_user_password(password.expose())
+                    .apply_immediately(true)
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("rds:ModifyDBInstance", e))?;
+        let arn = instance.arn.clone().unwrap_or_default();
+        let tags = rds_tags(&[(PASSWORD_TAG.to_string(), PASSWORD_FROM_SECRET.to_string())]);
+        self.ctx
+            .limiter
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net.rds.add_tags_to_resource().resource_name(&arn).set_tags(Some(tags.clone())).send()
+            })
+            .await
+            .map_err(|e| self.fail("rds:AddTagsToResource", e))?;
+        // Read back: the status (`resetting-master-credentials`) and the tag.
+        self.instance(identifier).await.map(|_| ())
+    }
+
     // ----- Secrets Manager -----
 
     /// Reads the secret (by name or ARN) now, not from the inventory, and records what it found.
@@ -485,6 +595,33 @@ pub struct CreateInstance<'a> {
     pub backup_days: i32,
     pub tags: &'a [(String, String)],
 }
+
+/// Everything RestoreDBInstanceFromDBSnapshot needs.
+pub struct RestoreInstance<'a> {
+    pub identifier: &'a str,
+    pub snapshot: &'a str,
+    pub class: &'a str,
+    pub subnet_group: &'a str,
+    pub security_group: &'a str,
+    pub multi_az: bool,
+    pub tags: &'a [(String, String)],
+}
+
+/// A DB snapshot as a restore needs to judge it.
+pub struct SnapshotInfo {
+    /// `available`, `creating`, ...
+    pub status: String,
+    pub engine: String,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+}
+
+/// The tag on a restored instance saying whose master password it has: `snapshot` from the
+/// restore until the password is set to the secret's, then `secret`. Kept on the instance rather
+/// than in status, so that a crash between the restore and the status write cannot lose it.
+pub const PASSWORD_TAG: &str = "tinystacks.io/master-password";
+pub const PASSWORD_FROM_SNAPSHOT: &str = "snapshot";
+const PASSWORD_FROM_SECRET: &str = "secret";
 
 fn rds_tags(tags: &[(String, String)]) -> Vec<RdsTag> {
     tags.iter().map(|(k, v)| RdsTag::builder().key(k).value(v).build()).collect()

@@ -414,7 +414,7 @@ pub fn placement_faults(observed: &ObservedInstance, subnet_group: &str, kms_key
 }
 
 /// KMS keys are named by ARN or by bare key ID, depending on who reports them.
-fn same_key(a: &str, b: &str) -> bool {
+pub fn same_key(a: &str, b: &str) -> bool {
     let id = |k: &str| k.rsplit_once(":key/").map_or(k, |(_, id)| id).to_string();
     id(a) == id(b)
 }

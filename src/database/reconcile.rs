@@ -14,7 +14,9 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::aws::{CreateInstance, DatabaseAws, Deleted, SecretInfo};
+use super::aws::{
+    CreateInstance, DatabaseAws, Deleted, PASSWORD_FROM_SNAPSHOT, PASSWORD_TAG, RestoreInstance, SecretInfo,
+};
 use super::credentials::{self, SecretDocument};
 use super::plan::{self, DesiredInstance, Names, ObservedInstance, Phase, Placement};
 use crate::account_link::{self, LinkFor, LinkForCleanup};
@@ -51,18 +53,18 @@ impl Managed for Database {
         let namespace = self.namespace().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
         let stack = match stack::resolve(ctx, &namespace, &self.spec.stack_ref.name).await? {
-            StackFor::NotReady { message } => return Ok(waiting(status, message)),
+            StackFor::NotReady { stack, message } => return guarded_wait(self, ctx, &stack, status, message).await,
             StackFor::Usable(stack) => stack,
         };
         let placement = match plan::placement(&stack) {
             Ok(p) => p,
             Err(why) => {
                 let message = format!("Stack {:?} is Ready, but {why}", stack.name_any());
-                return Ok(waiting(status, message));
+                return guarded_wait(self, ctx, &stack, status, message).await;
             }
         };
         let link = match account_link::resolve_for(ctx, &stack, &namespace).await? {
-            LinkFor::NotReady { message } => return Ok(waiting(status, message)),
+            LinkFor::NotReady { message } => return guarded_wait(self, ctx, &stack, status, message).await,
             LinkFor::Usable(link) => link,
         };
         let aws = connect(ctx, &stack, &link).await?;
@@ -127,6 +129,74 @@ fn names(db: &Database) -> Names {
 
 fn waiting(status: DatabaseStatus, message: String) -> Step<DatabaseStatus> {
     Step { status, health: Health::progressing("WaitingForStack", message), requeue_after: None }
+}
+
+/// Waiting for the Stack or its link: nothing is made, but whenever the account can still be
+/// reached (the link's role is verified, which is all deletion needs too) what exists keeps its
+/// security guarantees: an instance made public is made private again and put back behind its
+/// own security group, and that group loses every rule admitting an address range. Rules naming
+/// groups are left for the next converged pass, which knows the Stack's app group and Bastions.
+async fn guarded_wait(
+    db: &Database,
+    ctx: &Context,
+    stack: &Stack,
+    status: DatabaseStatus,
+    message: String,
+) -> Result<Step<DatabaseStatus>> {
+    let namespace = db.namespace().unwrap_or_default();
+    let link = match account_link::resolve_for_cleanup(ctx, stack, &namespace, true).await? {
+        LinkForCleanup::Usable(link) => link,
+        LinkForCleanup::NothingMade(_) | LinkForCleanup::NotAllowed(_) => return Ok(waiting(status, message)),
+    };
+    let aws = connect(ctx, stack, &link).await?;
+    let names = names(db);
+    let owner = plan::owner(&namespace, &db.name_any());
+    let ours = |tags: &Tags| plan::claimed_by_other(tags, &owner).is_none();
+    let event =
+        |note: String| async move { ctx.event(&db.object_ref(&()), EventType::Warning, "DriftRepaired", note).await };
+    let snapshot = aws.snapshot().await?;
+    let group = snapshot.security_groups.iter().find(|g| g.name == names.instance && ours(&g.tags)).cloned();
+    let instance = snapshot.db_instances.iter().find(|i| i.identifier == names.instance && ours(&i.tags)).cloned();
+    drop(snapshot);
+
+    if let Some(group) = &group {
+        let holes: Vec<Rule> = group.ingress.iter().filter(|r| plan::is_hole(r)).cloned().collect();
+        if !holes.is_empty() {
+            aws.groups().revoke_ingress(&group.id, &holes).await?;
+            for rule in &holes {
+                let recorded =
+                    Recorded::Rule { group_id: group.id.clone(), egress: false, rule: rule.clone(), added: false };
+                aws.record(recorded).await;
+            }
+            let what: Vec<String> = holes.iter().map(plan::describe_rule).collect();
+            event(format!(
+                "revoked ingress on the database's security group {} while waiting: {}",
+                group.id,
+                what.join(", ")
+            ))
+            .await;
+        }
+    }
+    if let Some(instance) = instance.filter(|i| plan::phase(&i.status) == Phase::Available) {
+        let mut changes = plan::InstanceChanges::default();
+        if instance.publicly_accessible {
+            changes.publicly_accessible = Some(false);
+            changes.drift.push("PubliclyAccessible was turned on; turned off".into());
+        }
+        if let Some(group) = group.as_ref().filter(|g| instance.security_groups != [g.id.clone()]) {
+            changes.security_groups = Some(vec![group.id.clone()]);
+            changes.drift.push(format!(
+                "the instance had the security groups [{}]; only {} is allowed",
+                instance.security_groups.join(", "),
+                group.id
+            ));
+        }
+        if !changes.is_empty() {
+            aws.modify_instance(&names.instance, &changes).await?;
+            event(format!("DB instance {} while waiting: {}", names.instance, changes.drift.join("; "))).await;
+        }
+    }
+    Ok(waiting(status, message))
 }
 
 /// How soon to look again while RDS is working: soon enough to notice `available` quickly, never
@@ -323,6 +393,10 @@ impl<'a> Converge<'a> {
             _ => self.aws.instance(&self.names.instance).await?,
         };
         let Some(instance) = instance else {
+            if let Some(snapshot) = self.db.spec.restore_from_snapshot.clone() {
+                return self.restore_instance(&snapshot).await;
+            }
+            self.announce_earlier_snapshots().await?;
             return self.create_instance(&secret).await;
         };
         self.claim("DB instance", &self.names.instance, &instance.tags)?;
@@ -339,6 +413,10 @@ impl<'a> Converge<'a> {
                     status: instance.status.clone(),
                 });
             }
+        }
+        // A restored instance still has its snapshot's master password: the secret's replaces it.
+        if instance.tags.get(PASSWORD_TAG) == Some(PASSWORD_FROM_SNAPSHOT) {
+            return self.set_master_password(&secret, &instance).await;
         }
 
         // 6. Security drift and in-place changes, in one ModifyDBInstance.
@@ -436,6 +514,87 @@ impl<'a> Converge<'a> {
         );
         self.event(EventType::Normal, "CreatingDbInstance", note).await;
         self.busy("InstanceNotAvailable", format!("RDS is creating the DB instance {}", self.names.instance))
+    }
+
+    /// Before an empty instance is made under an identifier that had one before (a Database
+    /// deleted and created again, e.g. by `kubectl replace --force`), says which snapshots of the
+    /// earlier instance exist and how to start from one: the new instance has none of that data.
+    async fn announce_earlier_snapshots(&self) -> Result<()> {
+        let snapshots = self.aws.manual_snapshots_of(&self.names.instance).await?;
+        if let Some(latest) = snapshots.last() {
+            let note = format!(
+                "DB snapshot(s) of an earlier DB instance {} exist: {}. This Database starts empty, without their data; to start from {latest} instead, create the Database again with spec.restoreFromSnapshot: {latest}",
+                self.names.instance,
+                snapshots.join(", ")
+            );
+            self.event(EventType::Warning, "EarlierSnapshotExists", note).await;
+        }
+        Ok(())
+    }
+
+    /// `spec.restoreFromSnapshot`: the instance from the snapshot, in the Stack's subnet group and
+    /// the Database's security group, not public. Refused (`Stalled`) when the snapshot does not
+    /// exist, is not PostgreSQL, or is not encrypted with the Stack's key: a restore keeps the
+    /// snapshot's key, and the Database promises the Stack's.
+    async fn restore_instance(mut self, snapshot: &str) -> Result<Step<DatabaseStatus>> {
+        let unusable = |why: String| Error::RestoreSnapshotUnusable { snapshot: snapshot.into(), why };
+        let Some(found) = self.aws.db_snapshot(snapshot).await? else {
+            return Err(unusable("does not exist in the Stack's account and region".into()));
+        };
+        if found.engine != plan::ENGINE {
+            return Err(unusable(format!("is a snapshot of engine {:?}, not {}", found.engine, plan::ENGINE)));
+        }
+        let key = &self.placement.kms_key_arn;
+        if !found.encrypted || !found.kms_key_id.as_deref().is_some_and(|k| plan::same_key(k, key)) {
+            let with = found.kms_key_id.as_deref().filter(|_| found.encrypted).unwrap_or("no key (unencrypted)");
+            return Err(unusable(format!(
+                "is encrypted with {with}, not the Stack's KMS key {key}: copy it with that key first (aws rds copy-db-snapshot --kms-key-id {key}) and name the copy"
+            )));
+        }
+        if found.status != "available" {
+            let message = format!("waiting for the DB snapshot {snapshot} to be available (it is {})", found.status);
+            return self.busy("SnapshotNotAvailable", message);
+        }
+        let spec = &self.db.spec;
+        let mut tags = self.tags.clone();
+        tags.push((PASSWORD_TAG.to_string(), PASSWORD_FROM_SNAPSHOT.to_string()));
+        self.aws
+            .restore_instance(&RestoreInstance {
+                identifier: &self.names.instance,
+                snapshot,
+                class: &spec.instance_class,
+                subnet_group: &self.names.instance,
+                security_group: self.status.security_group_id.as_deref().unwrap_or_default(),
+                multi_az: spec.multi_az,
+                tags: &tags,
+            })
+            .await?;
+        let note = format!(
+            "restoring DB instance {} from the DB snapshot {snapshot} (encrypted, not public); its master password is then set to the secret's",
+            self.names.instance
+        );
+        self.event(EventType::Normal, "RestoringDbInstance", note).await;
+        self.busy(
+            "InstanceNotAvailable",
+            format!("RDS is restoring the DB instance {} from {snapshot}", self.names.instance),
+        )
+    }
+
+    /// Gives a restored instance the secret's master password in place of its snapshot's.
+    async fn set_master_password(
+        mut self,
+        secret: &SecretInfo,
+        instance: &ObservedInstance,
+    ) -> Result<Step<DatabaseStatus>> {
+        let value = self.aws.secret_value(&secret.arn).await?;
+        let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
+        self.aws.set_master_password(instance, &document.password).await?;
+        let note = format!(
+            "set the master password of the restored DB instance {} to the one in the secret {} (the snapshot's no longer works)",
+            self.names.instance, self.names.secret
+        );
+        self.event(EventType::Normal, "SetMasterPassword", note).await;
+        self.busy("SettingMasterPassword", format!("RDS is setting the master password of {}", self.names.instance))
     }
 
     /// Brings the secret's host and port, and the connection Secret, in step with the instance.

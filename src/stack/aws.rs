@@ -8,7 +8,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::plan::{Action, Deletion, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
+use super::plan::{Action, Deletion, Dependant, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
 use crate::api::AwsAccountLink;
 use crate::aws::errors::{Caller, aws_error};
 use crate::aws::inventory::{
@@ -78,6 +78,102 @@ impl Network {
         for kind in [Kind::NatGateways, Kind::VpcEndpoints, Kind::VpcLinks] {
             ctx.inventory.record(&self.scope, Recorded::Changed(kind)).await;
         }
+    }
+
+    /// What outside the stack still uses a key or VPC of it: every DB instance encrypted with one
+    /// of `keys` or placed in one of `vpcs`, every DB snapshot and every live Secrets Manager
+    /// secret encrypted with one of `keys`, whoever made them (a Database deleted with `Retain`, a
+    /// `Snapshot` policy's final snapshot, a person). Read at teardown only, never at steady state.
+    pub async fn dependants(&self, ctx: &Context, keys: &[&KmsKey], vpcs: &[&str]) -> Result<Vec<Dependant>> {
+        let encrypts = |reported: Option<&str>| {
+            reported.is_some_and(|r| {
+                keys.iter().any(|k| r == k.arn || r == k.key_id || r.ends_with(&format!("/{}", k.key_id)))
+            })
+        };
+        let account = &self.scope.account;
+        let mut found = Vec::new();
+
+        let list = || self.rds.describe_db_instances().into_paginator().send().try_collect();
+        let pages: Vec<_> =
+            ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBInstances", e))?;
+        for i in pages.iter().flat_map(|p| p.db_instances()) {
+            let group = i.db_subnet_group();
+            let vpc_id = group.and_then(|g| g.vpc_id()).filter(|v| vpcs.contains(v));
+            if !encrypts(i.kms_key_id()) && vpc_id.is_none() {
+                continue;
+            }
+            let own_groups: Vec<String> =
+                i.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id().map(str::to_string)).collect();
+            found.push(Dependant {
+                what: format!("DB instance {}", i.db_instance_identifier().unwrap_or_default()),
+                kms_key: i.kms_key_id().filter(|k| encrypts(Some(k))).map(str::to_string),
+                vpc_id: vpc_id.map(str::to_string),
+                subnet_ids: group
+                    .filter(|_| vpc_id.is_some())
+                    .map(|g| g.subnets().iter().filter_map(|s| s.subnet_identifier().map(str::to_string)).collect())
+                    .unwrap_or_default(),
+                admitted_groups: if vpc_id.is_some() { self.admitted_by(ctx, own_groups).await? } else { Vec::new() },
+            });
+        }
+
+        let list = || self.rds.describe_db_snapshots().into_paginator().send().try_collect();
+        let pages: Vec<_> =
+            ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBSnapshots", e))?;
+        for snap in pages.iter().flat_map(|p| p.db_snapshots()).filter(|s| encrypts(s.kms_key_id())) {
+            found.push(Dependant {
+                what: format!(
+                    "DB snapshot {} (of {})",
+                    snap.db_snapshot_identifier().unwrap_or_default(),
+                    snap.db_instance_identifier().unwrap_or_default()
+                ),
+                kms_key: snap.kms_key_id().map(str::to_string),
+                ..Default::default()
+            });
+        }
+
+        // Secrets scheduled for deletion are not listed: their owner let them go.
+        let list = || self.secrets.list_secrets().max_results(100).into_paginator().send().try_collect();
+        let pages: Vec<_> = ctx
+            .limiter
+            .read(account, Service::SecretsManager, list)
+            .await
+            .map_err(|e| self.fail("secretsmanager:ListSecrets", e))?;
+        for secret in pages.iter().flat_map(|p| p.secret_list()).filter(|s| encrypts(s.kms_key_id())) {
+            found.push(Dependant {
+                what: format!("Secrets Manager secret {}", secret.name().unwrap_or_default()),
+                kms_key: secret.kms_key_id().map(str::to_string),
+                ..Default::default()
+            });
+        }
+        Ok(found)
+    }
+
+    /// The security groups that `groups`' ingress rules admit.
+    async fn admitted_by(&self, ctx: &Context, groups: Vec<String>) -> Result<Vec<String>> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = || self.ec2.describe_security_groups().set_group_ids(Some(groups)).send();
+        let out = match ctx.limiter.read(&self.scope.account, Service::Ec2, read).await {
+            Ok(out) => out,
+            // A group deleted meanwhile admits nothing.
+            Err(e) if e.code().is_some_and(is_not_found) => return Ok(Vec::new()),
+            Err(e) => return Err(self.fail("ec2:DescribeSecurityGroups", e)),
+        };
+        Ok(out
+            .security_groups()
+            .iter()
+            .flat_map(|g| g.ip_permissions())
+            .flat_map(|p| p.user_id_group_pairs())
+            .filter_map(|pair| pair.group_id().map(str::to_string))
+            .collect())
+    }
+
+    fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        aws_error(action, &self.caller, e)
     }
 
     /// Makes the mutation `action`; returns the ID of what it created or changed, for the Event.

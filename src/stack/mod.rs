@@ -15,8 +15,10 @@ use crate::runtime::context::Context;
 /// The Stack a Database or Bastion refers to, if it is Ready.
 pub enum StackFor {
     Usable(Box<Stack>),
-    /// The Stack exists but is not Ready yet.
+    /// The Stack exists but is not Ready yet: nothing new is made, but what exists keeps its
+    /// security guarantees while the account can be reached through the Stack's link.
     NotReady {
+        stack: Box<Stack>,
         message: String,
     },
 }
@@ -36,5 +38,5 @@ pub async fn resolve(ctx: &Context, namespace: &str, name: &str) -> Result<Stack
         .and_then(|s| conditions::ready(&s.conditions))
         .map(|c| c.reason.clone())
         .unwrap_or_else(|| "not reconciled yet".into());
-    Ok(StackFor::NotReady { message: format!("Stack {name:?} is not Ready ({why})") })
+    Ok(StackFor::NotReady { message: format!("Stack {name:?} is not Ready ({why})"), stack: Box::new(stack) })
 }

@@ -1463,10 +1463,97 @@ pub enum Teardown {
     Done,
 }
 
+/// Something outside the stack that still uses its key or network when the Stack is deleted: a DB
+/// instance (a Database deleted with `Retain`, or one the operator did not make), a DB snapshot
+/// (the final snapshot of the `Snapshot` policy, or any other), a Secrets Manager secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dependant {
+    /// How people name it: `DB instance x`, `DB snapshot y`, `Secrets Manager secret z`.
+    pub what: String,
+    /// The KMS key it is encrypted with, as its API reports it (an ARN or a key ID).
+    pub kms_key: Option<String>,
+    /// The VPC its network interfaces are in, and every subnet it may be placed in (a DB
+    /// instance's subnet group: RDS moves it between them on failover or a change of class).
+    pub vpc_id: Option<String>,
+    pub subnet_ids: Vec<String>,
+    /// The security groups its own security groups admit.
+    pub admitted_groups: Vec<String>,
+}
+
+/// What a Stack's teardown leaves because something outside it still needs it: resource ID →
+/// (the resource as people name it, what needs it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Kept(pub BTreeMap<String, (String, Vec<String>)>);
+
+impl Kept {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.contains_key(id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One line for the condition message: what is kept, for what.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> =
+            self.0.values().map(|(what, needed_by)| format!("{what} (for {})", needed_by.join(", "))).collect();
+        format!("keeping {}", parts.join("; "))
+    }
+
+    fn add(&mut self, id: &str, what: String, dependant: &Dependant) {
+        let entry = self.0.entry(id.to_string()).or_insert_with(|| (what, Vec::new()));
+        if !entry.1.contains(&dependant.what) {
+            entry.1.push(dependant.what.clone());
+        }
+    }
+}
+
+/// Whether `reported` (an ARN, a key ID, or a key's alias ARN as an API reports it) names `key`.
+fn names_key(reported: &str, key: &KmsKey) -> bool {
+    reported == key.arn
+        || reported == key.key_id
+        || reported.rsplit_once(":key/").is_some_and(|(_, id)| id == key.key_id)
+}
+
+/// What the stack's teardown must leave for `dependants`:
+/// - a key that encrypts any of them (an instance, a snapshot or a secret is unreadable without
+///   it, and a restore from the snapshot needs it; once deleted, KMS cannot bring it back);
+/// - the VPC an instance lives in, and the subnets of its subnet group: AWS refuses to delete a
+///   subnet or a VPC that still has network interfaces (`DependencyViolation`), and a subnet group
+///   whose subnets are gone leaves RDS nowhere to fail over to;
+/// - the stack's security groups the instance's groups admit (the Database's group admits the
+///   app group): AWS refuses to delete a group another group's rule names.
+///
+/// Everything else goes: gateways, endpoints and the VPC Link (which cost money while they stand),
+/// route tables (a kept subnet falls back to the VPC's main table: local traffic only, all a
+/// private instance needs), the other subnets and groups, and the alias (the Events name the kept
+/// key by ID, and a new Stack of the same name makes its own).
+pub fn kept(observed: &Observed, dependants: &[Dependant]) -> Kept {
+    let mut kept = Kept::default();
+    for d in dependants {
+        for k in observed.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")) {
+            if d.kms_key.as_deref().is_some_and(|r| names_key(r, k)) {
+                kept.add(&k.key_id, format!("KMS key {}", k.key_id), d);
+            }
+        }
+        for v in observed.vpcs.iter().filter(|v| d.vpc_id.as_deref() == Some(v.id.as_str())) {
+            kept.add(&v.id, format!("VPC {}", v.id), d);
+        }
+        for s in observed.subnets.iter().filter(|s| d.subnet_ids.contains(&s.id)) {
+            kept.add(&s.id, format!("subnet {}", s.id), d);
+        }
+        for g in observed.security_groups.iter().filter(|g| d.admitted_groups.contains(&g.id)) {
+            kept.add(&g.id, format!("security group {}", g.id), d);
+        }
+    }
+    kept
+}
+
 /// The next deletion, dependents before what they depend on: the VPC Link, endpoints, NAT
 /// gateways (until AWS reports them deleted), their Elastic IPs, the internet gateway, route
-/// tables, security groups, subnets, the VPC; then the alias and the key.
-pub fn teardown(observed: &Observed, alias: &str) -> Teardown {
+/// tables, security groups, subnets, the VPC; then the alias and the key. What is `kept` stays.
+pub fn teardown(observed: &Observed, alias: &str, kept: &Kept) -> Teardown {
     let step = |what: String, component: &str, deletion: Deletion| {
         Teardown::Step(Change { what, component: component.into(), action: Action::Delete(deletion) })
     };
@@ -1523,17 +1610,17 @@ pub fn teardown(observed: &Observed, alias: &str) -> Teardown {
         }
         return step(format!("deleting route table {}", t.id), &name(&t.tags), Deletion::RouteTable(t.id.clone()));
     }
-    if let Some(g) = observed.security_groups.first() {
+    if let Some(g) = observed.security_groups.iter().find(|g| !kept.contains(&g.id)) {
         return step(
             format!("deleting security group {}", g.id),
             &name(&g.tags),
             Deletion::SecurityGroup(g.id.clone()),
         );
     }
-    if let Some(s) = observed.subnets.first() {
+    if let Some(s) = observed.subnets.iter().find(|s| !kept.contains(&s.id)) {
         return step(format!("deleting subnet {}", s.id), &name(&s.tags), Deletion::Subnet(s.id.clone()));
     }
-    if let Some(v) = observed.vpcs.first() {
+    if let Some(v) = observed.vpcs.iter().find(|v| !kept.contains(&v.id)) {
         return step(format!("deleting VPC {}", v.id), VPC, Deletion::Vpc(v.id.clone()));
     }
     if let Some(a) = &observed.alias {
@@ -1542,7 +1629,9 @@ pub fn teardown(observed: &Observed, alias: &str) -> Teardown {
             return step(format!("deleting the KMS alias {alias}"), KMS, Deletion::Alias(a.name.clone()));
         }
     }
-    if let Some(k) = observed.kms_keys.iter().find(|k| k.state.as_deref() != Some("PendingDeletion")) {
+    if let Some(k) =
+        observed.kms_keys.iter().find(|k| k.state.as_deref() != Some("PendingDeletion") && !kept.contains(&k.key_id))
+    {
         return step(
             format!(
                 "scheduling the deletion of KMS key {} in {KEY_DELETION_WINDOW_DAYS} days, the shortest AWS allows",

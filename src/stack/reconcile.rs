@@ -12,9 +12,10 @@ use kube::{Resource, ResourceExt};
 use tracing::info;
 
 use super::aws::Network;
-use super::plan::{self, Observed, Owner, Previous, Teardown};
+use super::plan::{self, Kept, Observed, Owner, Previous, Teardown};
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Stack, StackStatus};
+use crate::aws::inventory::KmsKey;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::{self, Health};
 use crate::runtime::context::Context;
@@ -196,15 +197,31 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
         return Err(foreign.conflict(&owner));
     }
     let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
-    match plan::teardown(&observed, &owner.kms_alias()) {
-        Teardown::Done => {
+    drop(snapshot);
+    let kept = kept(ctx, &network, &observed).await?;
+    // While it works, the condition says what it keeps and why.
+    let with_kept = |message: String| if kept.is_empty() { message } else { format!("{message}; {}", kept.summary()) };
+    match plan::teardown(&observed, &owner.kms_alias(), &kept) {
+        Teardown::Done if kept.is_empty() => {
             let note = "every AWS resource of the stack is deleted (the KMS key waits out its deletion window)";
+            ctx.event(&stack.object_ref(&()), EventType::Normal, "Deleted", note).await;
+            Ok(Cleanup::Done)
+        }
+        Teardown::Done => {
+            for (what, needed_by) in kept.0.values() {
+                let note = format!(
+                    "kept {what}: {} still use(s) it; delete them, then this resource (tagged with the Stack's owner-uid)",
+                    needed_by.join(", ")
+                );
+                ctx.event(&stack.object_ref(&()), EventType::Warning, "KeptInUse", note).await;
+            }
+            let note = format!("every other AWS resource of the stack is deleted; {}", kept.summary());
             ctx.event(&stack.object_ref(&()), EventType::Normal, "Deleted", note).await;
             Ok(Cleanup::Done)
         }
         Teardown::Waiting(message) => {
             network.look_again(ctx).await;
-            Ok(Cleanup::Pending { reason: "WaitingForAws", message, requeue_after: AWS_POLL })
+            Ok(Cleanup::Pending { reason: "WaitingForAws", message: with_kept(message), requeue_after: AWS_POLL })
         }
         Teardown::Step(change) => {
             let id = network.apply(ctx, &change.action).await?;
@@ -213,9 +230,22 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
             let (namespace, name) = (stack.namespace().unwrap_or_default(), stack.name_any());
             info!(kind = "Stack", %namespace, %name, reason, %note, "AWS mutation");
             ctx.event(&stack.object_ref(&()), EventType::Normal, reason, note.clone()).await;
-            Ok(Cleanup::Pending { reason: "Deleting", message: note, requeue_after: Duration::ZERO })
+            Ok(Cleanup::Pending { reason: "Deleting", message: with_kept(note), requeue_after: Duration::ZERO })
         }
     }
+}
+
+/// What the teardown must leave for resources outside the stack (`plan::kept` says what and why).
+/// Asked of AWS only while the stack still has a key or a VPC to keep.
+async fn kept(ctx: &Context, network: &Network, observed: &Observed) -> Result<Kept> {
+    let keys: Vec<&KmsKey> =
+        observed.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")).collect();
+    let vpcs: Vec<&str> = observed.vpcs.iter().map(|v| v.id.as_str()).collect();
+    if keys.is_empty() && vpcs.is_empty() {
+        return Ok(Kept::default());
+    }
+    let dependants = network.dependants(ctx, &keys, &vpcs).await?;
+    Ok(plan::kept(observed, &dependants))
 }
 
 /// Whether the Stack's status names any AWS resource it made.

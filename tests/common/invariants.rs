@@ -34,7 +34,9 @@ const COMPONENT_TAG: &str = "tinystacks.io/component";
 ///   and the ranges one group admits to 22 together hold at most 256 IPv4 addresses and one /56
 ///   of IPv6 (`SSH_MAX_ADDRESSES_V4`, `SSH_MAX_ADDRESSES_V6`), however they are split;
 /// - the route tables of isolated subnets (`subnet/isolated/*`) have no route out: only the local
-///   route and gateway endpoints' routes, nothing to an internet or NAT gateway.
+///   route and gateway endpoints' routes, nothing to an internet or NAT gateway;
+/// - no KMS key that encrypts a DB instance, a DB snapshot or a Secrets Manager secret is scheduled
+///   for deletion (once deleted, KMS cannot bring it back, and what it encrypts is lost).
 ///
 /// Panics with every violation found, so a test calls it after each fault run, crash or restart.
 pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
@@ -172,5 +174,42 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
         }
     }
 
+    violations.extend(keys_in_use_pending_deletion(&config).await);
     assert!(violations.is_empty(), "security invariants violated in account {account}:\n{}", violations.join("\n"));
+}
+
+/// The keys scheduled for deletion while a DB instance, a DB snapshot or a secret still uses them.
+async fn keys_in_use_pending_deletion(config: &aws_config::SdkConfig) -> Vec<String> {
+    let rds = aws_sdk_rds::Client::new(config);
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let instances = rds.describe_db_instances().send().await.expect("describe DB instances");
+    for i in instances.db_instances() {
+        if let Some(key) = i.kms_key_id() {
+            let what = format!("DB instance {}", i.db_instance_identifier().unwrap_or_default());
+            users.entry(key.to_string()).or_default().push(what);
+        }
+    }
+    let snapshots = rds.describe_db_snapshots().send().await.expect("describe DB snapshots");
+    for s in snapshots.db_snapshots() {
+        if let Some(key) = s.kms_key_id() {
+            let what = format!("DB snapshot {}", s.db_snapshot_identifier().unwrap_or_default());
+            users.entry(key.to_string()).or_default().push(what);
+        }
+    }
+    let secrets = aws_sdk_secretsmanager::Client::new(config);
+    for s in secrets.list_secrets().send().await.expect("list secrets").secret_list() {
+        if let Some(key) = s.kms_key_id() {
+            users.entry(key.to_string()).or_default().push(format!("secret {}", s.name().unwrap_or_default()));
+        }
+    }
+    let kms = aws_sdk_kms::Client::new(config);
+    let mut violations = Vec::new();
+    for (key, what) in users {
+        let Ok(described) = kms.describe_key().key_id(&key).send().await else { continue };
+        let state = described.key_metadata().and_then(|m| m.key_state()).map(|s| s.as_str().to_string());
+        if state.as_deref() == Some("PendingDeletion") {
+            violations.push(format!("KMS key {key} is scheduled for deletion but encrypts {}", what.join(", ")));
+        }
+    }
+    violations
 }

@@ -308,8 +308,12 @@ impl Account {
     }
 
     fn tear_down(&mut self, alias: &str) -> usize {
+        self.tear_down_keeping(alias, &Kept::default())
+    }
+
+    fn tear_down_keeping(&mut self, alias: &str, kept: &Kept) -> usize {
         for n in 0..200 {
-            match teardown(&self.observed, alias) {
+            match teardown(&self.observed, alias, kept) {
                 Teardown::Done => return n,
                 Teardown::Waiting(w) => panic!("nothing should wait in memory: {w}"),
                 Teardown::Step(change) => self.apply(&change.action),
@@ -638,7 +642,7 @@ fn waiting_states_keep_the_stack_from_ready() {
     assert!(d.waiting[0].contains("pending"));
     account.observed.nat_gateways[0].state = "deleting".into();
     assert_eq!(
-        teardown(&account.observed, "a"),
+        teardown(&account.observed, "a", &Kept::default()),
         Teardown::Step(Change {
             what: format!("deleting the VPC Link {}", account.observed.vpc_links[0].id),
             component: VPCLINK.into(),
@@ -646,7 +650,7 @@ fn waiting_states_keep_the_stack_from_ready() {
         })
     );
     account.observed.vpc_links.clear();
-    assert!(matches!(teardown(&account.observed, "a"), Teardown::Waiting(w) if w.contains("NAT")));
+    assert!(matches!(teardown(&account.observed, "a", &Kept::default()), Teardown::Waiting(w) if w.contains("NAT")));
 }
 
 #[test]
@@ -834,4 +838,64 @@ fn own_resources_other_stacks_and_resources_on_their_way_out_are_no_conflict() {
     assert_eq!(foreign(&snapshot, &owner, &StackStatus::default()), vec![]);
     let retained = Snapshot { kms_keys: Arc::new(vec![key("Enabled")]), ..Default::default() };
     assert_eq!(foreign(&retained, &owner, &StackStatus::default()).len(), 1, "a retained key is a conflict");
+}
+
+#[test]
+fn teardown_keeps_what_a_retained_instance_and_a_snapshot_need_and_deletes_the_rest() {
+    let plan = public_private();
+    let mut account = Account::default();
+    account.converge(&plan);
+    let o = &account.observed;
+    let key = o.kms_keys[0].clone();
+    let vpc = o.vpcs[0].id.clone();
+    let private: Vec<String> = o
+        .subnets
+        .iter()
+        .filter(|s| component(&s.tags).is_some_and(|c| c.starts_with("subnet/private/")))
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(private.len(), 2);
+    let app = o.security_groups.iter().find(|g| component(&g.tags) == Some(SG_APP)).unwrap().id.clone();
+    let retained = Dependant {
+        what: "DB instance kept".into(),
+        kms_key: Some(key.arn.clone()),
+        vpc_id: Some(vpc.clone()),
+        subnet_ids: private.clone(),
+        admitted_groups: vec![app.clone(), "sg-of-someone-else".into()],
+    };
+    // A final snapshot names the key by ID; a secret of another key needs nothing of the stack.
+    let snapshot =
+        Dependant { what: "DB snapshot final".into(), kms_key: Some(key.key_id.clone()), ..Default::default() };
+    let other = Dependant {
+        what: "Secrets Manager secret x".into(),
+        kms_key: Some("arn:aws:kms:r:1:key/other".into()),
+        ..Default::default()
+    };
+    let kept = kept(&account.observed, &[retained, snapshot.clone(), other]);
+    let mut ids: Vec<&str> = kept.0.keys().map(String::as_str).collect();
+    ids.sort_unstable();
+    let mut wanted: Vec<&str> = vec![key.key_id.as_str(), vpc.as_str(), app.as_str()];
+    wanted.extend(private.iter().map(String::as_str));
+    wanted.sort_unstable();
+    assert_eq!(ids, wanted);
+    assert_eq!(kept.0[&key.key_id].1, ["DB instance kept", "DB snapshot final"]);
+    assert!(kept.summary().contains("KMS key") && kept.summary().contains("DB snapshot final"));
+
+    account.tear_down_keeping(&owner().kms_alias(), &kept);
+    let o = &account.observed;
+    assert_eq!(o.vpcs.iter().map(|v| v.id.clone()).collect::<Vec<_>>(), [vpc]);
+    assert_eq!(o.subnets.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), private);
+    assert_eq!(o.security_groups.iter().map(|g| g.id.clone()).collect::<Vec<_>>(), [app]);
+    assert_eq!(o.kms_keys[0].state, key.state, "the key is not scheduled for deletion");
+    assert!(o.route_tables.is_empty() && o.internet_gateways.is_empty() && o.addresses.is_empty());
+    assert!(o.nat_gateways.iter().all(|n| gone(&n.state)) && o.vpc_links.is_empty() && o.alias.is_none());
+
+    // Only a snapshot: the key stays, the whole network goes.
+    let mut account = Account::default();
+    account.converge(&plan);
+    let kept = super::kept(&account.observed, &[snapshot]);
+    account.tear_down_keeping(&owner().kms_alias(), &kept);
+    let o = &account.observed;
+    assert!(o.vpcs.is_empty() && o.subnets.is_empty() && o.security_groups.is_empty());
+    assert_eq!(o.kms_keys[0].state, key.state);
 }
