@@ -90,6 +90,16 @@ pub enum Error {
     )]
     NameTaken { what: String, name: String, why: String },
 
+    #[error(
+        "the Secret {namespace}/{name} exists and is not {owner}'s ({held_by}), so the operator neither writes nor deletes it; delete or rename that Secret, or have {owner} use another name"
+    )]
+    SecretConflict { namespace: String, name: String, owner: String, held_by: String },
+
+    #[error(
+        "{what} {name} is not this object's: {found}; the operator neither uses, changes nor deletes it: delete it if it is a leftover (e.g. of an object deleted with deletionPolicy Retain), or rename this object"
+    )]
+    ResourceNotOwned { what: String, name: String, found: String },
+
     #[error("RDS reports the DB instance {identifier} as {status:?}; it needs a person (see its RDS events)")]
     DbInstanceUnhealthy { identifier: String, status: String },
 
@@ -136,6 +146,8 @@ impl Error {
             | Error::CloudFormationStackFailed { .. }
             | Error::AssumeRoleDenied { .. }
             | Error::NameTaken { .. }
+            | Error::SecretConflict { .. }
+            | Error::ResourceNotOwned { .. }
             | Error::DbInstanceUnhealthy { .. }
             | Error::DbInstanceNotCompliant { .. }
             | Error::SecretUnusable { .. }
@@ -167,6 +179,9 @@ impl Error {
             Error::AssumeRoleDenied { .. } => "AssumeRoleDenied",
             Error::WaitingForRole { .. } => "WaitingForRole",
             Error::NameTaken { .. } => "NameTaken",
+            Error::SecretConflict { .. } => "SecretConflict",
+            // The Stack reports the same reason for its own resources (issue 25, point 6).
+            Error::ResourceNotOwned { .. } => "OwnershipConflict",
             Error::DbInstanceUnhealthy { .. } => "DbInstanceUnhealthy",
             Error::DbInstanceNotCompliant { .. } => "DbInstanceNotCompliant",
             Error::SecretUnusable { .. } => "SecretUnusable",

@@ -7,6 +7,7 @@ mod events;
 mod http;
 mod leader;
 pub mod metrics;
+pub mod owned_secrets;
 pub mod reconciler;
 
 use std::net::SocketAddr;
