@@ -950,7 +950,14 @@ async fn stalled_message<K>(api: &Api<K>, name: &str, reason: &str) -> String
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    let value = eventually(&format!("{name}: Stalled ({reason})"), READY, || async {
+    stalled_message_within(api, name, reason, READY).await
+}
+
+async fn stalled_message_within<K>(api: &Api<K>, name: &str, reason: &str, timeout: Duration) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let value = eventually(&format!("{name}: Stalled ({reason})"), timeout, || async {
         let value = serde_json::to_value(api.get(name).await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
         match condition(&value, "Stalled") {
             Some(c) if c["status"] == "True" && c["reason"] == reason => Ok(c),
@@ -1107,7 +1114,9 @@ async fn the_connection_secret_follows_the_real_credentials_and_the_password_rot
         .send()
         .await
         .expect("delete the secret");
-    let message = stalled_message(&world.databases(), "creds", "SecretUnusable").await;
+    // The inventory keeps a resource the operator just read for up to two minutes unless a list
+    // shows it (AWS's lists lag behind its changes), so the loss may take that long to be seen.
+    let message = stalled_message_within(&world.databases(), "creds", "SecretUnusable", Duration::from_secs(180)).await;
     assert!(message.contains("tinystacks.io/rotate-password"), "{message}");
     let reset = json!({"metadata": {"annotations": {"tinystacks.io/rotate-password": "after-loss"}}});
     world.databases().patch("creds", &PatchParams::default(), &Patch::Merge(&reset)).await.expect("annotate");
