@@ -381,6 +381,28 @@ impl<'a> DatabaseAws<'a> {
         Ok(SecretValue { document, version: out.version_id().map(str::to_string) })
     }
 
+    /// What the version `version` of the secret holds; `None` once Secrets Manager no longer has
+    /// that version.
+    pub async fn secret_version_value(&self, arn: &str, version: &str) -> Result<Option<SecretValue>> {
+        let result = self
+            .ctx
+            .limiter
+            .read(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.get_secret_value().secret_id(arn).version_id(version).send()
+            })
+            .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(None),
+            Err(e) => return Err(self.fail("secretsmanager:GetSecretValue", e)),
+        };
+        let document = match out.secret_string() {
+            Some(value) => SecretDocument::parse(value),
+            None => Err("it holds no string value".to_string()),
+        };
+        Ok(Some(SecretValue { document, version: out.version_id().map(str::to_string) }))
+    }
+
     /// A new master password from Secrets Manager: letters and digits only, so that it survives
     /// URLs, shells and RDS's rules (which forbid `/`, `"`, `@` and spaces) without quoting.
     pub async fn random_password(&self) -> Result<Password> {

@@ -2,8 +2,9 @@
 //!
 //! The secret carries a tag naming the version whose password RDS was last given. A version made
 //! by someone else (a password changed in the console) differs from it: RDS is given that
-//! password (ModifyDBInstance), then the tag is moved, then the connection Secret, written from an
-//! older version, is written again. Each step is found again after a crash: giving RDS the same
+//! password (ModifyDBInstance) unless it is the password of the tagged version (the operator's
+//! own endpoint writes), then the tag is moved, then the connection Secret, written from an older
+//! version, is written again. Each step is found again after a crash: giving RDS the same
 //! password twice is harmless. The comparison reads only the inventory (ListSecrets returns tags
 //! and the current version), so a steady state costs no call per Database.
 //!
@@ -81,8 +82,23 @@ impl Converge<'_> {
         let value = self.aws.secret_value(&secret.arn).await?;
         let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
         let Some(version) = value.version else { return Ok(None) };
-        self.aws.set_master_password(&self.names.instance, &document.password).await?;
+        // The operator's own writes (the endpoint) make versions with the password RDS has: then
+        // only the tag moves. Each of the two steps is one mutation, so an operator that crashes
+        // after every mutation still gets on.
+        let given = match secret.tags.get(RDS_VERSION_TAG) {
+            Some(old) => self.aws.secret_version_value(&secret.arn, old).await?.and_then(|v| v.document.ok()),
+            None => None,
+        };
+        let changed = given.is_none_or(|old| old.password != document.password);
+        if changed {
+            self.aws.set_master_password(&self.names.instance, &document.password).await?;
+        }
         self.aws.tag_secret(&secret.arn, &[(RDS_VERSION_TAG, &version)]).await?;
+        if !changed {
+            return self
+                .next("RecordingPasswordVersion", format!("the secret {} has a new version", self.names.secret))
+                .map(Some);
+        }
         let note = format!(
             "gave the DB instance {} the password of version {version} of the secret {}; the connection Secret follows",
             self.names.instance, self.names.secret
