@@ -121,6 +121,16 @@ pub enum Error {
         remedy: String,
     },
 
+    #[error(
+        "the Secret {namespace}/{name} exists and is not {owner}'s ({held_by}), so the operator neither writes nor deletes it; delete or rename that Secret, or have {owner} use another name"
+    )]
+    SecretConflict { namespace: String, name: String, owner: String, held_by: String },
+
+    #[error(
+        "{what} {name} is not this object's: {found}; the operator neither uses, changes nor deletes it: delete it if it is a leftover (e.g. of an object deleted with deletionPolicy Retain), or rename this object"
+    )]
+    ResourceNotOwned { what: String, name: String, found: String },
+
     #[error("RDS reports the DB instance {identifier} as {status:?}; it needs a person (see its RDS events)")]
     DbInstanceUnhealthy { identifier: String, status: String },
 
@@ -175,6 +185,8 @@ impl Error {
             | Error::AssumeRoleDenied { .. }
             | Error::NameTaken { .. }
             | Error::OwnershipTagsDisagree { .. }
+            | Error::SecretConflict { .. }
+            | Error::ResourceNotOwned { .. }
             | Error::DbInstanceUnhealthy { .. }
             | Error::DbInstanceNotCompliant { .. }
             | Error::SecretUnusable { .. }
@@ -214,6 +226,8 @@ impl Error {
             Error::NameTaken { .. } => "NameTaken",
             // The reason the Secrets' ownership checks use too: one word for "not this object's".
             Error::OwnershipTagsDisagree { .. } => "OwnershipConflict",
+            Error::SecretConflict { .. } => "SecretConflict",
+            Error::ResourceNotOwned { .. } => "OwnershipConflict",
             Error::DbInstanceUnhealthy { .. } => "DbInstanceUnhealthy",
             Error::DbInstanceNotCompliant { .. } => "DbInstanceNotCompliant",
             Error::SecretUnusable { .. } => "SecretUnusable",

@@ -951,3 +951,44 @@ async fn ttl_and_ingress_hold_while_the_stack_is_not_ready() {
     world.delete("guarded").await;
     world.wait_gone("guarded").await;
 }
+
+#[tokio::test]
+async fn a_key_secret_it_does_not_own_is_never_used_written_nor_deleted() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    // The user's own Secret under the name the Bastion would give its key.
+    let theirs: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "jump-ssh-key"}, "type": "kubernetes.io/ssh-auth",
+        "stringData": {"ssh-privatekey": "the user's own key"},
+    }))
+    .expect("Secret");
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    let made = secrets.create(&PostParams::default(), &theirs).await.expect("the user's Secret");
+    let version = made.resource_version().expect("resourceVersion");
+    world.bastion("jump", json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24"]})).await;
+    let _operator = world.operator(&[]);
+
+    let stalled = wait_condition(&world.bastions(), "jump", "Stalled", "True", "SecretConflict").await;
+    let message = condition(&stalled, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
+    assert!(message.contains("jump-ssh-key") && message.contains("not written by tinystacks-operator"), "{message}");
+    common::invariants::assert_secrets_owned(&world.client, &world.ns.name, &[("jump-ssh-key", &version)]).await;
+    let (_, key_pairs, _, _, _) = world.leftovers().await;
+    assert!(key_pairs.is_empty(), "no key pair from the user's Secret: {key_pairs:?}");
+
+    // Deleting the Bastion leaves the user's Secret as it was.
+    world.delete("jump").await;
+    world.wait_gone("jump").await;
+    common::invariants::assert_secrets_owned(&world.client, &world.ns.name, &[("jump-ssh-key", &version)]).await;
+
+    // Once the name is free, a Bastion writes its own key there, and takes it with it.
+    secrets.delete("jump-ssh-key", &DeleteParams::default()).await.expect("delete the user's Secret");
+    let b = world.bastion("jump", json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24"]})).await;
+    world.wait_ready("jump").await;
+    let key = secrets.get("jump-ssh-key").await.expect("the Bastion's key Secret");
+    assert_eq!(key.owner_references().iter().map(|o| o.uid.clone()).collect::<Vec<_>>(), [b.uid().unwrap()]);
+    common::invariants::assert_secrets_owned(&world.client, &world.ns.name, &[]).await;
+    world.delete("jump").await;
+    world.wait_gone("jump").await;
+    assert!(secrets.get_opt("jump-ssh-key").await.expect("get").is_none(), "its own key Secret went with it");
+    world.assert_nothing_left().await;
+}

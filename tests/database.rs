@@ -1244,3 +1244,278 @@ async fn a_stack_keeps_what_a_retained_database_and_a_final_snapshot_need() {
     assert!(about(&format!("security group {app}")).contains(&kept_id), "{kept_notes:?}");
     common::invariants::assert_security_invariants(&world.account, &[]).await;
 }
+
+/// A Secret of the namespace, made here (not by the operator); returns its resourceVersion.
+async fn foreign_secret(world: &World, name: &str) -> String {
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"keep": "me"}})).expect("Secret");
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    let made = secrets.create(&PostParams::default(), &secret).await.expect("create the Secret");
+    made.resource_version().expect("resourceVersion")
+}
+
+/// The `Stalled` condition's message once it is True with `reason`.
+async fn stalled_message<K>(api: &Api<K>, name: &str, reason: &str) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    stalled_message_within(api, name, reason, READY).await
+}
+
+async fn stalled_message_within<K>(api: &Api<K>, name: &str, reason: &str, timeout: Duration) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let value = eventually(&format!("{name}: Stalled ({reason})"), timeout, || async {
+        let value = serde_json::to_value(api.get(name).await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        match condition(&value, "Stalled") {
+            Some(c) if c["status"] == "True" && c["reason"] == reason => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    value["message"].as_str().unwrap_or_default().to_string()
+}
+
+/// The value of `key` in the Secret `name`, as text.
+async fn secret_key(world: &World, name: &str, key: &str) -> Option<String> {
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    let secret = secrets.get_opt(name).await.ok()??;
+    secret.data?.get(key).map(|v| String::from_utf8_lossy(&v.0).into_owned())
+}
+
+#[tokio::test]
+async fn a_connection_secret_it_does_not_own_is_never_written_nor_deleted() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let victim = foreign_secret(&world, "victim").await;
+    world.database("taker", json!({"deletionPolicy": "Delete", "connectionSecret": {"name": "victim"}})).await;
+    world.database("first", json!({"deletionPolicy": "Delete", "connectionSecret": {"name": "shared"}})).await;
+    let _operator = world.operator(&[]);
+
+    // The user's Secret: the Database stalls, naming it; the Secret is untouched.
+    let message = stalled_message(&world.databases(), "taker", "SecretConflict").await;
+    assert!(message.contains("victim") && message.contains("not written by tinystacks-operator"), "{message}");
+    common::invariants::assert_secrets_owned(&world.client, &world.ns.name, &[("victim", &victim)]).await;
+
+    // Two Databases naming one Secret: the one that made it keeps it, the other stalls naming it.
+    let first = world.wait_ready("first").await;
+    world.database("second", json!({"deletionPolicy": "Delete", "connectionSecret": {"name": "shared"}})).await;
+    let message = stalled_message(&world.databases(), "second", "SecretConflict").await;
+    assert!(message.contains("shared") && message.contains("Database first"), "{message}");
+    let first_password = secret_key(&world, "shared", "PG_PASSWORD").await.expect("shared's password");
+    let first_secret = world.secret_json(&format!("tinystacks/{}/web/first", world.ns.name)).await;
+    assert_eq!(first_secret["password"].as_str(), Some(first_password.as_str()), "still first's credentials");
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    let shared = secrets.get("shared").await.expect("shared");
+    assert_eq!(shared.owner_references().iter().map(|o| o.uid.clone()).collect::<Vec<_>>(), [first.uid().unwrap()]);
+
+    // The first renames its Secret: its old one goes (it was its own), and the second, looking
+    // again, takes the free name.
+    let rename = json!({"spec": {"connectionSecret": {"name": "first-pg"}}});
+    world.databases().patch("first", &PatchParams::default(), &Patch::Merge(&rename)).await.expect("rename");
+    world.wait_ready("first").await;
+    let second = world.wait_ready("second").await;
+    let shared = secrets.get("shared").await.expect("shared, now the second's");
+    assert_eq!(shared.owner_references().iter().map(|o| o.uid.clone()).collect::<Vec<_>>(), [second.uid().unwrap()]);
+    assert!(secrets.get_opt("first-pg").await.expect("get").is_some());
+    common::invariants::assert_secrets_owned(&world.client, &world.ns.name, &[("victim", &victim)]).await;
+
+    // Deleting the Database that named the user's Secret leaves that Secret as it was.
+    for name in ["taker", "first", "second"] {
+        world.delete(name).await;
+    }
+    for name in ["taker", "first", "second"] {
+        world.wait_gone(name).await;
+    }
+    common::invariants::assert_secrets_owned(&world.client, &world.ns.name, &[("victim", &victim)]).await;
+}
+
+#[tokio::test]
+async fn the_connection_secret_follows_the_real_credentials_and_the_password_rotates_on_demand() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    world.database("creds", json!({"deletionPolicy": "Delete"})).await;
+    let operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    let db = world.wait_ready("creds").await;
+    let host = db.status.and_then(|s| s.endpoint).map(|e| e.address).expect("endpoint");
+    let secret_name = format!("tinystacks/{}/web/creds", world.ns.name);
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    let current =
+        || async { world.secret_json(&secret_name).await["password"].as_str().unwrap_or_default().to_string() };
+    // The connection Secret holds `password`, in both keys, and the real host.
+    let holds = |password: String| {
+        let host = host.clone();
+        let world = &world;
+        async move {
+            let got = secret_key(world, "creds-connection", "PG_PASSWORD").await;
+            let url = secret_key(world, "creds-connection", "DATABASE_URL").await.unwrap_or_default();
+            let url = url::Url::parse(&url).map_err(|e| e.to_string())?;
+            let good = got.as_deref() == Some(password.as_str())
+                && url.password() == Some(password.as_str())
+                && url.host_str() == Some(host.as_str());
+            if good { Ok(()) } else { Err(format!("not yet (host in the URL: {:?})", url.host_str())) }
+        }
+    };
+    let mut passwords = vec![current().await];
+
+    // 1. Both password keys edited by hand (the URL to another host): written again.
+    let edit = json!({"stringData": {"PG_PASSWORD": "edited-by-hand",
+        "DATABASE_URL": "postgres://app:edited-by-hand@attacker.example:5432/app?sslmode=require"}});
+    secrets.patch("creds-connection", &PatchParams::default(), &Patch::Merge(&edit)).await.expect("edit");
+    world.wait_event("Warning", "DriftRepaired", "creds-connection").await;
+    eventually("the connection Secret repaired", READY, || holds(passwords[0].clone())).await;
+
+    // Steady state reads no secret value: several passes (resync 2 s), no GetSecretValue.
+    let reads = proxy.count("GetSecretValue");
+    let passes = reconciles(&operator);
+    eventually("three more passes", READY, || async {
+        if reconciles(&operator) >= passes + 3.0 { Ok(()) } else { Err(format!("{}", reconciles(&operator))) }
+    })
+    .await;
+    assert_eq!(proxy.count("GetSecretValue"), reads, "a steady pass read a secret value");
+
+    // 2. A password changed in Secrets Manager by hand (a new AWSCURRENT version): RDS is given
+    // it (ModifyDBInstance MasterUserPassword, as AWS documents for changing the master
+    // password), then the connection Secret follows.
+    let mut doc = world.secret_json(&secret_name).await;
+    doc["password"] = json!(format!("HandMade{}", suffix()));
+    let by_hand = doc["password"].as_str().unwrap_or_default().to_string();
+    world
+        .secrets()
+        .put_secret_value()
+        .secret_id(&secret_name)
+        .secret_string(doc.to_string())
+        .send()
+        .await
+        .expect("put");
+    passwords.push(by_hand.clone());
+    eventually("the hand-made password in the connection Secret", READY, || holds(by_hand.clone())).await;
+    let sent = |password: &str| proxy.requests_mentioning(&format!("MasterUserPassword={password}"));
+    assert!(sent(&by_hand) >= 1, "RDS was given the hand-made password before the connection Secret");
+    world.wait_ready("creds").await;
+
+    // 3. A rotation on demand: a new password in Secrets Manager, RDS, then the Secret; once.
+    let rotate = json!({"metadata": {"annotations": {"tinystacks.io/rotate-password": "first"}}});
+    world.databases().patch("creds", &PatchParams::default(), &Patch::Merge(&rotate)).await.expect("annotate");
+    let rotated = eventually("a new password", READY, || async {
+        let now = current().await;
+        if now != by_hand { Ok(now) } else { Err("the hand-made one still".to_string()) }
+    })
+    .await;
+    passwords.push(rotated.clone());
+    assert!(rotated.len() >= 32 && rotated.chars().all(|c| c.is_ascii_alphanumeric()));
+    eventually("the rotated password in the connection Secret", READY, || holds(rotated.clone())).await;
+    assert!(sent(&rotated) >= 1, "RDS was given the rotated password");
+    world.wait_ready("creds").await;
+    assert_eq!(world.event_count("Normal", "RotatedPassword").await, 1, "one rotation per annotation value");
+    assert_eq!(current().await, rotated);
+
+    // 4. The secret lost while the instance lives: the Database says how to reset, and a new
+    // annotation value makes a new secret, which RDS and the connection Secret follow.
+    world
+        .secrets()
+        .delete_secret()
+        .secret_id(&secret_name)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .expect("delete the secret");
+    // The inventory keeps a resource the operator just read for up to two minutes unless a list
+    // shows it (AWS's lists lag behind its changes), so the loss may take that long to be seen.
+    let message = stalled_message_within(&world.databases(), "creds", "SecretUnusable", Duration::from_secs(180)).await;
+    assert!(message.contains("tinystacks.io/rotate-password"), "{message}");
+    let reset = json!({"metadata": {"annotations": {"tinystacks.io/rotate-password": "after-loss"}}});
+    world.databases().patch("creds", &PatchParams::default(), &Patch::Merge(&reset)).await.expect("annotate");
+    world.wait_ready("creds").await;
+    let restored = current().await;
+    passwords.push(restored.clone());
+    assert!(!passwords[..3].contains(&restored), "a new password");
+    eventually("the new password in the connection Secret", READY, || holds(restored.clone())).await;
+    assert!(sent(&restored) >= 1, "RDS was given the new password");
+
+    // No password was said anywhere.
+    let said = everything_said(&world, &operator).await;
+    assert!(said.contains("RotatedPassword"), "the log and events were scanned");
+    for password in &passwords {
+        assert!(!said.contains(password.as_str()), "a password appears in a log line, event or status");
+        assert!(!said.contains(&base64(password.as_bytes())), "a password appears base64-encoded");
+    }
+    world.delete("creds").await;
+    world.wait_gone("creds").await;
+}
+
+/// The operator's count of reconciles so far (every kind).
+fn reconciles(operator: &Operator) -> f64 {
+    let (_, body) = operator.get("/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("tinystacks_reconciles_total{kind=\"Database\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn resources_of_its_names_that_carry_another_uid_are_neither_used_nor_deleted() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let ns = world.ns.name.clone();
+    let operator_tags = |name: &str, uid: &str| {
+        [
+            ("tinystacks.io/managed-by", "tinystacks-operator".to_string()),
+            ("tinystacks.io/owner", format!("Database/{ns}/{name}")),
+            ("tinystacks.io/owner-uid", uid.to_string()),
+        ]
+    };
+    // A secret under the Database's name, with the operator's tags and another object's UID (what
+    // a Database deleted with Retain leaves, or a copy): its password must not reach RDS.
+    let secret_name = format!("tinystacks/{ns}/web/heir");
+    let previous = json!({"engine": "postgres", "host": "", "port": 5432, "username": "app",
+        "password": "PreviousOwnersPassword1", "dbname": "app", "dbInstanceIdentifier": "x"});
+    let mut create = world.secrets().create_secret().name(&secret_name).secret_string(previous.to_string());
+    for (k, v) in operator_tags("heir", "uid-of-a-previous-object") {
+        create = create.tags(aws_sdk_secretsmanager::types::Tag::builder().key(k).value(v).build());
+    }
+    create.send().await.expect("the previous secret");
+    // A DB subnet group under the other Database's name, not the operator's at all.
+    let squatted = tinystacks_operator::database::instance_identifier(&ns, "web", "squat");
+    let two: Vec<String> = world.net.database_subnets.iter().take(2).cloned().collect();
+    world
+        .rds()
+        .create_db_subnet_group()
+        .db_subnet_group_name(&squatted)
+        .db_subnet_group_description("someone else's")
+        .set_subnet_ids(Some(two.clone()))
+        .tags(aws_sdk_rds::types::Tag::builder().key("team").value("other").build())
+        .send()
+        .await
+        .expect("the other subnet group");
+    world.database("heir", json!({"deletionPolicy": "Delete"})).await;
+    world.database("squat", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[]);
+
+    let message = stalled_message(&world.databases(), "heir", "OwnershipConflict").await;
+    assert!(message.contains(&secret_name) && message.contains("uid-of-a-previous-object"), "{message}");
+    let message = stalled_message(&world.databases(), "squat", "OwnershipConflict").await;
+    assert!(message.contains(&squatted) && message.contains("not created by tinystacks-operator"), "{message}");
+    let heir_id = tinystacks_operator::database::instance_identifier(&ns, "web", "heir");
+    assert!(world.instance(&heir_id).await.is_none(), "no instance with the previous secret's password");
+    assert!(world.instance(&squatted).await.is_none(), "no instance in the other subnet group");
+    assert_eq!(world.secret_json(&secret_name).await, previous, "the previous secret is untouched");
+
+    // Deleting both leaves what was not theirs.
+    world.delete("heir").await;
+    world.delete("squat").await;
+    world.wait_gone("heir").await;
+    world.wait_gone("squat").await;
+    assert_eq!(world.secret_json(&secret_name).await, previous, "the previous secret is still there");
+    let groups = world.rds().describe_db_subnet_groups().db_subnet_group_name(&squatted).send().await;
+    let subnets: BTreeSet<String> = groups
+        .expect("the other subnet group is still there")
+        .db_subnet_groups()
+        .iter()
+        .flat_map(|g| g.subnets().iter().filter_map(|s| s.subnet_identifier().map(str::to_string)))
+        .collect();
+    assert_eq!(subnets, two.into_iter().collect(), "its subnets were not changed");
+}

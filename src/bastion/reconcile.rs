@@ -11,7 +11,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -28,13 +28,12 @@ use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::{Context, FIELD_MANAGER};
+use crate::runtime::owned_secrets::{Created, OwnedSecrets};
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
 use crate::stack::{self, StackFor};
 
 /// The Ready reason once the TTL ended; the Database stops admitting the Bastion's group then.
 pub const EXPIRED: &str = "Expired";
-/// The label on generated key Secrets (the same the Database's connection Secrets carry).
-const MANAGED_LABEL: &str = crate::database::MANAGED_LABEL;
 
 impl Managed for Bastion {
     type Status = BastionStatus;
@@ -228,26 +227,10 @@ async fn connect<'a>(ctx: &'a Context, stack: &Stack, link: &AwsAccountLink) -> 
     Ok(BastionAws::new(&ctx.aws, &config, role_arn, link.spec.account_id.clone(), &ctx.limiter))
 }
 
-/// Whether `secret` is controlled by `bastion` (its owner reference).
-fn controlled(secret: &Secret, bastion: &Bastion) -> bool {
-    let uid = bastion.uid();
-    secret.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-}
-
-/// Deletes the generated key's Secret if this Bastion controls it: the garbage collector would
-/// too, but only after the Bastion is gone, and a private key should not outlive its use.
+/// Deletes the generated key's Secret if it is this Bastion's: the garbage collector would too,
+/// but only after the Bastion is gone, and a private key should not outlive its use.
 async fn forget_key_secret(bastion: &Bastion, ctx: &Context) -> Result<bool> {
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &bastion.namespace().unwrap_or_default());
-    let name = names(bastion).key_secret;
-    let Some(secret) = secrets.get_opt(&name).await? else { return Ok(false) };
-    if !controlled(&secret, bastion) {
-        return Ok(false);
-    }
-    match secrets.delete(&name, &DeleteParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    OwnedSecrets::new(ctx.client.clone(), bastion).delete_if_ours(&names(bastion).key_secret).await
 }
 
 /// One pass towards the spec.
@@ -444,7 +427,7 @@ impl<'a> Converge<'a> {
 
         // 5. The SSH key: the Secret first (so a crash never leaves a key pair whose private key is
         // lost), then the EC2 key pair.
-        let secrets = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.bastion.namespace().unwrap_or_default());
+        let secrets = OwnedSecrets::new(self.ctx.client.clone(), self.bastion);
         let key_pairs = self.aws.key_pairs(&self.names.base).await?;
         let key_name = match (spec.access, &spec.ssh_public_key) {
             (BastionAccess::Ssm, _) => None,
@@ -568,24 +551,12 @@ impl<'a> Converge<'a> {
     }
 
     /// The public half of the generated key, from its Secret; `None` after writing a new Secret.
-    async fn generated_public_key(&self, secrets: &Api<Secret>) -> Result<Option<String>> {
+    /// A Secret of that name that is not this Bastion's is never used nor replaced
+    /// (`SecretConflict`).
+    async fn generated_public_key(&self, secrets: &OwnedSecrets<'_, Bastion>) -> Result<Option<String>> {
         let name = &self.names.key_secret;
-        if let Some(secret) = secrets.get_opt(name).await? {
-            if !controlled(&secret, self.bastion) {
-                return Err(Error::NameTaken {
-                    what: "Secret".into(),
-                    name: name.clone(),
-                    why: "it is not owned by this Bastion".into(),
-                });
-            }
-            let private = secret.data.as_ref().and_then(|d| d.get(keys::PRIVATE_KEY)).map(|v| v.0.as_slice());
-            let private = private.ok_or_else(|| Error::SshKeySecretUnusable {
-                name: name.clone(),
-                why: format!("it has no key {}", keys::PRIVATE_KEY),
-            })?;
-            let public =
-                keys::public_key_of(private).map_err(|why| Error::SshKeySecretUnusable { name: name.clone(), why })?;
-            return Ok(Some(public));
+        if let Some(secret) = secrets.get(name).await? {
+            return self.public_key_of(&secret).map(Some);
         }
         let comment = format!("bastion {}", self.names.display);
         let key =
@@ -593,12 +564,7 @@ impl<'a> Converge<'a> {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                namespace: self.bastion.namespace(),
-                labels: Some(BTreeMap::from([
-                    (MANAGED_LABEL.to_string(), FIELD_MANAGER.to_string()),
-                    ("tinystacks.io/bastion".to_string(), self.bastion.name_any()),
-                ])),
-                owner_references: self.bastion.controller_owner_ref(&()).map(|o| vec![o]),
+                labels: Some(BTreeMap::from([("tinystacks.io/bastion".to_string(), self.bastion.name_any())])),
                 ..Default::default()
             },
             type_: Some("kubernetes.io/ssh-auth".into()),
@@ -608,18 +574,24 @@ impl<'a> Converge<'a> {
             ])),
             ..Default::default()
         };
-        // Create, never overwrite: a Secret that appeared meanwhile holds the key to keep.
-        match secrets
-            .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        // Create, never overwrite: a Secret of this Bastion's that appeared meanwhile holds the key to keep.
+        if let Created::Existed(existing) = secrets.create(secret).await? {
+            return self.public_key_of(&existing).map(Some);
         }
         let note = format!("generated an ed25519 key pair; the private key is in the Secret {name}");
         self.event(EventType::Normal, "GeneratedSshKey", note).await;
         Ok(None)
+    }
+
+    /// The public half of the private key the Bastion's key Secret holds.
+    fn public_key_of(&self, secret: &Secret) -> Result<String> {
+        let name = &self.names.key_secret;
+        let private = secret.data.as_ref().and_then(|d| d.get(keys::PRIVATE_KEY)).map(|v| v.0.as_slice());
+        let private = private.ok_or_else(|| Error::SshKeySecretUnusable {
+            name: name.clone(),
+            why: format!("it has no key {}", keys::PRIVATE_KEY),
+        })?;
+        keys::public_key_of(private).map_err(|why| Error::SshKeySecretUnusable { name: name.clone(), why })
     }
 
     /// Launches the instance into the planned subnet with the pinned image.

@@ -16,6 +16,7 @@ pub use crate::aws::inventory::{DbSubnetGroup, SecretInfo};
 use crate::aws::limiter::Service;
 pub use crate::aws::security_group::Deleted;
 use crate::aws::security_group::SecurityGroups;
+use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
 use crate::stack::aws::Network;
@@ -105,13 +106,41 @@ impl<'a> DatabaseAws<'a> {
         Ok(found)
     }
 
+    /// The tags of the subnet group named `name` (`None` if there is none). RDS lists subnet
+    /// groups without their tags, so this reads them: only before the Database first uses one it
+    /// did not see itself create, and before deleting one.
+    pub async fn subnet_group_tags(&self, name: &str) -> Result<Option<Tags>> {
+        let read = || self.net.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
+        let arn = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
+            Ok(out) => out.db_subnet_groups().first().and_then(|g| g.db_subnet_group_arn()).map(str::to_string),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => None,
+            Err(e) => return Err(self.fail("rds:DescribeDBSubnetGroups", e)),
+        };
+        let Some(arn) = arn else { return Ok(None) };
+        let read = || self.net.rds.list_tags_for_resource().resource_name(&arn).send();
+        let out = self
+            .ctx
+            .limiter
+            .read(&self.net.scope.account, Service::Rds, read)
+            .await
+            .map_err(|e| self.fail("rds:ListTagsForResource", e))?;
+        Ok(Some(
+            out.tag_list()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+                .collect(),
+        ))
+    }
+
+    /// Creates the subnet group; `false` when one of that name existed already (it is read into
+    /// the inventory, and its owner must be checked before it is used).
     pub async fn create_subnet_group(
         &self,
         name: &str,
         description: &str,
         subnet_ids: &[String],
         tags: &[(String, String)],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let result = self
             .ctx
             .limiter
@@ -131,10 +160,10 @@ impl<'a> DatabaseAws<'a> {
                 if let Some(group) = out.db_subnet_group().and_then(inventory::db_subnet_group_of) {
                     self.record(Recorded::Created(Created::DbSubnetGroup(group))).await;
                 }
-                Ok(())
+                Ok(true)
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_already_exists_fault()) => {
-                self.subnet_group(name).await.map(|_| ())
+                self.subnet_group(name).await.map(|_| false)
             }
             Err(e) => Err(self.fail("rds:CreateDBSubnetGroup", e)),
         }
@@ -270,6 +299,29 @@ impl<'a> DatabaseAws<'a> {
             })
             .await
             .map_err(|e| self.fail_instance("rds:ModifyDBInstance", e))?;
+        if let Some(instance) = out.db_instance().map(observed_instance) {
+            self.record(Recorded::Observed(Created::DbInstance(instance))).await;
+        }
+        Ok(())
+    }
+
+    /// Gives the instance the master password `password`, at once (RDS applies it within
+    /// seconds, as `resetting-master-credentials`; open sessions stay).
+    pub async fn set_master_password(&self, identifier: &str, password: &Password) -> Result<()> {
+        let out = self
+            .ctx
+            .limiter
+            .mutate(&self.net.scope.account, Service::Rds, || {
+                self.net
+                    .rds
+                    .modify_db_instance()
+                    .db_instance_identifier(identifier)
+                    .master_user_password(password.expose())
+                    .apply_immediately(true)
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("rds:ModifyDBInstance", e))?;
         if let Some(instance) = out.db_instance().map(observed_instance) {
             self.record(Recorded::Observed(Created::DbInstance(instance))).await;
         }
@@ -454,6 +506,28 @@ impl<'a> DatabaseAws<'a> {
         Ok(SecretValue { document, version: out.version_id().map(str::to_string) })
     }
 
+    /// What the version `version` of the secret holds; `None` once Secrets Manager no longer has
+    /// that version.
+    pub async fn secret_version_value(&self, arn: &str, version: &str) -> Result<Option<SecretValue>> {
+        let result = self
+            .ctx
+            .limiter
+            .read(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.get_secret_value().secret_id(arn).version_id(version).send()
+            })
+            .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(None),
+            Err(e) => return Err(self.fail("secretsmanager:GetSecretValue", e)),
+        };
+        let document = match out.secret_string() {
+            Some(value) => SecretDocument::parse(value),
+            None => Err("it holds no string value".to_string()),
+        };
+        Ok(Some(SecretValue { document, version: out.version_id().map(str::to_string) }))
+    }
+
     /// A new master password from Secrets Manager: letters and digits only, so that it survives
     /// URLs, shells and RDS's rules (which forbid `/`, `"`, `@` and spaces) without quoting.
     pub async fn random_password(&self) -> Result<Password> {
@@ -480,6 +554,7 @@ impl<'a> DatabaseAws<'a> {
         kms_key_arn: &str,
         document: &SecretDocument,
         tags: &[(String, String)],
+        token: Option<&str>,
     ) -> Result<()> {
         let value = document.to_json();
         let result = self
@@ -493,6 +568,7 @@ impl<'a> DatabaseAws<'a> {
                     .description(description)
                     .kms_key_id(kms_key_arn)
                     .secret_string(value)
+                    .set_client_request_token(token.map(str::to_string))
                     .set_tags(Some(tags.iter().map(|(k, v)| SecretTag::builder().key(k).value(v).build()).collect()))
                     .send()
             })
@@ -520,20 +596,51 @@ impl<'a> DatabaseAws<'a> {
         }
     }
 
-    /// Writes a new version of the secret's value; returns its version ID.
-    pub async fn put_secret_value(&self, arn: &str, document: &SecretDocument) -> Result<Option<String>> {
+    /// Writes a new version of the secret's value; returns its version ID. With `token`, the
+    /// version's ID is the token, and a version of that ID that exists already counts as written.
+    pub async fn put_secret_value(
+        &self,
+        arn: &str,
+        document: &SecretDocument,
+        token: Option<&str>,
+    ) -> Result<Option<String>> {
         let value = document.to_json();
-        let out = self
+        let result = self
             .ctx
             .limiter
             .mutate(&self.net.scope.account, Service::SecretsManager, || {
-                self.net.secrets.put_secret_value().secret_id(arn).secret_string(value).send()
+                self.net
+                    .secrets
+                    .put_secret_value()
+                    .secret_id(arn)
+                    .secret_string(value)
+                    .set_client_request_token(token.map(str::to_string))
+                    .send()
             })
-            .await
-            .map_err(|e| self.fail("secretsmanager:PutSecretValue", e))?;
+            .await;
+        let version = match result {
+            Ok(out) => out.version_id().map(str::to_string),
+            Err(e) if token.is_some() && e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
+                token.map(str::to_string)
+            }
+            Err(e) => return Err(self.fail("secretsmanager:PutSecretValue", e)),
+        };
         // The new version is `AWSCURRENT` now: the inventory learns it from one read.
         self.secret(arn).await?;
-        Ok(out.version_id().map(str::to_string))
+        Ok(version)
+    }
+
+    /// Sets tags on the secret (the operator's bookkeeping of its password), and reads it again.
+    pub async fn tag_secret(&self, arn: &str, tags: &[(&str, &str)]) -> Result<()> {
+        let tags: Vec<SecretTag> = tags.iter().map(|(k, v)| SecretTag::builder().key(*k).value(*v).build()).collect();
+        self.ctx
+            .limiter
+            .mutate(&self.net.scope.account, Service::SecretsManager, || {
+                self.net.secrets.tag_resource().secret_id(arn).set_tags(Some(tags.clone())).send()
+            })
+            .await
+            .map_err(|e| self.fail("secretsmanager:TagResource", e))?;
+        self.secret(arn).await.map(|_| ())
     }
 
     pub async fn set_secret_key(&self, arn: &str, kms_key_arn: &str) -> Result<()> {

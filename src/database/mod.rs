@@ -6,4 +6,6 @@ mod credentials;
 pub(crate) mod plan;
 mod reconcile;
 
+/// The name of a Database's DB instance, subnet group and security group (tests look for them).
+pub use plan::instance_identifier;
 pub use reconcile::MANAGED_LABEL;

@@ -103,17 +103,19 @@ pub fn owner(namespace: &str, name: &str) -> String {
     format!("Database/{namespace}/{name}")
 }
 
-/// Whether a resource found under one of the Database's deterministic names is its own: made by
-/// this operator for a Database of the same namespace and name. A previous object of that name
-/// (deleted with `Retain`) counts as the same owner, so a re-created Database adopts what it left.
-pub fn claimed_by_other(tags: &Tags, owner: &str) -> Option<String> {
+/// Why a resource found under one of the Database's deterministic names is not its own (`None`
+/// when it is): made by this operator for this very object, its UID. What an earlier object of
+/// the same name left (deleted with `Retain`), or another install made, is not: adopting it would
+/// give this Database someone else's password, network or data.
+pub fn claimed_by_other(tags: &Tags, uid: &str) -> Option<String> {
     if tags.get(MANAGED_BY_TAG) != Some(MANAGED_BY_VALUE) {
         return Some("it was not created by tinystacks-operator".into());
     }
-    match tags.get(OWNER_TAG) {
-        Some(o) if o == owner => None,
-        Some(o) => Some(format!("it belongs to {o}")),
-        None => Some(format!("it has no {OWNER_TAG} tag")),
+    let owner = tags.get(OWNER_TAG).unwrap_or("none");
+    match tags.get(OWNER_UID_TAG) {
+        Some(found) if found == uid => None,
+        Some(found) => Some(format!("its tag {OWNER_UID_TAG} is {found} (owner {owner}), this object's UID is {uid}")),
+        None => Some(format!("it has no {OWNER_UID_TAG} tag (owner {owner})")),
     }
 }
 
@@ -465,12 +467,16 @@ mod tests {
     }
 
     #[test]
-    fn ownership_needs_the_operator_and_the_same_owner() {
+    fn ownership_needs_the_operator_and_this_objects_uid() {
         let mut tags: Tags = tags("ns", "db", "uid-1", "x").into_iter().collect();
-        assert_eq!(claimed_by_other(&tags, &owner("ns", "db")), None);
-        assert!(claimed_by_other(&tags, &owner("ns", "other")).is_some_and(|m| m.contains("Database/ns/db")));
+        assert_eq!(claimed_by_other(&tags, "uid-1"), None);
+        // The same namespace and name, another object (one deleted with Retain, re-created).
+        let why = claimed_by_other(&tags, "uid-2").expect("another object's");
+        assert!(why.contains("uid-1") && why.contains("Database/ns/db") && why.contains("uid-2"), "{why}");
+        tags.remove(OWNER_UID_TAG);
+        assert!(claimed_by_other(&tags, "uid-1").is_some_and(|m| m.contains("no tinystacks.io/owner-uid")));
         tags.remove(MANAGED_BY_TAG);
-        assert!(claimed_by_other(&tags, &owner("ns", "db")).is_some());
+        assert!(claimed_by_other(&tags, "uid-1").is_some_and(|m| m.contains("not created by")));
     }
 
     #[test]

@@ -4,20 +4,18 @@
 //! the secret (before the instance, so that its password can never be lost), the instance, drift
 //! and in-place changes, and last the endpoint in both secrets. Deletion follows `deletionPolicy`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::aws::{
     CreateInstance, DatabaseAws, Deleted, PASSWORD_FROM_SNAPSHOT, PASSWORD_TAG, RestoreInstance, SecretInfo,
 };
-use super::credentials::{self, SecretDocument};
+use super::credentials::SecretDocument;
 use super::plan::{self, DesiredInstance, Names, ObservedInstance, Phase, Placement};
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{
@@ -27,20 +25,19 @@ use crate::aws::inventory::{self, Created, Kind, Recorded, Rule, Scope, Security
 use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
-use crate::runtime::context::{Context, FIELD_MANAGER};
+use crate::runtime::context::Context;
+/// The label on connection Secrets; the controller watches Secrets with it (and owned by a
+/// Database) so that one deleted or edited by hand is written again at once.
+pub use crate::runtime::owned_secrets::MANAGED_LABEL;
+use crate::runtime::owned_secrets::OwnedSecrets;
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
 use crate::stack::{self, StackFor};
 
-/// The label on connection Secrets; the controller watches Secrets with it (and owned by a
-/// Database) so that one deleted or edited by hand is written again at once.
-pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
-/// The Secrets Manager version a connection Secret was written from: a rotation outside the
-/// operator makes it stale, which is noticed without reading the secret's value on every pass.
-const VERSION_ANNOTATION: &str = "tinystacks.io/secret-version";
+mod connection;
+mod password;
+
 /// How long one pass goes on making changes before it writes the status and yields.
 const PASS_TIME: Duration = Duration::from_secs(5);
-/// The connection Secret keys that do not hold the password, compared on every pass.
-const PLAIN_KEYS: [&str; 5] = ["PG_HOST", "PG_PORT", "PG_DATABASE", "PG_USER", "PG_CREDENTIALS_SECRET"];
 
 impl Managed for Database {
     type Status = DatabaseStatus;
@@ -222,7 +219,7 @@ struct Converge<'a> {
     placement: Placement,
     aws: &'a DatabaseAws<'a>,
     names: Names,
-    owner: String,
+    uid: String,
     tags: Vec<(String, String)>,
     status: DatabaseStatus,
 }
@@ -246,7 +243,7 @@ impl<'a> Converge<'a> {
             }
         }
         status.db_instance_identifier = Some(names.instance.clone());
-        Self { db, ctx, stack, placement, aws, owner: plan::owner(&namespace, &db.name_any()), names, tags, status }
+        Self { db, ctx, stack, placement, aws, uid: db.uid().unwrap_or_default(), names, tags, status }
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
@@ -274,10 +271,11 @@ impl<'a> Converge<'a> {
         }
     }
 
+    /// Only what carries this object's UID is used, changed or deleted.
     fn claim(&self, what: &str, name: &str, tags: &Tags) -> Result<()> {
-        match plan::claimed_by_other(tags, &self.owner) {
+        match plan::claimed_by_other(tags, &self.uid) {
             None => Ok(()),
-            Some(why) => Err(Error::NameTaken { what: what.into(), name: name.into(), why }),
+            Some(found) => Err(Error::ResourceNotOwned { what: what.into(), name: name.into(), found }),
         }
     }
 
@@ -344,10 +342,24 @@ impl<'a> Converge<'a> {
 
         // 3. The subnet group over the private (or isolated) subnets.
         let subnets: Vec<String> = self.placement.subnet_ids.iter().cloned().collect();
-        match snapshot.db_subnet_groups.iter().find(|g| g.name == self.names.instance) {
+        let listed = snapshot.db_subnet_groups.iter().find(|g| g.name == self.names.instance);
+        if listed.is_some() && self.status.subnet_group_name.as_ref() != Some(&self.names.instance) {
+            // Not known as this object's yet (RDS lists subnet groups without tags): read its tags
+            // once before using it; the status remembers the answer.
+            let Some(tags) = self.aws.subnet_group_tags(&self.names.instance).await? else {
+                return self.next("CreatingSubnetGroup", format!("{} is gone; looking again", self.names.instance));
+            };
+            self.claim("DB subnet group", &self.names.instance, &tags)?;
+            self.status.subnet_group_name = Some(self.names.instance.clone());
+        }
+        match listed {
             None => {
                 let description = format!("Database {}: the stack's private side", self.names.display);
-                self.aws.create_subnet_group(&self.names.instance, &description, &subnets, &self.tags).await?;
+                if !self.aws.create_subnet_group(&self.names.instance, &description, &subnets, &self.tags).await? {
+                    // One of that name existed: its tags are read on the next step.
+                    let message = format!("a DB subnet group {} exists already", self.names.instance);
+                    return self.next("CreatingSubnetGroup", message);
+                }
                 let note = format!("created DB subnet group {} over {}", self.names.instance, subnets.join(", "));
                 self.event(EventType::Normal, "CreatedDbSubnetGroup", note).await;
                 self.status.subnet_group_name = Some(self.names.instance.clone());
@@ -363,7 +375,7 @@ impl<'a> Converge<'a> {
                 self.event(EventType::Warning, "DriftRepaired", note).await;
                 return self.next("UpdatingSubnetGroup", format!("set the subnets of {}", self.names.instance));
             }
-            Some(_) => self.status.subnet_group_name = Some(self.names.instance.clone()),
+            Some(_) => {}
         }
 
         // 4. The secret, before the instance: the password exists in AWS before anything uses it.
@@ -443,7 +455,12 @@ impl<'a> Converge<'a> {
             });
         }
 
-        // 7. The endpoint in the secret, and the connection Secret.
+        // 7. The password RDS has is the secret's (a rotation asked for, or one made by hand).
+        if let Some(step) = self.sync_password(&secret).await? {
+            return Ok(step);
+        }
+
+        // 8. The endpoint in the secret, and the connection Secret.
         let Some((host, port)) = instance.endpoint.clone() else {
             return self
                 .busy("InstanceNotAvailable", format!("RDS reports no endpoint for {} yet", self.names.instance));
@@ -465,22 +482,39 @@ impl<'a> Converge<'a> {
         Ok(Step { status: self.status, health: Health::ready("Available", message), requeue_after: None })
     }
 
-    /// The only place a password is made: when no secret exists under the Database's name. Once
-    /// the secret exists, its password is the one the instance gets, whatever crashes when.
+    /// Where a password is made when no secret exists under the Database's name: for a new
+    /// instance, or, asked for with the rotation annotation, for an instance whose secret was lost
+    /// (RDS then follows the new secret, see password.rs). Once the secret exists, its password is
+    /// the one the instance gets, whatever crashes when.
     async fn create_secret(mut self) -> Result<Step<DatabaseStatus>> {
-        if self.aws.instance(&self.names.instance).await?.is_some() {
-            // An instance whose password is nowhere: a new one would not be the instance's.
-            return Err(Error::SecretUnusable {
-                name: self.names.secret.clone(),
-                why: format!("it was deleted while the DB instance {} exists", self.names.instance),
-            });
+        let request = self.rotation_request();
+        if let Some(instance) = self.aws.instance(&self.names.instance).await? {
+            self.claim("DB instance", &self.names.instance, &instance.tags)?;
+            // An instance whose password is nowhere: a new one is made only when asked for.
+            if request.is_none() {
+                return Err(Error::SecretUnusable {
+                    name: self.names.secret.clone(),
+                    why: format!(
+                        "it was deleted while the DB instance {} exists; to give the instance a new password, set the annotation {} to a new value",
+                        self.names.instance,
+                        password::ROTATE_ANNOTATION
+                    ),
+                });
+            }
         }
         let password = self.aws.random_password().await?;
         let spec = &self.db.spec;
         let document = SecretDocument::new(&spec.master_username, password, &spec.database_name, &self.names.instance);
         let description = format!("Master credentials of Database {} (RDS PostgreSQL)", self.names.display);
         self.aws
-            .create_secret(&self.names.secret, &description, &self.placement.kms_key_arn, &document, &self.tags)
+            .create_secret(
+                &self.names.secret,
+                &description,
+                &self.placement.kms_key_arn,
+                &document,
+                &self.tags,
+                request.as_deref(),
+            )
             .await?;
         let note = format!("stored generated master credentials in the Secrets Manager secret {}", self.names.secret);
         self.event(EventType::Normal, "CreatedSecret", note).await;
@@ -490,6 +524,9 @@ impl<'a> Converge<'a> {
     async fn create_instance(mut self, secret: &SecretInfo) -> Result<Step<DatabaseStatus>> {
         let value = self.aws.secret_value(&secret.arn).await?;
         let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
+        // The secret records which version's password RDS gets before RDS gets it, so that a
+        // crash after the create never leaves the instance looking out of step (password.rs).
+        self.record_password_version(secret, value.version.as_deref()).await?;
         let spec = &self.db.spec;
         self.aws
             .create_instance(&CreateInstance {
@@ -596,127 +633,6 @@ impl<'a> Converge<'a> {
         self.event(EventType::Normal, "SetMasterPassword", note).await;
         self.busy("SettingMasterPassword", format!("RDS is setting the master password of {}", self.names.instance))
     }
-
-    /// Brings the secret's host and port, and the connection Secret, in step with the instance.
-    /// The secret's value is read only when something looks stale: a new endpoint (the status
-    /// records the one the secret holds), or a connection Secret that is missing, edited, or
-    /// written from an older version of the secret.
-    async fn sync_credentials(&self, secret: &SecretInfo, host: &str, port: i32) -> Result<()> {
-        let enabled = self.db.spec.connection_secret.enabled;
-        let namespace = self.db.namespace().unwrap_or_default();
-        let secrets = Api::<Secret>::namespaced(self.ctx.client.clone(), &namespace);
-        self.remove_stale_connection_secret(&secrets).await?;
-
-        let recorded = self.db.status.as_ref().and_then(|s| s.endpoint.as_ref());
-        let endpoint_known = recorded.is_some_and(|e| e.address == host && e.port == port);
-        let expected = plain_keys(host, port, &self.db.spec.database_name, &self.db.spec.master_username, &secret.arn);
-        let connection_current = if enabled {
-            let existing = secrets.get_opt(&self.names.connection_secret).await?;
-            existing.is_some_and(|s| connection_secret_current(&s, &expected, secret.current_version.as_deref()))
-        } else {
-            true
-        };
-        if endpoint_known && connection_current {
-            return Ok(());
-        }
-
-        let value = self.aws.secret_value(&secret.arn).await?;
-        let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
-        let spec = &self.db.spec;
-        let wanted = document.updated(host, port, &document.username, &spec.database_name, &self.names.instance);
-        let version = if wanted != document {
-            let version = self.aws.put_secret_value(&secret.arn, &wanted).await?;
-            let note = format!("wrote the endpoint {host}:{port} into the secret {}", self.names.secret);
-            self.event(EventType::Normal, "UpdatedSecret", note).await;
-            version
-        } else {
-            value.version
-        };
-        if enabled {
-            self.apply_connection_secret(&secrets, &wanted, &secret.arn, version.as_deref()).await?;
-        }
-        Ok(())
-    }
-
-    async fn apply_connection_secret(
-        &self,
-        secrets: &Api<Secret>,
-        document: &SecretDocument,
-        arn: &str,
-        version: Option<&str>,
-    ) -> Result<()> {
-        let name = &self.names.connection_secret;
-        let data = credentials::connection_data(document, arn);
-        let owner = self.db.controller_owner_ref(&());
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: self.db.namespace(),
-                labels: Some(BTreeMap::from([
-                    (MANAGED_LABEL.to_string(), FIELD_MANAGER.to_string()),
-                    ("tinystacks.io/database".to_string(), self.db.name_any()),
-                ])),
-                annotations: version.map(|v| BTreeMap::from([(VERSION_ANNOTATION.to_string(), v.to_string())])),
-                owner_references: owner.map(|o| vec![o]),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
-            ..Default::default()
-        };
-        // The payload holds the password: only the name goes to logs and events.
-        secrets.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
-        debug!(secret = %name, "connection Secret written");
-        let note = format!("wrote the connection Secret {name} (for envFrom)");
-        self.event(EventType::Normal, "WroteConnectionSecret", note).await;
-        Ok(())
-    }
-
-    /// Deletes the connection Secret the status names when it is no longer wanted under that name
-    /// (renamed, or disabled), if this Database controls it.
-    async fn remove_stale_connection_secret(&self, secrets: &Api<Secret>) -> Result<()> {
-        let Some(old) = self.db.status.as_ref().and_then(|s| s.connection_secret_name.clone()) else {
-            return Ok(());
-        };
-        if self.db.spec.connection_secret.enabled && old == self.names.connection_secret {
-            return Ok(());
-        }
-        let uid = self.db.uid();
-        let Some(existing) = secrets.get_opt(&old).await? else { return Ok(()) };
-        let controlled =
-            existing.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
-        if controlled {
-            secrets.delete(&old, &DeleteParams::default()).await?;
-            self.event(EventType::Normal, "DeletedConnectionSecret", format!("deleted the Secret {old}")).await;
-        }
-        Ok(())
-    }
-}
-
-/// The connection Secret's keys that carry no password.
-fn plain_keys(host: &str, port: i32, dbname: &str, user: &str, arn: &str) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
-        ("PG_HOST", host.to_string()),
-        ("PG_PORT", port.to_string()),
-        ("PG_DATABASE", dbname.to_string()),
-        ("PG_USER", user.to_string()),
-        ("PG_CREDENTIALS_SECRET", arn.to_string()),
-    ])
-}
-
-/// Whether a connection Secret needs no rewrite: its plain keys are as expected, the password
-/// keys are there, and it was written from the secret's current version.
-fn connection_secret_current(
-    secret: &Secret,
-    expected: &BTreeMap<&'static str, String>,
-    version: Option<&str>,
-) -> bool {
-    let Some(data) = &secret.data else { return false };
-    let value = |k: &str| data.get(k).map(|v| v.0.as_slice());
-    let plain = PLAIN_KEYS.iter().all(|k| value(k) == expected.get(k).map(|v| v.as_bytes()));
-    let secret_keys = ["PG_PASSWORD", "DATABASE_URL"].iter().all(|k| value(k).is_some_and(|v| !v.is_empty()));
-    let annotated = secret.annotations().get(VERSION_ANNOTATION).map(String::as_str);
-    plain && secret_keys && (version.is_none() || annotated == version)
 }
 
 /// The security groups of the Stack's Bastions that are not being deleted: a Bastion on its way
@@ -749,9 +665,9 @@ impl Teardown<'_> {
         Ok(Cleanup::Pending { reason, message, requeue_after })
     }
 
+    /// Only what carries this object's UID is deleted; anything else of its names is left alone.
     fn ours(&self, tags: &Tags) -> bool {
-        let owner = plan::owner(&self.db.namespace().unwrap_or_default(), &self.db.name_any());
-        plan::claimed_by_other(tags, &owner).is_none()
+        plan::claimed_by_other(tags, &self.db.uid().unwrap_or_default()).is_none()
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
@@ -826,7 +742,7 @@ impl Teardown<'_> {
             };
         }
 
-        if self.aws.subnet_group(&names.instance).await?.is_some() {
+        if self.aws.subnet_group_tags(&names.instance).await?.is_some_and(|tags| self.ours(&tags)) {
             return match self.aws.delete_subnet_group(&names.instance).await? {
                 Deleted::Done => {
                     let note = format!("deleted DB subnet group {}", names.instance);
@@ -863,17 +779,15 @@ impl Teardown<'_> {
     }
 
     /// The owner reference would have the garbage collector delete it too, but only after the
-    /// Database is gone; deleting it now keeps the password from outliving the database.
+    /// Database is gone; deleting it now keeps the password from outliving the database. Only a
+    /// Secret that is this Database's is deleted, under the name the status or the spec gives.
     async fn forget_connection_secret(&self) -> Result<()> {
-        let Some(name) = self.db.status.as_ref().and_then(|s| s.connection_secret_name.clone()) else {
-            return Ok(());
-        };
-        let secrets = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.db.namespace().unwrap_or_default());
-        match secrets.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
+        let owned = OwnedSecrets::new(self.ctx.client.clone(), self.db);
+        let recorded = self.db.status.as_ref().and_then(|s| s.connection_secret_name.clone());
+        for name in recorded.into_iter().chain([self.names.connection_secret.clone()]) {
+            owned.delete_if_ours(&name).await?;
         }
+        Ok(())
     }
 }
 

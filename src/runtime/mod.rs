@@ -9,6 +9,7 @@ mod http;
 mod leader;
 pub mod metrics;
 mod process;
+pub mod owned_secrets;
 pub mod reconciler;
 
 use std::net::SocketAddr;

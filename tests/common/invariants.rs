@@ -213,3 +213,68 @@ async fn keys_in_use_pending_deletion(config: &aws_config::SdkConfig) -> Vec<Str
     }
     violations
 }
+
+/// The label on every Secret the operator writes.
+const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "tinystacks-operator");
+
+/// Asserts, for the Secrets of `namespace`, that the operator wrote none it does not own:
+/// - every Secret with the operator's label has one controller, a Database or Bastion of the
+///   namespace that exists with that UID, and carries the name that object writes
+///   (`spec.connectionSecret.name` or `<name>-connection`; `<name>-ssh-key`);
+/// - every Secret named in `foreign` (the test's own, made before the operator ran) still has
+///   the resourceVersion it had then: never written, never deleted.
+///
+/// Panics with every violation found.
+pub async fn assert_secrets_owned(client: &kube::Client, namespace: &str, foreign: &[(&str, &str)]) {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::{Api, ResourceExt};
+    use tinystacks_operator::api::{Bastion, Database};
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let list = secrets.list(&Default::default()).await.expect("list Secrets");
+    let databases = Api::<Database>::namespaced(client.clone(), namespace).list(&Default::default()).await;
+    let bastions = Api::<Bastion>::namespaced(client.clone(), namespace).list(&Default::default()).await;
+    let (databases, bastions) = (databases.expect("Databases").items, bastions.expect("Bastions").items);
+    let mut violations = Vec::new();
+    for s in &list.items {
+        let name = s.name_any();
+        if s.labels().get(MANAGED.0).map(String::as_str) != Some(MANAGED.1) {
+            continue;
+        }
+        let controllers: Vec<_> = s.owner_references().iter().filter(|o| o.controller == Some(true)).collect();
+        let [c] = controllers.as_slice() else {
+            violations.push(format!("Secret {name} has the operator's label and {} controllers", controllers.len()));
+            continue;
+        };
+        let wanted = match c.kind.as_str() {
+            "Database" => databases.iter().find(|d| d.uid().as_deref() == Some(c.uid.as_str())).map(|d| {
+                d.spec.connection_secret.name.clone().unwrap_or_else(|| format!("{}-connection", d.name_any()))
+            }),
+            "Bastion" => bastions
+                .iter()
+                .find(|b| b.uid().as_deref() == Some(c.uid.as_str()))
+                .map(|b| format!("{}-ssh-key", b.name_any())),
+            _ => None,
+        };
+        match wanted {
+            Some(w) if w == name => {}
+            Some(w) => {
+                violations.push(format!("Secret {name} is controlled by {} {}, which writes {w}", c.kind, c.name))
+            }
+            None => violations.push(format!(
+                "Secret {name} is controlled by {} {} (uid {}), which does not exist",
+                c.kind, c.name, c.uid
+            )),
+        }
+    }
+    for (name, version) in foreign {
+        match list.items.iter().find(|s| s.name_any() == *name) {
+            None => violations.push(format!("the Secret {name}, not the operator's, was deleted")),
+            Some(s) if s.resource_version().as_deref() != Some(*version) => {
+                violations.push(format!("the Secret {name}, not the operator's, was written"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(violations.is_empty(), "Secrets of namespace {namespace}:\n{}", violations.join("\n"));
+}
