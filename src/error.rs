@@ -109,16 +109,16 @@ pub enum Error {
     NameTaken { what: String, name: String, why: String },
 
     #[error(
-        "{what} {id} carries tinystacks.io/owner {owner} but tinystacks.io/owner-uid {found}, not this object's UID {uid}: {why}; {remedy}"
+        "{resource} carries tinystacks.io/owner {owner} but tinystacks.io/owner-uid {found}, not this object's UID {uid}: {detail}"
     )]
     OwnershipTagsDisagree {
-        what: String,
-        id: String,
+        /// What and which, e.g. `VPC vpc-0abc`.
+        resource: String,
         owner: String,
         found: String,
         uid: String,
-        why: String,
-        remedy: String,
+        /// Why it is not taken, and what to do.
+        detail: String,
     },
 
     #[error(

@@ -133,9 +133,13 @@ async fn guarded_wait(
     message: String,
 ) -> Result<Step<BastionStatus>> {
     let namespace = bastion.namespace().unwrap_or_default();
-    let link = match account_link::resolve_for_cleanup(ctx, stack, &namespace, true).await? {
-        LinkForCleanup::Usable(link) => link,
-        LinkForCleanup::NothingMade(_) | LinkForCleanup::NotAllowed(_) => return Ok(waiting(status, message)),
+    let link = match account_link::resolve_for_cleanup(ctx, stack, &namespace, true).await {
+        Ok(LinkForCleanup::Usable(link)) => link,
+        // The namespace no longer allowed: nothing can be reached; wait as before.
+        Ok(LinkForCleanup::NothingMade(_)) | Err(Error::AccountLinkNoLongerAllows { .. }) => {
+            return Ok(waiting(status, message));
+        }
+        Err(error) => return Err(error),
     };
     let aws = connect(ctx, stack, &link).await?;
     let (names, uid, now) = (names(bastion), bastion.uid().unwrap_or_default(), Timestamp::now());

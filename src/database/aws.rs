@@ -441,7 +441,7 @@ impl<'a> DatabaseAws<'a> {
 
     /// Sets the master password (a restored instance still has its snapshot's), then marks the
     /// instance as holding the secret's password. Repeating it after a crash sets the same password.
-    pub async fn set_master_password(&self, instance: &ObservedInstance, password: &Password) -> Result<()> {
+    pub async fn set_restored_master_password(&self, instance: &ObservedInstance, password: &Password) -> Result<()> {
         let identifier = instance.identifier.as_str();
         self.ctx
             .limiter

@@ -141,9 +141,13 @@ async fn guarded_wait(
     message: String,
 ) -> Result<Step<DatabaseStatus>> {
     let namespace = db.namespace().unwrap_or_default();
-    let link = match account_link::resolve_for_cleanup(ctx, stack, &namespace, true).await? {
-        LinkForCleanup::Usable(link) => link,
-        LinkForCleanup::NothingMade(_) | LinkForCleanup::NotAllowed(_) => return Ok(waiting(status, message)),
+    let link = match account_link::resolve_for_cleanup(ctx, stack, &namespace, true).await {
+        Ok(LinkForCleanup::Usable(link)) => link,
+        // The namespace no longer allowed: nothing can be reached; wait as before.
+        Ok(LinkForCleanup::NothingMade(_)) | Err(Error::AccountLinkNoLongerAllows { .. }) => {
+            return Ok(waiting(status, message));
+        }
+        Err(error) => return Err(error),
     };
     let aws = connect(ctx, stack, &link).await?;
     let names = names(db);
@@ -625,7 +629,7 @@ impl<'a> Converge<'a> {
     ) -> Result<Step<DatabaseStatus>> {
         let value = self.aws.secret_value(&secret.arn).await?;
         let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
-        self.aws.set_master_password(instance, &document.password).await?;
+        self.aws.set_restored_master_password(instance, &document.password).await?;
         let note = format!(
             "set the master password of the restored DB instance {} to the one in the secret {} (the snapshot's no longer works)",
             self.names.instance, self.names.secret

@@ -8,8 +8,8 @@ mod events;
 mod http;
 mod leader;
 pub mod metrics;
-mod process;
 pub mod owned_secrets;
+mod process;
 pub mod reconciler;
 
 use std::net::SocketAddr;

@@ -496,13 +496,11 @@ impl Foreign {
             )
         };
         Error::OwnershipTagsDisagree {
-            what: self.what.to_string(),
-            id: self.id.clone(),
+            resource: format!("{} {}", self.what, self.id),
             owner: owner.reference(),
             found: self.uid.clone(),
             uid: owner.uid.clone(),
-            why,
-            remedy,
+            detail: format!("{why}; {remedy}"),
         }
     }
 }
