@@ -912,7 +912,12 @@ impl Release {
             resync: "2s",
             extra_args,
         };
-        Operator::start_with_env(config, &[("KUBECONFIG", self.kubeconfig.to_str().unwrap())])
+        Operator::start_with_env(
+            config,
+            // The chart's Roles read bootstrap Secrets in the operator's namespace only: the
+            // operator's default (empty), not the harness's `*`.
+            &[("KUBECONFIG", self.kubeconfig.to_str().unwrap()), ("TINYSTACKS_BOOTSTRAP_SECRET_NAMESPACES", "")],
+        )
     }
 
     /// A client that authenticates with the ServiceAccount's token, as the operator does.
@@ -1725,7 +1730,8 @@ async fn the_readmes_upgrade_and_uninstall_procedures_work_as_written_after_a_he
         resync: "2s",
         extra_args: vec![],
     };
-    let operator = Operator::start_with_env(config, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap()), ("TINYSTACKS_BOOTSTRAP_SECRET_NAMESPACES", "")];
+    let operator = Operator::start_with_env(config, &env);
     let team = TestNamespace::new(&client, "chart-uninstall").await;
     let links = Api::<AwsAccountLink>::all(client.clone());
     let stacks = Api::<Stack>::namespaced(client.clone(), &team.name);
