@@ -443,19 +443,7 @@ impl<'a> DatabaseAws<'a> {
     /// instance as holding the secret's password. Repeating it after a crash sets the same password.
     pub async fn set_restored_master_password(&self, instance: &ObservedInstance, password: &Password) -> Result<()> {
         let identifier = instance.identifier.as_str();
-        self.ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .modify_db_instance()
-                    .db_instance_identifier(identifier)
-                    .master_user_password(password.expose())
-                    .apply_immediately(true)
-                    .send()
-            })
-            .await
-            .map_err(|e| self.fail("rds:ModifyDBInstance", e))?;
+        self.set_master_password(identifier, password).await?;
         let arn = instance.arn.clone().unwrap_or_default();
         let tags = rds_tags(&[(PASSWORD_TAG.to_string(), PASSWORD_FROM_SECRET.to_string())]);
         self.ctx
