@@ -151,8 +151,8 @@ async fn guarded_wait(
     };
     let aws = connect(ctx, stack, &link).await?;
     let names = names(db);
-    let owner = plan::owner(&namespace, &db.name_any());
-    let ours = |tags: &Tags| plan::claimed_by_other(tags, &owner).is_none();
+    let uid = db.uid().unwrap_or_default();
+    let ours = |tags: &Tags| plan::claimed_by_other(tags, &uid).is_none();
     let event =
         |note: String| async move { ctx.event(&db.object_ref(&()), EventType::Warning, "DriftRepaired", note).await };
     let snapshot = aws.snapshot().await?;
