@@ -5,11 +5,13 @@
 mod account_link;
 mod bastion;
 mod database;
+mod plan;
 mod stack;
 
 pub use account_link::*;
 pub use bastion::*;
 pub use database::*;
+pub use plan::*;
 pub use stack::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -18,6 +18,10 @@ pub enum Health {
     Stalled { reason: String, message: String },
     /// `tinystacks.io/paused` is set: `Ready` keeps its status, with reason `Paused`.
     Paused,
+    /// Nothing is made until a person acts, yet nothing is wrong: a plan awaits approval
+    /// (`AwaitingApproval`), or an `ObserveOnly` object's AWS side differs from its spec
+    /// (`Drifted`). `Ready=False`, neither `Reconciling` nor `Stalled`.
+    Held { reason: String, message: String },
 }
 
 impl Health {
@@ -29,6 +33,9 @@ impl Health {
     }
     pub fn stalled(reason: &str, message: impl Into<String>) -> Self {
         Health::Stalled { reason: reason.into(), message: message.into() }
+    }
+    pub fn held(reason: &str, message: impl Into<String>) -> Self {
+        Health::Held { reason: reason.into(), message: message.into() }
     }
 }
 
@@ -54,6 +61,7 @@ pub fn compute(previous: &[Condition], health: &Health, generation: Option<i64>,
         Health::Ready { reason, message } => (("True", reason.as_str(), message.clone()), "False", "False"),
         Health::Progressing { reason, message } => (("False", reason.as_str(), message.clone()), "True", "False"),
         Health::Stalled { reason, message } => (("False", reason.as_str(), message.clone()), "False", "True"),
+        Health::Held { reason, message } => (("False", reason.as_str(), message.clone()), "False", "False"),
         Health::Paused => {
             let status = prev_ready.map_or("Unknown", |c| c.status.as_str());
             let mut message =

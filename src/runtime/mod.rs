@@ -9,6 +9,7 @@ mod http;
 mod leader;
 pub mod metrics;
 pub mod owned_secrets;
+pub mod plan;
 mod process;
 pub mod reconciler;
 
