@@ -153,6 +153,8 @@ fn helm_lint_is_clean() {
     // With every optional object on, too.
     let all_on = [
         "metrics.serviceMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.grafanaDashboard.enabled=true",
         "networkPolicy.enabled=true",
         "networkPolicy.egress.enabled=true",
         "serviceAccount.roleArn=arn:aws:iam::123456789012:role/tinystacks-operator",
@@ -784,6 +786,95 @@ fn the_values_users_expect_render_and_the_schema_checks_them() {
         let error = render(&[set]).expect_err(set);
         assert!(error.contains(expected), "{set}: {error}");
     }
+}
+
+/// The chart's alerts, as a PrometheusRule, are the rules promtool checks and unit-tests: the
+/// rendered object's `spec` passes `promtool check rules` and `promtool test rules` with the tests
+/// of hack/prometheus-rules.test.yaml pointed at it. The dashboard ConfigMap carries the dashboard
+/// JSON unchanged, with the label Grafana's sidecar selects. Both only when enabled.
+#[test]
+fn the_alerts_and_the_dashboard_render_from_the_charts_files_when_enabled() {
+    let docs = rendered(&[]);
+    assert!(find(&docs, "PrometheusRule").is_none() && find(&docs, "ConfigMap").is_none(), "off by default");
+
+    let docs = rendered(&[
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+        "metrics.grafanaDashboard.enabled=true",
+        "metrics.grafanaDashboard.namespace=monitoring",
+        "metrics.grafanaDashboard.annotations.grafana_folder=Operators",
+        "commonLabels.team=platform",
+    ]);
+    let rule = find(&docs, "PrometheusRule").expect("a PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "tinystacks-system");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(rule["metadata"]["labels"]["team"], "platform");
+    let file = std::fs::read_to_string(format!("{CHART}/files/prometheus-rules.yaml")).expect("the rules file");
+    let file: Value = serde_yaml::from_str(&file).expect("the rules file is YAML");
+    assert_eq!(rule["spec"], file, "the PrometheusRule's spec is the rules file as it is");
+    let alerts = rule["spec"]["groups"][0]["rules"].as_array().expect("rules");
+    assert!(alerts.len() >= 10 && alerts.iter().all(|r| r["alert"].is_string() && r["expr"].is_string()));
+    // Prometheus' own templates in the annotations reach it untouched by Helm's.
+    assert!(rule.to_string().contains("{{ $labels.kind }}"), "{rule}");
+    promtool_checks_the_rendered_rules(&rule["spec"]);
+
+    let dashboard = find(&docs, "ConfigMap").expect("the dashboard ConfigMap");
+    let meta = &dashboard["metadata"];
+    assert_eq!(meta["name"], "t-tinystacks-operator-dashboard");
+    assert_eq!(meta["namespace"], "monitoring");
+    assert_eq!(meta["labels"]["grafana_dashboard"], "1", "the label Grafana's sidecar selects by default");
+    assert_eq!(meta["labels"]["team"], "platform");
+    assert_eq!(meta["annotations"]["grafana_folder"], "Operators");
+    let data = dashboard["data"].as_object().expect("data");
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["tinystacks-operator.json"]);
+    let served: Value = serde_json::from_str(data["tinystacks-operator.json"].as_str().expect("a string"))
+        .expect("the dashboard in the ConfigMap is JSON");
+    let file = std::fs::read_to_string(format!("{CHART}/files/grafana-dashboard.json")).expect("the dashboard");
+    assert_eq!(served, serde_json::from_str::<Value>(&file).expect("JSON"), "the dashboard file as it is");
+    // Without a namespace of its own, the release's; the sidecar's label can be another.
+    let docs = rendered(&[
+        "metrics.grafanaDashboard.enabled=true",
+        "metrics.grafanaDashboard.labels.grafana_dashboard=null",
+        "metrics.grafanaDashboard.labels.dashboards=tinystacks",
+    ]);
+    let meta = &find(&docs, "ConfigMap").expect("the dashboard ConfigMap")["metadata"];
+    assert_eq!(meta["namespace"], "tinystacks-system");
+    assert_eq!((meta["labels"].get("grafana_dashboard"), &meta["labels"]["dashboards"]), (None, &json!("tinystacks")));
+
+    for (set, expected) in [
+        ("metrics.prometheusRule.enabled=yes", "/metrics/prometheusRule/enabled"),
+        ("metrics.prometheusRule.labels.release=1", "/metrics/prometheusRule/labels/release"),
+        ("metrics.grafanaDashboard.namespace=Monitoring_Tools", "/metrics/grafanaDashboard/namespace"),
+        ("metrics.grafanaDashboard.folder=Operators", "folder"),
+    ] {
+        let error = render(&[set]).expect_err(set);
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+}
+
+/// `promtool check rules` and `promtool test rules` over `spec` (a rendered PrometheusRule's), with
+/// the unit tests of hack/prometheus-rules.test.yaml, which name the chart's rules file, pointed at
+/// it instead.
+fn promtool_checks_the_rendered_rules(spec: &Value) {
+    let dir = std::env::temp_dir().join(format!("tinystacks-rendered-rules-{}", suffix()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let rules = dir.join("rules.yaml");
+    std::fs::write(&rules, serde_yaml::to_string(spec).expect("YAML")).expect("write the rules");
+    let tests = std::fs::read_to_string(format!("{REPO}/hack/prometheus-rules.test.yaml")).expect("the rule tests");
+    let mut tests: Value = serde_yaml::from_str(&tests).expect("the rule tests are YAML");
+    assert_eq!(
+        tests["rule_files"],
+        json!(["../charts/tinystacks-operator/files/prometheus-rules.yaml"]),
+        "promtool's tests are the chart's rules' tests"
+    );
+    tests["rule_files"] = json!(["rules.yaml"]);
+    let test_file = dir.join("rules.test.yaml");
+    std::fs::write(&test_file, serde_yaml::to_string(&tests).expect("YAML")).expect("write the rule tests");
+    let check = run_ok(Command::new("promtool").args(["check", "rules"]).arg(&rules));
+    assert!(check.contains("SUCCESS"), "{check}");
+    run_ok(Command::new("promtool").args(["test", "rules"]).arg(&test_file));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Least privilege, checked on the rendered rules; the installed test proves they are enough.
@@ -1625,11 +1716,20 @@ async fn the_values_users_expect_are_accepted_by_the_api_server() {
     let watch = format!("operator.watchNamespace={}", namespace.name);
     for monitor in ["metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true"] {
         let mut sets = USER_VALUES.to_vec();
+        let alerts = ["metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true"];
         sets.extend([monitor, watch.as_str()]);
+        sets.extend(alerts);
         let yaml = render_yaml(&["t", "--namespace", &namespace.name], &sets).expect("helm template");
         let applied = server_dry_run(&yaml, &namespace.name).unwrap_or_else(|e| panic!("{monitor}: {e}\n{yaml}"));
         let kind = if monitor.contains("pod") { "podmonitor" } else { "servicemonitor" };
-        for object in ["deployment.apps/t-tinystacks-operator", "poddisruptionbudget.policy/", kind, "role.rbac"] {
+        for object in [
+            "deployment.apps/t-tinystacks-operator",
+            "poddisruptionbudget.policy/",
+            kind,
+            "role.rbac",
+            "prometheusrule.monitoring.coreos.com/t-tinystacks-operator",
+            "configmap/t-tinystacks-operator-dashboard",
+        ] {
             assert!(applied.contains(object), "{object} not applied: {applied}");
         }
     }
