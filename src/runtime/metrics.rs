@@ -58,7 +58,7 @@ pub struct BuildLabels {
 }
 
 /// The kinds, so that a scrape before the first reconcile already shows each kind's series at 0.
-const KINDS: [&str; 4] = ["AwsAccountLink", "Stack", "Database", "Bastion"];
+pub(super) const KINDS: [&str; 4] = ["AwsAccountLink", "Stack", "Database", "Bastion"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -74,6 +74,8 @@ pub struct Metrics {
     managed: Family<ManagedLabels, Gauge>,
     time_to_ready: Family<KindLabels, Histogram>,
     claimed_elsewhere: Family<KindLabels, Counter>,
+    /// A copy of every controller's work queue (`tinystacks_reconcile_queue_depth`).
+    pub queue: super::queue::WorkQueue,
     /// Each managed object by UID: its kind, whether it is Ready, and whether it ever was.
     objects: Arc<Mutex<HashMap<String, Tracked>>>,
 }
@@ -145,6 +147,8 @@ impl Default for Metrics {
             "Reconciles skipped because another install (tinystacks.io/claimed-by) claims the object, by kind",
             claimed_elsewhere.clone(),
         );
+        let queue = super::queue::WorkQueue::default();
+        registry.register_collector(Box::new(queue.clone()));
         for kind in KINDS {
             let labels = KindLabels { kind: kind.into() };
             let _ = reconciles.get_or_create(&labels);
@@ -168,6 +172,7 @@ impl Default for Metrics {
             managed,
             time_to_ready,
             claimed_elsewhere,
+            queue,
             objects: Arc::default(),
         }
     }

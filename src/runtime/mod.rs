@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod owned_secrets;
 pub mod plan;
 mod process;
+mod queue;
 pub mod reconciler;
 
 use std::net::SocketAddr;
@@ -18,14 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
-use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -36,6 +37,7 @@ use crate::api::{AwsAccountLink, Bastion, Database, Stack};
 use context::{Context, SecretNamespaces, Settings};
 use leader::LeaderElection;
 use metrics::Metrics;
+use queue::WorkQueue;
 use reconciler::{Managed, error_policy, reconcile};
 
 /// How `tinystacks-operator run` was configured.
@@ -207,6 +209,23 @@ async fn shutdown_signal() {
 
 type Guarded<K> = DeserializeGuard<K>;
 
+/// Hands `refs` to the controller of `K`, each entering the copy of its work queue
+/// (`tinystacks_reconcile_queue_depth`).
+fn enqueue<K: Managed>(
+    queue: &WorkQueue,
+    refs: impl IntoIterator<Item = ObjectRef<Guarded<K>>>,
+) -> Vec<ObjectRef<Guarded<K>>> {
+    let kind = K::kind(&());
+    refs.into_iter().inspect(|r| queue.triggered(&kind, r.namespace.as_deref(), &r.name)).collect()
+}
+
+/// The objects of `K` that own `child`, found as `Controller::owns` finds them (by the owner
+/// reference's apiVersion and kind, in the child's namespace).
+fn owners<K: Managed>(child: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<Guarded<K>>> {
+    let namespace = child.namespace();
+    child.owner_references().iter().filter_map(|o| ObjectRef::from_owner_ref(namespace.as_deref(), o, ())).collect()
+}
+
 /// The objects in `store` whose reference `refers` to the changed object.
 fn referrers<K>(store: &Store<Guarded<K>>, refers: impl Fn(&K) -> bool) -> Vec<ObjectRef<Guarded<K>>>
 where
@@ -219,12 +238,17 @@ where
 /// reads: `managedFields` (the API server's record of which manager set which field, often larger
 /// than the object itself) and kubectl's `last-applied-configuration` annotation (a second copy
 /// of the object). At 1,000 Stacks and 1,000 Databases the store holds every one of them.
-fn controller<K>(api: Api<Guarded<K>>) -> Controller<Guarded<K>>
+///
+/// Each object its watch brings enters the copy of the work queue.
+fn controller<K>(api: Api<Guarded<K>>, queue: &WorkQueue) -> Controller<Guarded<K>>
 where
     K: Managed,
 {
     let (reader, writer) = reflector::store();
-    let objects = reflector(writer, watcher(api, watcher::Config::default()).modify(slim)).applied_objects();
+    let (queue, kind) = (queue.clone(), K::kind(&()));
+    let objects = reflector(writer, watcher(api, watcher::Config::default()).modify(slim))
+        .applied_objects()
+        .inspect_ok(move |o| queue.triggered(&kind, o.namespace().as_deref(), &o.name_any()));
     Controller::for_stream(objects, reader)
 }
 
@@ -249,6 +273,10 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
             let _ = stop.wait_for(|s| *s).await;
         }
     };
+    // This term's controllers start with empty queues; the last term's went with its controllers.
+    let queue = ctx.metrics.queue.clone();
+    queue.clear();
+    let q = || queue.clone();
     let links = Api::<Guarded<AwsAccountLink>>::all(client.clone());
     let stacks = namespaced_api::<Guarded<Stack>>(&client, options);
     let databases = namespaced_api::<Guarded<Database>>(&client, options);
@@ -256,87 +284,105 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, options: &Options, s
 
     // A link wakes when a Stack that uses it changes (deletion waits for them), and when its
     // bootstrap Secret is created, changed or deleted (a link waiting for it goes on at once).
-    let link_controller = controller(links.clone()).with_config(config.clone()).trigger_backoff(backoff());
+    let link_controller = controller(links.clone(), &queue).with_config(config.clone()).trigger_backoff(backoff());
     let link_store = link_controller.store();
+    let (q1, q2) = (q(), q());
     let link_controller = link_controller
-        .watches(stacks.clone(), wc(), |s: Guarded<Stack>| {
-            s.0.ok().map(|s| ObjectRef::new(&s.spec.account_link_ref.name))
+        .watches(stacks.clone(), wc(), move |s: Guarded<Stack>| {
+            enqueue(&q1, s.0.ok().map(|s| ObjectRef::new(&s.spec.account_link_ref.name)))
         })
         .watches_stream(bootstrap_secrets(&client, &ctx.settings.bootstrap_secret_namespaces), move |secret| {
             let (name, ns) = (secret.name_any(), secret.namespace().unwrap_or_default());
-            referrers(&link_store, |l: &AwsAccountLink| {
-                l.spec.bootstrap.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name && r.namespace == ns)
-            })
+            enqueue(
+                &q2,
+                referrers(&link_store, |l: &AwsAccountLink| {
+                    l.spec
+                        .bootstrap
+                        .credentials_secret_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name && r.namespace == ns)
+                }),
+            )
         })
         .graceful_shutdown_on(stopped());
 
     // A Stack wakes when its link changes, and when its Databases or Bastions change.
-    let stack_controller = controller(stacks.clone()).with_config(config.clone()).trigger_backoff(backoff());
+    let stack_controller = controller(stacks.clone(), &queue).with_config(config.clone()).trigger_backoff(backoff());
     let store = stack_controller.store();
+    let (q1, q2, q3) = (q(), q(), q());
     let stack_controller = stack_controller
         .watches(links, wc(), move |l: Guarded<AwsAccountLink>| {
             let name = l.name_any();
-            referrers(&store, |s: &Stack| s.spec.account_link_ref.name == name)
+            enqueue(&q1, referrers(&store, |s: &Stack| s.spec.account_link_ref.name == name))
         })
-        .watches(databases.clone(), wc(), |d: Guarded<Database>| {
+        .watches(databases.clone(), wc(), move |d: Guarded<Database>| {
             let ns = d.namespace();
-            d.0.ok().map(|d| ObjectRef::new(&d.spec.stack_ref.name).within(ns.as_deref().unwrap_or_default()))
+            let stack =
+                d.0.ok().map(|d| ObjectRef::new(&d.spec.stack_ref.name).within(ns.as_deref().unwrap_or_default()));
+            enqueue(&q2, stack)
         })
-        .watches(bastions.clone(), wc(), |b: Guarded<Bastion>| {
+        .watches(bastions.clone(), wc(), move |b: Guarded<Bastion>| {
             let ns = b.namespace();
-            b.0.ok().map(|b| ObjectRef::new(&b.spec.stack_ref.name).within(ns.as_deref().unwrap_or_default()))
+            let stack =
+                b.0.ok().map(|b| ObjectRef::new(&b.spec.stack_ref.name).within(ns.as_deref().unwrap_or_default()));
+            enqueue(&q3, stack)
         })
         .graceful_shutdown_on(stopped());
 
     // A Database wakes when its Stack changes, when a Bastion of its Stack comes or goes, and when
     // its connection Secret is edited or deleted (so that it is written again at once).
     let databases_for_bastions = databases.clone();
-    let database_controller = controller(databases).with_config(config.clone()).trigger_backoff(backoff());
-    let connection_secrets = namespaced_api::<Secret>(&client, options);
+    let database_controller = controller(databases, &queue).with_config(config.clone()).trigger_backoff(backoff());
     let managed = format!("{}={}", crate::database::MANAGED_LABEL, context::FIELD_MANAGER);
     let managed_for_bastions = managed.clone();
     let db_store = database_controller.store();
     let db_store_2 = db_store.clone();
+    let (q1, q2, q3) = (q(), q(), q());
     let database_controller = database_controller
         .watches(stacks.clone(), wc(), move |s: Guarded<Stack>| {
             let (name, ns) = (s.name_any(), s.namespace());
-            referrers(&db_store, |d: &Database| d.spec.stack_ref.name == name && d.namespace() == ns)
+            enqueue(&q1, referrers(&db_store, |d: &Database| d.spec.stack_ref.name == name && d.namespace() == ns))
         })
         .watches(bastions.clone(), wc(), move |b: Guarded<Bastion>| {
             let ns = b.namespace();
             let Ok(b) = b.0 else { return Vec::new() };
-            referrers(&db_store_2, |d: &Database| d.spec.stack_ref.name == b.spec.stack_ref.name && d.namespace() == ns)
+            let stack = &b.spec.stack_ref.name;
+            enqueue(&q2, referrers(&db_store_2, |d: &Database| &d.spec.stack_ref.name == stack && d.namespace() == ns))
         })
-        .owns(connection_secrets, wc().labels(&managed))
+        .watches_stream(owned_secrets(&client, options, &managed), move |s| enqueue(&q3, owners::<Database>(&s)))
         .graceful_shutdown_on(stopped());
 
     // A Bastion wakes when its Stack changes, when a Database of its Stack changes (the tunnel
     // command names its endpoint), and when its generated key's Secret is edited or deleted.
-    let bastion_controller = controller(bastions).with_config(config).trigger_backoff(backoff());
+    let bastion_controller = controller(bastions, &queue).with_config(config).trigger_backoff(backoff());
     let bastion_store = bastion_controller.store();
     let bastion_store_2 = bastion_store.clone();
-    let key_secrets = namespaced_api::<Secret>(&client, options);
+    let (q1, q2, q3) = (q(), q(), q());
     let bastion_controller = bastion_controller
         .watches(stacks, wc(), move |s: Guarded<Stack>| {
             let (name, ns) = (s.name_any(), s.namespace());
-            referrers(&bastion_store, |b: &Bastion| b.spec.stack_ref.name == name && b.namespace() == ns)
+            enqueue(&q1, referrers(&bastion_store, |b: &Bastion| b.spec.stack_ref.name == name && b.namespace() == ns))
         })
         .watches(databases_for_bastions, wc(), move |d: Guarded<Database>| {
             let ns = d.namespace();
             let Ok(d) = d.0 else { return Vec::new() };
-            referrers(&bastion_store_2, |b: &Bastion| {
-                b.spec.stack_ref.name == d.spec.stack_ref.name && b.namespace() == ns
-            })
+            let stack = &d.spec.stack_ref.name;
+            enqueue(
+                &q2,
+                referrers(&bastion_store_2, |b: &Bastion| &b.spec.stack_ref.name == stack && b.namespace() == ns),
+            )
         })
-        .owns(key_secrets, wc().labels(&managed_for_bastions))
+        .watches_stream(owned_secrets(&client, options, &managed_for_bastions), move |s| {
+            enqueue(&q3, owners::<Bastion>(&s))
+        })
         .graceful_shutdown_on(stopped());
 
     info!("controllers started");
     futures::join!(
-        drain(link_controller.run(reconcile::<AwsAccountLink>, error_policy::<AwsAccountLink>, ctx.clone())),
-        drain(stack_controller.run(reconcile::<Stack>, error_policy::<Stack>, ctx.clone())),
-        drain(database_controller.run(reconcile::<Database>, error_policy::<Database>, ctx.clone())),
-        drain(bastion_controller.run(reconcile::<Bastion>, error_policy::<Bastion>, ctx)),
+        drain(link_controller.run(reconcile::<AwsAccountLink>, error_policy::<AwsAccountLink>, ctx.clone()), q()),
+        drain(stack_controller.run(reconcile::<Stack>, error_policy::<Stack>, ctx.clone()), q()),
+        drain(database_controller.run(reconcile::<Database>, error_policy::<Database>, ctx.clone()), q()),
+        drain(bastion_controller.run(reconcile::<Bastion>, error_policy::<Bastion>, ctx), q()),
     );
 }
 
@@ -355,6 +401,20 @@ fn bootstrap_secrets(
                 .boxed()
         }
     }
+}
+
+/// The Secrets the operator wrote for `K` (labelled `label`), as metadata: an edit or a deletion
+/// wakes their owner, as `Controller::owns` would.
+fn owned_secrets(
+    client: &Client,
+    options: &Options,
+    label: &str,
+) -> BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>> {
+    let api: Api<PartialObjectMeta<Secret>> = match &options.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    watcher(api, watcher::Config::default().labels(label)).touched_objects().boxed()
 }
 
 /// The pause after a watch error before a controller polls its watches again: 250 ms, doubling up
@@ -397,15 +457,23 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-async fn drain<S, T, E>(stream: S)
+/// Runs a controller to its end. A request for an object gone from the controller's store is
+/// dropped by kube without a reconcile: it leaves the copy of the work queue here.
+async fn drain<S, T, E1, E2>(stream: S, queue: WorkQueue)
 where
-    S: futures::Stream<Item = Result<T, E>>,
-    E: std::fmt::Display,
+    S: futures::Stream<Item = Result<T, ControllerError<E1, E2>>>,
+    E1: std::error::Error + 'static,
+    E2: std::error::Error + 'static,
 {
     stream
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                debug!(%error, "controller event");
+        .for_each(|result| {
+            if let Err(ControllerError::ObjectNotFound(gone)) = &result {
+                queue.left(&gone.dyntype.kind, gone.namespace.as_deref(), &gone.name);
+            }
+            async move {
+                if let Err(error) = result {
+                    debug!(%error, "controller event");
+                }
             }
         })
         .await;

@@ -57,21 +57,36 @@ pub trait Managed:
     fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<Cleanup>> + Send;
 }
 
-/// The entry point handed to `kube::runtime::Controller::run`.
+/// The entry point handed to `kube::runtime::Controller::run`. The object leaves the copy of the
+/// work queue as its reconcile starts, and enters it again with the requeue it asks for.
 pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Context>) -> Result<Action> {
+    let (kind, namespace, name) = (K::kind(&()), guard.namespace(), guard.name_any());
+    ctx.metrics.queue.left(&kind, namespace.as_deref(), &name);
+    let again = reconcile_once(&guard, &ctx).await?;
+    Ok(match again {
+        Some(after) => {
+            ctx.metrics.queue.requeued(&kind, namespace.as_deref(), &name, after);
+            Action::requeue(after)
+        }
+        None => Action::await_change(),
+    })
+}
+
+/// One reconcile; returns when to reconcile again, `None` to wait for a change.
+async fn reconcile_once<K: Managed>(guard: &DeserializeGuard<K>, ctx: &Arc<Context>) -> Result<Option<Duration>> {
     let obj = match &guard.0 {
         Ok(obj) => obj,
         Err(invalid) => {
             let (name, namespace) = (&invalid.metadata.name, &invalid.metadata.namespace);
             warn!(kind = %K::kind(&()), namespace = namespace.as_deref().unwrap_or_default(),
                 name = name.as_deref().unwrap_or_default(), error = %invalid.error, "skipping malformed object");
-            return Ok(Action::await_change());
+            return Ok(None);
         }
     };
     let kind = K::kind(&());
     let started = Instant::now();
     let in_flight = ctx.metrics.reconcile_started(&kind);
-    let outcome = drive(obj, &ctx).await;
+    let outcome = drive(obj, ctx).await;
     drop(in_flight);
     ctx.metrics.reconciled(&kind, started.elapsed());
     let uid = obj.uid().unwrap_or_default();
@@ -79,42 +94,42 @@ pub async fn reconcile<K: Managed>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Con
         Ok(Some(step)) => {
             ctx.record_success(&uid);
             let requeue = step.requeue_after.unwrap_or(ctx.settings.resync_period);
-            publish(obj, &ctx, step.status, &step.health, true).await?;
-            Ok(Action::requeue(requeue))
+            publish(obj, ctx, step.status, &step.health, true).await?;
+            Ok(Some(requeue))
         }
         Ok(None) => {
             ctx.events_written(&uid).await;
             ctx.record_success(&uid);
             ctx.metrics.forget_object(&uid);
-            Ok(Action::await_change())
+            Ok(None)
         }
         Err(error) => {
             ctx.metrics.failed(&kind, error.reason());
             let reference = obj.object_ref(&());
             let namespace = obj.namespace().unwrap_or_default();
             ctx.event(&reference, EventType::Warning, error.reason(), error.to_string()).await;
-            let (health, action) = match error.kind() {
+            let (health, again) = match error.kind() {
                 ErrorKind::Transient => {
                     let delay = crate::error::backoff(ctx.record_failure(&uid), ctx.settings.max_backoff);
                     warn!(%kind, namespace = %namespace, name = %obj.name_any(), %error, retry_in = ?delay, "reconcile failed");
-                    (Health::progressing(error.reason(), error.to_string()), Action::requeue(delay))
+                    (Health::progressing(error.reason(), error.to_string()), Some(delay))
                 }
                 ErrorKind::User => {
                     info!(%kind, namespace = %namespace, name = %obj.name_any(), %error, "stalled until the spec or a referenced object changes");
-                    (Health::stalled(error.reason(), error.to_string()), Action::await_change())
+                    (Health::stalled(error.reason(), error.to_string()), None)
                 }
                 ErrorKind::Permission => {
                     warn!(%kind, namespace = %namespace, name = %obj.name_any(), %error, "stalled on a missing permission");
-                    (Health::stalled(error.reason(), error.to_string()), Action::requeue(ctx.settings.resync_period))
+                    (Health::stalled(error.reason(), error.to_string()), Some(ctx.settings.resync_period))
                 }
                 ErrorKind::External => {
                     warn!(%kind, namespace = %namespace, name = %obj.name_any(), %error, "stalled until a person fixes it outside the cluster");
-                    (Health::stalled(error.reason(), error.to_string()), Action::requeue(ctx.settings.resync_period))
+                    (Health::stalled(error.reason(), error.to_string()), Some(ctx.settings.resync_period))
                 }
             };
             let status = obj.status().cloned().unwrap_or_default();
-            publish(obj, &ctx, status, &health, false).await?;
-            Ok(action)
+            publish(obj, ctx, status, &health, false).await?;
+            Ok(again)
         }
     }
 }
@@ -125,6 +140,7 @@ pub fn error_policy<K: Managed>(guard: Arc<DeserializeGuard<K>>, error: &Error, 
     let delay = crate::error::backoff(ctx.record_failure(&uid), ctx.settings.max_backoff);
     let namespace = guard.namespace().unwrap_or_default();
     warn!(kind = %K::kind(&()), %namespace, name = %guard.name_any(), %error, retry_in = ?delay, "status write failed");
+    ctx.metrics.queue.requeued(&K::kind(&()), guard.namespace().as_deref(), &guard.name_any(), delay);
     Action::requeue(delay)
 }
 
