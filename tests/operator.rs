@@ -648,6 +648,7 @@ async fn the_first_scrape_has_series_and_the_alerts_and_dashboard_name_only_serv
     for series in [
         format!("tinystacks_build_info{{version=\"{version}\"}} 1"),
         "tinystacks_reconciles_in_flight{kind=\"Database\"}".to_string(),
+        "tinystacks_reconcile_queue_depth{kind=\"Bastion\"} 0".to_string(),
         "tinystacks_managed_objects{kind=\"Bastion\",ready=\"false\"}".to_string(),
         "tinystacks_leader ".to_string(),
         "process_resident_memory_bytes ".to_string(),
@@ -695,6 +696,109 @@ async fn the_first_scrape_has_series_and_the_alerts_and_dashboard_name_only_serv
     assert!(unknown.is_empty(), "not served by the operator: {unknown:?}\nserved: {served:?}");
     links.delete(&link, &DeleteParams::default()).await.expect("delete link");
     wait_gone(&links, &link).await;
+    assert_log_shape(&operator.logs());
+}
+
+/// An AWS endpoint that accepts connections and never answers, until dropped: a reconcile that
+/// calls AWS waits on it (the operator's SDK attempt timeout is 30 s).
+struct SilentEndpoint {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentEndpoint {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        listener.set_nonblocking(true).expect("non-blocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            // Dropping the connections and the listener: the calls under way fail, later ones are
+            // refused.
+        });
+        Self { port, stop, thread: Some(thread) }
+    }
+
+    fn close(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SilentEndpoint {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The value of the series `series` (name and labels, as served) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// With one worker (`--concurrency 1`) held by a reconcile waiting on AWS, the other links that are
+/// due wait in the queue: `tinystacks_reconcile_queue_depth` counts them, next to the one in flight,
+/// and goes back to 0 once AWS answers (here: refuses) and nothing is due.
+#[tokio::test]
+async fn the_queue_depth_counts_the_objects_waiting_behind_a_busy_worker() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "op-queue").await;
+    let mut aws = SilentEndpoint::start();
+    let endpoint = format!("http://127.0.0.1:{}", aws.port);
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    // Manual links: their second pass asks STS who the operator is, on the silent endpoint.
+    let names: Vec<String> = (0..3).map(|i| format!("queue-{i}-{}", suffix())).collect();
+    for name in &names {
+        create(&links, name, json!({"accountId": "123456789012", "region": "us-east-1"})).await;
+    }
+    let config = OperatorConfig {
+        namespace: &ns.name,
+        lease_name: "tinystacks-operator",
+        resync: "1m",
+        extra_args: vec!["--concurrency".into(), "1".into()],
+    };
+    let operator = Operator::start_with_env(config, &[("AWS_ENDPOINT_URL", endpoint.as_str())]);
+    let in_flight = "tinystacks_reconciles_in_flight{kind=\"AwsAccountLink\"}";
+    let depth = "tinystacks_reconcile_queue_depth{kind=\"AwsAccountLink\"}";
+    eventually("one link reconciling and the others waiting", WAIT, || async {
+        let (_, scrape) = operator.get("/metrics");
+        let existing = links.list_metadata(&Default::default()).await.map_err(|e| e.to_string())?.items.len();
+        match (sample(&scrape, in_flight), sample(&scrape, depth)) {
+            // Our three links at least, one of them running; never more than the links there are.
+            (Some(running), Some(queued)) if running == 1.0 && queued >= 2.0 && queued < existing as f64 => Ok(()),
+            other => Err(format!("in flight and queued: {other:?} of {existing} links")),
+        }
+    })
+    .await;
+    // AWS refuses from now on: each link fails fast and is requeued with a backoff, not due now.
+    aws.close();
+    eventually("the queue to empty", WAIT, || async {
+        let (_, scrape) = operator.get("/metrics");
+        match sample(&scrape, depth) {
+            Some(queued) if queued == 0.0 => Ok(()),
+            other => Err(format!("queued: {other:?}")),
+        }
+    })
+    .await;
+    for name in &names {
+        links.delete(name, &DeleteParams::default()).await.expect("delete link");
+    }
+    for name in &names {
+        wait_gone(&links, name).await;
+    }
     assert_log_shape(&operator.logs());
 }
 
