@@ -148,6 +148,8 @@ pub async fn run(options: Options) -> Result<(), StartupError> {
             }
             _ = lost => {
                 metrics.set_leader(false);
+                // The controllers' queues went with them: a standby has nothing waiting.
+                metrics.queue.clear();
                 warn!("lost the leader lease: controllers stopped; standing for the lease again");
             }
         }
