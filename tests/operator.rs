@@ -576,6 +576,61 @@ async fn a_link_goes_on_within_seconds_of_its_bootstrap_secret_and_other_namespa
     assert_log_shape(&operator.logs());
 }
 
+/// The Secrets the operator writes are watched: deleted by hand, the Database's connection Secret
+/// and the Bastion's key Secret are written again within seconds, with a resync of ten minutes.
+#[tokio::test]
+async fn a_deleted_connection_or_key_secret_is_written_again_within_seconds() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "op-owned").await;
+    let config =
+        OperatorConfig { namespace: &ns.name, lease_name: "tinystacks-operator", resync: "10m", extra_args: vec![] };
+    let operator = Operator::start(config);
+    let links = Api::<AwsAccountLink>::all(client.clone());
+    let stacks = Api::<Stack>::namespaced(client.clone(), &ns.name);
+    let databases = Api::<Database>::namespaced(client.clone(), &ns.name);
+    let bastions = Api::<Bastion>::namespaced(client.clone(), &ns.name);
+    let link = format!("owned-{}", suffix());
+    create(&links, &link, verified_link_spec(&client, &ns.name, &[&ns.name]).await).await;
+    let network = json!({"cidr": "10.20.0.0/16", "natGateways": "None", "vpcLink": false});
+    create(&stacks, "web", json!({"accountLinkRef": {"name": link}, "network": network})).await;
+    create(&databases, "orders", json!({"stackRef": {"name": "web"}, "deletionPolicy": "Delete"})).await;
+    let ssh = json!({"stackRef": {"name": "web"}, "access": "Ssh", "allowedCidrs": ["203.0.113.0/24"]});
+    create(&bastions, "ops", ssh).await;
+    wait_condition(&links, &link, "Ready", "True", "Verified").await;
+    wait_condition(&stacks, "web", "Ready", "True", "Converged").await;
+    wait_condition(&databases, "orders", "Ready", "True", "Available").await;
+    wait_condition(&bastions, "ops", "Ready", "True", "Running").await;
+
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns.name);
+    for name in ["orders-connection", "ops-ssh-key"] {
+        let before = secrets.get(name).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let deleted = std::time::Instant::now();
+        secrets.delete(name, &DeleteParams::default()).await.expect("delete the Secret");
+        eventually(&format!("{name} written again"), WAIT, || async {
+            match secrets.get_opt(name).await {
+                Ok(Some(s)) if s.uid() != before.uid() && s.data.as_ref().is_some_and(|d| !d.is_empty()) => Ok(()),
+                other => Err(format!("{:?}", other.map(|s| s.map(|s| s.uid())))),
+            }
+        })
+        .await;
+        eprintln!("{name} written again {:?} after its deletion", deleted.elapsed());
+    }
+    wait_condition(&databases, "orders", "Ready", "True", "Available").await;
+    wait_condition(&bastions, "ops", "Ready", "True", "Running").await;
+
+    databases.delete("orders", &DeleteParams::default()).await.expect("delete database");
+    bastions.delete("ops", &DeleteParams::default()).await.expect("delete bastion");
+    stacks.delete("web", &DeleteParams::default()).await.expect("delete stack");
+    wait_gone(&databases, "orders").await;
+    wait_gone(&bastions, "ops").await;
+    wait_gone(&stacks, "web").await;
+    links.delete(&link, &DeleteParams::default()).await.expect("delete link");
+    wait_gone(&links, &link).await;
+    assert_log_shape(&operator.logs());
+}
+
 /// The names of the samples a scrape's `# TYPE` families serve: counters as `_total`, histograms
 /// as `_bucket`, `_sum` and `_count`.
 fn served_names(scrape: &str) -> std::collections::BTreeSet<String> {
