@@ -64,7 +64,9 @@ pub async fn observe(
         aws.instance_profile(base).await?.map(|p| ObservedProfile { arn: p.arn, tags: p.tags, roles: p.roles });
     observed.key_pairs =
         aws.key_pairs(base).await?.into_iter().map(|k| ObservedKeyPair { name: k.name, tags: k.tags }).collect();
-    if bastion.spec.access == BastionAccess::Ssh && bastion.spec.ssh_public_key.is_none() {
+    // Deletion needs no key (and a Secret of that name that is not the Bastion's must not block it).
+    let deleting = bastion.meta().deletion_timestamp.is_some();
+    if bastion.spec.access == BastionAccess::Ssh && bastion.spec.ssh_public_key.is_none() && !deleting {
         let secrets = OwnedSecrets::new(ctx.client.clone(), bastion);
         if let Some(secret) = secrets.get(&names.key_secret).await? {
             observed.generated_key = Some(public_key_of(&names.key_secret, &secret)?);
