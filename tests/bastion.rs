@@ -1108,10 +1108,7 @@ async fn an_observe_only_bastion_reports_a_rule_opened_by_hand_and_changes_nothi
     assert_eq!(proxy.mutations(), before, "ObserveOnly made an AWS mutation");
     let open_rule = ("tcp".to_string(), Some(22), Some(22), "0.0.0.0/0".to_string());
     assert!(world.ingress(&group).await.contains(&open_rule), "the rule opened by hand is still there");
-    assert!(
-        !world.event_notes().await.iter().any(|(_, reason, _)| reason == "DriftRepaired"),
-        "nothing was repaired"
-    );
+    assert!(!world.event_notes().await.iter().any(|(_, reason, _)| reason == "DriftRepaired"), "nothing was repaired");
 
     world.delete("jump").await;
     world.wait_gone("jump").await;
