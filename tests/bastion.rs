@@ -1110,6 +1110,26 @@ async fn an_observe_only_bastion_reports_a_rule_opened_by_hand_and_changes_nothi
     assert!(world.ingress(&group).await.contains(&open_rule), "the rule opened by hand is still there");
     assert!(!world.event_notes().await.iter().any(|(_, reason, _)| reason == "DriftRepaired"), "nothing was repaired");
 
+    // Nor while the Stack is not Ready (where a Full Bastion still revokes such a rule).
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
+        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
+    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    eventually("the Bastion holding while its Stack is not Ready", READY, || async {
+        let b = world.bastions().get("jump").await.map_err(|e| e.to_string())?;
+        let ready = condition(&serde_json::to_value(&b).map_err(|e| e.to_string())?, "Ready");
+        match ready {
+            Some(c) if c["reason"] == "Drifted" && c["message"].as_str().is_some_and(|m| m.contains("not Ready")) => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    wait_passes(&proxy, 2).await;
+    assert_eq!(proxy.mutations(), before, "ObserveOnly made an AWS mutation while the Stack was not Ready");
+    assert!(world.ingress(&group).await.contains(&open_rule), "the rule opened by hand is still there");
+
     world.delete("jump").await;
     world.wait_gone("jump").await;
     let note = world.wait_event("Normal", "LeftInAws", &group).await;

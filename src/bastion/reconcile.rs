@@ -215,9 +215,15 @@ async fn guarded_wait(
             now,
         };
         let planned = plan::guarded(&desired, &applier.observed);
-        if let Some(health) =
-            gate_plan(bastion, ctx, &mut step.status, &planned.changes, &names, None, &applier.observed).await
-        {
+        let held = gate_plan(bastion, ctx, &mut step.status, &planned.changes, &names, None, &applier.observed).await;
+        if let Some(health) = held {
+            // Both are said: why nothing is made, and what would be.
+            let health = match (health, &step.health) {
+                (Health::Held { reason, message: held }, Health::Progressing { message, .. }) => {
+                    Health::held(&reason, format!("{message}; meanwhile {held}"))
+                }
+                (health, _) => health,
+            };
             return Ok(Step { status: step.status, health, requeue_after: None });
         }
         let Some(change) = planned.changes.first() else {
