@@ -52,12 +52,13 @@ pub async fn observe(
         return Ok(observed);
     }
     let base = &names.base;
+    let deleting = bastion.meta().deletion_timestamp.is_some();
     if let Some(role) = aws.role(base).await? {
-        let (policies, attached) = if plan::ours(&role.tags, &uid) {
-            (aws.role_policies(base).await?, aws.attached_policies(base).await?)
-        } else {
-            Default::default()
-        };
+        let ours = plan::ours(&role.tags, &uid);
+        let policies = if ours { aws.role_policies(base).await? } else { Default::default() };
+        // Attached policies matter only to deletion (the operator attaches none): one call fewer
+        // per resync.
+        let attached = if ours && deleting { aws.attached_policies(base).await? } else { Default::default() };
         observed.role = Some(ObservedRole { tags: role.tags, policies, attached });
     }
     observed.profile =
@@ -65,7 +66,6 @@ pub async fn observe(
     observed.key_pairs =
         aws.key_pairs(base).await?.into_iter().map(|k| ObservedKeyPair { name: k.name, tags: k.tags }).collect();
     // Deletion needs no key (and a Secret of that name that is not the Bastion's must not block it).
-    let deleting = bastion.meta().deletion_timestamp.is_some();
     if bastion.spec.access == BastionAccess::Ssh && bastion.spec.ssh_public_key.is_none() && !deleting {
         let secrets = OwnedSecrets::new(ctx.client.clone(), bastion);
         if let Some(secret) = secrets.get(&names.key_secret).await? {
