@@ -992,3 +992,149 @@ async fn a_key_secret_it_does_not_own_is_never_used_written_nor_deleted() {
     assert!(secrets.get_opt("jump-ssh-key").await.expect("get").is_none(), "its own key Secret went with it");
     world.assert_nothing_left().await;
 }
+
+/// The operator's reads of the Bastion's instances: each pass makes one, so waiting for more of
+/// them waits for passes (resyncs), not for a fixed time.
+async fn wait_passes(proxy: &FaultProxy, passes: usize) {
+    let start = proxy.count("DescribeInstances");
+    eventually(&format!("{passes} more passes"), READY, || async {
+        let now = proxy.count("DescribeInstances");
+        if now >= start + passes { Ok(()) } else { Err(format!("{} of {passes}", now - start)) }
+    })
+    .await;
+}
+
+fn plan_of(b: &Bastion) -> tinystacks_operator::api::PlanStatus {
+    b.status.as_ref().and_then(|s| s.plan.clone()).expect("status.plan")
+}
+
+/// Issue 18: a new Bastion with `changePolicy: Manual` shows its whole plan and makes no AWS
+/// mutation (not one, counted at the proxy) until `approvedPlan` names that plan; an approval of
+/// another id does nothing; once approved it converges to Ready, and its plan is then empty.
+#[tokio::test]
+async fn a_manual_bastion_changes_nothing_in_aws_until_its_plan_is_approved() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    let spec = json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24"], "changePolicy": "Manual"});
+    world.bastion("jump", spec).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    let held = wait_condition(&world.bastions(), "jump", "Ready", "False", "AwaitingApproval").await;
+    let held: Bastion = serde_json::from_value(held).expect("Bastion");
+    let plan = plan_of(&held);
+    let keys: Vec<String> = plan.changes.iter().map(|c| format!("{:?} {} {}", c.action, c.resource, c.name)).collect();
+    for expected in [
+        "Create iam:Role role",
+        "Create ec2:SecurityGroup security-group",
+        "Create ec2:SecurityGroupIngress security-group/ingress",
+        "Create ec2:KeyPair key-pair",
+        "Create ec2:Instance instance",
+    ] {
+        assert!(keys.iter().any(|k| k == expected), "{expected} is not in the plan {keys:?}");
+    }
+    let ingress = plan.changes.iter().find(|c| c.resource == "ec2:SecurityGroupIngress").expect("ingress");
+    assert_eq!(ingress.detail, "allow tcp/22 from 203.0.113.0/24");
+    wait_passes(&proxy, 2).await;
+    assert_eq!(proxy.mutations(), Default::default(), "an AWS mutation before approval");
+    let secrets = Api::<Secret>::namespaced(world.client.clone(), &world.ns.name);
+    assert!(secrets.get_opt("jump-ssh-key").await.expect("get").is_none(), "no key written before approval");
+
+    // Approving an id that is not the plan's does nothing.
+    let stale = json!({"spec": {"approvedPlan": "0123456789abcdef"}});
+    world.bastions().patch("jump", &PatchParams::default(), &Patch::Merge(&stale)).await.expect("approve");
+    eventually("the edit seen", READY, || async {
+        let b = world.bastions().get("jump").await.map_err(|e| e.to_string())?;
+        let p = plan_of(&b);
+        if p.observed_generation == b.metadata.generation { Ok(()) } else { Err(format!("{p:?}")) }
+    })
+    .await;
+    wait_passes(&proxy, 2).await;
+    assert_eq!(proxy.mutations(), Default::default(), "an AWS mutation under an approval of another plan");
+    let b = world.bastions().get("jump").await.expect("get");
+    assert_eq!(plan_of(&b).id, plan.id, "approving edits the spec, not the plan");
+
+    let approve = json!({"spec": {"approvedPlan": plan.id}});
+    world.bastions().patch("jump", &PatchParams::default(), &Patch::Merge(&approve)).await.expect("approve");
+    let b = world.wait_ready("jump").await;
+    assert!(plan_of(&b).changes.is_empty(), "AWS matches: {:?}", plan_of(&b));
+    let (instances, keys, groups, roles, profiles) = world.leftovers().await;
+    assert_eq!((instances.len(), keys.len(), groups.len(), roles.len(), profiles.len()), (1, 1, 1, 1, 1));
+    assert_eq!(proxy.count("RunInstances"), 1);
+
+    // Deleting under Manual proceeds: deleting is the person's act.
+    world.delete("jump").await;
+    world.wait_gone("jump").await;
+    world.assert_nothing_left().await;
+}
+
+/// Issue 18: `management: ObserveOnly` on a Ready Bastion whose group gets 22 from the whole
+/// internet by hand: the plan lists the revocation, a `DriftDetected` Warning says so, Ready is
+/// False (`Drifted`), and nothing is repaired: zero mutations over two resyncs. Deleting it leaves
+/// its AWS resources, and an Event says what was left.
+#[tokio::test]
+async fn an_observe_only_bastion_reports_a_rule_opened_by_hand_and_changes_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    world.bastion("jump", json!({"access": "Ssh", "allowedCidrs": ["203.0.113.0/24"]})).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    let b = world.wait_ready("jump").await;
+    let group = b.status.as_ref().and_then(|s| s.security_group_id.clone()).expect("group");
+    let observe = json!({"spec": {"management": "ObserveOnly"}});
+    world.bastions().patch("jump", &PatchParams::default(), &Patch::Merge(&observe)).await.expect("observe only");
+    world.wait_ready("jump").await;
+    let before = proxy.mutations();
+
+    let open = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    world.ec2().authorize_security_group_ingress().group_id(&group).ip_permissions(open).send().await.expect("open");
+    world.wait_event("Warning", "DriftDetected", "0.0.0.0/0").await;
+    let drifted = wait_condition(&world.bastions(), "jump", "Ready", "False", "Drifted").await;
+    let drifted: Bastion = serde_json::from_value(drifted).expect("Bastion");
+    let plan = plan_of(&drifted);
+    assert_eq!(plan.changes.len(), 1, "{plan:?}");
+    let revoke = &plan.changes[0];
+    assert_eq!((revoke.resource.as_str(), revoke.id.as_deref()), ("ec2:SecurityGroupIngress", Some(group.as_str())));
+    assert_eq!(revoke.detail, "revoke tcp/22 from 0.0.0.0/0");
+
+    wait_passes(&proxy, 2).await;
+    assert_eq!(proxy.mutations(), before, "ObserveOnly made an AWS mutation");
+    let open_rule = ("tcp".to_string(), Some(22), Some(22), "0.0.0.0/0".to_string());
+    assert!(world.ingress(&group).await.contains(&open_rule), "the rule opened by hand is still there");
+    assert!(!world.event_notes().await.iter().any(|(_, reason, _)| reason == "DriftRepaired"), "nothing was repaired");
+
+    // Nor while the Stack is not Ready (where a Full Bastion still revokes such a rule).
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
+        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
+    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    eventually("the Bastion holding while its Stack is not Ready", READY, || async {
+        let b = world.bastions().get("jump").await.map_err(|e| e.to_string())?;
+        let ready = condition(&serde_json::to_value(&b).map_err(|e| e.to_string())?, "Ready");
+        match ready {
+            Some(c) if c["reason"] == "Drifted" && c["message"].as_str().is_some_and(|m| m.contains("not Ready")) => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    wait_passes(&proxy, 2).await;
+    assert_eq!(proxy.mutations(), before, "ObserveOnly made an AWS mutation while the Stack was not Ready");
+    assert!(world.ingress(&group).await.contains(&open_rule), "the rule opened by hand is still there");
+
+    world.delete("jump").await;
+    world.wait_gone("jump").await;
+    let note = world.wait_event("Normal", "LeftInAws", &group).await;
+    assert!(note.contains("ec2:Instance") && note.contains("iam:Role"), "{note}");
+    assert_eq!(proxy.mutations(), before, "deleting an ObserveOnly Bastion made an AWS mutation");
+    let (instances, _, groups, roles, _) = world.leftovers().await;
+    assert_eq!((instances.len(), groups.len(), roles.len()), (1, 1, 1), "its AWS resources are left");
+}

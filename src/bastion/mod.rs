@@ -1,6 +1,7 @@
 //! `Bastion`: a host through which people reach a Stack's Database, through Session Manager (no
 //! inbound port) or SSH from allowed addresses only, for a limited time if `ttl` says so.
 
+mod apply;
 mod aws;
 mod keys;
 mod plan;

@@ -17,6 +17,9 @@ use crate::aws::inventory::{Rule, Source};
 use crate::aws::tags::Tags;
 use crate::error::Error;
 
+mod changes;
+pub use changes::*;
+
 /// SSH's port: the only one a bastion's group ever opens, and only for `Ssh`.
 pub const SSH_PORT: i32 = 22;
 /// PostgreSQL's port, forwarded by the tunnel command.

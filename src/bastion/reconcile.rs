@@ -1,34 +1,30 @@
-//! The Bastion's reconcile steps, one AWS mutation per pass: wait for the Stack (no AWS call until
-//! it is Ready), refuse `Ssh` on an isolated Stack, then the TTL period, the instance's role, its
-//! inline policy and instance profile, the security group and its exact ingress, the SSH key (the
-//! Secret before the EC2 key pair), the image, the instance, and last the leftovers of an earlier
-//! spec. Deletion terminates the instance first and confirms it before removing the rest.
+//! The Bastion's reconcile, which only sequences: wait for the Stack (no AWS mutation but the
+//! guarded ones until it is Ready), refuse `Ssh` on an isolated Stack, then observe (`apply::observe`),
+//! plan (`plan::plan`, pure), pass the gate (`status.plan`, `changePolicy`, `management`), apply
+//! one change (`Applier::apply`) and plan again from its recorded effect. Deletion follows
+//! `plan::teardown` one change per pass.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::info;
 
-use super::aws::{BastionAws, Deleted, Launch};
-use super::keys::{self, GeneratedKey};
-use super::plan::{self, Arch, DesiredInstance, Names, NoPlacement, Placement};
+use super::apply::{Applied, Applier, observe, poll};
+use super::aws::BastionAws;
+use super::keys;
+use super::plan::{self, Change, Desired, Names, NoPlacement, Placement};
 use crate::account_link::template::bastion_boundary_policy_name;
 use crate::account_link::{self, LinkFor, LinkForCleanup};
-use crate::api::{AwsAccountLink, Bastion, BastionAccess, BastionStatus, Database, Permissions, Stack};
-use crate::aws::inventory::new_security_group;
-use crate::aws::tags::Tags;
+use crate::api::{AwsAccountLink, Bastion, BastionAccess, BastionStatus, Database, Management, Permissions, Stack};
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
-use crate::runtime::context::{Context, FIELD_MANAGER};
-use crate::runtime::owned_secrets::{Created, OwnedSecrets};
+use crate::runtime::context::Context;
+use crate::runtime::owned_secrets::OwnedSecrets;
+use crate::runtime::plan::{self as runtime_plan, Gate, Governance};
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
 use crate::stack::{self, StackFor};
 
@@ -69,9 +65,26 @@ impl Managed for Bastion {
             LinkFor::Usable(link) => link,
         };
         let aws = connect(ctx, &stack, &link).await?;
+        let names = names(self);
+        let uid = self.uid().unwrap_or_default();
+        let tags = plan::tags(&namespace, &self.name_any(), &uid, &names.display, &stack.spec.tags);
+        let vpc = placement.vpc_id.clone();
+        let observed = observe(&aws, self, ctx, &names, Some(&vpc), true).await?;
+        let applier = Applier {
+            bastion: self,
+            ctx,
+            aws,
+            names,
+            uid,
+            tags,
+            boundary: boundary_arn(&link),
+            placement: Some(placement.clone()),
+            spec_changed: status.observed_generation != self.metadata.generation,
+            known_instance: status.instance_id.clone(),
+            observed,
+        };
         let region = region(&stack, &link);
-        let boundary = boundary_arn(&link);
-        Converge::new(self, ctx, &stack, placement, aws, region, boundary, status).run().await
+        Converge { applier, stack: &stack, placement, region, status }.run().await
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
@@ -99,7 +112,20 @@ impl Managed for Bastion {
         };
         let aws = connect(ctx, &stack, &link).await?;
         let vpc_id = stack.status.as_ref().and_then(|s| s.vpc_id.clone());
-        Teardown { bastion: self, ctx, aws, names, vpc_id }.run().await
+        let applier = Applier {
+            bastion: self,
+            ctx,
+            aws,
+            names,
+            uid: self.uid().unwrap_or_default(),
+            tags: Vec::new(),
+            boundary: None,
+            placement: None,
+            spec_changed: false,
+            known_instance: None,
+            observed: Default::default(),
+        };
+        teardown(applier, vpc_id.as_deref()).await
     }
 }
 
@@ -123,8 +149,8 @@ fn waiting(status: BastionStatus, message: String) -> Step<BastionStatus> {
 
 /// Waiting for the Stack or its link: nothing is made, but whenever the account can still be
 /// reached (the link's role is verified, which is all deletion needs too) the TTL and the
-/// security group hold: past `expiresAt` the instance is terminated, and the group loses every
-/// rule the spec does not ask for (22 from anywhere else than `allowedCidrs`).
+/// security group hold (`plan::guarded`): past `expiresAt` the instance is terminated, and the
+/// group loses every rule the spec does not ask for. Those changes pass the gate like any other.
 async fn guarded_wait(
     bastion: &Bastion,
     ctx: &Context,
@@ -142,8 +168,8 @@ async fn guarded_wait(
         Err(error) => return Err(error),
     };
     let aws = connect(ctx, stack, &link).await?;
-    let (names, uid, now) = (names(bastion), bastion.uid().unwrap_or_default(), Timestamp::now());
-    let reference = bastion.object_ref(&());
+    let names = names(bastion);
+    let now = Timestamp::now();
     // Only a period already recorded can end: one not started yet has no instance to stop.
     let recorded = bastion.annotations().get(plan::PERIOD_ANNOTATION).map(String::as_str);
     let expires = match (&bastion.spec.ttl, recorded) {
@@ -152,43 +178,106 @@ async fn guarded_wait(
         }
         _ => None,
     };
+    let vpc = stack.status.as_ref().and_then(|s| s.vpc_id.clone());
+    let observed = observe(&aws, bastion, ctx, &names, vpc.as_deref(), false).await?;
+    // Placement is not needed for these changes; the group's VPC stands in.
+    let placement = Placement {
+        vpc_id: vpc.unwrap_or_default(),
+        subnet_id: String::new(),
+        tier_subnets: Default::default(),
+        tier: crate::api::SubnetTier::Private,
+        public_ip: false,
+    };
     let mut step = waiting(status, message);
     step.status.expires_at = expires.map(Time);
-    if let Some(at) = expires
-        && at <= now
-    {
-        let live: Vec<String> = aws.instances(&uid).await?.into_iter().filter(|i| !i.is_gone()).map(|i| i.id).collect();
-        let ttl = bastion.spec.ttl.clone().unwrap_or_default();
-        if !live.is_empty() {
-            aws.terminate(&live).await?;
-            let note = format!(
-                "the ttl of {ttl} ended at {at}: terminated instance {} (the Stack is not Ready)",
-                live.join(", ")
-            );
-            ctx.event(&reference, EventType::Normal, "TerminatedInstance", note).await;
+    let uid = bastion.uid().unwrap_or_default();
+    let mut applier = Applier {
+        bastion,
+        ctx,
+        aws,
+        names: names.clone(),
+        uid: uid.clone(),
+        tags: Vec::new(),
+        boundary: None,
+        placement: None,
+        spec_changed: false,
+        known_instance: None,
+        observed,
+    };
+    loop {
+        let desired = Desired {
+            spec: &bastion.spec,
+            names: &names,
+            uid: &uid,
+            placement: &placement,
+            known_instance: None,
+            expires,
+            now,
+        };
+        let planned = plan::guarded(&desired, &applier.observed);
+        let held = gate_plan(bastion, ctx, &mut step.status, &planned.changes, &names, None, &applier.observed).await;
+        if let Some(health) = held {
+            // Both are said: why nothing is made, and what would be.
+            let health = match (health, &step.health) {
+                (Health::Held { reason, message: held }, Health::Progressing { message, .. }) => {
+                    Health::held(&reason, format!("{message}; meanwhile {held}"))
+                }
+                (health, _) => health,
+            };
+            return Ok(Step { status: step.status, health, requeue_after: None });
         }
-        return Ok(expired(step.status, &ttl, at));
-    }
-    if let Some(vpc) = stack.status.as_ref().and_then(|s| s.vpc_id.as_deref())
-        && let Some(group) = aws.groups().find(vpc, &names.base).await?.filter(|g| plan::ours(&g.tags, &uid))
-    {
-        let desired = plan::desired_ingress(bastion.spec.access, &bastion.spec.allowed_cidrs);
-        let revoke: Vec<_> = group.ingress.difference(&desired).cloned().collect();
-        if !revoke.is_empty() {
-            aws.groups().revoke_ingress(&group.id, &revoke).await?;
-            let what: Vec<String> = revoke.iter().map(plan::describe_rule).collect();
-            let note = format!(
-                "revoked ingress on the bastion's security group {} while waiting: {}",
-                group.id,
-                what.join(", ")
-            );
-            ctx.event(&reference, EventType::Warning, "DriftRepaired", note).await;
+        let Some(change) = planned.changes.first() else {
+            if let Some(at) = planned.expired {
+                let ttl = bastion.spec.ttl.clone().unwrap_or_default();
+                return Ok(expired(step.status, &ttl, at));
+            }
+            break;
+        };
+        if let Applied::Later { .. } = applier.apply(change).await? {
+            break;
         }
     }
     if let Some(left) = expires.and_then(|at| Duration::try_from(at.duration_since(now)).ok()) {
         step.requeue_after = Some(ctx.settings.resync_period.min(left + Duration::from_millis(200)));
     }
     Ok(step)
+}
+
+/// Writes the plan of `changes` to `status.plan` through the gate; `Some(health)` when the gate
+/// holds (no AWS mutation may be made). An `ObserveOnly` Bastion reports a new plan once as a
+/// `DriftDetected` Warning.
+async fn gate_plan(
+    bastion: &Bastion,
+    ctx: &Context,
+    status: &mut BastionStatus,
+    changes: &[Change],
+    names: &Names,
+    placement: Option<&Placement>,
+    observed: &plan::Observed,
+) -> Option<Health> {
+    let spec = &bastion.spec;
+    let planned: Vec<_> = changes.iter().map(|c| c.planned(names, spec, placement, observed)).collect();
+    let governance = Governance {
+        change_policy: spec.change_policy,
+        approved_plan: spec.approved_plan.as_deref(),
+        management: spec.management,
+    };
+    let previous = status.plan.take();
+    let (plan, gate) = runtime_plan::gate(governance, bastion.metadata.generation, planned, previous.as_ref());
+    if spec.management == Management::ObserveOnly
+        && !plan.changes.is_empty()
+        && runtime_plan::is_new(&plan, previous.as_ref())
+    {
+        let what: Vec<String> =
+            plan.changes.iter().map(|c| format!("{:?} {} {}: {}", c.action, c.resource, c.name, c.detail)).collect();
+        let note = format!("AWS differs from the spec; plan {} would make: {}", plan.id, what.join("; "));
+        ctx.event(&bastion.object_ref(&()), EventType::Warning, runtime_plan::DRIFT_DETECTED, note).await;
+    }
+    status.plan = Some(plan);
+    match gate {
+        Gate::Apply => None,
+        Gate::Hold(health) => Some(health),
+    }
 }
 
 /// The status after expiry: `Ready=False`, reason `Expired`, until `ttl` changes.
@@ -201,11 +290,6 @@ fn expired(mut status: BastionStatus, ttl: &str, at: Timestamp) -> Step<BastionS
         "the ttl of {ttl} ended at {at}: the instance is terminated and the Stack's databases no longer admit this bastion; change spec.ttl to start a new period"
     );
     Step { status, health: Health::stalled(EXPIRED, message), requeue_after: None }
-}
-
-/// How soon to look again while EC2 is working.
-fn poll(ctx: &Context) -> Duration {
-    ctx.settings.resync_period.min(Duration::from_secs(5))
 }
 
 fn region(stack: &Stack, link: &AwsAccountLink) -> String {
@@ -237,306 +321,138 @@ async fn forget_key_secret(bastion: &Bastion, ctx: &Context) -> Result<bool> {
     OwnedSecrets::new(ctx.client.clone(), bastion).delete_if_ours(&names(bastion).key_secret).await
 }
 
-/// One pass towards the spec.
+/// One pass towards the spec: observe, plan, gate, apply one change, plan again from its
+/// recorded effect, until the plan is empty or AWS needs time; then the status of what runs.
 struct Converge<'a> {
-    bastion: &'a Bastion,
-    ctx: &'a Context,
+    applier: Applier<'a>,
     stack: &'a Stack,
     placement: Placement,
-    aws: BastionAws<'a>,
     region: String,
-    boundary: Option<String>,
-    names: Names,
-    uid: String,
-    tags: Vec<(String, String)>,
     status: BastionStatus,
-    /// Whether the spec changed since the status was written: a difference is then the spec's
-    /// doing, not drift.
-    spec_changed: bool,
 }
 
+/// How many changes one pass makes at most before looking at AWS afresh.
+const CHANGES_PER_PASS: usize = 16;
+
 impl<'a> Converge<'a> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        bastion: &'a Bastion,
-        ctx: &'a Context,
-        stack: &'a Stack,
-        placement: Placement,
-        aws: BastionAws<'a>,
-        region: String,
-        boundary: Option<String>,
-        status: BastionStatus,
-    ) -> Self {
-        let namespace = bastion.namespace().unwrap_or_default();
-        let names = names(bastion);
-        let uid = bastion.uid().unwrap_or_default();
-        let tags = plan::tags(&namespace, &bastion.name_any(), &uid, &names.display, &stack.spec.tags);
-        let spec_changed = status.observed_generation != bastion.metadata.generation;
-        Self { bastion, ctx, stack, placement, aws, region, boundary, names, uid, tags, status, spec_changed }
-    }
-
-    async fn event(&self, type_: EventType, reason: &str, note: String) {
-        log_change(self.bastion, reason, &note);
-        self.ctx.event(&self.bastion.object_ref(&()), type_, reason, note).await;
-    }
-
-    /// A change was made: record it and look again at once.
-    fn next(&mut self, reason: &str, message: String) -> Result<Step<BastionStatus>> {
-        let status = std::mem::take(&mut self.status);
-        Ok(Step { status, health: Health::progressing(reason, message), requeue_after: Some(Duration::ZERO) })
-    }
-
-    /// EC2 is working: look again in a while.
-    fn busy(&mut self, reason: &str, message: String) -> Result<Step<BastionStatus>> {
-        let (status, requeue_after) = (std::mem::take(&mut self.status), Some(poll(self.ctx)));
-        Ok(Step { status, health: Health::progressing(reason, message), requeue_after })
-    }
-
-    fn claim(&self, what: &str, name: &str, tags: &Tags) -> Result<()> {
-        match plan::claimed_by_other(tags, &self.uid) {
-            None => Ok(()),
-            Some(why) => Err(Error::NameTaken { what: what.into(), name: name.into(), why }),
-        }
-    }
-
-    fn bastions(&self) -> Api<Bastion> {
-        Api::namespaced(self.ctx.client.clone(), &self.bastion.namespace().unwrap_or_default())
-    }
-
-    async fn annotate(&self, key: &str, value: &str) -> Result<()> {
-        let patch = json!({"metadata": {"annotations": {key: value}}});
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        self.bastions().patch(&self.bastion.name_any(), &params, &Patch::Merge(&patch)).await?;
-        Ok(())
-    }
-
-    fn clear_instance(&mut self) {
-        self.status.instance_id = None;
-        self.status.public_ip = None;
-        self.status.private_ip = None;
-        self.status.tunnel_command = None;
-    }
-
     async fn run(mut self) -> Result<Step<BastionStatus>> {
+        let bastion = self.applier.bastion;
+        let spec = &bastion.spec;
         let now = Timestamp::now();
-        let spec = &self.bastion.spec;
-
-        // 1. The TTL period: a new one starts when `ttl` is set or changed.
-        let mut expires = None;
-        if let Some(ttl) = &spec.ttl {
-            let recorded = self.bastion.annotations().get(plan::PERIOD_ANNOTATION).map(String::as_str);
-            let (period, new) = plan::period(ttl, recorded, now);
-            if new {
-                self.annotate(plan::PERIOD_ANNOTATION, &period.annotation()).await?;
-                let at = period.expires_at().map(|t| t.to_string()).unwrap_or_default();
-                let note = format!("a ttl period of {ttl} starts now; the instance is terminated at {at}");
-                self.event(EventType::Normal, "TtlPeriodStarted", note).await;
-                return self.next("StartingTtlPeriod", format!("started a ttl period of {ttl}"));
-            }
-            expires = period.expires_at();
-        } else if self.bastion.annotations().contains_key(plan::PERIOD_ANNOTATION) {
-            // No ttl any more: forget the period, so that a ttl set again later starts afresh.
-            let patch = json!({"metadata": {"annotations": {plan::PERIOD_ANNOTATION: null}}});
-            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            self.bastions().patch(&self.bastion.name_any(), &params, &Patch::Merge(&patch)).await?;
-            return self.next("EndingTtlPeriod", "spec.ttl was removed; the instance no longer expires".into());
+        if spec.ttl.is_none() && bastion.annotations().contains_key(plan::PERIOD_ANNOTATION) {
+            // No ttl any more: forget the period (a Kubernetes write), so that a ttl set again
+            // later starts afresh.
+            self.applier.annotate(plan::PERIOD_ANNOTATION, None).await?;
         }
+        let recorded = bastion.annotations().get(plan::PERIOD_ANNOTATION).map(String::as_str);
+        let period = spec.ttl.as_ref().map(|ttl| plan::period(ttl, recorded, now));
+        let expires = period.as_ref().and_then(|(p, _)| p.expires_at());
         self.status.expires_at = expires.map(Time);
-        let instances = self.aws.instances(&self.uid).await?;
-        let live: Vec<_> = instances.iter().filter(|i| !i.is_gone()).collect();
-        if let Some(at) = expires
-            && at <= now
-        {
-            return self.expire(&live, at).await;
+        let mut period_to_record = period.filter(|(_, new)| *new).map(|(p, _)| p);
+        let names = self.applier.names.clone();
+        let uid = self.applier.uid.clone();
+        for _ in 0..CHANGES_PER_PASS {
+            let known = self.applier.known_instance.clone();
+            let desired = Desired {
+                spec,
+                names: &names,
+                uid: &uid,
+                placement: &self.placement,
+                known_instance: known.as_deref(),
+                expires,
+                now,
+            };
+            let planned = plan::plan(&desired, &self.applier.observed)?;
+            let ctx = self.applier.ctx;
+            let (placement, observed) = (Some(&self.placement), &self.applier.observed);
+            if let Some(health) =
+                gate_plan(bastion, ctx, &mut self.status, &planned.changes, &names, placement, observed).await
+            {
+                return Ok(Step { status: self.status, health, requeue_after: None });
+            }
+            // The TTL period starts when the Bastion is first let make its changes (a Manual
+            // Bastion's period does not run out while it awaits approval).
+            if let Some(period) = period_to_record.take() {
+                self.applier.annotate(plan::PERIOD_ANNOTATION, Some(&period.annotation())).await?;
+                let (ttl, at) = (&period.ttl, period.expires_at().map(|t| t.to_string()).unwrap_or_default());
+                let note = format!("a ttl period of {ttl} starts now; the instance is terminated at {at}");
+                self.applier.event(EventType::Normal, "TtlPeriodStarted", note).await;
+            }
+            let Some(change) = planned.changes.first() else {
+                if let Some(at) = planned.expired {
+                    let ttl = spec.ttl.clone().unwrap_or_default();
+                    return Ok(expired(self.status, &ttl, at));
+                }
+                return self.settled(now, expires).await;
+            };
+            if let Applied::Later { reason, message, after } = self.applier.apply(change).await? {
+                self.record_instance();
+                let health = Health::progressing(reason, message);
+                return Ok(Step { status: self.status, health, requeue_after: Some(after) });
+            }
         }
+        self.record_instance();
+        let health = Health::progressing("Converging", "more changes to make");
+        Ok(Step { status: self.status, health, requeue_after: Some(Duration::ZERO) })
+    }
 
-        // 2. The instance's role, trusted by EC2 only. What a create leaves is known from it, so the
-        // steps that follow a create go on in the same pass without reading it back.
-        let role = &self.names.base;
-        let has_policy = match self.aws.role(role).await? {
-            Some(found) => {
-                self.claim("IAM role", role, &found.tags)?;
-                self.aws.role_policies(role).await?.contains(plan::ROLE_POLICY_NAME)
-            }
-            None => {
-                let description = format!("Bastion {}: Session Manager agent only", self.names.display);
-                self.aws.create_role(role, &description, self.boundary.as_deref(), &self.tags).await?;
-                self.event(EventType::Normal, "CreatedRole", format!("created IAM role {role}")).await;
-                false
-            }
-        };
-        if !has_policy {
-            self.aws.put_role_policy(role, plan::ROLE_POLICY_NAME, &plan::role_policy()).await?;
-            let note = format!("allowed the Session Manager agent's calls to IAM role {role}");
-            self.event(EventType::Normal, "PutRolePolicy", note).await;
+    /// What status says of the instance: the one kept, once it runs; none while replaced.
+    fn record_instance(&mut self) {
+        self.status.security_group_id = self.applier.observed.group.as_ref().map(|g| g.id.clone());
+        let known = self.applier.known_instance.clone();
+        if known != self.status.instance_id {
+            self.status.instance_id = known;
+            self.status.public_ip = None;
+            self.status.private_ip = None;
+            self.status.tunnel_command = None;
         }
+    }
 
-        // 3. Its instance profile (read back after a create for its ARN; IAM may not show it yet).
-        let profile = match self.aws.instance_profile(role).await? {
-            Some(profile) => profile,
-            None => {
-                self.aws.create_instance_profile(role, &self.tags).await?;
-                let note = format!("created instance profile {role}");
-                self.event(EventType::Normal, "CreatedInstanceProfile", note).await;
-                let Some(profile) = self.aws.instance_profile(role).await? else {
-                    return self.next("CreatingInstanceProfile", format!("created instance profile {role}"));
-                };
-                profile
-            }
+    /// AWS matches the spec: the leftovers on the Kubernetes side, then what the instance says.
+    async fn settled(mut self, now: Timestamp, expires: Option<Timestamp>) -> Result<Step<BastionStatus>> {
+        let bastion = self.applier.bastion;
+        let spec = &bastion.spec;
+        let generated = spec.access == BastionAccess::Ssh && spec.ssh_public_key.is_none();
+        self.status.security_group_id = self.applier.observed.group.as_ref().map(|g| g.id.clone());
+        self.status.key_secret_name = generated.then(|| self.applier.names.key_secret.clone());
+        let live = self.applier.observed.live();
+        let Some(instance) = plan::keeper(&live, self.applier.known_instance.as_deref()).cloned() else {
+            return Err(Error::AwsUnavailable {
+                action: "ec2:DescribeInstances".into(),
+                detail: "the plan is empty but no instance is live".into(),
+            });
         };
-        self.claim("IAM instance profile", role, &profile.tags)?;
-        if !profile.roles.iter().any(|r| r == role) {
-            self.aws.add_role_to_instance_profile(role, role).await?;
-        }
-
-        // 4. The security group and its exact ingress.
-        let vpc = self.placement.vpc_id.clone();
-        let group = match self.aws.groups().find(&vpc, &self.names.base).await? {
-            Some(group) => group,
-            None => {
-                let description = match spec.access {
-                    BastionAccess::Ssm => {
-                        format!("Bastion {}: no inbound traffic (Session Manager)", self.names.display)
-                    }
-                    BastionAccess::Ssh => format!("Bastion {}: SSH from allowedCidrs only", self.names.display),
-                };
-                let id = self.aws.groups().create(&vpc, &self.names.base, &description, &self.tags).await?;
-                self.event(EventType::Normal, "CreatedSecurityGroup", format!("created security group {id}")).await;
-                let tags = self.tags.iter().cloned().collect();
-                new_security_group(&id, &vpc, &self.names.base, tags)
-            }
-        };
-        self.claim("security group", &self.names.base, &group.tags)?;
-        self.status.security_group_id = Some(group.id.clone());
-        let desired = plan::desired_ingress(spec.access, &spec.allowed_cidrs);
-        let revoke: Vec<_> = group.ingress.difference(&desired).cloned().collect();
-        if !revoke.is_empty() {
-            self.aws.groups().revoke_ingress(&group.id, &revoke).await?;
-            let what: Vec<String> = revoke.iter().map(plan::describe_rule).collect();
-            let note = format!("revoked ingress on the bastion's security group {}: {}", group.id, what.join(", "));
-            if self.spec_changed {
-                self.event(EventType::Normal, "RevokedIngress", note).await;
-            } else {
-                self.event(EventType::Warning, "DriftRepaired", note).await;
-            }
-            return self.next("UpdatingSecurityGroup", format!("revoked ingress on {}", group.id));
-        }
-        let authorize: Vec<_> = desired.difference(&group.ingress).cloned().collect();
-        if !authorize.is_empty() {
-            self.aws.groups().authorize_ingress(&group.id, &authorize).await?;
-            let what: Vec<String> = authorize.iter().map(plan::describe_rule).collect();
-            let note = format!("allowed on {}: {}", group.id, what.join(", "));
-            self.event(EventType::Normal, "AuthorizedIngress", note).await;
-        }
-
-        // 5. The SSH key: the Secret first (so a crash never leaves a key pair whose private key is
-        // lost), then the EC2 key pair.
-        let secrets = OwnedSecrets::new(self.ctx.client.clone(), self.bastion);
-        let key_pairs = self.aws.key_pairs(&self.names.base).await?;
-        let key_name = match (spec.access, &spec.ssh_public_key) {
-            (BastionAccess::Ssm, _) => None,
-            (BastionAccess::Ssh, Some(public)) => Some((self.names.key_pair(public), public.clone())),
-            (BastionAccess::Ssh, None) => {
-                let Some(public) = self.generated_public_key(&secrets).await? else {
-                    return self.next("GeneratingSshKey", format!("wrote a new SSH key to {}", self.names.key_secret));
-                };
-                self.status.key_secret_name = Some(self.names.key_secret.clone());
-                Some((self.names.key_pair(&public), public))
-            }
-        };
-        if let Some((name, public)) = &key_name
-            && !key_pairs.iter().any(|k| &k.name == name)
-        {
-            self.aws.import_key_pair(name, public, &self.tags).await?;
-            self.event(EventType::Normal, "ImportedKeyPair", format!("imported the public key as key pair {name}"))
-                .await;
-        }
-        let key_name = key_name.map(|(name, _)| name);
-
-        // 6. The instance: exactly one, as the spec says.
-        let desired = DesiredInstance {
-            instance_type: spec.instance_type.clone(),
-            key_name: key_name.clone(),
-            security_group: group.id.clone(),
-            profile_arn: profile.arn.clone(),
-        };
-        if live.len() > 1 {
-            let keep = plan::keeper(&live, self.status.instance_id.as_deref()).map(|i| i.id.clone());
-            let extra: Vec<String> = live.iter().map(|i| i.id.clone()).filter(|id| Some(id) != keep.as_ref()).collect();
-            self.aws.terminate(&extra).await?;
-            let note = format!("terminated extra instances {}", extra.join(", "));
-            self.event(EventType::Warning, "DriftRepaired", note).await;
-            return self.next("RemovingDuplicates", format!("terminated {}", extra.join(", ")));
-        }
-        let Some(instance) = live.first().copied() else {
-            return self.launch(&instances, key_name.as_deref()).await;
-        };
-        if let Some(why) = plan::replacement_reason(instance, &desired, &self.placement) {
-            self.aws.terminate(std::slice::from_ref(&instance.id)).await?;
-            let note = format!("terminated instance {} to replace it: {why}", instance.id);
-            let type_ = if self.spec_changed { EventType::Normal } else { EventType::Warning };
-            self.event(type_, "ReplacingInstance", note).await;
-            self.clear_instance();
-            return self.next("ReplacingInstance", format!("replacing instance {}: {why}", instance.id));
-        }
         self.status.instance_id = Some(instance.id.clone());
         self.status.private_ip = instance.private_ip.clone();
         self.status.public_ip = instance.public_ip.clone();
         if instance.state != "running" {
             let message = format!("instance {} is {}", instance.id, instance.state);
-            return self.busy("InstancePending", message);
+            let health = Health::progressing("InstancePending", message);
+            return Ok(Step { status: self.status, health, requeue_after: Some(poll(self.applier.ctx)) });
         }
-
-        // 7. Leftovers of an earlier spec: key pairs of another key, a key Secret no longer used.
-        if let Some(stale) =
-            key_pairs.iter().find(|k| Some(&k.name) != key_name.as_ref() && plan::ours(&k.tags, &self.uid))
-        {
-            self.aws.delete_key_pair(&stale.name).await?;
-            let note = format!("deleted key pair {} (no longer used)", stale.name);
-            self.event(EventType::Normal, "DeletedKeyPair", note).await;
-            return self.next("RemovingLeftovers", format!("deleted key pair {}", stale.name));
+        if !generated && forget_key_secret(bastion, self.applier.ctx).await? {
+            let note = format!("deleted the Secret {} (its key is no longer used)", self.applier.names.key_secret);
+            self.applier.event(EventType::Normal, "DeletedKeySecret", note).await;
         }
-        if !(spec.access == BastionAccess::Ssh && spec.ssh_public_key.is_none()) {
-            self.status.key_secret_name = None;
-            if forget_key_secret(self.bastion, self.ctx).await? {
-                let note = format!("deleted the Secret {} (its key is no longer used)", self.names.key_secret);
-                self.event(EventType::Normal, "DeletedKeySecret", note).await;
-            }
-        }
-
-        // 8. Ready: the tunnel command, and a look again at expiry.
         let (db_host, db_note) = self.database_host().await?;
-        let key_file = match (&spec.ssh_public_key, spec.access) {
-            (None, BastionAccess::Ssh) => format!("{}.pem", self.names.key_secret),
-            _ => "<private-key-file>".to_string(),
-        };
-        let command = plan::tunnel_command(
-            spec.access,
-            &db_host,
-            &instance.id,
-            instance.public_ip.as_deref(),
-            &key_file,
-            &self.region,
-        );
+        let names = &self.applier.names;
+        let key_file = if generated { format!("{}.pem", names.key_secret) } else { "<private-key-file>".into() };
+        let public_ip = instance.public_ip.as_deref();
+        let command = plan::tunnel_command(spec.access, &db_host, &instance.id, public_ip, &key_file, &self.region);
         self.status.tunnel_command = Some(command);
         let reach = match spec.access {
             BastionAccess::Ssm => {
                 format!("through Session Manager (no inbound rule) in {:?} subnet", self.placement.tier)
             }
-            BastionAccess::Ssh => format!(
-                "over SSH from {} at {}",
-                spec.allowed_cidrs.join(", "),
-                instance.public_ip.as_deref().unwrap_or_default()
-            ),
+            BastionAccess::Ssh => {
+                format!("over SSH from {} at {}", spec.allowed_cidrs.join(", "), public_ip.unwrap_or_default())
+            }
         };
         let mut message = format!("instance {} is running, reachable {reach}; see status.tunnelCommand", instance.id);
-        if spec.access == BastionAccess::Ssh && spec.ssh_public_key.is_none() {
+        if generated {
+            let (secret, key) = (&names.key_secret, keys::PRIVATE_KEY);
             message.push_str(&format!(
-                " (the private key is in Secret {} under {}: kubectl get secret {} -o jsonpath='{{.data.{}}}' | base64 -d > {key_file}; chmod 600 {key_file})",
-                self.names.key_secret,
-                keys::PRIVATE_KEY,
-                self.names.key_secret,
-                keys::PRIVATE_KEY
+                " (the private key is in Secret {secret} under {key}: kubectl get secret {secret} -o jsonpath='{{.data.{key}}}' | base64 -d > {key_file}; chmod 600 {key_file})"
             ));
         }
         if let Some(note) = db_note {
@@ -545,7 +461,7 @@ impl<'a> Converge<'a> {
         if let Some(at) = expires {
             message.push_str(&format!("; it is terminated at {at}"));
         }
-        let mut requeue = self.ctx.settings.resync_period;
+        let mut requeue = self.applier.ctx.settings.resync_period;
         if let Some(at) = expires
             && let Ok(left) = Duration::try_from(at.duration_since(now))
         {
@@ -554,125 +470,12 @@ impl<'a> Converge<'a> {
         Ok(Step { status: self.status, health: Health::ready("Running", message), requeue_after: Some(requeue) })
     }
 
-    /// The public half of the generated key, from its Secret; `None` after writing a new Secret.
-    /// A Secret of that name that is not this Bastion's is never used nor replaced
-    /// (`SecretConflict`).
-    async fn generated_public_key(&self, secrets: &OwnedSecrets<'_, Bastion>) -> Result<Option<String>> {
-        let name = &self.names.key_secret;
-        if let Some(secret) = secrets.get(name).await? {
-            return self.public_key_of(&secret).map(Some);
-        }
-        let comment = format!("bastion {}", self.names.display);
-        let key =
-            GeneratedKey::generate(&comment).map_err(|why| Error::SshKeySecretUnusable { name: name.clone(), why })?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(BTreeMap::from([("tinystacks.io/bastion".to_string(), self.bastion.name_any())])),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/ssh-auth".into()),
-            data: Some(BTreeMap::from([
-                (keys::PRIVATE_KEY.to_string(), ByteString(key.private_bytes())),
-                (keys::PUBLIC_KEY.to_string(), ByteString(key.public_openssh.clone().into_bytes())),
-            ])),
-            ..Default::default()
-        };
-        // Create, never overwrite: a Secret of this Bastion's that appeared meanwhile holds the key to keep.
-        if let Created::Existed(existing) = secrets.create(secret).await? {
-            return self.public_key_of(&existing).map(Some);
-        }
-        let note = format!("generated an ed25519 key pair; the private key is in the Secret {name}");
-        self.event(EventType::Normal, "GeneratedSshKey", note).await;
-        Ok(None)
-    }
-
-    /// The public half of the private key the Bastion's key Secret holds.
-    fn public_key_of(&self, secret: &Secret) -> Result<String> {
-        let name = &self.names.key_secret;
-        let private = secret.data.as_ref().and_then(|d| d.get(keys::PRIVATE_KEY)).map(|v| v.0.as_slice());
-        let private = private.ok_or_else(|| Error::SshKeySecretUnusable {
-            name: name.clone(),
-            why: format!("it has no key {}", keys::PRIVATE_KEY),
-        })?;
-        keys::public_key_of(private).map_err(|why| Error::SshKeySecretUnusable { name: name.clone(), why })
-    }
-
-    /// Launches the instance into the planned subnet with the pinned image.
-    async fn launch(
-        mut self,
-        instances: &[plan::ObservedInstance],
-        key_name: Option<&str>,
-    ) -> Result<Step<BastionStatus>> {
-        let spec = &self.bastion.spec;
-        let arch = Arch::of(&spec.instance_type);
-        let pinned = self.bastion.annotations().get(plan::IMAGE_ANNOTATION).map(String::as_str);
-        // The image is pinned in an annotation before the launch, so that a crash in between
-        // launches the same one.
-        let image = match plan::pinned_image(pinned, arch) {
-            Some(image) => image,
-            None => {
-                let parameter = arch.image_parameter();
-                let image = self.aws.latest_image(&parameter).await?;
-                self.annotate(plan::IMAGE_ANNOTATION, &plan::image_annotation(arch, &image)).await?;
-                let note = format!("chose image {image} ({parameter})");
-                self.event(EventType::Normal, "ChoseImage", note).await;
-                image
-            }
-        };
-        let mut previous: BTreeSet<String> = instances.iter().filter(|i| i.is_gone()).map(|i| i.id.clone()).collect();
-        let known = self.status.instance_id.clone();
-        previous.extend(known.clone());
-        let token = plan::client_token(&self.uid, &previous);
-        if let Some(old) = &known
-            && instances.iter().any(|i| &i.id == old && i.is_gone())
-            && !self.spec_changed
-        {
-            let note = format!("instance {old} was terminated outside the operator; launching a replacement");
-            self.event(EventType::Warning, "InstanceReplaced", note).await;
-        }
-        let id = self
-            .aws
-            .run_instance(&Launch {
-                image: &image,
-                instance_type: &spec.instance_type,
-                subnet: &self.placement.subnet_id,
-                security_group: self.status.security_group_id.as_deref().unwrap_or_default(),
-                public_ip: self.placement.public_ip,
-                key_name,
-                profile_name: &self.names.base,
-                token: &token,
-                tags: &self.tags,
-            })
-            .await?;
-        let where_ = if self.placement.public_ip { "with a public IP" } else { "without a public IP" };
-        let note = format!(
-            "launched instance {id} ({}, {image}) in subnet {} ({:?}, {where_})",
-            spec.instance_type, self.placement.subnet_id, self.placement.tier
-        );
-        self.event(EventType::Normal, "LaunchedInstance", note).await;
-        self.clear_instance();
-        self.status.instance_id = Some(id.clone());
-        self.busy("InstancePending", format!("launched instance {id}"))
-    }
-
-    /// At expiry: terminate what runs; then `Ready=False`, reason `Expired`, until `ttl` changes.
-    async fn expire(self, live: &[&plan::ObservedInstance], at: Timestamp) -> Result<Step<BastionStatus>> {
-        let ttl = self.bastion.spec.ttl.clone().unwrap_or_default();
-        if !live.is_empty() {
-            let ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
-            self.aws.terminate(&ids).await?;
-            let note = format!("the ttl of {ttl} ended at {at}: terminated instance {}", ids.join(", "));
-            self.event(EventType::Normal, "TerminatedInstance", note).await;
-        }
-        Ok(expired(self.status, &ttl, at))
-    }
-
-    /// The address the tunnel forwards to: the Stack's first Database (by name) with an endpoint.
+    /// The address the tunnel forwards to: the Stack's first Database (by name) with an endpoint,
+    /// from the Database objects' status.
     async fn database_host(&self) -> Result<(String, Option<String>)> {
-        let namespace = self.bastion.namespace().unwrap_or_default();
+        let namespace = self.applier.bastion.namespace().unwrap_or_default();
         let stack = self.stack.name_any();
-        let mut dbs: Vec<Database> = Api::<Database>::namespaced(self.ctx.client.clone(), &namespace)
+        let mut dbs: Vec<Database> = Api::<Database>::namespaced(self.applier.ctx.client.clone(), &namespace)
             .list(&ListParams::default())
             .await?
             .items
@@ -698,133 +501,43 @@ impl<'a> Converge<'a> {
     }
 }
 
-/// One pass of deletion: the instances first, confirmed `terminated`; then the key pairs, the
-/// security group, the instance profile, the role; last the key Secret.
-struct Teardown<'a> {
-    bastion: &'a Bastion,
-    ctx: &'a Context,
-    aws: BastionAws<'a>,
-    names: Names,
-    vpc_id: Option<String>,
-}
-
-impl Teardown<'_> {
-    /// How long to wait for AWS to let go of something: a quarter of the time deletion has taken
-    /// so far, between 2 s and the maximum backoff, so a long wait (a Database slow to withdraw its
-    /// rule) polls less and less.
-    fn backoff(&self) -> Duration {
-        let since = self.bastion.meta().deletion_timestamp.as_ref().map(|t| Timestamp::now().duration_since(t.0));
-        let elapsed = since.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
-        (elapsed / 4).clamp(Duration::from_secs(2), self.ctx.settings.max_backoff.max(Duration::from_secs(2)))
+/// One pass of deletion (`plan::teardown`): the instances first, confirmed `terminated`; then the
+/// key pairs, the security group, the instance profile, the role; last the key Secret. Under
+/// `ObserveOnly` nothing in AWS is touched: an Event lists what is left.
+async fn teardown(mut applier: Applier<'_>, vpc_id: Option<&str>) -> Result<Cleanup> {
+    let (bastion, ctx) = (applier.bastion, applier.ctx);
+    applier.observed = observe(&applier.aws, bastion, ctx, &applier.names, vpc_id, true).await?;
+    let planned = plan::teardown(&applier.uid, &applier.observed);
+    if bastion.spec.management == Management::ObserveOnly {
+        if !planned.changes.is_empty() {
+            let spec = &bastion.spec;
+            let left: Vec<String> = planned
+                .changes
+                .iter()
+                .map(|c| c.planned(&applier.names, spec, None, &applier.observed))
+                .filter(|c| c.action == crate::api::ChangeAction::Delete)
+                .map(|c| format!("{} {}", c.resource, c.id.unwrap_or(c.detail)))
+                .collect();
+            let note = format!("management is ObserveOnly: left in AWS {}", left.join(", "));
+            applier.event(EventType::Normal, "LeftInAws", note).await;
+        }
+        forget_key_secret(bastion, ctx).await?;
+        return Ok(Cleanup::Done);
     }
-
-    fn pending(&self, reason: &'static str, message: String, requeue_after: Duration) -> Result<Cleanup> {
-        Ok(Cleanup::Pending { reason, message, requeue_after })
+    let Some(change) = planned.changes.first() else {
+        forget_key_secret(bastion, ctx).await?;
+        return Ok(Cleanup::Done);
+    };
+    if let Some(instance) = planned.waiting.filter(|_| !matches!(change, Change::Terminate { .. })) {
+        let message = format!("waiting for instance {instance} to be terminated");
+        return Ok(Cleanup::Pending { reason: "TerminatingInstance", message, requeue_after: poll(ctx) });
     }
-
-    async fn event(&self, type_: EventType, reason: &str, note: String) {
-        log_change(self.bastion, reason, &note);
-        self.ctx.event(&self.bastion.object_ref(&()), type_, reason, note).await;
-    }
-
-    async fn run(self) -> Result<Cleanup> {
-        let uid = self.bastion.uid().unwrap_or_default();
-        let base = &self.names.base;
-        let instances = self.aws.instances(&uid).await?;
-        let running: Vec<String> = instances.iter().filter(|i| !i.is_gone()).map(|i| i.id.clone()).collect();
-        if !running.is_empty() {
-            self.aws.terminate(&running).await?;
-            let note = format!("terminating instance {}", running.join(", "));
-            self.event(EventType::Normal, "TerminatingInstance", note).await;
-            return self.pending("TerminatingInstance", format!("terminating {}", running.join(", ")), poll(self.ctx));
+    Ok(match applier.apply(change).await? {
+        Applied::Later { reason, message, after } => Cleanup::Pending { reason, message, requeue_after: after },
+        Applied::Continue => {
+            let done = change.planned(&applier.names, &bastion.spec, None, &applier.observed);
+            let message = format!("{:?} {} {}", done.action, done.resource, done.id.unwrap_or_default());
+            Cleanup::Pending { reason: "Deleting", message, requeue_after: Duration::ZERO }
         }
-        if let Some(i) = instances.iter().find(|i| i.state != "terminated") {
-            let message = format!("waiting for instance {} to be terminated ({})", i.id, i.state);
-            return self.pending("TerminatingInstance", message, poll(self.ctx));
-        }
-
-        for pair in self.aws.key_pairs(base).await? {
-            if plan::ours(&pair.tags, &uid) {
-                self.aws.delete_key_pair(&pair.name).await?;
-                self.event(EventType::Normal, "DeletedKeyPair", format!("deleted key pair {}", pair.name)).await;
-                return self.pending("DeletingKeyPair", format!("deleted key pair {}", pair.name), Duration::ZERO);
-            }
-        }
-
-        if let Some(vpc_id) = &self.vpc_id
-            && let Some(group) = self.aws.groups().find(vpc_id, base).await?.filter(|g| plan::ours(&g.tags, &uid))
-        {
-            return match self.aws.groups().delete(&group.id).await? {
-                Deleted::Done => {
-                    let note = format!("deleted security group {}", group.id);
-                    self.event(EventType::Normal, "DeletedSecurityGroup", note).await;
-                    self.pending(
-                        "DeletingSecurityGroup",
-                        format!("deleted security group {}", group.id),
-                        Duration::ZERO,
-                    )
-                }
-                Deleted::StillInUse => {
-                    let message = format!(
-                        "security group {} is still in use (the terminated instance's interface, or a Database's rule being withdrawn)",
-                        group.id
-                    );
-                    self.pending("DeletingSecurityGroup", message, self.backoff())
-                }
-            };
-        }
-
-        if let Some(profile) = self.aws.instance_profile(base).await?.filter(|p| plan::ours(&p.tags, &uid)) {
-            if let Some(role) = profile.roles.first() {
-                self.aws.remove_role_from_instance_profile(base, role).await?;
-                return self.pending(
-                    "DeletingInstanceProfile",
-                    format!("removed role {role} from {base}"),
-                    Duration::ZERO,
-                );
-            }
-            return match self.aws.delete_instance_profile(base).await? {
-                Deleted::Done => {
-                    self.event(EventType::Normal, "DeletedInstanceProfile", format!("deleted instance profile {base}"))
-                        .await;
-                    self.pending("DeletingInstanceProfile", format!("deleted instance profile {base}"), Duration::ZERO)
-                }
-                Deleted::StillInUse => self.pending(
-                    "DeletingInstanceProfile",
-                    format!("instance profile {base} is in use"),
-                    self.backoff(),
-                ),
-            };
-        }
-
-        if self.aws.role(base).await?.is_some_and(|r| plan::ours(&r.tags, &uid)) {
-            if let Some(policy) = self.aws.role_policies(base).await?.into_iter().next() {
-                self.aws.delete_role_policy(base, &policy).await?;
-                return self.pending("DeletingRole", format!("deleted policy {policy} of role {base}"), Duration::ZERO);
-            }
-            if let Some(arn) = self.aws.attached_policies(base).await?.into_iter().next() {
-                self.aws.detach_role_policy(base, &arn).await?;
-                return self.pending("DeletingRole", format!("detached {arn} from role {base}"), Duration::ZERO);
-            }
-            return match self.aws.delete_role(base).await? {
-                Deleted::Done => {
-                    self.event(EventType::Normal, "DeletedRole", format!("deleted IAM role {base}")).await;
-                    self.pending("DeletingRole", format!("deleted IAM role {base}"), Duration::ZERO)
-                }
-                Deleted::StillInUse => {
-                    self.pending("DeletingRole", format!("IAM role {base} is in use"), self.backoff())
-                }
-            };
-        }
-
-        forget_key_secret(self.bastion, self.ctx).await?;
-        Ok(Cleanup::Done)
-    }
-}
-
-/// Every change the Bastion's reconcile or cleanup makes (each has its Event) is logged at info,
-/// as the Stack's AWS mutations are.
-fn log_change(bastion: &Bastion, reason: &str, note: &str) {
-    let (namespace, name) = (bastion.namespace().unwrap_or_default(), bastion.name_any());
-    info!(kind = "Bastion", %namespace, %name, reason, %note, "change made");
+    })
 }

@@ -166,6 +166,16 @@ impl FaultProxy {
         self.state.lock().unwrap().counts.get(action).copied().unwrap_or(0)
     }
 
+    /// The calls that change something in AWS (every action but `Describe*`, `Get*`, `List*` and
+    /// STS's `AssumeRole`), by action: what a plan held for approval or `ObserveOnly` must keep at
+    /// zero.
+    pub fn mutations(&self) -> std::collections::BTreeMap<String, usize> {
+        let reads = ["Describe", "Get", "List"];
+        let state = self.state.lock().unwrap();
+        let counts = state.counts.iter().filter(|(a, _)| a.as_str() != "AssumeRole");
+        counts.filter(|(a, _)| !reads.iter().any(|r| a.starts_with(r))).map(|(a, n)| (a.clone(), *n)).collect()
+    }
+
     /// How many requests contain `needle` in their head or body (URL-encoded or not).
     pub fn requests_mentioning(&self, needle: &str) -> usize {
         self.state.lock().unwrap().requests.iter().filter(|r| r.contains(needle)).count()
