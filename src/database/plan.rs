@@ -317,18 +317,15 @@ pub fn instance_changes(
     let mut c = InstanceChanges::default();
     if observed.publicly_accessible {
         c.publicly_accessible = Some(false);
-        c.drift.push("PubliclyAccessible was turned on; turned off".into());
+        c.drift.push("PubliclyAccessible true → false".into());
     }
     if observed.security_groups != [security_group] {
         c.security_groups = Some(vec![security_group.to_string()]);
-        c.drift.push(format!(
-            "the instance had the security groups [{}]; only {security_group} is allowed",
-            observed.security_groups.join(", ")
-        ));
+        c.drift.push(format!("security groups [{}] → [{security_group}]", observed.security_groups.join(", ")));
     }
     if !observed.deletion_protection {
         c.deletion_protection = Some(true);
-        c.drift.push("deletion protection was turned off; turned on".into());
+        c.drift.push("deletionProtection false → true".into());
     }
     let class = observed.pending_class.as_ref().unwrap_or(&observed.class);
     if *class != desired.class {

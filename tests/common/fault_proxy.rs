@@ -166,6 +166,37 @@ impl FaultProxy {
         self.state.lock().unwrap().counts.get(action).copied().unwrap_or(0)
     }
 
+    /// The requests that went through for actions that change AWS (by the verbs of the EC2, RDS,
+    /// Secrets Manager, KMS and IAM APIs), by action: what must stay empty while a plan is held.
+    pub fn mutations(&self) -> std::collections::BTreeMap<String, usize> {
+        const VERBS: [&str; 17] = [
+            "Create",
+            "Modify",
+            "Delete",
+            "Authorize",
+            "Revoke",
+            "Put",
+            "Tag",
+            "Untag",
+            "Restore",
+            "Update",
+            "Rotate",
+            "Associate",
+            "Disassociate",
+            "Attach",
+            "Detach",
+            "Add",
+            "Remove",
+        ];
+        let state = self.state.lock().unwrap();
+        state
+            .counts
+            .iter()
+            .filter(|(a, _)| VERBS.iter().any(|v| a.starts_with(v)))
+            .map(|(a, n)| (a.clone(), *n))
+            .collect()
+    }
+
     /// How many requests contain `needle` in their head or body (URL-encoded or not).
     pub fn requests_mentioning(&self, needle: &str) -> usize {
         self.state.lock().unwrap().requests.iter().filter(|r| r.contains(needle)).count()

@@ -336,15 +336,11 @@ pub fn guarded_plan(v: &View) -> Plan {
         let mut changes = InstanceChanges::default();
         if instance.publicly_accessible {
             changes.publicly_accessible = Some(false);
-            changes.drift.push("PubliclyAccessible was turned on; turned off".into());
+            changes.drift.push("PubliclyAccessible true → false".into());
         }
         if let Some(group) = v.group.as_ref().filter(|g| instance.security_groups != [g.id.clone()]) {
             changes.security_groups = Some(vec![group.id.clone()]);
-            changes.drift.push(format!(
-                "the instance had the security groups [{}]; only {} is allowed",
-                instance.security_groups.join(", "),
-                group.id
-            ));
+            changes.drift.push(format!("security groups [{}] → [{}]", instance.security_groups.join(", "), group.id));
         }
         if !changes.is_empty() {
             p.changes.push(Change::ModifyInstance(changes));
