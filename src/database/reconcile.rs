@@ -1,8 +1,9 @@
-//! The Database's reconcile steps, read from the account's shared inventory, as many in one pass
-//! as can be made (each reads the view its predecessor's response updated): wait for the Stack
-//! (no AWS call until it is Ready), then the security group and its ingress, the subnet group,
-//! the secret (before the instance, so that its password can never be lost), the instance, drift
-//! and in-place changes, and last the endpoint in both secrets. Deletion follows `deletionPolicy`.
+//! The Database's reconcile, which only sequences: wait for the Stack (no AWS call until it is
+//! Ready but the guarded repairs), then observe (`View`), plan (`plan::plan`, pure), put the plan
+//! through `runtime::plan::gate` (written to `status.plan` every pass), apply its first change
+//! (`apply.rs`), and plan again from the view that change's response updated, as many in one pass
+//! as can be made. Deletion (`teardown.rs`) follows `deletionPolicy`, and leaves AWS alone under
+//! `ObserveOnly`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
