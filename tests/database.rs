@@ -1519,3 +1519,215 @@ async fn resources_of_its_names_that_carry_another_uid_are_neither_used_nor_dele
         .collect();
     assert_eq!(subnets, two.into_iter().collect(), "its subnets were not changed");
 }
+
+/// The Database's `status.plan`, once it was computed for the object's current generation.
+async fn current_plan(world: &World, name: &str) -> Value {
+    let api = world.databases();
+    eventually(&format!("Database {name}: status.plan for its generation"), READY, || async {
+        let db = api.get(name).await.map_err(|e| e.to_string())?;
+        let value = serde_json::to_value(&db).map_err(|e| e.to_string())?;
+        let plan = value.pointer("/status/plan").cloned().unwrap_or(Value::Null);
+        if plan["observedGeneration"].as_i64().is_some()
+            && plan["observedGeneration"].as_i64() == db.metadata.generation
+        {
+            Ok(plan)
+        } else {
+            Err(format!("{plan}"))
+        }
+    })
+    .await
+}
+
+/// Waits until the operator has reconciled the Database `passes` more times (resyncs every 2s).
+async fn wait_reconciles(operator: &Operator, passes: f64) {
+    let before = reconciles(operator);
+    eventually(&format!("{passes} more reconciles"), READY, || async {
+        let now = reconciles(operator);
+        if now >= before + passes { Ok(()) } else { Err(format!("{now} (from {before})")) }
+    })
+    .await;
+}
+
+async fn approve(world: &World, name: &str, plan: &Value) {
+    let patch = json!({"spec": {"approvedPlan": plan["id"]}});
+    world.databases().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("approve the plan");
+}
+
+/// `changePolicy: Manual`: a new Database makes nothing in AWS (counted at the proxy) until its
+/// plan is approved, then converges; an `instanceClass` edit shows in `status.plan` as the exact
+/// change, is not made until approved, and is made then.
+#[tokio::test]
+async fn a_manual_database_changes_nothing_in_aws_until_its_plan_is_approved() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    world.database("gated", json!({"deletionPolicy": "Delete", "changePolicy": "Manual"})).await;
+    let operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    let held = wait_condition(&world.databases(), "gated", "Ready", "False", "AwaitingApproval").await;
+    let plan = current_plan(&world, "gated").await;
+    let shown: Vec<String> = plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| format!("{} {}", c["action"].as_str().unwrap_or(""), c["resource"].as_str().unwrap_or("")))
+        .collect();
+    for expected in [
+        "Create ec2:SecurityGroup",
+        "Create ec2:SecurityGroupIngress",
+        "Create rds:DBSubnetGroup",
+        "Create secretsmanager:Secret",
+        "Create rds:DBInstance",
+    ] {
+        assert!(shown.iter().any(|s| s == expected), "{expected} missing from {shown:?}");
+    }
+    let plan_id = plan["id"].as_str().expect("plan id").to_string();
+    assert!(held.to_string().contains(&plan_id), "Ready names the plan to approve: {held}");
+    wait_reconciles(&operator, 2.0).await;
+    assert_eq!(proxy.mutations(), Default::default(), "nothing changed in AWS before approval");
+    let (instances, secrets, subnet_groups, _) = world.inventory().await;
+    assert!(instances.is_empty() && secrets.is_empty() && subnet_groups.is_empty(), "nothing made in AWS");
+
+    approve(&world, "gated", &plan).await;
+    let db = world.wait_ready("gated").await;
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    assert_eq!(proxy.count("CreateDBInstance"), 1);
+    let plan = current_plan(&world, "gated").await;
+    assert_eq!(plan["changes"], json!([]), "AWS matches: {plan}");
+
+    let edit = json!({"spec": {"instanceClass": "db.t4g.small"}});
+    world.databases().patch("gated", &PatchParams::default(), &Patch::Merge(&edit)).await.expect("edit");
+    wait_condition(&world.databases(), "gated", "Ready", "False", "AwaitingApproval").await;
+    let plan = current_plan(&world, "gated").await;
+    assert_eq!(plan["changes"].as_array().map(Vec::len), Some(1), "{plan}");
+    let change = &plan["changes"][0];
+    assert_eq!((change["action"].as_str(), change["resource"].as_str()), (Some("Update"), Some("rds:DBInstance")));
+    assert_eq!(change["detail"], "instanceClass db.t4g.micro → db.t4g.small");
+    wait_reconciles(&operator, 2.0).await;
+    assert_eq!(proxy.count("ModifyDBInstance"), 0, "not made before approval");
+    let class = world.instance(&id).await.and_then(|i| i.db_instance_class().map(str::to_string));
+    assert_eq!(class.as_deref(), Some("db.t4g.micro"));
+
+    approve(&world, "gated", &plan).await;
+    world.wait_event("Normal", "ModifyingDbInstance", "db.t4g.small").await;
+    eventually("the class changed in RDS", READY, || async {
+        let class = world.instance(&id).await.and_then(|i| i.db_instance_class().map(str::to_string));
+        if class.as_deref() == Some("db.t4g.small") { Ok(()) } else { Err(format!("{class:?}")) }
+    })
+    .await;
+    world.wait_ready("gated").await;
+    assert_eq!(proxy.count("ModifyDBInstance"), 1);
+    let said = everything_said(&world, &operator).await;
+    let password = world.secret_json(&format!("tinystacks/{}/{}/gated", world.ns.name, world.stack)).await;
+    let password = password["password"].as_str().expect("password").to_string();
+    assert!(!said.contains(&password), "the password is in a log, Event or status");
+
+    // Deleting is the person's act: it needs no approval.
+    world.delete("gated").await;
+    world.wait_gone("gated").await;
+}
+
+/// `management: ObserveOnly`: an instance made public by hand is reported (`DriftDetected`,
+/// `Ready=False` reason `Drifted`, the repair in `status.plan`) and not repaired, with no AWS
+/// mutation over two resyncs; deleting the Database leaves everything in AWS.
+#[tokio::test]
+async fn an_observe_only_database_reports_drift_and_changes_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    world.database("watched", json!({"deletionPolicy": "Delete"})).await;
+    let operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    let db = world.wait_ready("watched").await;
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    let observe = json!({"spec": {"management": "ObserveOnly"}});
+    world.databases().patch("watched", &PatchParams::default(), &Patch::Merge(&observe)).await.expect("observe only");
+    world.wait_ready("watched").await;
+    let before = proxy.mutations();
+
+    // Made public by hand (straight to moto, not through the operator's proxy).
+    world
+        .rds()
+        .modify_db_instance()
+        .db_instance_identifier(&id)
+        .publicly_accessible(true)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("modify");
+    world.wait_event("Warning", "DriftDetected", "PubliclyAccessible").await;
+    wait_condition(&world.databases(), "watched", "Ready", "False", "Drifted").await;
+    let plan = current_plan(&world, "watched").await;
+    assert!(plan["changes"][0]["detail"].as_str().is_some_and(|d| d.contains("PubliclyAccessible")), "{plan}");
+    wait_reconciles(&operator, 2.0).await;
+    assert_eq!(proxy.mutations(), before, "no AWS mutation under ObserveOnly");
+    let public = world.instance(&id).await.and_then(|i| i.publicly_accessible());
+    assert_eq!(public, Some(true), "reported, not repaired");
+    assert_eq!(world.event_count("Warning", "DriftRepaired").await, 0);
+
+    world.delete("watched").await;
+    world.wait_gone("watched").await;
+    world.wait_event("Normal", "Retained", "ObserveOnly").await;
+    assert_eq!(proxy.mutations(), before, "deleting an ObserveOnly Database changes nothing in AWS");
+    let (instances, secrets, subnet_groups, groups) = world.inventory().await;
+    assert_eq!((instances, secrets.len(), subnet_groups.len()), (vec![id], 1, 1), "all left in AWS");
+    let group = db.status.as_ref().and_then(|s| s.security_group_id.clone()).expect("group");
+    assert!(groups.contains(&group), "the security group is left: {groups:?}");
+}
+
+/// The guarded wait goes through the same gate: with the Stack not Ready and the Database
+/// `ObserveOnly`, an instance made public is reported (`Drifted`) and left alone, with no AWS
+/// mutation over two resyncs; back to `Full`, it is repaired while the Stack still waits.
+#[tokio::test]
+async fn the_guarded_wait_repairs_nothing_under_observe_only() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("PublicPrivate").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    world.database("hands-off", json!({"deletionPolicy": "Delete", "management": "ObserveOnly"})).await;
+    let operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    // A new ObserveOnly Database makes nothing: everything is drift to report.
+    wait_condition(&world.databases(), "hands-off", "Ready", "False", "Drifted").await;
+    assert_eq!(proxy.mutations(), Default::default());
+    let full = json!({"spec": {"management": "Full"}});
+    world.databases().patch("hands-off", &PatchParams::default(), &Patch::Merge(&full)).await.expect("full");
+    let db = world.wait_ready("hands-off").await;
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    let observe = json!({"spec": {"management": "ObserveOnly"}});
+    world.databases().patch("hands-off", &PatchParams::default(), &Patch::Merge(&observe)).await.expect("observe");
+    world.wait_ready("hands-off").await;
+
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
+        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
+    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    wait_condition(&world.databases(), "hands-off", "Ready", "False", "WaitingForStack").await;
+    let before = proxy.mutations();
+    world
+        .rds()
+        .modify_db_instance()
+        .db_instance_identifier(&id)
+        .publicly_accessible(true)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("made public");
+    wait_condition(&world.databases(), "hands-off", "Ready", "False", "Drifted").await;
+    world.wait_event("Warning", "DriftDetected", "PubliclyAccessible").await;
+    wait_reconciles(&operator, 2.0).await;
+    assert_eq!(proxy.mutations(), before, "nothing repaired under ObserveOnly");
+    assert_eq!(world.instance(&id).await.and_then(|i| i.publicly_accessible()), Some(true));
+
+    world.databases().patch("hands-off", &PatchParams::default(), &Patch::Merge(&full)).await.expect("full");
+    world.wait_event("Warning", "DriftRepaired", "PubliclyAccessible").await;
+    eventually("private again", READY, || async {
+        let public = world.instance(&id).await.and_then(|i| i.publicly_accessible());
+        if public == Some(false) { Ok(()) } else { Err(format!("{public:?}")) }
+    })
+    .await;
+    wait_condition(&world.databases(), "hands-off", "Ready", "False", "WaitingForStack").await;
+
+    world.delete("hands-off").await;
+    world.wait_gone("hands-off").await;
+}

@@ -161,3 +161,19 @@ pub struct BastionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanStatus>,
 }
+
+/// The `Ready` reason of a Bastion whose TTL ended.
+pub const BASTION_EXPIRED: &str = "Expired";
+
+impl Bastion {
+    /// Whether the Bastion's security group is admitted to its Stack's Databases: not once its TTL
+    /// ended (the instance is terminated, and nothing may reach the database through that group).
+    /// Read from its status alone, so that the Database needs nothing of the Bastion's code.
+    pub fn grants_database_access(&self) -> bool {
+        let Some(status) = self.status.as_ref() else { return true };
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let expired_reason = ready.is_some_and(|c| c.reason == BASTION_EXPIRED);
+        let past_expiry = status.expires_at.as_ref().is_some_and(|t| t.0 <= k8s_openapi::jiff::Timestamp::now());
+        !(expired_reason || past_expiry)
+    }
+}

@@ -8,4 +8,4 @@ mod plan;
 mod reconcile;
 
 pub use plan::NAME_PREFIX;
-pub use reconcile::{EXPIRED, grants_database_access};
+pub use reconcile::EXPIRED;

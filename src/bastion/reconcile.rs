@@ -29,7 +29,7 @@ use crate::runtime::reconciler::{Cleanup, Managed, Step};
 use crate::stack::{self, StackFor};
 
 /// The Ready reason once the TTL ended; the Database stops admitting the Bastion's group then.
-pub const EXPIRED: &str = "Expired";
+pub const EXPIRED: &str = crate::api::BASTION_EXPIRED;
 
 impl Managed for Bastion {
     type Status = BastionStatus;
@@ -127,15 +127,6 @@ impl Managed for Bastion {
         };
         teardown(applier, vpc_id.as_deref()).await
     }
-}
-
-/// Whether the Bastion's security group is admitted to its Stack's Databases: not once its TTL
-/// ended (the instance is terminated, and nothing may reach the database through that group).
-pub fn grants_database_access(bastion: &Bastion) -> bool {
-    let Some(status) = bastion.status.as_ref() else { return true };
-    let expired_reason = crate::runtime::conditions::ready(&status.conditions).is_some_and(|c| c.reason == EXPIRED);
-    let past_expiry = status.expires_at.as_ref().is_some_and(|t| t.0 <= Timestamp::now());
-    !(expired_reason || past_expiry)
 }
 
 fn names(bastion: &Bastion) -> Names {

@@ -703,6 +703,7 @@ pub struct RestoreInstance<'a> {
 }
 
 /// A DB snapshot as a restore needs to judge it.
+#[derive(Clone, Debug)]
 pub struct SnapshotInfo {
     /// `available`, `creating`, ...
     pub status: String,

@@ -9,6 +9,12 @@ use crate::api::{DatabaseSpec, NetworkPattern, Stack, SubnetTier};
 use crate::aws::inventory::{Rule, Source};
 use crate::aws::tags::Tags;
 
+mod steps;
+pub use steps::{
+    Change, Desired, ObservedSubnetGroup, RDS_VERSION_TAG, ROTATE_ANNOTATION, Removal, View, guarded_plan, plan,
+    teardown,
+};
+
 /// PostgreSQL's port; RDS's default for the engine, and the only port the security group opens.
 pub const PORT: i32 = 5432;
 /// The engine name as RDS and the rotation functions' secret JSON spell it.
@@ -120,7 +126,7 @@ pub fn claimed_by_other(tags: &Tags, uid: &str) -> Option<String> {
 }
 
 /// Where the instance goes, read from a Ready Stack's status.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     pub vpc_id: String,
     /// The private subnets (`PublicPrivate`) or the isolated ones (`PrivateIsolated`).
@@ -311,52 +317,49 @@ pub fn instance_changes(
     let mut c = InstanceChanges::default();
     if observed.publicly_accessible {
         c.publicly_accessible = Some(false);
-        c.drift.push("PubliclyAccessible was turned on; turned off".into());
+        c.drift.push("PubliclyAccessible true → false".into());
     }
     if observed.security_groups != [security_group] {
         c.security_groups = Some(vec![security_group.to_string()]);
-        c.drift.push(format!(
-            "the instance had the security groups [{}]; only {security_group} is allowed",
-            observed.security_groups.join(", ")
-        ));
+        c.drift.push(format!("security groups [{}] → [{security_group}]", observed.security_groups.join(", ")));
     }
     if !observed.deletion_protection {
         c.deletion_protection = Some(true);
-        c.drift.push("deletion protection was turned off; turned on".into());
+        c.drift.push("deletionProtection false → true".into());
     }
     let class = observed.pending_class.as_ref().unwrap_or(&observed.class);
     if *class != desired.class {
         c.class = Some(desired.class.clone());
-        c.updates.push(format!("instance class {class} → {}", desired.class));
+        c.updates.push(format!("instanceClass {class} → {}", desired.class));
     }
     // Storage only grows (the API's CEL rule); a larger instance than the spec (grown by hand or
     // by RDS storage autoscaling) is left alone.
     let storage = observed.pending_storage_gib.unwrap_or(observed.storage_gib);
     if desired.storage_gib > storage {
         c.storage_gib = Some(desired.storage_gib);
-        c.updates.push(format!("allocated storage {storage} GiB → {} GiB", desired.storage_gib));
+        c.updates.push(format!("allocatedStorageGiB {storage} → {}", desired.storage_gib));
     }
     let multi_az = observed.pending_multi_az.unwrap_or(observed.multi_az);
     if multi_az != desired.multi_az {
         c.multi_az = Some(desired.multi_az);
-        c.updates.push(format!("Multi-AZ {multi_az} → {}", desired.multi_az));
+        c.updates.push(format!("multiAz {multi_az} → {}", desired.multi_az));
     }
     let backup = observed.pending_backup_days.unwrap_or(observed.backup_days);
     if backup != desired.backup_days {
         c.backup_days = Some(desired.backup_days);
-        c.updates.push(format!("backup retention {backup} → {} days", desired.backup_days));
+        c.updates.push(format!("backupRetentionDays {backup} → {}", desired.backup_days));
     }
     let version = observed.pending_engine_version.as_ref().unwrap_or(&observed.engine_version);
     match version_change(&desired.engine_version, version) {
         VersionChange::None => {}
         VersionChange::Minor => {
             c.engine_version = Some(desired.engine_version.clone());
-            c.updates.push(format!("engine version {version} → {}", desired.engine_version));
+            c.updates.push(format!("engineVersion {version} → {}", desired.engine_version));
         }
         VersionChange::Major => {
             c.engine_version = Some(desired.engine_version.clone());
             c.allow_major_upgrade = true;
-            c.updates.push(format!("engine version {version} → {} (major upgrade)", desired.engine_version));
+            c.updates.push(format!("engineVersion {version} → {} (major upgrade)", desired.engine_version));
         }
         VersionChange::Downgrade => {
             return Err(format!(

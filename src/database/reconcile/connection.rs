@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::Converge;
-use crate::api::Database;
+use crate::api::{Database, Endpoint as StatusEndpoint};
 use crate::aws::inventory::SecretInfo;
 use crate::database::credentials::{self, SecretDocument};
 use crate::error::{Error, Result};
@@ -30,46 +30,68 @@ const DIGEST_ANNOTATION: &str = "tinystacks.io/data-digest";
 const PLAIN_KEYS: [&str; 5] = ["PG_HOST", "PG_PORT", "PG_DATABASE", "PG_USER", "PG_CREDENTIALS_SECRET"];
 
 impl Converge<'_> {
-    /// Brings the secret's host and port, and the connection Secret, in step with the instance.
-    /// The secret's value is read only when something looks stale: a new endpoint (the status
-    /// records the one the secret holds), or a connection Secret that is missing, edited, or
-    /// written from an older version of the secret.
-    pub(super) async fn sync_credentials(&self, secret: &SecretInfo, host: &str, port: i32) -> Result<()> {
-        let enabled = self.db.spec.connection_secret.enabled;
-        let owned = OwnedSecrets::new(self.ctx.client.clone(), self.db);
-        self.remove_stale_connection_secret(&owned).await?;
-
-        let recorded = self.db.status.as_ref().and_then(|s| s.endpoint.as_ref());
-        let endpoint_known = recorded.is_some_and(|e| e.address == host && e.port == port);
-        let expected = plain_keys(host, port, &self.db.spec.database_name, &self.db.spec.master_username, &secret.arn);
-        // A Secret of that name that is not this Database's stops here (`SecretConflict`).
-        let existing = if enabled { owned.get(&self.names.connection_secret).await? } else { None };
-        let connection_current = !enabled
-            || existing
-                .as_ref()
-                .is_some_and(|s| connection_secret_current(s, &expected, secret.current_version.as_deref()));
-        if endpoint_known && connection_current {
-            return Ok(());
+    /// Whether the Secrets Manager secret holds the instance's endpoint. Told without a call when
+    /// the status records that endpoint and the connection Secret is what was written from the
+    /// secret's current version; else the secret's value is read.
+    pub(super) async fn endpoint_in_secret(&self, secret: &SecretInfo, host: &str, port: i32) -> Result<bool> {
+        let recorded = self.status.endpoint.as_ref().is_some_and(|e| e.address == host && e.port == port);
+        if recorded && self.connection_secret_current(secret, host, port).await? {
+            return Ok(true);
         }
+        // A value that cannot be read holds no endpoint: the plan says so, and a rotation asked for
+        // (the reset path for a secret spoiled by hand) comes first.
+        let value = self.aws.secret_value(&secret.arn).await?;
+        Ok(value.document.is_ok_and(|document| self.with_endpoint(&document, host, port) == document))
+    }
 
+    /// The secret's document as it should read: the instance's endpoint, the spec's database name.
+    fn with_endpoint(&self, document: &SecretDocument, host: &str, port: i32) -> SecretDocument {
+        document.updated(host, port, &document.username, &self.db.spec.database_name, &self.names.instance)
+    }
+
+    /// Writes the endpoint into the secret (a new version, same password).
+    pub(super) async fn write_endpoint(&mut self, secret: &SecretInfo, host: &str, port: i32) -> Result<()> {
         let value = self.aws.secret_value(&secret.arn).await?;
         let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
-        let spec = &self.db.spec;
-        let wanted = document.updated(host, port, &document.username, &spec.database_name, &self.names.instance);
-        let version = if wanted != document {
+        let wanted = self.with_endpoint(&document, host, port);
+        if wanted != document {
             let version = self.aws.put_secret_value(&secret.arn, &wanted, None).await?;
             // The password is the one RDS has: the new version is as good as the old.
             self.record_password_version(secret, version.as_deref()).await?;
             let note = format!("wrote the endpoint {host}:{port} into the secret {}", self.names.secret);
             self.event(EventType::Normal, "UpdatedSecret", note).await;
-            version
-        } else {
-            value.version
-        };
-        if enabled {
-            self.write_connection_secret(&owned, existing, &wanted, &secret.arn, version.as_deref()).await?;
         }
+        self.status.endpoint = Some(StatusEndpoint { address: host.to_string(), port });
         Ok(())
+    }
+
+    /// Whether the connection Secret needs no write (or none is wanted). A Secret of that name
+    /// that is not this Database's stops here (`SecretConflict`).
+    async fn connection_secret_current(&self, secret: &SecretInfo, host: &str, port: i32) -> Result<bool> {
+        if !self.db.spec.connection_secret.enabled {
+            return Ok(true);
+        }
+        let owned = OwnedSecrets::new(self.ctx.client.clone(), self.db);
+        let expected = plain_keys(host, port, &self.db.spec.database_name, &self.db.spec.master_username, &secret.arn);
+        let existing = owned.get(&self.names.connection_secret).await?;
+        let version = secret.current_version.as_deref();
+        Ok(existing.is_some_and(|s| connection_secret_current(&s, &expected, version)))
+    }
+
+    /// The connection Secret (Kubernetes-side, so also under a plan on hold): written from what
+    /// the secret holds, with the instance's endpoint, whenever it is missing, edited, or written
+    /// from an older version of the secret; one no longer wanted under its name is deleted.
+    pub(super) async fn publish(&self, secret: &SecretInfo, host: &str, port: i32) -> Result<()> {
+        let owned = OwnedSecrets::new(self.ctx.client.clone(), self.db);
+        self.remove_stale_connection_secret(&owned).await?;
+        if self.connection_secret_current(secret, host, port).await? {
+            return Ok(());
+        }
+        let existing = owned.get(&self.names.connection_secret).await?;
+        let value = self.aws.secret_value(&secret.arn).await?;
+        let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
+        let wanted = self.with_endpoint(&document, host, port);
+        self.write_connection_secret(&owned, existing, &wanted, &secret.arn, value.version.as_deref()).await
     }
 
     async fn write_connection_secret(

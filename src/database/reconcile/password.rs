@@ -27,15 +27,12 @@ use super::Converge;
 use crate::api::{Database, DatabaseStatus};
 use crate::aws::inventory::SecretInfo;
 use crate::database::credentials::SecretDocument;
+use crate::database::plan::{RDS_VERSION_TAG, ROTATE_ANNOTATION};
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::FIELD_MANAGER;
 use crate::runtime::reconciler::Step;
 
-/// Set to any new value to have the operator make a new master password (README).
-pub const ROTATE_ANNOTATION: &str = "tinystacks.io/rotate-password";
-/// On the secret: the version whose password RDS was last given.
-pub const RDS_VERSION_TAG: &str = "tinystacks.io/rds-password-version";
 /// The value of `ROTATE_ANNOTATION` last carried out, written by the operator.
 const ROTATED_ANNOTATION: &str = "tinystacks.io/password-rotated";
 
@@ -69,19 +66,14 @@ impl Converge<'_> {
         }
     }
 
-    /// With the instance available: a rotation asked for and not yet made, then RDS following a
-    /// password RDS does not have yet. `None` when both are in step.
-    pub(super) async fn sync_password(&mut self, secret: &SecretInfo) -> Result<Option<Step<DatabaseStatus>>> {
-        if let Some(token) = self.rotation_request() {
-            return self.rotate(secret, &token).await.map(Some);
-        }
-        let Some(current) = secret.current_version.as_deref() else { return Ok(None) };
-        if secret.tags.get(RDS_VERSION_TAG) == Some(current) {
-            return Ok(None);
-        }
+    /// RDS gets the password of the secret's current version (the plan saw the secret's current
+    /// version differ from the one tagged as RDS's).
+    pub(super) async fn follow_password(mut self, secret: &SecretInfo) -> Result<Step<DatabaseStatus>> {
         let value = self.aws.secret_value(&secret.arn).await?;
         let document = value.document.map_err(|why| Error::SecretUnusable { name: self.names.secret.clone(), why })?;
-        let Some(version) = value.version else { return Ok(None) };
+        let Some(version) = value.version else {
+            return self.next("Observing", format!("the secret {} has no current version", self.names.secret));
+        };
         // The operator's own writes (the endpoint) make versions with the password RDS has: then
         // only the tag moves. Each of the two steps is one mutation, so an operator that crashes
         // after every mutation still gets on.
@@ -96,8 +88,7 @@ impl Converge<'_> {
         self.aws.tag_secret(&secret.arn, &[(RDS_VERSION_TAG, &version)]).await?;
         if !changed {
             return self
-                .next("RecordingPasswordVersion", format!("the secret {} has a new version", self.names.secret))
-                .map(Some);
+                .next("RecordingPasswordVersion", format!("the secret {} has a new version", self.names.secret));
         }
         let note = format!(
             "gave the DB instance {} the password of version {version} of the secret {}; the connection Secret follows",
@@ -106,13 +97,13 @@ impl Converge<'_> {
         self.event(EventType::Normal, "UpdatedMasterPassword", note).await;
         let message =
             format!("RDS is applying the password of the secret {} to {}", self.names.secret, self.names.instance);
-        self.busy("UpdatingPassword", message).map(Some)
+        self.busy("UpdatingPassword", message)
     }
 
     /// Writes a new password into the secret as the version `token` (once: a version of that ID
     /// means it was written, by a pass that may have crashed since), and records the request as
     /// carried out; RDS follows on the next pass.
-    async fn rotate(&mut self, secret: &SecretInfo, token: &str) -> Result<Step<DatabaseStatus>> {
+    pub(super) async fn rotate(self, secret: &SecretInfo, token: &str) -> Result<Step<DatabaseStatus>> {
         if secret.current_version.as_deref() != Some(token) {
             let password = self.aws.random_password().await?;
             let spec = &self.db.spec;
@@ -138,9 +129,8 @@ impl Converge<'_> {
         // Not on in this pass: the object it holds does not show the record yet; the patch's own
         // watch event starts the next pass.
         let message = format!("wrote a new password into the secret {}", self.names.secret);
-        let status = std::mem::take(&mut self.status);
         let health = Health::progressing("RotatingPassword", message);
-        Ok(Step { status, health, requeue_after: Some(Duration::from_secs(1)) })
+        Ok(Step { status: self.status, health, requeue_after: Some(Duration::from_secs(1)) })
     }
 }
 
