@@ -2,7 +2,6 @@
 //! through the rate limiter and written back into the shared inventory. Calls that find their work
 //! already done (a retry after a crash, a resource someone else removed) count as done.
 
-use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, TagSpecification, VpcEndpointType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -10,65 +9,32 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::plan::{Action, Deletion, Dependant, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
 use crate::api::AwsAccountLink;
-use crate::aws::errors::{Caller, aws_error};
+use crate::aws::account::Account;
+use crate::aws::errors::aws_error;
 use crate::aws::inventory::{
-    self, Address, Clients, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Scope, Snapshot, Tags,
+    self, Address, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Tags,
     VpcEndpoint, VpcLink, missing,
 };
 use crate::aws::limiter::Service;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
 
-/// The clients of one Stack's account and region, acting as its link's role (also what a Database
-/// of the Stack reads and changes the account with).
+/// The Stack's calls, made with the account's clients.
 pub struct Network {
-    pub scope: Scope,
-    pub(crate) ec2: aws_sdk_ec2::Client,
-    pub(crate) apigateway: aws_sdk_apigatewayv2::Client,
-    pub(crate) kms: aws_sdk_kms::Client,
-    pub(crate) tagging: aws_sdk_resourcegroupstagging::Client,
-    pub(crate) rds: aws_sdk_rds::Client,
-    pub(crate) secrets: aws_sdk_secretsmanager::Client,
-    pub(crate) caller: Caller,
+    account: Account,
+}
+
+impl std::ops::Deref for Network {
+    type Target = Account;
+
+    fn deref(&self) -> &Account {
+        &self.account
+    }
 }
 
 impl Network {
     pub async fn connect(ctx: &Context, link: &AwsAccountLink, region: &str) -> Result<Self> {
-        let config = ctx.aws.for_link(link, region).await?;
-        let role_arn = link.status.as_ref().and_then(|s| s.role_arn.clone()).unwrap_or_default();
-        let scope = Scope { account: link.spec.account_id.clone(), region: region.to_string() };
-        Ok(Self::with_config(ctx, &config, role_arn, scope))
-    }
-
-    /// The clients for `config` (the link's assumed role in `scope`'s region).
-    pub fn with_config(ctx: &Context, config: &SdkConfig, role_arn: String, scope: Scope) -> Self {
-        Self {
-            scope,
-            ec2: ctx.aws.client(config),
-            apigateway: ctx.aws.client(config),
-            kms: ctx.aws.client(config),
-            tagging: ctx.aws.client(config),
-            rds: ctx.aws.client(config),
-            secrets: ctx.aws.client(config),
-            caller: Caller::LinkRole { role_arn },
-        }
-    }
-
-    /// The account's resources, from the shared inventory (listed again when older than the
-    /// resync period, fed by every mutation's response).
-    pub async fn snapshot(&self, ctx: &Context) -> Result<Snapshot> {
-        let clients = Clients {
-            ec2: &self.ec2,
-            apigateway: &self.apigateway,
-            kms: &self.kms,
-            tagging: &self.tagging,
-            rds: &self.rds,
-            secrets: &self.secrets,
-            caller: &self.caller,
-            limiter: &ctx.limiter,
-            account: &self.scope.account,
-        };
-        ctx.inventory.snapshot(&self.scope, &clients, ctx.settings.resync_period).await
+        Ok(Self { account: Account::connect(ctx, link, region).await? })
     }
 
     /// Has the next snapshot list again the kinds AWS changes on its own (NAT gateways, VPC
@@ -167,13 +133,6 @@ impl Network {
             .flat_map(|p| p.user_id_group_pairs())
             .filter_map(|pair| pair.group_id().map(str::to_string))
             .collect())
-    }
-
-    fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        aws_error(action, &self.caller, e)
     }
 
     /// Makes the mutation `action`; returns the ID of what it created or changed, for the Event.
