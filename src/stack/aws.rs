@@ -12,8 +12,7 @@ use crate::api::AwsAccountLink;
 use crate::aws::account::Account;
 use crate::aws::errors::aws_error;
 use crate::aws::inventory::{
-    self, Address, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Tags,
-    VpcEndpoint, VpcLink, missing,
+    self, Address, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Tags, VpcEndpoint, VpcLink, missing,
 };
 use crate::aws::limiter::Service;
 use crate::error::{Error, Result};

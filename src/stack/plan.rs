@@ -16,6 +16,9 @@ use crate::aws::inventory::{
 };
 use crate::error::Error;
 
+mod changes;
+pub use changes::{planned, planned_change};
+
 /// Tag key naming a resource's part in the stack (`vpc`, `subnet/public/0`, ...): with the owner's
 /// UID it identifies the resource, so a restarted operator finds what it made before.
 pub const COMPONENT_TAG: &str = "tinystacks.io/component";
