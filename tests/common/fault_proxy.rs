@@ -166,6 +166,47 @@ impl FaultProxy {
         self.state.lock().unwrap().counts.get(action).copied().unwrap_or(0)
     }
 
+    /// How many requests so far changed something in AWS (created, deleted, modified, tagged,
+    /// associated, ...; API Gateway's POST, PUT, PATCH and DELETE). Assuming a role is not one.
+    pub fn mutations(&self) -> usize {
+        const VERBS: &[&str] = &[
+            "Create",
+            "Delete",
+            "Allocate",
+            "Release",
+            "Associate",
+            "Disassociate",
+            "Attach",
+            "Detach",
+            "Authorize",
+            "Revoke",
+            "Modify",
+            "Replace",
+            "Enable",
+            "Disable",
+            "Schedule",
+            "Cancel",
+            "Tag",
+            "Untag",
+            "Put",
+            "Update",
+            "Run",
+            "Terminate",
+            "Import",
+            "Add",
+            "Remove",
+            "Restore",
+            "Reboot",
+            "Rotate",
+            "POST ",
+            "PUT ",
+            "PATCH ",
+            "DELETE ",
+        ];
+        let state = self.state.lock().unwrap();
+        state.counts.iter().filter(|(action, _)| VERBS.iter().any(|v| action.starts_with(v))).map(|(_, n)| n).sum()
+    }
+
     /// How many requests contain `needle` in their head or body (URL-encoded or not).
     pub fn requests_mentioning(&self, needle: &str) -> usize {
         self.state.lock().unwrap().requests.iter().filter(|r| r.contains(needle)).count()
@@ -204,7 +245,9 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
         let start = std::time::Instant::now();
         let (fault, latency) = {
             let mut state = state.lock().unwrap();
-            *state.counts.entry(action.clone()).or_default() += 1;
+            // REST APIs (API Gateway) name no action: counted as `METHOD /path`.
+            let counted = if action == "unknown" { request_line(&head) } else { action.clone() };
+            *state.counts.entry(counted).or_default() += 1;
             let text = String::from_utf8_lossy(&head).into_owned() + &String::from_utf8_lossy(&body);
             state.requests.push(text);
             state.fault_counts.requests += 1;
