@@ -1650,6 +1650,7 @@ async fn manual_changes_nothing_until_the_plan_is_approved_and_an_outdated_appro
     let done = stack.status.as_ref().and_then(|s| s.plan.clone()).expect("plan");
     assert!(done.changes.is_empty() && done.applying.is_none(), "{done:?}");
     assert_eq!(proxy.mutations(), keys.len(), "exactly the approved plan's changes were made");
+    eprintln!("a new Stack's plan: {} changes; made after approval: {}", keys.len(), proxy.mutations());
     let r = world.resources(&uid).await;
     assert_eq!((r.vpcs.len(), r.subnets.len(), r.route_tables.len()), (1, 5, 3));
 
@@ -1748,6 +1749,8 @@ async fn observe_only_reports_drift_changes_nothing_and_its_deletion_leaves_the_
     let reconciles = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}");
     wait_reconciles(&operator, reconciles, 3.0).await;
     assert_eq!(proxy.mutations(), made, "ObserveOnly made an AWS mutation");
+    let after = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}") - reconciles;
+    eprintln!("ObserveOnly: 0 mutations over {after} reconciles (resync 3 s)");
     let r = world.resources(&uid).await;
     assert!(!routes(&r)["rtb/public"].iter().any(|(d, _)| d == "0.0.0.0/0"), "the route was put back");
     assert_eq!(plan_of(&world, "seen").await.id, plan.id);

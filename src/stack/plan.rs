@@ -1,7 +1,7 @@
 //! The Stack's network as a plan: the CIDR carving, the resources each pattern needs (each with a
-//! stable component name, which is also its `tinystacks.io/component` tag), and the diff between
-//! that and what AWS shows, which yields the next single step and everything that still differs.
-//! Pure: no client, no clock, so the convergence itself is unit-tested here.
+//! stable component name, which is also its `tinystacks.io/component` tag), the changes that bring
+//! AWS to it (`diff`: what can be made now; `planned`: the whole plan, for `status.plan`), the
+//! teardown and the status. Pure: no client, no clock, so the convergence itself is unit-tested.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,8 +1,10 @@
-//! The Stack's reconcile steps: resolve the account link (enforcing `allowedNamespaces` before
-//! any AWS call), read the account from the shared inventory, plan the network, make the change
-//! the diff names first, plan again from the view its response updated, and so on until nothing
-//! is left or AWS must be waited for; then report every ID in status (written once per pass). Deletion waits
-//! for the Stack's Databases and Bastions, then tears the network down in dependency order.
+//! The Stack's reconcile, which only sequences: resolve the account link (enforcing
+//! `allowedNamespaces` before any AWS call), read the account from the shared inventory, plan,
+//! pass the whole plan through the gate (`spec.changePolicy`, `spec.management`), make the change
+//! the diff names first, look again from the view its response updated, and so on until nothing
+//! is left or AWS must be waited for; then report every ID and the plan in status (written once
+//! per pass). Deletion waits for the Stack's Databases and Bastions, then tears the network down
+//! in dependency order (an `ObserveOnly` Stack's is left as it is).
 
 use std::time::{Duration, Instant};
 
