@@ -1006,3 +1006,44 @@ fn a_spec_edit_is_planned_before_it_is_made() {
     assert!(changes[2].id.is_some() && changes[2].detail.contains("new"), "{:?}", changes[2]);
     assert_eq!(keys, converged_keys(&mut account, &per_az));
 }
+
+/// What the Stack's reconcile does under `changePolicy: Manual`: the whole plan is held until
+/// approved; then every batch the reconcile makes (the diff's first change, with the independent
+/// ones beside it) passes the gate against the approved plan, to the end; a change the approval
+/// did not name (a rule added by hand meanwhile) is held.
+#[test]
+fn an_approved_plan_is_applied_batch_by_batch_to_the_end_and_a_change_outside_it_is_held() {
+    use crate::api::{ChangePolicy, Management};
+    use crate::runtime::plan::{Gate, Governance, gate};
+    fn manual(approved: Option<&str>) -> Governance<'_> {
+        Governance { change_policy: ChangePolicy::Manual, approved_plan: approved, management: Management::Full }
+    }
+    let plan = public_private();
+    let mut account = Account::default();
+    let (held, first) = gate(manual(None), Some(1), plan_now(&plan, &account.observed), None);
+    assert!(matches!(first, Gate::Hold(_)), "{first:?}");
+    let (approved, go) = gate(manual(Some(&held.id)), Some(2), plan_now(&plan, &account.observed), Some(&held));
+    assert_eq!(go, Gate::Apply);
+    let mut batches = 0;
+    while let Some(first) = diff(&plan, &account.observed, &Previous::default()).changes.first().cloned() {
+        let d = diff(&plan, &account.observed, &Previous::default());
+        let n = d.changes.iter().take_while(|c| independent(&first.action, &c.action)).count().max(1);
+        let batch: Vec<_> = d.changes[..n].iter().map(planned_change).collect();
+        assert_eq!(gate(manual(Some(&held.id)), Some(2), batch, Some(&approved)).1, Gate::Apply, "{:?}", d.changes[0]);
+        d.changes[..n].iter().for_each(|c| account.apply(&c.action));
+        batches += 1;
+    }
+    assert!(batches > 10 && plan_now(&plan, &account.observed).is_empty(), "{batches}");
+
+    let app = account.observed.security_groups.iter_mut().find(|g| component(&g.tags) == Some(SG_APP)).unwrap();
+    app.ingress.insert(Rule {
+        protocol: "tcp".into(),
+        from: Some(22),
+        to: Some(22),
+        source: Source::Cidr("0.0.0.0/0".into()),
+    });
+    let outside: Vec<_> =
+        diff(&plan, &account.observed, &Previous::default()).changes.iter().map(planned_change).collect();
+    assert_eq!(crate::runtime::plan::key(&outside[0]), "Delete ec2:SecurityGroupIngress sg/app");
+    assert!(matches!(gate(manual(Some(&held.id)), Some(2), outside, Some(&approved)).1, Gate::Hold(_)));
+}
