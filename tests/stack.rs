@@ -791,6 +791,14 @@ async fn drift_is_repaired_within_one_resync_and_spec_changes_converge_in_place(
         .await,
     ));
     eprintln!("drift repaired after (resync {resync:?}): {took:?}");
+    // A repair is a Warning, as for every kind.
+    let repairs: Vec<String> = event_reasons(&world.client, &world.ns.name, "web")
+        .await
+        .into_iter()
+        .filter(|(_, reason)| reason == "DriftRepaired")
+        .map(|(kind, _)| kind)
+        .collect();
+    assert!(!repairs.is_empty() && repairs.iter().all(|k| k == "Warning"), "{repairs:?}");
     world.wait_ready("web", Duration::from_secs(20)).await;
 
     // spec.tags: changed values, a new key, a removed key.
