@@ -791,6 +791,14 @@ async fn drift_is_repaired_within_one_resync_and_spec_changes_converge_in_place(
         .await,
     ));
     eprintln!("drift repaired after (resync {resync:?}): {took:?}");
+    // A repair is a Warning, as for every kind.
+    let repairs: Vec<String> = event_reasons(&world.client, &world.ns.name, "web")
+        .await
+        .into_iter()
+        .filter(|(_, reason)| reason == "DriftRepaired")
+        .map(|(kind, _)| kind)
+        .collect();
+    assert!(!repairs.is_empty() && repairs.iter().all(|k| k == "Warning"), "{repairs:?}");
     world.wait_ready("web", Duration::from_secs(20)).await;
 
     // spec.tags: changed values, a new key, a removed key.
@@ -1570,4 +1578,197 @@ async fn the_leader_keeps_running_through_a_20s_api_server_outage_and_leads_agai
     world.wait_gone("outage", READY).await;
     assert!(world.resources(&uid).await.only_keys_pending_deletion());
     assert_eq!(operator.exited(), None);
+}
+
+/// `status.plan` of the Stack `name`.
+async fn plan_of(world: &World, name: &str) -> tinystacks_operator::api::PlanStatus {
+    let stack = world.stacks().get(name).await.expect("stack");
+    stack.status.and_then(|s| s.plan).unwrap_or_default()
+}
+
+/// Waits until the Stack is held (`Ready=False`, `reason`) with a plan of its current generation
+/// that `accept` takes; returns that plan.
+async fn wait_held(
+    world: &World,
+    name: &str,
+    reason: &str,
+    accept: impl Fn(&tinystacks_operator::api::PlanStatus) -> bool,
+) -> tinystacks_operator::api::PlanStatus {
+    eventually(&format!("Stack {name} held ({reason})"), Duration::from_secs(30), || async {
+        let s = world.stacks().get(name).await.map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(&s).map_err(|e| e.to_string())?;
+        let ready = condition(&v, "Ready");
+        let plan = s.status.and_then(|s| s.plan).unwrap_or_default();
+        let held = ready.as_ref().is_some_and(|c| {
+            c["status"] == "False" && c["reason"] == reason && c["observedGeneration"] == v["metadata"]["generation"]
+        });
+        if held && plan.observed_generation == s.metadata.generation && accept(&plan) {
+            Ok(plan)
+        } else {
+            Err(format!("{ready:?} {plan:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until the operator has run `n` more reconciles of Stacks than `before`.
+async fn wait_reconciles(operator: &Operator, before: f64, n: f64) {
+    let series = "tinystacks_reconciles_total{kind=\"Stack\"}";
+    eventually(&format!("{n} more Stack reconciles"), Duration::from_secs(30), || async {
+        let now = counter(operator, series);
+        if now >= before + n { Ok(()) } else { Err(format!("{now}")) }
+    })
+    .await;
+}
+
+fn change_keys(plan: &tinystacks_operator::api::PlanStatus) -> Vec<String> {
+    plan.changes.iter().map(|c| format!("{:?} {} {}", c.action, c.resource, c.name)).collect()
+}
+
+/// `changePolicy: Manual` on a new Stack: the plan (every resource of the network, in order) is
+/// in status and nothing is made in AWS, over several resyncs, until `approvedPlan` names it; then
+/// the Stack converges to Ready with an empty plan. Later, a route deleted by hand is planned and
+/// held; an approval of that plan after AWS changed again (a rule added by hand) does nothing,
+/// and the plan has a new id, whose approval repairs both. Deleting a `Manual` Stack proceeds.
+#[tokio::test]
+async fn manual_changes_nothing_until_the_plan_is_approved_and_an_outdated_approval_does_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-manual").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = common::fault_proxy::FaultProxy::start(&moto).await;
+    let operator = world.operator("3s", &[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    let network = json!({"cidr": "10.71.0.0/16", "natGateways": "None", "vpcLink": false});
+    let uid = world.stack("web", json!({"changePolicy": "Manual", "network": network})).await;
+
+    let plan = wait_held(&world, "web", "AwaitingApproval", |p| !p.changes.is_empty()).await;
+    let keys = change_keys(&plan);
+    assert_eq!(keys[0], "Create ec2:Vpc vpc", "{keys:?}");
+    for expected in ["Create ec2:Subnet subnet/private/1", "Create ec2:Route rtb/public", "Create kms:Key kms"] {
+        assert!(keys.iter().any(|k| k == expected), "{expected} not in {keys:?}");
+    }
+    assert!(plan.changes.iter().all(|c| c.id.is_none()), "nothing exists yet: {:?}", plan.changes);
+    let before = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}");
+    wait_reconciles(&operator, before, 2.0).await;
+    assert_eq!(proxy.mutation_count(), 0, "nothing may change in AWS before the plan is approved");
+    assert!(vpcs_named(&world, "web").await.is_empty());
+    assert_eq!(plan_of(&world, "web").await.id, plan.id, "the same plan keeps its id");
+
+    world.patch_spec("web", json!({"approvedPlan": plan.id})).await;
+    let stack = world.wait_ready("web", READY).await;
+    let done = stack.status.as_ref().and_then(|s| s.plan.clone()).expect("plan");
+    assert!(done.changes.is_empty() && done.applying.is_none(), "{done:?}");
+    assert_eq!(proxy.mutation_count(), keys.len(), "exactly the approved plan's changes were made");
+    eprintln!("a new Stack's plan: {} changes; made after approval: {}", keys.len(), proxy.mutation_count());
+    let r = world.resources(&uid).await;
+    assert_eq!((r.vpcs.len(), r.subnets.len(), r.route_tables.len()), (1, 5, 3));
+
+    // A route deleted by hand is planned, and held.
+    let status = stack.status.expect("status");
+    let public = routes(&r);
+    assert!(public["rtb/public"].iter().any(|(d, _)| d == "0.0.0.0/0"));
+    let table = r
+        .route_tables
+        .iter()
+        .find(|t| tag(t.tags(), COMPONENT_TAG) == Some("rtb/public"))
+        .and_then(|t| t.route_table_id())
+        .expect("public table")
+        .to_string();
+    let ec2 = world.ec2();
+    ec2.delete_route().route_table_id(&table).destination_cidr_block("0.0.0.0/0").send().await.expect("delete route");
+    let outdated = wait_held(&world, "web", "AwaitingApproval", |p| p.changes.len() == 1).await;
+    assert_eq!(change_keys(&outdated), ["Create ec2:Route rtb/public"]);
+    assert_eq!(outdated.changes[0].id.as_deref(), Some(table.as_str()));
+    let made = proxy.mutation_count();
+
+    // AWS changes again before the approval: the plan read earlier is outdated.
+    let app = status.app_security_group_id.clone().expect("app group");
+    let ssh = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    ec2.authorize_security_group_ingress().group_id(&app).ip_permissions(ssh).send().await.expect("authorize");
+    let current = wait_held(&world, "web", "AwaitingApproval", |p| p.changes.len() == 2).await;
+    assert_ne!(current.id, outdated.id);
+    world.patch_spec("web", json!({"approvedPlan": outdated.id})).await;
+    let still = wait_held(&world, "web", "AwaitingApproval", |p| p.changes.len() == 2).await;
+    assert_eq!(still.id, current.id, "the outdated approval changes nothing, not even the plan's id");
+    let before = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}");
+    wait_reconciles(&operator, before, 2.0).await;
+    assert_eq!(proxy.mutation_count(), made, "an outdated approval makes no change");
+
+    world.patch_spec("web", json!({"approvedPlan": current.id})).await;
+    world.wait_ready("web", READY).await;
+    let r = world.resources(&uid).await;
+    assert!(routes(&r)["rtb/public"].iter().any(|(d, _)| d == "0.0.0.0/0"), "route repaired");
+    let group = r.groups.iter().find(|g| g.group_id() == Some(app.as_str())).expect("app group");
+    assert!(group.ip_permissions().is_empty(), "rule revoked");
+    assert_eq!(proxy.mutation_count(), made + 2);
+
+    world.delete("web").await;
+    world.wait_gone("web", READY).await;
+    assert!(world.resources(&uid).await.only_keys_pending_deletion());
+}
+
+/// `management: ObserveOnly` on a Ready Stack: a route deleted by hand shows in `status.plan`, a
+/// Warning `DriftDetected` Event (once) and `Ready=False` reason `Drifted`; nothing is changed over
+/// two resyncs and more. Deleting the Stack leaves its network in AWS, with its tags.
+#[tokio::test]
+async fn observe_only_reports_drift_changes_nothing_and_its_deletion_leaves_the_network() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-observe").await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = common::fault_proxy::FaultProxy::start(&moto).await;
+    let operator = world.operator("3s", &[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    let network = json!({"cidr": "10.72.0.0/16", "natGateways": "None", "vpcLink": false});
+    let uid = world.stack("seen", json!({"network": network})).await;
+    world.wait_ready("seen", READY).await;
+    world.patch_spec("seen", json!({"management": "ObserveOnly"})).await;
+    let stack = world.wait_ready("seen", Duration::from_secs(30)).await;
+    let status = stack.status.expect("status");
+    assert!(status.plan.as_ref().is_some_and(|p| p.changes.is_empty()), "{:?}", status.plan);
+    let before = world.resources(&uid).await;
+    let made = proxy.mutation_count();
+
+    let table = before
+        .route_tables
+        .iter()
+        .find(|t| tag(t.tags(), COMPONENT_TAG) == Some("rtb/public"))
+        .and_then(|t| t.route_table_id())
+        .expect("public table")
+        .to_string();
+    world.ec2().delete_route().route_table_id(&table).destination_cidr_block("0.0.0.0/0").send().await.expect("delete");
+    let plan = wait_held(&world, "seen", "Drifted", |p| !p.changes.is_empty()).await;
+    assert_eq!(change_keys(&plan), ["Create ec2:Route rtb/public"]);
+    assert_eq!(plan.changes[0].id.as_deref(), Some(table.as_str()));
+    assert!(plan.changes[0].detail.contains("0.0.0.0/0"), "{:?}", plan.changes[0]);
+    eventually("a Warning DriftDetected Event", Duration::from_secs(10), || async {
+        let events = event_reasons(&world.client, &world.ns.name, "seen").await;
+        let warned = events.iter().any(|(t, r)| t == "Warning" && r == "DriftDetected");
+        if warned { Ok(()) } else { Err(format!("{events:?}")) }
+    })
+    .await;
+    // The IDs are still reported from what exists.
+    let held = world.stacks().get("seen").await.expect("stack").status.expect("status");
+    assert_eq!((held.vpc_id.clone(), held.subnets.len()), (status.vpc_id.clone(), 5));
+
+    // Two resyncs and more: still nothing changed, one Event for the one plan.
+    let reconciles = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}");
+    wait_reconciles(&operator, reconciles, 3.0).await;
+    assert_eq!(proxy.mutation_count(), made, "ObserveOnly made an AWS mutation");
+    let after = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}") - reconciles;
+    eprintln!("ObserveOnly: 0 mutations over {after} reconciles (resync 3 s)");
+    let r = world.resources(&uid).await;
+    assert!(!routes(&r)["rtb/public"].iter().any(|(d, _)| d == "0.0.0.0/0"), "the route was put back");
+    assert_eq!(plan_of(&world, "seen").await.id, plan.id);
+    assert_eq!(world.times("seen", "DriftDetected").await, 1, "DriftDetected once per plan");
+
+    world.delete("seen").await;
+    world.wait_gone("seen", Duration::from_secs(30)).await;
+    assert_eq!(proxy.mutation_count(), made, "deleting an ObserveOnly Stack changes nothing in AWS");
+    let after = world.resources(&uid).await;
+    assert_eq!(after.counts(), before.counts(), "the network stays");
+    assert_tagged(&after, &world.ns.name, "seen", &uid, &[]);
+    assert!(world.events("seen").await.iter().any(|r| r == "Retained"));
 }

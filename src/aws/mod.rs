@@ -2,6 +2,7 @@
 //! chain (so `AWS_ENDPOINT_URL`, web identity and instance roles work as usual); every client it
 //! builds counts its calls; a link's clients act as the link's role, assumed with its external ID.
 
+pub mod account;
 pub mod credentials;
 pub mod errors;
 pub mod identity;

@@ -10,6 +10,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 
 use super::credentials::{Password, SecretDocument};
 use super::plan::{InstanceChanges, ObservedInstance, PORT};
+use crate::aws::account::Account;
 use crate::aws::errors::aws_error;
 use crate::aws::inventory::{self, Created, Kind, Recorded, Scope, Snapshot};
 pub use crate::aws::inventory::{DbSubnetGroup, SecretInfo};
@@ -19,14 +20,13 @@ use crate::aws::security_group::SecurityGroups;
 use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
-use crate::stack::aws::Network;
 
 /// Length of generated master passwords: well inside RDS PostgreSQL's 8 to 128.
 const PASSWORD_LENGTH: i64 = 32;
 
 /// The clients of one Database's reconcile, acting as its Stack's link in the Stack's region.
 pub struct DatabaseAws<'a> {
-    net: Network,
+    net: Account,
     ctx: &'a Context,
 }
 
@@ -38,7 +38,7 @@ pub struct SecretValue {
 
 impl<'a> DatabaseAws<'a> {
     pub fn new(ctx: &'a Context, config: &SdkConfig, role_arn: String, scope: Scope) -> Self {
-        Self { net: Network::with_config(ctx, config, role_arn, scope), ctx }
+        Self { net: Account::with_config(ctx, config, role_arn, scope), ctx }
     }
 
     /// The account's resources, from the shared inventory (the Stack's view).

@@ -2,73 +2,39 @@
 //! through the rate limiter and written back into the shared inventory. Calls that find their work
 //! already done (a retry after a crash, a resource someone else removed) count as done.
 
-use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, TagSpecification, VpcEndpointType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::plan::{Action, Deletion, Dependant, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
+use super::plan::{Action, Deletion, Dependant, EndpointChange, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
 use crate::api::AwsAccountLink;
-use crate::aws::errors::{Caller, aws_error};
+use crate::aws::account::Account;
+use crate::aws::errors::aws_error;
 use crate::aws::inventory::{
-    self, Address, Clients, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Scope, Snapshot, Tags,
-    VpcEndpoint, VpcLink, missing,
+    self, Address, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Rule, Tags, VpcEndpoint, VpcLink,
+    missing,
 };
 use crate::aws::limiter::Service;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
 
-/// The clients of one Stack's account and region, acting as its link's role (also what a Database
-/// of the Stack reads and changes the account with).
+/// The Stack's calls, made with the account's clients.
 pub struct Network {
-    pub scope: Scope,
-    pub(crate) ec2: aws_sdk_ec2::Client,
-    pub(crate) apigateway: aws_sdk_apigatewayv2::Client,
-    pub(crate) kms: aws_sdk_kms::Client,
-    pub(crate) tagging: aws_sdk_resourcegroupstagging::Client,
-    pub(crate) rds: aws_sdk_rds::Client,
-    pub(crate) secrets: aws_sdk_secretsmanager::Client,
-    pub(crate) caller: Caller,
+    account: Account,
+}
+
+impl std::ops::Deref for Network {
+    type Target = Account;
+
+    fn deref(&self) -> &Account {
+        &self.account
+    }
 }
 
 impl Network {
     pub async fn connect(ctx: &Context, link: &AwsAccountLink, region: &str) -> Result<Self> {
-        let config = ctx.aws.for_link(link, region).await?;
-        let role_arn = link.status.as_ref().and_then(|s| s.role_arn.clone()).unwrap_or_default();
-        let scope = Scope { account: link.spec.account_id.clone(), region: region.to_string() };
-        Ok(Self::with_config(ctx, &config, role_arn, scope))
-    }
-
-    /// The clients for `config` (the link's assumed role in `scope`'s region).
-    pub fn with_config(ctx: &Context, config: &SdkConfig, role_arn: String, scope: Scope) -> Self {
-        Self {
-            scope,
-            ec2: ctx.aws.client(config),
-            apigateway: ctx.aws.client(config),
-            kms: ctx.aws.client(config),
-            tagging: ctx.aws.client(config),
-            rds: ctx.aws.client(config),
-            secrets: ctx.aws.client(config),
-            caller: Caller::LinkRole { role_arn },
-        }
-    }
-
-    /// The account's resources, from the shared inventory (listed again when older than the
-    /// resync period, fed by every mutation's response).
-    pub async fn snapshot(&self, ctx: &Context) -> Result<Snapshot> {
-        let clients = Clients {
-            ec2: &self.ec2,
-            apigateway: &self.apigateway,
-            kms: &self.kms,
-            tagging: &self.tagging,
-            rds: &self.rds,
-            secrets: &self.secrets,
-            caller: &self.caller,
-            limiter: &ctx.limiter,
-            account: &self.scope.account,
-        };
-        ctx.inventory.snapshot(&self.scope, &clients, ctx.settings.resync_period).await
+        Ok(Self { account: Account::connect(ctx, link, region).await? })
     }
 
     /// Has the next snapshot list again the kinds AWS changes on its own (NAT gateways, VPC
@@ -167,13 +133,6 @@ impl Network {
             .flat_map(|p| p.user_id_group_pairs())
             .filter_map(|pair| pair.group_id().map(str::to_string))
             .collect())
-    }
-
-    fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        aws_error(action, &self.caller, e)
     }
 
     /// Makes the mutation `action`; returns the ID of what it created or changed, for the Event.
@@ -334,215 +293,330 @@ impl Network {
                 (format!("{subnet_id} to {route_table_id}"), vec![associated])
             }
             Action::CreateRoute { route_table_id, destination, target } => {
-                self.ec2(ctx, "ec2:CreateRoute", &["RouteAlreadyExists"], || {
-                    let call = ec2.create_route().route_table_id(route_table_id).destination_cidr_block(destination);
-                    match target {
-                        RouteTarget::Nat(id) => call.nat_gateway_id(id),
-                        RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
-                        RouteTarget::Local => call.gateway_id("local"),
-                    }
-                    .send()
-                })
-                .await?;
-                (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
+                self.create_route(ctx, route_table_id, destination, target).await?
             }
             Action::ReplaceRoute { route_table_id, destination, target } => {
-                self.ec2(ctx, "ec2:ReplaceRoute", &[], || {
-                    let call = ec2.replace_route().route_table_id(route_table_id).destination_cidr_block(destination);
-                    match target {
-                        RouteTarget::Nat(id) => call.nat_gateway_id(id),
-                        RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
-                        RouteTarget::Local => call.local_target(true),
-                    }
-                    .send()
-                })
-                .await?;
-                (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
+                self.replace_route(ctx, route_table_id, destination, target).await?
             }
             Action::DeleteRoute { route_table_id, destination } => {
-                self.ec2(ctx, "ec2:DeleteRoute", &["InvalidRoute.NotFound", NOT_FOUND], || {
-                    let call = ec2.delete_route().route_table_id(route_table_id);
-                    if destination.starts_with("pl-") {
-                        call.destination_prefix_list_id(destination)
-                    } else {
-                        call.destination_cidr_block(destination)
-                    }
-                    .send()
-                })
-                .await?;
-                (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, None)])
+                self.delete_route(ctx, route_table_id, destination).await?
             }
-            Action::AllocateAddress { tags } => {
-                let out = self
-                    .ec2(ctx, "ec2:AllocateAddress", &[], || {
-                        ec2.allocate_address()
-                            .domain(DomainType::Vpc)
-                            .tag_specifications(spec(ResourceType::ElasticIp, tags))
-                            .send()
-                    })
-                    .await?;
-                let id = out
-                    .as_ref()
-                    .and_then(|o| o.allocation_id())
-                    .ok_or_else(|| missing("ec2:AllocateAddress", "allocation ID"))?
-                    .to_string();
-                let created = Address { allocation_id: id.clone(), association_id: None, tags: tags.clone() };
-                (id, vec![Recorded::Created(Created::Address(created))])
-            }
+            Action::AllocateAddress { tags } => self.allocate_address(ctx, tags).await?,
             Action::CreateNatGateway { subnet_id, allocation_id, token, tags } => {
-                let out = self
-                    .ec2(ctx, "ec2:CreateNatGateway", &[], || {
-                        ec2.create_nat_gateway()
-                            .subnet_id(subnet_id)
-                            .allocation_id(allocation_id)
-                            .client_token(token)
-                            .tag_specifications(spec(ResourceType::Natgateway, tags))
-                            .send()
-                    })
-                    .await?;
-                let nat = out.as_ref().and_then(|o| o.nat_gateway()).and_then(inventory::nat_gateway_of);
-                let mut nat = nat.ok_or_else(|| missing("ec2:CreateNatGateway", "NAT gateway"))?;
-                nat.tags = tags.clone();
-                let id = nat.id.clone();
-                (id, vec![Recorded::Created(Created::NatGateway(nat))])
+                self.create_nat_gateway(ctx, subnet_id, allocation_id, token, tags).await?
             }
             Action::CreateSecurityGroup { vpc_id, name, description, tags } => {
-                let out = self
-                    .ec2(ctx, "ec2:CreateSecurityGroup", &[], || {
-                        ec2.create_security_group()
-                            .vpc_id(vpc_id)
-                            .group_name(name)
-                            .description(description)
-                            .tag_specifications(spec(ResourceType::SecurityGroup, tags))
-                            .send()
-                    })
-                    .await?;
-                let id = out
-                    .as_ref()
-                    .and_then(|o| o.group_id())
-                    .ok_or_else(|| missing("ec2:CreateSecurityGroup", "group ID"))?
-                    .to_string();
-                let created = inventory::new_security_group(&id, vpc_id, name, tags.clone());
-                (id, vec![Recorded::Created(Created::SecurityGroup(created))])
+                self.create_security_group(ctx, vpc_id, name, description, tags).await?
             }
-            Action::Authorize { group_id, egress, rule } => {
-                let permission = inventory::permission_of(rule);
-                if *egress {
-                    self.ec2(ctx, "ec2:AuthorizeSecurityGroupEgress", &["InvalidPermission.Duplicate"], || {
-                        ec2.authorize_security_group_egress().group_id(group_id).ip_permissions(permission).send()
-                    })
-                    .await?;
-                } else {
-                    self.ec2(ctx, "ec2:AuthorizeSecurityGroupIngress", &["InvalidPermission.Duplicate"], || {
-                        ec2.authorize_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
-                    })
-                    .await?;
-                }
-                let added =
-                    Recorded::Rule { group_id: group_id.clone(), egress: *egress, rule: rule.clone(), added: true };
-                (group_id.clone(), vec![added])
-            }
-            Action::Revoke { group_id, egress, rule } => {
-                let permission = inventory::permission_of(rule);
-                if *egress {
-                    self.ec2(ctx, "ec2:RevokeSecurityGroupEgress", &["InvalidPermission.NotFound"], || {
-                        ec2.revoke_security_group_egress().group_id(group_id).ip_permissions(permission).send()
-                    })
-                    .await?;
-                } else {
-                    self.ec2(ctx, "ec2:RevokeSecurityGroupIngress", &["InvalidPermission.NotFound"], || {
-                        ec2.revoke_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
-                    })
-                    .await?;
-                }
-                let removed =
-                    Recorded::Rule { group_id: group_id.clone(), egress: *egress, rule: rule.clone(), added: false };
-                (group_id.clone(), vec![removed])
-            }
+            Action::Authorize { group_id, egress, rule } => self.authorize(ctx, group_id, egress, rule).await?,
+            Action::Revoke { group_id, egress, rule } => self.revoke(ctx, group_id, egress, rule).await?,
             Action::CreateVpcEndpoint(e) => self.create_endpoint(ctx, e).await?,
-            Action::ModifyVpcEndpoint(c) => {
-                let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-                self.ec2(ctx, "ec2:ModifyVpcEndpoint", &[], || {
-                    ec2.modify_vpc_endpoint()
-                        .vpc_endpoint_id(&c.endpoint_id)
-                        .set_add_route_table_ids(some(&c.add_route_tables))
-                        .set_remove_route_table_ids(some(&c.remove_route_tables))
-                        .set_add_subnet_ids(some(&c.add_subnets))
-                        .set_remove_subnet_ids(some(&c.remove_subnets))
-                        .set_add_security_group_ids(some(&c.add_groups))
-                        .set_remove_security_group_ids(some(&c.remove_groups))
+            Action::ModifyVpcEndpoint(c) => self.modify_endpoint(ctx, c).await?,
+            Action::CreateVpcLink { name, subnet_ids, group_ids, tags } => {
+                self.create_vpc_link(ctx, name, subnet_ids, group_ids, tags).await?
+            }
+            Action::CreateKey { description, tags } => self.create_key(ctx, description, tags).await?,
+            Action::CreateAlias { alias, key_id } => self.create_alias(ctx, alias, key_id).await?,
+            Action::Retag { resource, add, remove } => self.retag(ctx, resource, add, remove).await?,
+            Action::Delete(deletion) => self.delete(ctx, deletion).await?,
+        })
+    }
+
+    async fn create_route(
+        &self,
+        ctx: &Context,
+        route_table_id: &str,
+        destination: &str,
+        target: &RouteTarget,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            self.ec2(ctx, "ec2:CreateRoute", &["RouteAlreadyExists"], || {
+                let call = ec2.create_route().route_table_id(route_table_id).destination_cidr_block(destination);
+                match target {
+                    RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                    RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
+                    RouteTarget::Local => call.gateway_id("local"),
+                }
+                .send()
+            })
+            .await?;
+            (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
+        })
+    }
+
+    async fn replace_route(
+        &self,
+        ctx: &Context,
+        route_table_id: &str,
+        destination: &str,
+        target: &RouteTarget,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            self.ec2(ctx, "ec2:ReplaceRoute", &[], || {
+                let call = ec2.replace_route().route_table_id(route_table_id).destination_cidr_block(destination);
+                match target {
+                    RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                    RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
+                    RouteTarget::Local => call.local_target(true),
+                }
+                .send()
+            })
+            .await?;
+            (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
+        })
+    }
+
+    async fn delete_route(
+        &self,
+        ctx: &Context,
+        route_table_id: &str,
+        destination: &str,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            self.ec2(ctx, "ec2:DeleteRoute", &["InvalidRoute.NotFound", NOT_FOUND], || {
+                let call = ec2.delete_route().route_table_id(route_table_id);
+                if destination.starts_with("pl-") {
+                    call.destination_prefix_list_id(destination)
+                } else {
+                    call.destination_cidr_block(destination)
+                }
+                .send()
+            })
+            .await?;
+            (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, None)])
+        })
+    }
+
+    async fn allocate_address(&self, ctx: &Context, tags: &Tags) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            let out = self
+                .ec2(ctx, "ec2:AllocateAddress", &[], || {
+                    ec2.allocate_address()
+                        .domain(DomainType::Vpc)
+                        .tag_specifications(spec(ResourceType::ElasticIp, tags))
                         .send()
                 })
                 .await?;
-                (
-                    c.endpoint_id.clone(),
-                    vec![Recorded::Changed(Kind::VpcEndpoints), Recorded::Changed(Kind::RouteTables)],
-                )
+            let id = out
+                .as_ref()
+                .and_then(|o| o.allocation_id())
+                .ok_or_else(|| missing("ec2:AllocateAddress", "allocation ID"))?
+                .to_string();
+            let created = Address { allocation_id: id.clone(), association_id: None, tags: tags.clone() };
+            (id, vec![Recorded::Created(Created::Address(created))])
+        })
+    }
+
+    async fn create_nat_gateway(
+        &self,
+        ctx: &Context,
+        subnet_id: &str,
+        allocation_id: &str,
+        token: &str,
+        tags: &Tags,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            let out = self
+                .ec2(ctx, "ec2:CreateNatGateway", &[], || {
+                    ec2.create_nat_gateway()
+                        .subnet_id(subnet_id)
+                        .allocation_id(allocation_id)
+                        .client_token(token)
+                        .tag_specifications(spec(ResourceType::Natgateway, tags))
+                        .send()
+                })
+                .await?;
+            let nat = out.as_ref().and_then(|o| o.nat_gateway()).and_then(inventory::nat_gateway_of);
+            let mut nat = nat.ok_or_else(|| missing("ec2:CreateNatGateway", "NAT gateway"))?;
+            nat.tags = tags.clone();
+            let id = nat.id.clone();
+            (id, vec![Recorded::Created(Created::NatGateway(nat))])
+        })
+    }
+
+    async fn create_security_group(
+        &self,
+        ctx: &Context,
+        vpc_id: &str,
+        name: &str,
+        description: &str,
+        tags: &Tags,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            let out = self
+                .ec2(ctx, "ec2:CreateSecurityGroup", &[], || {
+                    ec2.create_security_group()
+                        .vpc_id(vpc_id)
+                        .group_name(name)
+                        .description(description)
+                        .tag_specifications(spec(ResourceType::SecurityGroup, tags))
+                        .send()
+                })
+                .await?;
+            let id = out
+                .as_ref()
+                .and_then(|o| o.group_id())
+                .ok_or_else(|| missing("ec2:CreateSecurityGroup", "group ID"))?
+                .to_string();
+            let created = inventory::new_security_group(&id, vpc_id, name, tags.clone());
+            (id, vec![Recorded::Created(Created::SecurityGroup(created))])
+        })
+    }
+
+    async fn authorize(
+        &self,
+        ctx: &Context,
+        group_id: &str,
+        egress: &bool,
+        rule: &Rule,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            let permission = inventory::permission_of(rule);
+            if *egress {
+                self.ec2(ctx, "ec2:AuthorizeSecurityGroupEgress", &["InvalidPermission.Duplicate"], || {
+                    ec2.authorize_security_group_egress().group_id(group_id).ip_permissions(permission).send()
+                })
+                .await?;
+            } else {
+                self.ec2(ctx, "ec2:AuthorizeSecurityGroupIngress", &["InvalidPermission.Duplicate"], || {
+                    ec2.authorize_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
+                })
+                .await?;
             }
-            Action::CreateVpcLink { name, subnet_ids, group_ids, tags } => {
-                let apigateway = &self.apigateway;
-                let out = self
-                    .mutate(ctx, Service::ApiGateway, "apigateway:POST", &[], || {
-                        apigateway
-                            .create_vpc_link()
-                            .name(name)
-                            .set_subnet_ids(Some(subnet_ids.clone()))
-                            .set_security_group_ids(Some(group_ids.clone()))
-                            .set_tags(Some(tags.owned()))
-                            .send()
-                    })
-                    .await?;
-                let out = out.ok_or_else(|| missing("apigateway:POST", "VPC Link"))?;
-                let id = out.vpc_link_id().ok_or_else(|| missing("apigateway:POST", "VPC Link ID"))?.to_string();
-                let link = VpcLink {
-                    id: id.clone(),
-                    name: name.clone(),
-                    subnet_ids: subnet_ids.iter().cloned().collect(),
-                    group_ids: group_ids.iter().cloned().collect(),
-                    status: out.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
-                    tags: tags.clone(),
-                };
-                (id, vec![Recorded::Created(Created::VpcLink(link))])
+            let added =
+                Recorded::Rule { group_id: group_id.to_string(), egress: *egress, rule: rule.clone(), added: true };
+            (group_id.to_string(), vec![added])
+        })
+    }
+
+    async fn revoke(
+        &self,
+        ctx: &Context,
+        group_id: &str,
+        egress: &bool,
+        rule: &Rule,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            let permission = inventory::permission_of(rule);
+            if *egress {
+                self.ec2(ctx, "ec2:RevokeSecurityGroupEgress", &["InvalidPermission.NotFound"], || {
+                    ec2.revoke_security_group_egress().group_id(group_id).ip_permissions(permission).send()
+                })
+                .await?;
+            } else {
+                self.ec2(ctx, "ec2:RevokeSecurityGroupIngress", &["InvalidPermission.NotFound"], || {
+                    ec2.revoke_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
+                })
+                .await?;
             }
-            Action::CreateKey { description, tags } => {
-                let kms = &self.kms;
-                let kms_tags = tags
-                    .iter()
-                    .map(|(k, v)| aws_sdk_kms::types::Tag::builder().tag_key(k).tag_value(v).build())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::InvalidSpec(format!("a tag cannot be sent to KMS: {e}")))?;
-                let out = self
-                    .mutate(ctx, Service::Kms, "kms:CreateKey", &[], || {
-                        kms.create_key().description(description).set_tags(Some(kms_tags)).send()
-                    })
-                    .await?;
-                let meta =
-                    out.as_ref().and_then(|o| o.key_metadata()).ok_or_else(|| missing("kms:CreateKey", "key"))?;
-                let key = KmsKey {
-                    key_id: meta.key_id().to_string(),
-                    arn: meta.arn().unwrap_or_default().to_string(),
-                    state: Some("Enabled".into()),
-                    tags: tags.clone(),
-                };
-                let state = Recorded::KeyState { key_id: key.key_id.clone(), state: "Enabled".into() };
-                (key.key_id.clone(), vec![Recorded::Created(Created::KmsKey(key)), state])
-            }
-            Action::CreateAlias { alias, key_id } => {
-                let kms = &self.kms;
-                let made = self
-                    .mutate(ctx, Service::Kms, "kms:CreateAlias", &["AlreadyExistsException"], || {
-                        kms.create_alias().alias_name(alias).target_key_id(key_id).send()
-                    })
-                    .await?;
-                // An alias that already existed may point elsewhere: only a list tells.
-                let recorded = match made {
-                    Some(_) => Recorded::Alias { name: alias.clone(), target_key_id: key_id.clone() },
-                    None => Recorded::Changed(Kind::KmsAliases),
-                };
-                (alias.clone(), vec![recorded])
-            }
-            Action::Retag { resource, add, remove } => self.retag(ctx, resource, add, remove).await?,
-            Action::Delete(deletion) => self.delete(ctx, deletion).await?,
+            let removed =
+                Recorded::Rule { group_id: group_id.to_string(), egress: *egress, rule: rule.clone(), added: false };
+            (group_id.to_string(), vec![removed])
+        })
+    }
+
+    async fn modify_endpoint(&self, ctx: &Context, c: &EndpointChange) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        Ok({
+            let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+            self.ec2(ctx, "ec2:ModifyVpcEndpoint", &[], || {
+                ec2.modify_vpc_endpoint()
+                    .vpc_endpoint_id(&c.endpoint_id)
+                    .set_add_route_table_ids(some(&c.add_route_tables))
+                    .set_remove_route_table_ids(some(&c.remove_route_tables))
+                    .set_add_subnet_ids(some(&c.add_subnets))
+                    .set_remove_subnet_ids(some(&c.remove_subnets))
+                    .set_add_security_group_ids(some(&c.add_groups))
+                    .set_remove_security_group_ids(some(&c.remove_groups))
+                    .send()
+            })
+            .await?;
+            (c.endpoint_id.clone(), vec![Recorded::Changed(Kind::VpcEndpoints), Recorded::Changed(Kind::RouteTables)])
+        })
+    }
+
+    async fn create_vpc_link(
+        &self,
+        ctx: &Context,
+        name: &str,
+        subnet_ids: &[String],
+        group_ids: &[String],
+        tags: &Tags,
+    ) -> Result<(String, Vec<Recorded>)> {
+        Ok({
+            let apigateway = &self.apigateway;
+            let out = self
+                .mutate(ctx, Service::ApiGateway, "apigateway:POST", &[], || {
+                    apigateway
+                        .create_vpc_link()
+                        .name(name)
+                        .set_subnet_ids(Some(subnet_ids.to_vec()))
+                        .set_security_group_ids(Some(group_ids.to_vec()))
+                        .set_tags(Some(tags.owned()))
+                        .send()
+                })
+                .await?;
+            let out = out.ok_or_else(|| missing("apigateway:POST", "VPC Link"))?;
+            let id = out.vpc_link_id().ok_or_else(|| missing("apigateway:POST", "VPC Link ID"))?.to_string();
+            let link = VpcLink {
+                id: id.clone(),
+                name: name.to_string(),
+                subnet_ids: subnet_ids.iter().cloned().collect(),
+                group_ids: group_ids.iter().cloned().collect(),
+                status: out.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
+                tags: tags.clone(),
+            };
+            (id, vec![Recorded::Created(Created::VpcLink(link))])
+        })
+    }
+
+    async fn create_key(&self, ctx: &Context, description: &str, tags: &Tags) -> Result<(String, Vec<Recorded>)> {
+        Ok({
+            let kms = &self.kms;
+            let kms_tags = tags
+                .iter()
+                .map(|(k, v)| aws_sdk_kms::types::Tag::builder().tag_key(k).tag_value(v).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::InvalidSpec(format!("a tag cannot be sent to KMS: {e}")))?;
+            let out = self
+                .mutate(ctx, Service::Kms, "kms:CreateKey", &[], || {
+                    kms.create_key().description(description).set_tags(Some(kms_tags)).send()
+                })
+                .await?;
+            let meta = out.as_ref().and_then(|o| o.key_metadata()).ok_or_else(|| missing("kms:CreateKey", "key"))?;
+            let key = KmsKey {
+                key_id: meta.key_id().to_string(),
+                arn: meta.arn().unwrap_or_default().to_string(),
+                state: Some("Enabled".into()),
+                tags: tags.clone(),
+            };
+            let state = Recorded::KeyState { key_id: key.key_id.clone(), state: "Enabled".into() };
+            (key.key_id.clone(), vec![Recorded::Created(Created::KmsKey(key)), state])
+        })
+    }
+
+    async fn create_alias(&self, ctx: &Context, alias: &str, key_id: &str) -> Result<(String, Vec<Recorded>)> {
+        Ok({
+            let kms = &self.kms;
+            let made = self
+                .mutate(ctx, Service::Kms, "kms:CreateAlias", &["AlreadyExistsException"], || {
+                    kms.create_alias().alias_name(alias).target_key_id(key_id).send()
+                })
+                .await?;
+            // An alias that already existed may point elsewhere: only a list tells.
+            let recorded = match made {
+                Some(_) => Recorded::Alias { name: alias.to_string(), target_key_id: key_id.to_string() },
+                None => Recorded::Changed(Kind::KmsAliases),
+            };
+            (alias.to_string(), vec![recorded])
         })
     }
 

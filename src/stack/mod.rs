@@ -1,7 +1,7 @@
 //! `Stack`: the VPC a team's application lives in. Databases and Bastions reach their Stack
 //! through `resolve`, which also decides whether they must wait.
 
-pub(crate) mod aws;
+mod aws;
 mod plan;
 mod reconcile;
 

@@ -1,8 +1,10 @@
-//! The Stack's reconcile steps: resolve the account link (enforcing `allowedNamespaces` before
-//! any AWS call), read the account from the shared inventory, plan the network, make the change
-//! the diff names first, plan again from the view its response updated, and so on until nothing
-//! is left or AWS must be waited for; then report every ID in status (written once per pass). Deletion waits
-//! for the Stack's Databases and Bastions, then tears the network down in dependency order.
+//! The Stack's reconcile, which only sequences: resolve the account link (enforcing
+//! `allowedNamespaces` before any AWS call), read the account from the shared inventory, plan,
+//! pass the whole plan through the gate (`spec.changePolicy`, `spec.management`), make the change
+//! the diff names first, look again from the view its response updated, and so on until nothing
+//! is left or AWS must be waited for; then report every ID and the plan in status (written once
+//! per pass). Deletion waits for the Stack's Databases and Bastions, then tears the network down
+//! in dependency order (an `ObserveOnly` Stack's is left as it is).
 
 use std::time::{Duration, Instant};
 
@@ -12,13 +14,14 @@ use kube::{Resource, ResourceExt};
 use tracing::info;
 
 use super::aws::Network;
-use super::plan::{self, Kept, Observed, Owner, Previous, Teardown};
+use super::plan::{self, Diff, Kept, NetworkPlan, Observed, Owner, Previous, Teardown};
 use crate::account_link::{self, LinkFor, LinkForCleanup};
-use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Stack, StackStatus};
+use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Management, PlanStatus, Stack, StackStatus};
 use crate::aws::inventory::KmsKey;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::{self, Health};
 use crate::runtime::context::Context;
+use crate::runtime::plan::{DRIFT_DETECTED, Gate, Governance, gate, is_new};
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
 
 /// How often a stack waiting for AWS (a NAT gateway becoming available, a deletion) looks again.
@@ -51,95 +54,9 @@ impl Managed for Stack {
             }
             LinkFor::Usable(link) => link,
         };
-        let owner = owner(self);
         let region = self.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
         let network = Network::connect(ctx, &link, &region).await?;
-        // The IDs the status knew when the pass began salt the idempotency tokens of the whole
-        // pass: a crash before the status is written repeats the pass with the same tokens.
-        let previous = Previous::of(&status);
-        // A stack that was Ready for this spec and now differs has drifted; anything else is
-        // progress towards the spec.
-        let drift = conditions::is_ready(&status.conditions, self.metadata.generation)
-            || conditions::ready(&status.conditions).is_some_and(|c| c.reason == REPAIRING);
-        let started = Instant::now();
-        let mut made = 0;
-        loop {
-            // After the first mutation this is the cached view with the mutations' responses
-            // applied: no list is made again.
-            let snapshot = network.snapshot(ctx).await?;
-            // Never a second network beside one whose ownership tags were changed.
-            if let Some(foreign) = plan::foreign(&snapshot, &owner, &status).first() {
-                return Err(foreign.conflict(&owner));
-            }
-            let observed = Observed::of(&snapshot, &owner.uid, &owner.kms_alias());
-            let zones = plan::choose_zones(
-                self.spec.network.availability_zones.as_deref(),
-                &snapshot.zones,
-                &observed.zones_in_use(),
-            )
-            .map_err(Error::InvalidSpec)?;
-            // Held no longer than needed: the inventory copies a list a reconcile still holds
-            // when a mutation is recorded into it.
-            drop(snapshot);
-            let plan = plan::plan_network(owner.clone(), &self.spec, &region, zones).map_err(Error::InvalidSpec)?;
-            let diff = plan::diff(&plan, &observed, &previous);
-            if let Some(conflict) = diff.conflict {
-                return Err(conflict);
-            }
-            let observed_status = plan::status_of(&plan, &observed);
-
-            let Some(first) = diff.changes.first() else {
-                if !diff.waiting.is_empty() {
-                    network.look_again(ctx).await;
-                    let message = format!("waiting for AWS: {}", diff.waiting.join("; "));
-                    let health = Health::progressing("WaitingForAws", message);
-                    return Ok(Step { status: observed_status, health, requeue_after: Some(AWS_POLL) });
-                }
-                let message = format!(
-                    "the {:?} network matches the spec: VPC {}, {} subnets, KMS key {}",
-                    plan.pattern,
-                    observed_status.vpc_id.as_deref().unwrap_or_default(),
-                    observed_status.subnets.len(),
-                    observed_status.kms_key_arn.as_deref().unwrap_or_default(),
-                );
-                return Ok(Step {
-                    status: observed_status,
-                    health: Health::ready("Converged", message),
-                    requeue_after: None,
-                });
-            };
-
-            // Subnets, and a route table's associations, do not depend on one another: a run of
-            // them is made at once.
-            let together = diff.changes.iter().take_while(|c| plan::independent(&first.action, &c.action)).count();
-            let batch = &diff.changes[..together.max(1)];
-            let ids = futures::future::try_join_all(batch.iter().map(|c| network.apply(ctx, &c.action))).await?;
-            made += batch.len();
-            let mut note = String::new();
-            for (change, id) in batch.iter().zip(ids) {
-                let (reason, text) = if drift {
-                    let what = format!("{} ({}: {id})", change.what, change.action.reason());
-                    ("DriftRepaired", format!("repaired {}: {what}", change.component))
-                } else {
-                    (change.action.reason(), format!("{}: {id} ({})", change.component, change.what))
-                };
-                info!(kind = "Stack", %namespace, name = %self.name_any(), reason, note = %text, "AWS mutation");
-                ctx.event(&self.object_ref(&()), EventType::Normal, reason, text.clone()).await;
-                note = text;
-            }
-            // A long pass reports its progress now and then (and lets other objects' reconciles
-            // run); the next pass goes on at once.
-            if made >= PASS_MUTATIONS || started.elapsed() >= PASS_TIME {
-                let left = diff.changes.len() - batch.len();
-                let message = if left == 0 { note } else { format!("{note}; {left} more difference(s) to fix") };
-                let health = Health::progressing(if drift { REPAIRING } else { "Converging" }, message);
-                return Ok(Step {
-                    status: merged(observed_status, &status),
-                    health,
-                    requeue_after: Some(Duration::ZERO),
-                });
-            }
-        }
+        Pass::new(self, &status, network, region).run(ctx).await
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
@@ -168,6 +85,12 @@ impl Managed for Stack {
                 requeue_after: Duration::from_secs(30),
             });
         }
+        // Observing only, the operator never made nor may delete anything of it.
+        if self.spec.management == Management::ObserveOnly {
+            let note = "management is ObserveOnly: every AWS resource of the stack stays as it is (VPC, subnets, gateways, route tables, security groups, endpoints, VPC Link, KMS key)".to_string();
+            ctx.event(&self.object_ref(&()), EventType::Normal, "Retained", note).await;
+            return Ok(Cleanup::Done);
+        }
         if self.spec.deletion_policy == DeletionPolicy::Retain {
             let note = "deletionPolicy is Retain: the AWS resources stay, with their tags".to_string();
             ctx.event(&self.object_ref(&()), EventType::Normal, "Retained", note).await;
@@ -181,6 +104,184 @@ impl Managed for Stack {
             }
         };
         teardown(self, ctx, &link).await
+    }
+}
+
+/// One reconcile pass of a Stack: look, plan, gate, then make the changes in order, each planned
+/// from the view the previous one's response updated.
+struct Pass<'a> {
+    stack: &'a Stack,
+    /// The status as the pass found it.
+    status: &'a StackStatus,
+    network: Network,
+    region: String,
+    owner: Owner,
+    /// The IDs the status knew when the pass began salt the idempotency tokens of the whole
+    /// pass: a crash before the status is written repeats the pass with the same tokens.
+    previous: Previous,
+    governance: Governance<'a>,
+    /// A stack that was Ready for this spec and now differs has drifted; anything else is
+    /// progress towards the spec.
+    drift: bool,
+}
+
+/// One look at the account: the network the spec asks for, the Stack's resources, what differs.
+struct View {
+    plan: NetworkPlan,
+    observed: Observed,
+    diff: Diff,
+}
+
+impl<'a> Pass<'a> {
+    fn new(stack: &'a Stack, status: &'a StackStatus, network: Network, region: String) -> Self {
+        let governance = Governance {
+            change_policy: stack.spec.change_policy,
+            approved_plan: stack.spec.approved_plan.as_deref(),
+            management: stack.spec.management,
+        };
+        let drift = conditions::is_ready(&status.conditions, stack.metadata.generation)
+            || conditions::ready(&status.conditions).is_some_and(|c| c.reason == REPAIRING);
+        Self { stack, status, network, region, owner: owner(stack), previous: Previous::of(status), governance, drift }
+    }
+
+    async fn run(self, ctx: &Context) -> Result<Step<StackStatus>> {
+        let started = Instant::now();
+        let mut made = 0;
+        let mut note = String::new();
+        // The plan this pass may apply (through the gate); every mutation stays within it.
+        let mut allowed: Option<PlanStatus> = None;
+        loop {
+            let view = self.view(ctx).await?;
+            let mut status = plan::status_of(&view.plan, &view.observed);
+            if made > 0 {
+                status = merged(status, self.status);
+            }
+            let spent = made >= PASS_MUTATIONS || started.elapsed() >= PASS_TIME;
+            let fresh = allowed.is_none() || view.diff.changes.is_empty() || spent;
+            if fresh {
+                let (plan_status, gate) = self.gate(ctx, &view, allowed.as_ref().or(self.status.plan.as_ref())).await;
+                let left = plan_status.changes.len();
+                status.plan = Some(plan_status.clone());
+                if let Gate::Hold(health) = gate {
+                    return Ok(Step { status, health, requeue_after: None });
+                }
+                if view.diff.changes.is_empty() {
+                    return Ok(self.settled(ctx, &view, status).await);
+                }
+                // A long pass reports its progress now and then (and lets other objects'
+                // reconciles run); the next pass goes on at once.
+                if spent {
+                    let message = format!("{note}; {left} more difference(s) to fix");
+                    let health = Health::progressing(if self.drift { REPAIRING } else { "Converging" }, message);
+                    return Ok(Step { status, health, requeue_after: Some(Duration::ZERO) });
+                }
+                allowed = Some(plan_status);
+            }
+
+            // Subnets, and a route table's associations, do not depend on one another: a run of
+            // them is made at once.
+            let first = &view.diff.changes[0].action;
+            let together = view.diff.changes.iter().take_while(|c| plan::independent(first, &c.action)).count();
+            let batch = &view.diff.changes[..together.max(1)];
+            // A change outside the plan the pass was let apply (drift found meanwhile, under
+            // `Manual`) is not made: the whole plan is gated again.
+            let changes = batch.iter().map(plan::planned_change).collect();
+            if !fresh
+                && gate(self.governance, self.stack.metadata.generation, changes, allowed.as_ref()).1 != Gate::Apply
+            {
+                allowed = None;
+                continue;
+            }
+            let ids = futures::future::try_join_all(batch.iter().map(|c| self.network.apply(ctx, &c.action))).await?;
+            made += batch.len();
+            for (change, id) in batch.iter().zip(ids) {
+                note = self.announce(ctx, change, &id).await;
+            }
+        }
+    }
+
+    /// The account as the Stack sees it now; an ownership conflict stops the pass before anything
+    /// is planned.
+    async fn view(&self, ctx: &Context) -> Result<View> {
+        // After the first mutation this is the cached view with the mutations' responses
+        // applied: no list is made again.
+        let snapshot = self.network.snapshot(ctx).await?;
+        // Never a second network beside one whose ownership tags were changed.
+        if let Some(foreign) = plan::foreign(&snapshot, &self.owner, self.status).first() {
+            return Err(foreign.conflict(&self.owner));
+        }
+        let observed = Observed::of(&snapshot, &self.owner.uid, &self.owner.kms_alias());
+        let zones = plan::choose_zones(
+            self.stack.spec.network.availability_zones.as_deref(),
+            &snapshot.zones,
+            &observed.zones_in_use(),
+        )
+        .map_err(Error::InvalidSpec)?;
+        // Held no longer than needed: the inventory copies a list a reconcile still holds when a
+        // mutation is recorded into it.
+        drop(snapshot);
+        let plan = plan::plan_network(self.owner.clone(), &self.stack.spec, &self.region, zones)
+            .map_err(Error::InvalidSpec)?;
+        let mut diff = plan::diff(&plan, &observed, &self.previous);
+        if let Some(conflict) = diff.conflict.take() {
+            return Err(conflict);
+        }
+        Ok(View { plan, observed, diff })
+    }
+
+    /// The whole plan from `view`, through the gate. An `ObserveOnly` Stack's new plan is
+    /// announced once (a Warning `DriftDetected`).
+    async fn gate(&self, ctx: &Context, view: &View, previous: Option<&PlanStatus>) -> (PlanStatus, Gate) {
+        let changes = plan::planned(&view.plan, &view.observed, &self.previous, &view.diff);
+        let (plan, gate) = gate(self.governance, self.stack.metadata.generation, changes, previous);
+        let observing = self.governance.management == Management::ObserveOnly;
+        if observing && !plan.changes.is_empty() && is_new(&plan, self.status.plan.as_ref()) {
+            let listed: Vec<String> =
+                plan.changes.iter().take(3).map(|c| format!("{} ({})", c.name, c.detail)).collect();
+            let more = plan.changes.len().saturating_sub(listed.len());
+            let note = format!(
+                "AWS differs from the spec; plan {} lists {} change(s), none is made (management: ObserveOnly): {}{}",
+                plan.id,
+                plan.changes.len(),
+                listed.join("; "),
+                if more > 0 { format!("; and {more} more") } else { String::new() },
+            );
+            ctx.event(&self.stack.object_ref(&()), EventType::Warning, DRIFT_DETECTED, note).await;
+        }
+        (plan, gate)
+    }
+
+    /// Nothing left to change: waiting for AWS, or Ready.
+    async fn settled(&self, ctx: &Context, view: &View, status: StackStatus) -> Step<StackStatus> {
+        if !view.diff.waiting.is_empty() {
+            self.network.look_again(ctx).await;
+            let message = format!("waiting for AWS: {}", view.diff.waiting.join("; "));
+            let health = Health::progressing("WaitingForAws", message);
+            return Step { status, health, requeue_after: Some(AWS_POLL) };
+        }
+        let message = format!(
+            "the {:?} network matches the spec: VPC {}, {} subnets, KMS key {}",
+            view.plan.pattern,
+            status.vpc_id.as_deref().unwrap_or_default(),
+            status.subnets.len(),
+            status.kms_key_arn.as_deref().unwrap_or_default(),
+        );
+        Step { status, health: Health::ready("Converged", message), requeue_after: None }
+    }
+
+    /// The Event and log line of one mutation made; returns its note. A repair of drift is a
+    /// Warning `DriftRepaired`, as for every kind.
+    async fn announce(&self, ctx: &Context, change: &plan::Change, id: &str) -> String {
+        let (kind, reason, text) = if self.drift {
+            let what = format!("{} ({}: {id})", change.what, change.action.reason());
+            (EventType::Warning, "DriftRepaired", format!("repaired {}: {what}", change.component))
+        } else {
+            (EventType::Normal, change.action.reason(), format!("{}: {id} ({})", change.component, change.what))
+        };
+        let (namespace, name) = (self.stack.namespace().unwrap_or_default(), self.stack.name_any());
+        info!(kind = "Stack", %namespace, %name, reason, note = %text, "AWS mutation");
+        ctx.event(&self.stack.object_ref(&()), kind, reason, text.clone()).await;
+        text
     }
 }
 

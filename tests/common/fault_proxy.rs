@@ -166,14 +166,19 @@ impl FaultProxy {
         self.state.lock().unwrap().counts.get(action).copied().unwrap_or(0)
     }
 
-    /// The calls that change something in AWS (every action but `Describe*`, `Get*`, `List*` and
-    /// STS's `AssumeRole`), by action: what a plan held for approval or `ObserveOnly` must keep at
-    /// zero.
+    /// The calls that change something in AWS (every action but `Describe*`, `Get*`, `List*`, API
+    /// Gateway's `GET` and STS's `AssumeRole`), by action: what a plan held for approval or
+    /// `ObserveOnly` must keep at zero.
     pub fn mutations(&self) -> std::collections::BTreeMap<String, usize> {
-        let reads = ["Describe", "Get", "List"];
+        let reads = ["Describe", "Get", "List", "GET "];
         let state = self.state.lock().unwrap();
         let counts = state.counts.iter().filter(|(a, _)| a.as_str() != "AssumeRole");
         counts.filter(|(a, _)| !reads.iter().any(|r| a.starts_with(r))).map(|(a, n)| (a.clone(), *n)).collect()
+    }
+
+    /// How many calls so far changed something in AWS ([`FaultProxy::mutations`], summed).
+    pub fn mutation_count(&self) -> usize {
+        self.mutations().values().sum()
     }
 
     /// How many requests contain `needle` in their head or body (URL-encoded or not).
@@ -214,7 +219,9 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
         let start = std::time::Instant::now();
         let (fault, latency) = {
             let mut state = state.lock().unwrap();
-            *state.counts.entry(action.clone()).or_default() += 1;
+            // REST APIs (API Gateway) name no action: counted as `METHOD /path`.
+            let counted = if action == "unknown" { request_line(&head) } else { action.clone() };
+            *state.counts.entry(counted).or_default() += 1;
             let text = String::from_utf8_lossy(&head).into_owned() + &String::from_utf8_lossy(&body);
             state.requests.push(text);
             state.fault_counts.requests += 1;

@@ -3,6 +3,7 @@
 //! diff must name it and repair it; then the teardown must leave nothing.
 
 use super::*;
+use crate::api::ChangeAction;
 use crate::aws::inventory::{Association, Route};
 
 fn owner() -> Owner {
@@ -898,4 +899,151 @@ fn teardown_keeps_what_a_retained_instance_and_a_snapshot_need_and_deletes_the_r
     let o = &account.observed;
     assert!(o.vpcs.is_empty() && o.subnets.is_empty() && o.security_groups.is_empty());
     assert_eq!(o.kms_keys[0].state, key.state);
+}
+
+/// The changes the simulated account is taken through, one diff's first change at a time, as
+/// `<action> <resource> <name>`.
+fn converged_keys(account: &mut Account, plan: &NetworkPlan) -> Vec<String> {
+    let mut keys = Vec::new();
+    while let Some(first) = diff(plan, &account.observed, &Previous::default()).changes.first().cloned() {
+        keys.push(crate::runtime::plan::key(&planned_change(&first)));
+        account.apply(&first.action);
+        assert!(keys.len() < 200, "no convergence");
+    }
+    keys
+}
+
+fn plan_now(plan: &NetworkPlan, observed: &Observed) -> Vec<crate::api::PlannedChange> {
+    let previous = Previous::default();
+    planned(plan, observed, &previous, &diff(plan, observed, &previous))
+}
+
+#[test]
+fn a_new_stack_s_plan_lists_every_change_convergence_then_makes_in_that_order() {
+    for plan in [public_private(), private_isolated()] {
+        let changes = plan_now(&plan, &Observed::default());
+        let keys: Vec<String> = changes.iter().map(crate::runtime::plan::key).collect();
+        let mut account = Account::default();
+        assert_eq!(keys, converged_keys(&mut account, &plan), "the plan is what convergence does, in order");
+        assert_eq!(keys[0], "Create ec2:Vpc vpc");
+        // Nothing exists yet: no change names an ID, and no placeholder shows.
+        assert!(changes.iter().all(|c| c.id.is_none()), "{changes:?}");
+        assert!(changes.iter().all(|c| !c.detail.contains("new:") && !c.detail.is_empty()), "{changes:?}");
+        let creates = |resource: &str| changes.iter().filter(|c| c.resource == resource).count();
+        assert_eq!(creates("ec2:Subnet"), if plan.pattern == NetworkPattern::PublicPrivate { 5 } else { 6 });
+        assert_eq!(creates("kms:Key") + creates("kms:Alias"), 2);
+        assert!(plan_now(&plan, &account.observed).is_empty(), "converged: nothing planned");
+    }
+    let pp = plan_now(&public_private(), &Observed::default());
+    let routes: Vec<&str> = pp.iter().filter(|c| c.resource == "ec2:Route").map(|c| c.name.as_str()).collect();
+    assert_eq!(routes, ["rtb/public", "rtb/private/0", "rtb/private/1"]);
+    let nat = pp.iter().position(|c| c.resource == "ec2:NatGateway").unwrap();
+    let nat_route = pp.iter().position(|c| c.resource == "ec2:Route" && c.name == "rtb/private/0").unwrap();
+    assert!(nat < nat_route, "the NAT gateway before the route to it");
+}
+
+#[test]
+fn drift_is_planned_with_the_ids_of_what_exists_and_what_differs() {
+    let plan = public_private();
+    let mut account = Account::default();
+    account.converge(&plan);
+    let table = account.observed.route_tables.iter().find(|t| component(&t.tags) == Some("rtb/public")).unwrap();
+    let table_id = table.id.clone();
+    account
+        .observed
+        .route_tables
+        .iter_mut()
+        .find(|t| t.id == table_id)
+        .unwrap()
+        .routes
+        .retain(|r| r.destination != DEFAULT_ROUTE);
+    let changes = plan_now(&plan, &account.observed);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let c = &changes[0];
+    assert_eq!((c.action, c.resource.as_str(), c.name.as_str()), (ChangeAction::Create, "ec2:Route", "rtb/public"));
+    assert_eq!(c.id.as_deref(), Some(table_id.as_str()));
+    assert!(c.detail.contains("0.0.0.0/0") && c.detail.contains("missing"), "{}", c.detail);
+
+    // A deleted subnet: made again, then associated with its (existing) table; the new subnet
+    // shows as "new" in the association's detail.
+    let subnet = account.observed.subnets.iter().position(|s| component(&s.tags) == Some("subnet/private/1")).unwrap();
+    let old = account.observed.subnets.remove(subnet);
+    for t in &mut account.observed.route_tables {
+        t.associations.retain(|a| a.subnet_id.as_ref() != Some(&old.id));
+    }
+    let changes = plan_now(&plan, &account.observed);
+    let keys: Vec<String> = changes.iter().map(crate::runtime::plan::key).collect();
+    assert_eq!(
+        keys,
+        [
+            "Create ec2:Subnet subnet/private/1",
+            "Create ec2:Route rtb/public",
+            "Create ec2:SubnetRouteTableAssociation rtb/private/1"
+        ]
+    );
+    let association = changes.iter().find(|c| c.resource == "ec2:SubnetRouteTableAssociation").unwrap();
+    assert_eq!(association.name, "rtb/private/1");
+    assert!(association.id.as_deref().is_some_and(|id| id.starts_with("rtb-")), "{association:?}");
+    assert!(association.detail.contains("subnet/private/1 (new)"), "{}", association.detail);
+    assert_eq!(keys, converged_keys(&mut account, &plan));
+}
+
+#[test]
+fn a_spec_edit_is_planned_before_it_is_made() {
+    let plan = public_private();
+    let mut account = Account::default();
+    account.converge(&plan);
+    let per_az = plan_of(
+        serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"pattern": "PublicPrivate", "cidr": "10.20.0.0/16", "natGateways": "PerAz"}, "tags": {"team": "a"}}),
+    );
+    let changes = plan_now(&per_az, &account.observed);
+    let keys: Vec<String> = changes.iter().map(crate::runtime::plan::key).collect();
+    assert_eq!(
+        keys,
+        ["Create ec2:ElasticIp eip/nat/1", "Create ec2:NatGateway nat/1", "Update ec2:Route rtb/private/1"],
+        "{changes:?}"
+    );
+    assert!(changes[2].id.is_some() && changes[2].detail.contains("new"), "{:?}", changes[2]);
+    assert_eq!(keys, converged_keys(&mut account, &per_az));
+}
+
+/// What the Stack's reconcile does under `changePolicy: Manual`: the whole plan is held until
+/// approved; then every batch the reconcile makes (the diff's first change, with the independent
+/// ones beside it) passes the gate against the approved plan, to the end; a change the approval
+/// did not name (a rule added by hand meanwhile) is held.
+#[test]
+fn an_approved_plan_is_applied_batch_by_batch_to_the_end_and_a_change_outside_it_is_held() {
+    use crate::api::{ChangePolicy, Management};
+    use crate::runtime::plan::{Gate, Governance, gate};
+    fn manual(approved: Option<&str>) -> Governance<'_> {
+        Governance { change_policy: ChangePolicy::Manual, approved_plan: approved, management: Management::Full }
+    }
+    let plan = public_private();
+    let mut account = Account::default();
+    let (held, first) = gate(manual(None), Some(1), plan_now(&plan, &account.observed), None);
+    assert!(matches!(first, Gate::Hold(_)), "{first:?}");
+    let (approved, go) = gate(manual(Some(&held.id)), Some(2), plan_now(&plan, &account.observed), Some(&held));
+    assert_eq!(go, Gate::Apply);
+    let mut batches = 0;
+    while let Some(first) = diff(&plan, &account.observed, &Previous::default()).changes.first().cloned() {
+        let d = diff(&plan, &account.observed, &Previous::default());
+        let n = d.changes.iter().take_while(|c| independent(&first.action, &c.action)).count().max(1);
+        let batch: Vec<_> = d.changes[..n].iter().map(planned_change).collect();
+        assert_eq!(gate(manual(Some(&held.id)), Some(2), batch, Some(&approved)).1, Gate::Apply, "{:?}", d.changes[0]);
+        d.changes[..n].iter().for_each(|c| account.apply(&c.action));
+        batches += 1;
+    }
+    assert!(batches > 10 && plan_now(&plan, &account.observed).is_empty(), "{batches}");
+
+    let app = account.observed.security_groups.iter_mut().find(|g| component(&g.tags) == Some(SG_APP)).unwrap();
+    app.ingress.insert(Rule {
+        protocol: "tcp".into(),
+        from: Some(22),
+        to: Some(22),
+        source: Source::Cidr("0.0.0.0/0".into()),
+    });
+    let outside: Vec<_> =
+        diff(&plan, &account.observed, &Previous::default()).changes.iter().map(planned_change).collect();
+    assert_eq!(crate::runtime::plan::key(&outside[0]), "Delete ec2:SecurityGroupIngress sg/app");
+    assert!(matches!(gate(manual(Some(&held.id)), Some(2), outside, Some(&approved)).1, Gate::Hold(_)));
 }
