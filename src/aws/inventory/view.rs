@@ -261,7 +261,30 @@ pub enum Recorded {
     Observed(Created),
 }
 
+impl Kind {
+    /// The kind of an EC2 resource the operator tags, from its ID's prefix (`vpc-`, `subnet-`, ...).
+    pub fn of_ec2_id(id: &str) -> Kind {
+        match id.split('-').next().unwrap_or_default() {
+            "vpc" => Kind::Vpcs,
+            "subnet" => Kind::Subnets,
+            "rtb" => Kind::RouteTables,
+            "igw" => Kind::InternetGateways,
+            "eipalloc" => Kind::Addresses,
+            "nat" => Kind::NatGateways,
+            "sg" => Kind::SecurityGroups,
+            _ => Kind::VpcEndpoints,
+        }
+    }
+}
+
 impl Recorded {
+    /// One tagging call: the additions, or, when there are none, the removals (the services tag
+    /// and untag in separate calls; the removals come at the next step).
+    pub fn retagged(kind: Kind, id: &str, add: &Tags, remove: &[String]) -> Recorded {
+        let remove = if add.is_empty() { remove.to_vec() } else { Vec::new() };
+        Recorded::Tagged { kind, id: id.to_string(), add: add.clone(), remove }
+    }
+
     /// The resource whose entry the change edits in place, if it edits one: a creation the lists
     /// have not shown yet is kept as the view now has it.
     pub(super) fn edits(&self, view: &Snapshot) -> Option<String> {
