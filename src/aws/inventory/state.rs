@@ -126,21 +126,21 @@ impl State {
         listed.replace(&mut self.snapshot);
     }
 
-    /// What the bulk lists lack for the resources in `listed` that the cache has no details of.
+    /// What the bulk lists lack, for the resources the view will hold once `listed` is applied
+    /// (the kinds listed now as listed, the others as the view has them: a refresh whose reads
+    /// failed left some without) and the cache has no details of.
     pub(super) fn missing_details(&self, listed: &[Listed]) -> (Vec<String>, Vec<String>) {
-        let mut vpcs = Vec::new();
-        let mut keys = Vec::new();
+        let mut vpcs: Vec<&str> = self.snapshot.vpcs.iter().map(|v| v.id.as_str()).collect();
+        let mut keys: Vec<&str> = self.snapshot.kms_keys.iter().map(|k| k.key_id.as_str()).collect();
         for list in listed {
             match list {
-                Listed::Vpcs(l) => {
-                    vpcs.extend(l.iter().filter(|v| !self.vpc_dns.contains_key(&v.id)).map(|v| v.id.clone()))
-                }
-                Listed::KmsKeys(l) => {
-                    keys.extend(l.iter().filter(|k| !self.key_states.contains_key(&k.key_id)).map(|k| k.key_id.clone()))
-                }
+                Listed::Vpcs(l) => vpcs = l.iter().map(|v| v.id.as_str()).collect(),
+                Listed::KmsKeys(l) => keys = l.iter().map(|k| k.key_id.as_str()).collect(),
                 _ => {}
             }
         }
+        let vpcs = vpcs.into_iter().filter(|id| !self.vpc_dns.contains_key(*id)).map(str::to_string).collect();
+        let keys = keys.into_iter().filter(|id| !self.key_states.contains_key(*id)).map(str::to_string).collect();
         (vpcs, keys)
     }
 

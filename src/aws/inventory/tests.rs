@@ -191,3 +191,99 @@ fn a_slow_refresh_spaces_the_next_and_changes_made_during_its_lists_survive_them
     assert_eq!(state.snapshot.route_tables[0].routes.len(), 1);
     assert!(state.snapshot.subnets.is_empty());
 }
+
+#[test]
+fn details_asked_without_the_lock_do_not_undo_a_change_recorded_meanwhile() {
+    let mut state = State::default();
+    let vpc = Vpc {
+        id: "vpc-1".into(),
+        cidr: "10.0.0.0/16".into(),
+        tags: Tags::new(),
+        dns_support: None,
+        dns_hostnames: None,
+    };
+    let lists = vec![Listed::Vpcs(vec![vpc])];
+    let (vpcs, keys) = state.missing_details(&lists);
+    assert_eq!((vpcs, keys), (vec!["vpc-1".to_string()], vec![]));
+    // While DescribeVpcAttribute runs (the lock released), a reconcile turns DNS hostnames on.
+    state.record(Recorded::VpcDns { vpc_id: "vpc-1".into(), support: None, hostnames: Some(true) });
+    for listed in lists {
+        state.apply(listed);
+    }
+    let mut asked = super::state::Details::default();
+    asked.vpc_dns.insert("vpc-1".into(), (true, false));
+    state.fill_details(asked);
+    let vpc = &state.snapshot.vpcs[0];
+    assert_eq!((vpc.dns_support, vpc.dns_hostnames), (None, Some(true)), "the recorded change wins");
+    // Known from now on: the next refresh asks nothing.
+    assert_eq!(state.missing_details(&[Listed::Vpcs(vec![Vpc::clone(vpc)])]).0, Vec::<String>::new());
+}
+
+#[test]
+fn a_change_to_a_creation_no_list_shows_yet_is_kept_with_it() {
+    let mut state = State::default();
+    let table = RouteTable {
+        id: "rtb-1".into(),
+        vpc_id: "vpc-1".into(),
+        routes: vec![],
+        associations: vec![],
+        tags: Tags::new(),
+    };
+    state.record(Recorded::Created(Created::RouteTable(table)));
+    state.record(Recorded::Route {
+        route_table_id: "rtb-1".into(),
+        destination: "0.0.0.0/0".into(),
+        target: Some(RouteTarget::Gateway("igw-1".into())),
+    });
+    // A list begun before the creation does not show it: the creation comes back with its route.
+    state.apply(Listed::RouteTables(vec![]));
+    state.merge_pending(&[]);
+    assert_eq!(state.snapshot.route_tables[0].routes.len(), 1);
+}
+
+#[test]
+fn the_view_changes_as_the_records_say() {
+    let mut view = Snapshot::default();
+    let endpoint = VpcEndpoint {
+        id: "vpce-1".into(),
+        vpc_id: "vpc-1".into(),
+        service: "com.amazonaws.us-east-1.s3".into(),
+        gateway: true,
+        state: "available".into(),
+        subnet_ids: BTreeSet::new(),
+        route_table_ids: BTreeSet::from(["rtb-1".to_string()]),
+        group_ids: BTreeSet::new(),
+        tags: Tags::new(),
+    };
+    let table = RouteTable {
+        id: "rtb-1".into(),
+        vpc_id: "vpc-1".into(),
+        routes: vec![Route { destination: "pl-1".into(), target: RouteTarget::Gateway("vpce-1".into()) }],
+        associations: vec![Association { id: "rtbassoc-1".into(), subnet_id: Some("subnet-1".into()) }],
+        tags: Tags::new(),
+    };
+    view.apply(&Recorded::Created(Created::VpcEndpoint(endpoint.clone())));
+    view.apply(&Recorded::Created(Created::VpcEndpoint(endpoint)));
+    view.apply(&Recorded::Created(Created::RouteTable(table)));
+    assert_eq!(view.vpc_endpoints.len(), 1, "a creation recorded twice is one entry");
+    let add = Tags::from([("team", "a")]);
+    view.apply(&Recorded::retagged(Kind::of_ec2_id("rtb-1"), "rtb-1", &add, &["old".into()]));
+    assert_eq!(view.route_tables[0].tags.get("team"), Some("a"));
+    view.apply(&Recorded::Disassociated { association_id: "rtbassoc-1".into() });
+    assert!(view.route_tables[0].associations.is_empty());
+    // A gateway endpoint's routes go with it.
+    view.apply(&Recorded::Deleted(Kind::VpcEndpoints, "vpce-1".into()));
+    assert!(view.vpc_endpoints.is_empty() && view.route_tables[0].routes.is_empty());
+    // A secret is deleted by its ARN as well as by its name.
+    let secret = SecretInfo {
+        name: "s".into(),
+        arn: "arn:aws:secretsmanager:us-east-1:1:secret:s-abc".into(),
+        kms_key_id: None,
+        current_version: None,
+        scheduled_for_deletion: false,
+        tags: Tags::new(),
+    };
+    view.apply(&Recorded::Created(Created::Secret(secret)));
+    view.apply(&Recorded::Deleted(Kind::Secrets, "arn:aws:secretsmanager:us-east-1:1:secret:s-abc".into()));
+    assert!(view.secrets.is_empty());
+}

@@ -130,7 +130,13 @@ impl Account {
             Action::CreateRouteTable { vpc_id, tags, .. } => {
                 let id = self.id("rtb");
                 let routes = vec![Route { destination: "10.0.0.0/8".into(), target: RouteTarget::Local }];
-                vec![Recorded::Created(Created::RouteTable(RouteTable { id, vpc_id, routes, associations: vec![], tags }))]
+                vec![Recorded::Created(Created::RouteTable(RouteTable {
+                    id,
+                    vpc_id,
+                    routes,
+                    associations: vec![],
+                    tags,
+                }))]
             }
             Action::AssociateRouteTable { route_table_id, subnet_id } => {
                 let association_id = self.id("rtbassoc");
@@ -169,7 +175,9 @@ impl Account {
                 let id = self.id("sg");
                 vec![Recorded::Created(Created::SecurityGroup(new_security_group(&id, &vpc_id, &name, tags)))]
             }
-            Action::Authorize { group_id, egress, rule } => vec![Recorded::Rule { group_id, egress, rule, added: true }],
+            Action::Authorize { group_id, egress, rule } => {
+                vec![Recorded::Rule { group_id, egress, rule, added: true }]
+            }
             Action::Revoke { group_id, egress, rule } => vec![Recorded::Rule { group_id, egress, rule, added: false }],
             Action::CreateVpcEndpoint(e) => {
                 let id = self.id("vpce");
@@ -237,7 +245,9 @@ impl Account {
         let o = &mut self.observed;
         match d {
             Deletion::VpcLink(id) => vec![Recorded::Deleted(Kind::VpcLinks, id)],
-            Deletion::VpcEndpoints(ids) => ids.into_iter().map(|id| Recorded::Deleted(Kind::VpcEndpoints, id)).collect(),
+            Deletion::VpcEndpoints(ids) => {
+                ids.into_iter().map(|id| Recorded::Deleted(Kind::VpcEndpoints, id)).collect()
+            }
             Deletion::NatGateway(id) => {
                 // AWS releases the gateway's addresses as it deletes it.
                 let n = o.nat_gateways.iter().find(|n| n.id == id).unwrap();
