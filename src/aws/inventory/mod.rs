@@ -168,11 +168,12 @@ impl Inventory {
                 return Err(e);
             }
         };
+        // The lists are as of now; the details below do not make them older.
+        let ended = Instant::now();
         let (vpcs, keys) = state.lock().await.missing_details(&lists);
         let details = list::details(clients, &vpcs, &keys).await;
         let mut st = state.lock().await;
         let journal = st.journal.take().unwrap_or_default();
-        let ended = Instant::now();
         st.failed = None;
         for (kind, listed) in stale.iter().zip(lists) {
             st.apply(listed);
