@@ -43,6 +43,9 @@ pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
 
+    #[error("{object} has no UID, so what it owns in AWS cannot be told; the operator retries")]
+    OwnerUidMissing { object: String },
+
     #[error(
         "access Ssh needs a public subnet, and Stack {stack:?} uses the PrivateIsolated pattern, which has none; use access Ssm (Session Manager reaches the instance through the stack's endpoints) or a PublicPrivate Stack"
     )]
@@ -176,7 +179,9 @@ impl Error {
             Error::AwsThrottled { .. }
             | Error::AwsUnavailable { .. }
             | Error::AwsRequestFailed { .. }
-            | Error::WaitingForRole { .. } => ErrorKind::Transient,
+            | Error::WaitingForRole { .. }
+            // The operator's own fault (an object not read from the API server): no spec edit helps.
+            | Error::OwnerUidMissing { .. } => ErrorKind::Transient,
             Error::AccessDenied { .. } | Error::AwsCredentialsRejected { .. } => ErrorKind::Permission,
             Error::BootstrapSecretMissing { .. }
             | Error::BootstrapSecretInvalid { .. }
@@ -207,6 +212,7 @@ impl Error {
             Error::AccountLinkNotAllowed { .. } | Error::AccountLinkNoLongerAllows { .. } => "AccountLinkNotAllowed",
             Error::StackNotFound { .. } => "StackNotFound",
             Error::InvalidSpec(_) => "InvalidSpec",
+            Error::OwnerUidMissing { .. } => "OwnerUidMissing",
             Error::SshNeedsPublicSubnet { .. } => "SshNeedsPublicSubnet",
             Error::SshKeySecretUnusable { .. } => "SshKeySecretUnusable",
             Error::AwsThrottled { .. } => "AwsThrottled",

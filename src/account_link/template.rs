@@ -8,14 +8,8 @@ use serde_json::{Map, Value, json};
 
 use crate::api::Permissions;
 
-/// Tag key that marks every AWS resource the operator created; `Scoped` grants hinge on it.
-pub const MANAGED_BY_TAG: &str = "tinystacks.io/managed-by";
-/// The only value of [`MANAGED_BY_TAG`] the `Scoped` policy accepts, so other tools' resources stay out of reach.
-pub const MANAGED_BY_VALUE: &str = "tinystacks-operator";
-/// Tag key naming the Kubernetes object behind a resource, so a person in the AWS console can trace it back.
-pub const OWNER_TAG: &str = "tinystacks.io/owner";
-/// Tag key holding the owner's UID, which tells a re-created object of the same name from the original.
-pub const OWNER_UID_TAG: &str = "tinystacks.io/owner-uid";
+// The tag keys live with the ownership judgement every kind shares.
+pub use crate::aws::ownership::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
 
 /// Logical ID of the role, fixed because the `RoleArn` output and any later stack update refer to it.
 pub const ROLE_LOGICAL_ID: &str = "Role";

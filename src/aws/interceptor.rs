@@ -1,5 +1,5 @@
 //! Counts every attempt of every AWS call in `tinystacks_aws_requests_total`, so the volume of calls
-//! (DESIGN §3) and claims such as "no AWS call for this object" can be checked from outside.
+//! and claims such as "no AWS call for this object" can be checked from outside.
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;

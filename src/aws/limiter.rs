@@ -1,6 +1,6 @@
 //! Every AWS call of a reconcile goes through here, per (account, service):
 //! - mutations draw from a token bucket at AWS's documented rates, so a burst of reconciles stays
-//!   under the account's request-rate limits (DESIGN §3); a burst passes without waiting;
+//!   under the account's request-rate limits; a burst passes without waiting;
 //! - every call, reads included, is paced by an adaptive limit that is off while AWS answers
 //!   normally, is cut by half whenever a call comes back throttled, and grows back additively with
 //!   each call that succeeds (AIMD), so that a throttled account sees fewer attempts per second

@@ -9,6 +9,7 @@ pub mod identity;
 mod interceptor;
 pub mod inventory;
 pub mod limiter;
+pub mod ownership;
 pub mod security_group;
 pub mod tags;
 

@@ -3,13 +3,13 @@
 //! between CreateSecurityGroup and anything recorded), created tagged, its ingress authorized and
 //! revoked, deleted. Every mutation goes through the shared rate limiter.
 
-use aws_sdk_ec2::types::{Filter, ResourceType, TagSpecification};
+use aws_sdk_ec2::types::{Filter, ResourceType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::errors::{Caller, aws_error};
-use super::inventory::{Rule, SecurityGroup, missing, permission_of, security_group_of};
+use super::inventory::{Rule, SecurityGroup, Source, missing, permission_of, security_group_of};
 use super::limiter::{Limiter, Service};
 use crate::error::{Error, Result};
 
@@ -25,12 +25,21 @@ pub fn code<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<&s
     e.as_service_error().and_then(|s| s.code())
 }
 
-/// EC2 tags for a resource of `resource`'s type, applied at creation.
-pub fn ec2_tags(resource: ResourceType, tags: &[(String, String)]) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(resource)
-        .set_tags(Some(tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect()))
-        .build()
+pub use super::tags::ec2_tags;
+
+/// A rule as people read it, for events and messages.
+pub fn describe_rule(rule: &Rule) -> String {
+    let ports = match (rule.from, rule.to) {
+        (Some(a), Some(b)) if a == b => format!("{}/{a}", rule.protocol),
+        (Some(a), Some(b)) => format!("{}/{a}-{b}", rule.protocol),
+        _ => "all traffic".to_string(),
+    };
+    let source = match &rule.source {
+        Source::Cidr(c) | Source::CidrV6(c) => c.clone(),
+        Source::Group(g) => format!("security group {g}"),
+        Source::PrefixList(p) => format!("prefix list {p}"),
+    };
+    format!("{ports} from {source}")
 }
 
 /// The security-group calls of one reconcile, as its link's role.

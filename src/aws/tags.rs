@@ -91,6 +91,50 @@ impl Tags {
     }
 }
 
+/// Tags as a kind builds them or the inventory keeps them, to be given to AWS.
+pub trait TagPairs {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)>;
+}
+
+impl TagPairs for Tags {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter()
+    }
+}
+
+impl TagPairs for [(String, String)] {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+impl TagPairs for Vec<(String, String)> {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.as_slice().pairs()
+    }
+}
+
+impl Tags {
+    /// The tags of an EC2 resource as EC2 describes them.
+    pub fn from_ec2(tags: &[aws_sdk_ec2::types::Tag]) -> Self {
+        tags.iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default()))).collect()
+    }
+}
+
+/// EC2's tags (CreateTags), from a kind's or the inventory's.
+pub fn ec2_tag_list(tags: &(impl TagPairs + ?Sized)) -> Vec<aws_sdk_ec2::types::Tag> {
+    tags.pairs().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// Tags given at creation to a resource of `resource`'s type, so that it is never without its
+/// owner's UID.
+pub fn ec2_tags(
+    resource: aws_sdk_ec2::types::ResourceType,
+    tags: &(impl TagPairs + ?Sized),
+) -> aws_sdk_ec2::types::TagSpecification {
+    aws_sdk_ec2::types::TagSpecification::builder().resource_type(resource).set_tags(Some(ec2_tag_list(tags))).build()
+}
+
 impl<K: AsRef<str>, V: AsRef<str>> Extend<(K, V)> for Tags {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
         for (k, v) in pairs {

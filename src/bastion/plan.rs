@@ -119,21 +119,12 @@ pub fn tags(
 /// Whether a resource found under one of the Bastion's names is its own: made by this operator for
 /// this very object.
 pub fn ours(tags: &Tags, uid: &str) -> bool {
-    tags.get(MANAGED_BY_TAG) == Some(MANAGED_BY_VALUE) && tags.get(OWNER_UID_TAG) == Some(uid)
+    claimed_by_other(tags, uid).is_none()
 }
 
 /// Why a resource under one of the Bastion's names is not its own, for `NameTaken`.
 pub fn claimed_by_other(tags: &Tags, uid: &str) -> Option<String> {
-    if ours(tags, uid) {
-        return None;
-    }
-    if tags.get(MANAGED_BY_TAG) != Some(MANAGED_BY_VALUE) {
-        return Some("it was not created by tinystacks-operator".into());
-    }
-    Some(match tags.get(OWNER_TAG) {
-        Some(o) => format!("it belongs to {o}"),
-        None => format!("it has no {OWNER_TAG} tag"),
-    })
+    crate::aws::ownership::claimed_by_other(tags, uid)
 }
 
 /// The CPU architecture of an instance type, as the Amazon Linux parameters name it.
@@ -276,20 +267,7 @@ pub fn check_allowed_cidrs(allowed: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// A rule as people read it, for events and messages.
-pub fn describe_rule(rule: &Rule) -> String {
-    let ports = match (rule.from, rule.to) {
-        (Some(a), Some(b)) if a == b => format!("{}/{a}", rule.protocol),
-        (Some(a), Some(b)) => format!("{}/{a}-{b}", rule.protocol),
-        _ => "all traffic".to_string(),
-    };
-    let source = match &rule.source {
-        Source::Cidr(c) | Source::CidrV6(c) => c.clone(),
-        Source::Group(g) => format!("security group {g}"),
-        Source::PrefixList(p) => format!("prefix list {p}"),
-    };
-    format!("{ports} from {source}")
-}
+pub use crate::aws::security_group::describe_rule;
 
 /// An idempotency token for RunInstances: the same for a retry after a crash, different once an
 /// instance it could answer with (`previous`: the one status knew, and every terminated one of

@@ -12,6 +12,7 @@ use super::credentials::{Password, SecretDocument};
 use super::plan::{InstanceChanges, ObservedInstance, PORT};
 use crate::aws::account::Account;
 use crate::aws::errors::aws_error;
+use crate::aws::inventory::observed_instance;
 use crate::aws::inventory::{self, Created, Kind, Recorded, Scope, Snapshot};
 pub use crate::aws::inventory::{DbSubnetGroup, SecretInfo};
 use crate::aws::limiter::Service;
@@ -721,39 +722,4 @@ const PASSWORD_FROM_SECRET: &str = "secret";
 
 fn rds_tags(tags: &[(String, String)]) -> Vec<RdsTag> {
     tags.iter().map(|(k, v)| RdsTag::builder().key(k).value(v).build()).collect()
-}
-
-pub fn observed_instance(i: &aws_sdk_rds::types::DbInstance) -> ObservedInstance {
-    let pending = i.pending_modified_values();
-    ObservedInstance {
-        identifier: i.db_instance_identifier().unwrap_or_default().to_string(),
-        arn: i.db_instance_arn().map(str::to_string),
-        status: i.db_instance_status().unwrap_or_default().to_string(),
-        endpoint: i.endpoint().and_then(|e| Some((e.address()?.to_string(), e.port().unwrap_or(PORT)))),
-        publicly_accessible: i.publicly_accessible().unwrap_or(false),
-        storage_encrypted: i.storage_encrypted().unwrap_or(false),
-        kms_key_id: i.kms_key_id().map(str::to_string),
-        security_groups: i
-            .vpc_security_groups()
-            .iter()
-            .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
-            .collect(),
-        subnet_group: i.db_subnet_group().and_then(|g| g.db_subnet_group_name()).map(str::to_string),
-        deletion_protection: i.deletion_protection().unwrap_or(false),
-        class: i.db_instance_class().unwrap_or_default().to_string(),
-        storage_gib: i.allocated_storage().unwrap_or_default(),
-        multi_az: i.multi_az().unwrap_or(false),
-        backup_days: i.backup_retention_period().unwrap_or_default(),
-        engine_version: i.engine_version().unwrap_or_default().to_string(),
-        pending_class: pending.and_then(|p| p.db_instance_class()).map(str::to_string),
-        pending_storage_gib: pending.and_then(|p| p.allocated_storage()),
-        pending_multi_az: pending.and_then(|p| p.multi_az()),
-        pending_backup_days: pending.and_then(|p| p.backup_retention_period()),
-        pending_engine_version: pending.and_then(|p| p.engine_version()).map(str::to_string),
-        tags: i
-            .tag_list()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
-            .collect(),
-    }
 }

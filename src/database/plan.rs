@@ -114,15 +114,7 @@ pub fn owner(namespace: &str, name: &str) -> String {
 /// the same name left (deleted with `Retain`), or another install made, is not: adopting it would
 /// give this Database someone else's password, network or data.
 pub fn claimed_by_other(tags: &Tags, uid: &str) -> Option<String> {
-    if tags.get(MANAGED_BY_TAG) != Some(MANAGED_BY_VALUE) {
-        return Some("it was not created by tinystacks-operator".into());
-    }
-    let owner = tags.get(OWNER_TAG).unwrap_or("none");
-    match tags.get(OWNER_UID_TAG) {
-        Some(found) if found == uid => None,
-        Some(found) => Some(format!("its tag {OWNER_UID_TAG} is {found} (owner {owner}), this object's UID is {uid}")),
-        None => Some(format!("it has no {OWNER_UID_TAG} tag (owner {owner})")),
-    }
+    crate::aws::ownership::claimed_by_other(tags, uid)
 }
 
 /// Where the instance goes, read from a Ready Stack's status.
@@ -187,20 +179,7 @@ pub fn is_hole(rule: &Rule) -> bool {
     !matches!(rule.source, Source::Group(_))
 }
 
-/// A rule as people read it, for events and messages.
-pub fn describe_rule(rule: &Rule) -> String {
-    let ports = match (rule.from, rule.to) {
-        (Some(a), Some(b)) if a == b => format!("{}/{a}", rule.protocol),
-        (Some(a), Some(b)) => format!("{}/{a}-{b}", rule.protocol),
-        _ => "all traffic".to_string(),
-    };
-    let source = match &rule.source {
-        Source::Cidr(c) | Source::CidrV6(c) => c.clone(),
-        Source::Group(g) => format!("security group {g}"),
-        Source::PrefixList(p) => format!("prefix list {p}"),
-    };
-    format!("{ports} from {source}")
-}
+pub use crate::aws::security_group::describe_rule;
 
 /// What the instance should be, from the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,33 +203,8 @@ impl DesiredInstance {
     }
 }
 
-/// What RDS reports about the instance; the `pending_*` values are changes RDS accepted but has
-/// not applied yet, which must not be asked for again.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ObservedInstance {
-    pub identifier: String,
-    pub arn: Option<String>,
-    /// `creating`, `available`, `modifying`, `backing-up`, `deleting`, ...
-    pub status: String,
-    pub endpoint: Option<(String, i32)>,
-    pub publicly_accessible: bool,
-    pub storage_encrypted: bool,
-    pub kms_key_id: Option<String>,
-    pub security_groups: Vec<String>,
-    pub subnet_group: Option<String>,
-    pub deletion_protection: bool,
-    pub class: String,
-    pub storage_gib: i32,
-    pub multi_az: bool,
-    pub backup_days: i32,
-    pub engine_version: String,
-    pub pending_class: Option<String>,
-    pub pending_storage_gib: Option<i32>,
-    pub pending_multi_az: Option<bool>,
-    pub pending_backup_days: Option<i32>,
-    pub pending_engine_version: Option<String>,
-    pub tags: Tags,
-}
+/// What RDS reports about the instance: the inventory's view of it (`aws::inventory`).
+pub use crate::aws::inventory::ObservedInstance;
 
 /// How far along RDS is with the instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

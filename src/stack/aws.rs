@@ -2,7 +2,7 @@
 //! through the rate limiter and written back into the shared inventory. Calls that find their work
 //! already done (a retry after a crash, a resource someone else removed) count as done.
 
-use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, TagSpecification, VpcEndpointType};
+use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, VpcEndpointType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -16,6 +16,7 @@ use crate::aws::inventory::{
     missing,
 };
 use crate::aws::limiter::Service;
+use crate::aws::tags::{ec2_tag_list as ec2_tags, ec2_tags as spec};
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
 
@@ -859,13 +860,4 @@ fn route(route_table_id: &str, destination: &str, target: Option<&RouteTarget>) 
 fn tagged(kind: Kind, id: &str, add: &Tags, remove: &[String]) -> Recorded {
     let remove = if add.is_empty() { remove.to_vec() } else { Vec::new() };
     Recorded::Tagged { kind, id: id.to_string(), add: add.clone(), remove }
-}
-
-fn ec2_tags(tags: &Tags) -> Vec<Tag> {
-    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
-}
-
-/// Tags given at creation, so that the resource is never without its owner's UID.
-fn spec(resource_type: ResourceType, tags: &Tags) -> TagSpecification {
-    TagSpecification::builder().resource_type(resource_type).set_tags(Some(ec2_tags(tags))).build()
 }

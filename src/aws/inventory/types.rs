@@ -1,0 +1,217 @@
+//! The operator's resources as the inventory keeps them and the plans read them: only what the
+//! plans compare, converted once from the SDK's shapes (`convert.rs`).
+
+use std::collections::BTreeSet;
+
+use crate::aws::tags::Tags;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vpc {
+    pub id: String,
+    pub cidr: String,
+    pub tags: Tags,
+    /// `enableDnsSupport` and `enableDnsHostnames`; EC2 reports them only per VPC, so they are
+    /// asked once when the VPC is first seen and then kept up to date from the operator's changes.
+    pub dns_support: Option<bool>,
+    pub dns_hostnames: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subnet {
+    pub id: String,
+    pub vpc_id: String,
+    pub cidr: String,
+    pub zone: String,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteTarget {
+    Local,
+    /// An internet gateway or a gateway VPC endpoint.
+    Gateway(String),
+    Nat(String),
+    /// Anything else (peering, transit gateway, instance, ...): never one of the operator's.
+    Other(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// A CIDR, or a prefix list ID for gateway endpoint routes.
+    pub destination: String,
+    pub target: RouteTarget,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Association {
+    pub id: String,
+    pub subnet_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteTable {
+    pub id: String,
+    pub vpc_id: String,
+    pub routes: Vec<Route>,
+    pub associations: Vec<Association>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InternetGateway {
+    pub id: String,
+    pub attached_vpcs: Vec<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Address {
+    pub allocation_id: String,
+    pub association_id: Option<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatGateway {
+    pub id: String,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`.
+    pub state: String,
+    pub allocation_ids: Vec<String>,
+    pub tags: Tags,
+}
+
+/// Where a security group rule admits traffic from (ingress) or to (egress).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    Cidr(String),
+    CidrV6(String),
+    Group(String),
+    PrefixList(String),
+}
+
+/// One security group rule with a single source: EC2 groups rules by port range, this splits them
+/// so that sets can be compared.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rule {
+    /// `tcp`, `udp`, `icmp` or `-1` (all).
+    pub protocol: String,
+    pub from: Option<i32>,
+    pub to: Option<i32>,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub vpc_id: String,
+    pub name: String,
+    pub ingress: BTreeSet<Rule>,
+    pub egress: BTreeSet<Rule>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VpcEndpoint {
+    pub id: String,
+    pub vpc_id: String,
+    pub service: String,
+    pub gateway: bool,
+    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`, ...
+    pub state: String,
+    pub subnet_ids: BTreeSet<String>,
+    pub route_table_ids: BTreeSet<String>,
+    pub group_ids: BTreeSet<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VpcLink {
+    pub id: String,
+    pub name: String,
+    pub subnet_ids: BTreeSet<String>,
+    pub group_ids: BTreeSet<String>,
+    /// `PENDING`, `AVAILABLE`, `DELETING`, `FAILED`, `INACTIVE`.
+    pub status: String,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KmsKey {
+    pub key_id: String,
+    pub arn: String,
+    /// `Enabled`, `PendingDeletion`, ...; asked once per key (DescribeKey), then kept up to date
+    /// from the operator's own changes.
+    pub state: Option<String>,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KmsAlias {
+    pub name: String,
+    pub target_key_id: Option<String>,
+}
+
+/// A DB subnet group. RDS reports no tags with it: the Database finds its own by its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbSubnetGroup {
+    pub name: String,
+    pub vpc_id: Option<String>,
+    pub subnet_ids: Vec<String>,
+}
+
+/// A Secrets Manager secret's metadata (never its value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub arn: String,
+    pub kms_key_id: Option<String>,
+    /// The version labelled `AWSCURRENT`: what a reader gets.
+    pub current_version: Option<String>,
+    /// Scheduled for deletion (by a person, or an earlier deletion with a recovery window).
+    pub scheduled_for_deletion: bool,
+    pub tags: Tags,
+}
+
+/// What RDS reports about the instance; the `pending_*` values are changes RDS accepted but has
+/// not applied yet, which must not be asked for again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedInstance {
+    pub identifier: String,
+    pub arn: Option<String>,
+    /// `creating`, `available`, `modifying`, `backing-up`, `deleting`, ...
+    pub status: String,
+    pub endpoint: Option<(String, i32)>,
+    pub publicly_accessible: bool,
+    pub storage_encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub security_groups: Vec<String>,
+    pub subnet_group: Option<String>,
+    pub deletion_protection: bool,
+    pub class: String,
+    pub storage_gib: i32,
+    pub multi_az: bool,
+    pub backup_days: i32,
+    pub engine_version: String,
+    pub pending_class: Option<String>,
+    pub pending_storage_gib: Option<i32>,
+    pub pending_multi_az: Option<bool>,
+    pub pending_backup_days: Option<i32>,
+    pub pending_engine_version: Option<String>,
+    pub tags: Tags,
+}
+
+/// A security group as CreateSecurityGroup leaves it: no ingress, EC2's default egress to
+/// everywhere (IPv4).
+pub fn new_security_group(id: &str, vpc_id: &str, name: &str, tags: Tags) -> SecurityGroup {
+    let everywhere = Rule { protocol: "-1".into(), from: None, to: None, source: Source::Cidr("0.0.0.0/0".into()) };
+    SecurityGroup {
+        id: id.into(),
+        vpc_id: vpc_id.into(),
+        name: name.into(),
+        ingress: BTreeSet::new(),
+        egress: BTreeSet::from([everywhere]),
+        tags,
+    }
+}
