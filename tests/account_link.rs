@@ -208,20 +208,7 @@ fn policy_json(document: &str) -> Value {
 
 /// The sum of `tinystacks_aws_requests_total` over every label set whose line contains `filter`.
 fn aws_requests(operator: &Operator, filter: &str) -> f64 {
-    // A loaded machine can time the scrape out: ask again rather than read an empty body as zero.
-    let body = (0..5)
-        .find_map(|_| match operator.get("/metrics") {
-            (200, body) => Some(body),
-            _ => {
-                std::thread::sleep(Duration::from_millis(500));
-                None
-            }
-        })
-        .expect("the operator's /metrics answers");
-    body.lines()
-        .filter(|l| l.starts_with("tinystacks_aws_requests_total{") && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(&scrape(operator), "tinystacks_aws_requests_total{", filter)
 }
 
 /// Every Event note about the objects, in the namespaces where their Events go.
@@ -505,8 +492,8 @@ async fn a_stack_in_a_namespace_the_link_does_not_allow_stalls_without_any_aws_c
     })
     .await;
     assert!(stalled["message"].as_str().is_some_and(|m| m.contains(&other.name) && m.contains("allowedNamespaces")));
-    // Two resync periods: the Stack has been reconciled again meanwhile.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The Stack has been reconciled again since (two more passes).
+    wait_reconciles(&op, "Stack", 2.0).await;
     let (_, metrics) = op.get("/metrics");
     assert!(metrics.contains("tinystacks_reconciles_total{kind=\"Stack\"}"), "the Stack was reconciled");
     assert!(aws_requests(&op, "") > 0.0, "the operator's calls are counted");
@@ -583,8 +570,8 @@ async fn bad_bootstrap_input_stalls_with_a_clear_message_and_no_credential_in_lo
         "a stack was created in the wrong account"
     );
 
-    // Stalled is not a crash loop: the operator runs on and answers.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Stalled is not a crash loop: the operator reconciles on and answers.
+    wait_reconciles(&op, "AwsAccountLink", 2.0).await;
     assert_eq!(op.get("/healthz").0, 200, "the operator no longer answers");
 
     let secrets: Vec<String> = creds_c.values().into_iter().chain([partial.1.to_string()]).collect();
@@ -1459,7 +1446,7 @@ async fn a_failed_cloudformation_stack_stalls_with_cloudformations_own_reason() 
     assert!(proxy.rewritten("DescribeStackEvents") >= 1);
     let ready = condition(&stalled, "Ready").expect("Ready");
     assert_eq!(ready["status"], "False");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_reconciles(&op, "AwsAccountLink", 2.0).await;
     assert_eq!(op.get("/healthz").0, 200, "the operator no longer answers");
     let notes = event_notes(&client, &["default"]).await;
     assert!(
