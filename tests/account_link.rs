@@ -26,7 +26,10 @@ use tinystacks_operator::aws::{Aws, AwsOptions};
 use tinystacks_operator::runtime::metrics::Metrics;
 
 use common::fault_proxy::FaultProxy;
-use common::{Operator, OperatorConfig, TestNamespace, client, condition, eventually, install_crds, suffix};
+use common::{
+    Operator, OperatorConfig, TestNamespace, client, condition, eventually, install_crds, metric_sum, scrape, suffix,
+    wait_reconciles,
+};
 
 /// Credentials for one account of moto.
 #[derive(Clone)]

@@ -1592,13 +1592,20 @@ async fn a_plan_awaiting_approval_is_suspended_and_drift_degraded_for_argocd_in_
     let (status, message) = kstatus(&held);
     assert_eq!(status, "InProgress", "{held}");
     assert!(message.contains(&id) && message.contains("spec.approvedPlan"), "{message}");
-    // `kubectl wait` for Ready waits on; the reason is what says why (README).
+    // The README's commands read the plan; `kubectl wait` for Ready waits on, the README's wait
+    // for the reason returns.
+    let ours = |script: String| {
+        script
+            .replace("stack web -n team-a", &format!("stack manual -n {}", team.name))
+            .replace("stack/web -n team-a", &format!("stack/manual -n {}", team.name))
+    };
+    let read = run_script(&ours(readme_commands("Reviewing and approving plans")), Duration::from_secs(30));
+    let mut lines = read.lines();
+    assert_eq!(lines.next(), Some(id.as_str()), "{read}");
+    assert_eq!(lines.next(), Some("Create\tec2:Vpc\tvpc\t10.0.0.0/16"), "{read}");
+    assert!(read.contains("Plan:") && read.contains("AwaitingApproval"), "kubectl describe: {read}");
     assert!(!kubectl_wait("Ready", "stacks.tinystacks.io/manual", ns, "2s").status.success());
-    let reason = r#"--for=jsonpath={.status.conditions[?(@.type=="Ready")].reason}=AwaitingApproval"#;
-    let out = run(kubectl().args(["wait", reason, "--timeout=20s", "stacks.tinystacks.io/manual"]).args(["-n", &team.name]), None);
-    assert!(out.status.success(), "kubectl wait {reason}: {}", String::from_utf8_lossy(&out.stderr));
-    let out = run(kubectl().args(["get", "stacks.tinystacks.io/manual", "-n", &team.name, "-o", "jsonpath={.status.plan.id}"]), None);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), id, "the README's command reads the plan's id");
+    run_script(&ours(readme_commands("How tools read `AwaitingApproval` and `Drifted`")), Duration::from_secs(30));
 
     // management ObserveOnly with AWS differing: Degraded, with what differs.
     let observe = json!({"accountLinkRef": {"name": "sandbox"}, "management": "ObserveOnly"});

@@ -6,13 +6,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
-use serde_json::Value;
 use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, Stack};
 
 use common::{Operator, OperatorConfig, wait_gone, wait_ready};

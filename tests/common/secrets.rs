@@ -146,7 +146,11 @@ pub fn plans(file: &str, objects_json: &str) -> Vec<(String, String)> {
             let text = changes
                 .iter()
                 .map(|c| {
-                    ["name", "id", "detail"].iter().map(|k| c[*k].as_str().unwrap_or_default()).collect::<Vec<_>>().join("\t")
+                    ["name", "id", "detail"]
+                        .iter()
+                        .map(|k| c[*k].as_str().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join("\t")
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
