@@ -28,7 +28,7 @@ use tinystacks_operator::runtime::metrics::Metrics;
 use common::fault_proxy::FaultProxy;
 use common::{
     Operator, OperatorConfig, TestNamespace, client, condition, eventually, install_crds, metric_sum, scrape, suffix,
-    wait_reconciles,
+    wait_event_repeats,
 };
 
 /// Credentials for one account of moto.
@@ -495,8 +495,8 @@ async fn a_stack_in_a_namespace_the_link_does_not_allow_stalls_without_any_aws_c
     })
     .await;
     assert!(stalled["message"].as_str().is_some_and(|m| m.contains(&other.name) && m.contains("allowedNamespaces")));
-    // The Stack has been reconciled again since (two more passes).
-    wait_reconciles(&op, "Stack", 2.0).await;
+    // Two more passes over the link (it waits for its Secret, looked at again every resync).
+    wait_event_repeats(&client, "default", &name, "BootstrapSecretMissing", 2).await;
     let (_, metrics) = op.get("/metrics");
     assert!(metrics.contains("tinystacks_reconciles_total{kind=\"Stack\"}"), "the Stack was reconciled");
     assert!(aws_requests(&op, "") > 0.0, "the operator's calls are counted");
@@ -573,8 +573,8 @@ async fn bad_bootstrap_input_stalls_with_a_clear_message_and_no_credential_in_lo
         "a stack was created in the wrong account"
     );
 
-    // Stalled is not a crash loop: the operator reconciles on and answers.
-    wait_reconciles(&op, "AwsAccountLink", 2.0).await;
+    // Stalled is not a crash loop: the operator looks at the link again each resync and answers.
+    wait_event_repeats(&client, "default", &wrong, "AccountMismatch", 2).await;
     assert_eq!(op.get("/healthz").0, 200, "the operator no longer answers");
 
     let secrets: Vec<String> = creds_c.values().into_iter().chain([partial.1.to_string()]).collect();
@@ -1449,7 +1449,7 @@ async fn a_failed_cloudformation_stack_stalls_with_cloudformations_own_reason() 
     assert!(proxy.rewritten("DescribeStackEvents") >= 1);
     let ready = condition(&stalled, "Ready").expect("Ready");
     assert_eq!(ready["status"], "False");
-    wait_reconciles(&op, "AwsAccountLink", 2.0).await;
+    wait_event_repeats(&client, "default", &name, "CloudFormationStackFailed", 2).await;
     assert_eq!(op.get("/healthz").0, 200, "the operator no longer answers");
     let notes = event_notes(&client, &["default"]).await;
     assert!(

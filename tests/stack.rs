@@ -924,9 +924,17 @@ async fn a_request_aws_refuses_as_invalid_stalls_the_stack_without_retries() {
     let said = condition(&stalled, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
     assert!(said.contains("kms:CreateAlias") && said.contains("ValidationException"), "{said}");
     // The first pass, and the one the Stalled status write itself wakes (it meets the same answer
-    // and has nothing new to write); then none over four more passes (resyncs every 2 s: longer
-    // than a transient error's first backoff steps, 1, 2, 4 s).
-    wait_reconciles(&operator, "Stack", 1.0).await;
+    // and has nothing new to write); then none for three resync periods and more than a transient
+    // error's first backoff steps (1, 2, 4 s). A stalled Stack waits for a change, so the clock is
+    // a paused Stack beside it, which the operator reconciles once per resync.
+    let clock: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack",
+        "metadata": {"name": "clock", "annotations": {"tinystacks.io/paused": "true"}},
+        "spec": {"accountLinkRef": {"name": world.link}},
+    }))
+    .expect("stack");
+    world.stacks().create(&PostParams::default(), &clock).await.expect("create the clock");
+    wait_reconciles(&operator, "Stack", 2.0).await;
     let attempts = proxy.count("CreateAlias");
     assert!(attempts <= 2, "{attempts} attempts before stalling");
     wait_reconciles(&operator, "Stack", 4.0).await;

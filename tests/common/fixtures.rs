@@ -138,6 +138,32 @@ pub async fn event_count(client: &Client, namespace: &str, type_: &str, reason: 
         .sum()
 }
 
+/// How many times the Event `reason` about the object `name` was reported in the namespace
+/// (`default` for a cluster-scoped object).
+pub async fn event_repeats(client: &Client, namespace: &str, name: &str, reason: &str) -> i32 {
+    let events = Api::<Event>::namespaced(client.clone(), namespace).list(&Default::default()).await;
+    events
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum()
+}
+
+/// Waits until the Event `reason` about `name` was reported `more` times after the call: the proof
+/// that the operator has met the same state again on later passes (an object that waits for
+/// something outside it is looked at again every resync, and says so each time).
+pub async fn wait_event_repeats(client: &Client, namespace: &str, name: &str, reason: &str, more: i32) {
+    let before = event_repeats(client, namespace, name, reason).await;
+    eventually(&format!("{more} more {reason} Events about {name}"), SETTLE, || async {
+        let now = event_repeats(client, namespace, name, reason).await;
+        if now >= before + more { Ok(()) } else { Err(format!("{} more", now - before)) }
+    })
+    .await
+}
+
 /// The operator's `/metrics` body; asks again when a loaded machine times the scrape out, rather
 /// than read an empty body as zero.
 pub fn scrape(operator: &Operator) -> String {
