@@ -26,7 +26,10 @@ use tinystacks_operator::aws::{Aws, AwsOptions};
 use tinystacks_operator::runtime::metrics::Metrics;
 
 use common::fault_proxy::FaultProxy;
-use common::{Operator, OperatorConfig, TestNamespace, client, condition, eventually, install_crds, suffix};
+use common::{
+    Operator, OperatorConfig, TestNamespace, client, condition, eventually, install_crds, metric_sum, scrape, suffix,
+    wait_event_repeats,
+};
 
 /// Credentials for one account of moto.
 #[derive(Clone)]
@@ -208,20 +211,7 @@ fn policy_json(document: &str) -> Value {
 
 /// The sum of `tinystacks_aws_requests_total` over every label set whose line contains `filter`.
 fn aws_requests(operator: &Operator, filter: &str) -> f64 {
-    // A loaded machine can time the scrape out: ask again rather than read an empty body as zero.
-    let body = (0..5)
-        .find_map(|_| match operator.get("/metrics") {
-            (200, body) => Some(body),
-            _ => {
-                std::thread::sleep(Duration::from_millis(500));
-                None
-            }
-        })
-        .expect("the operator's /metrics answers");
-    body.lines()
-        .filter(|l| l.starts_with("tinystacks_aws_requests_total{") && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(&scrape(operator), "tinystacks_aws_requests_total{", filter)
 }
 
 /// Every Event note about the objects, in the namespaces where their Events go.
@@ -505,8 +495,8 @@ async fn a_stack_in_a_namespace_the_link_does_not_allow_stalls_without_any_aws_c
     })
     .await;
     assert!(stalled["message"].as_str().is_some_and(|m| m.contains(&other.name) && m.contains("allowedNamespaces")));
-    // Two resync periods: the Stack has been reconciled again meanwhile.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Two more passes over the link (it waits for its Secret, looked at again every resync).
+    wait_event_repeats(&client, "default", &name, "BootstrapSecretMissing", 2).await;
     let (_, metrics) = op.get("/metrics");
     assert!(metrics.contains("tinystacks_reconciles_total{kind=\"Stack\"}"), "the Stack was reconciled");
     assert!(aws_requests(&op, "") > 0.0, "the operator's calls are counted");
@@ -583,8 +573,8 @@ async fn bad_bootstrap_input_stalls_with_a_clear_message_and_no_credential_in_lo
         "a stack was created in the wrong account"
     );
 
-    // Stalled is not a crash loop: the operator runs on and answers.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Stalled is not a crash loop: the operator looks at the link again each resync and answers.
+    wait_event_repeats(&client, "default", &wrong, "AccountMismatch", 2).await;
     assert_eq!(op.get("/healthz").0, 200, "the operator no longer answers");
 
     let secrets: Vec<String> = creds_c.values().into_iter().chain([partial.1.to_string()]).collect();

@@ -30,15 +30,6 @@ const READY: Duration = Duration::from_secs(90);
 const FAILPOINT: &str = "TINYSTACKS_FAILPOINT_EXIT_AFTER_MUTATIONS";
 const OWNER_UID: &str = "tinystacks.io/owner-uid";
 
-/// The fixture Stack's network in moto: subnet IDs by tier.
-#[derive(Default)]
-struct Network {
-    vpc: String,
-    public: BTreeSet<String>,
-    private: BTreeSet<String>,
-    isolated: BTreeSet<String>,
-}
-
 struct World {
     client: Client,
     ns: TestNamespace,
@@ -116,15 +107,11 @@ impl World {
         let api = Api::<Stack>::namespaced(self.client.clone(), &self.ns.name);
         api.create(&PostParams::default(), &stack).await.expect("create stack");
         let subnets = describe_subnets(&self.aws, &self.net.vpc).await;
-        let app_group = group(&self.aws, &self.net.vpc, "app").await;
-        let kms = aws_sdk_kms::Client::new(&self.aws);
-        let key = kms.create_key().description("the stack's key").send().await.expect("key");
-        let kms_key_arn = key.key_metadata().and_then(|k| k.arn()).expect("key arn").to_string();
         let status = json!({"status": {
             "vpcId": self.net.vpc,
             "subnets": subnets,
-            "appSecurityGroupId": app_group,
-            "kmsKeyArn": kms_key_arn,
+            "appSecurityGroupId": self.net.app_group,
+            "kmsKeyArn": self.net.kms_key_arn,
             "conditions": [ready_condition()],
             "observedGeneration": 1,
         }});
@@ -168,42 +155,15 @@ impl World {
     }
 
     async fn wait_ready(&self, name: &str) -> Bastion {
-        let api = self.bastions();
-        eventually(&format!("Bastion {name} Ready"), READY, || async {
-            let b = api.get(name).await.map_err(|e| e.to_string())?;
-            let value = serde_json::to_value(&b).map_err(|e| e.to_string())?;
-            let ready = condition(&value, "Ready");
-            match &ready {
-                Some(c) if c["status"] == "True" && c["observedGeneration"].as_i64() == b.metadata.generation => Ok(b),
-                _ => Err(format!("{ready:?}")),
-            }
-        })
-        .await
+        wait_ready_within(&self.bastions(), name, READY).await
     }
 
     async fn wait_database_ready(&self, name: &str) -> Database {
-        let api = self.databases();
-        eventually(&format!("Database {name} Ready"), READY, || async {
-            let d = api.get(name).await.map_err(|e| e.to_string())?;
-            let value = serde_json::to_value(&d).map_err(|e| e.to_string())?;
-            match condition(&value, "Ready") {
-                Some(c) if c["status"] == "True" => Ok(d),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await
+        wait_ready_within(&self.databases(), name, READY).await
     }
 
     async fn wait_gone(&self, name: &str) {
-        let api = self.bastions();
-        eventually(&format!("Bastion {name} to be deleted"), READY, || async {
-            match api.get_opt(name).await {
-                Ok(None) => Ok(()),
-                Ok(Some(b)) => Err(format!("still there: {:?}", b.status.map(|s| s.conditions))),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await;
+        wait_gone_within(&self.bastions(), name, READY).await
     }
 
     async fn delete(&self, name: &str) {
@@ -283,111 +243,12 @@ impl World {
     }
 
     async fn event_notes(&self) -> Vec<(String, String, String)> {
-        use k8s_openapi::api::events::v1::Event;
-        let events = Api::<Event>::namespaced(self.client.clone(), &self.ns.name).list(&Default::default()).await;
-        events
-            .map(|l| l.items)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
+        event_notes(&self.client, &self.ns.name).await
     }
 
     async fn wait_event(&self, type_: &str, reason: &str, contains: &str) -> String {
-        eventually(&format!("a {type_} event {reason} mentioning {contains:?}"), READY, || async {
-            let events = self.event_notes().await;
-            events
-                .iter()
-                .find(|(t, r, n)| t == type_ && r == reason && n.contains(contains))
-                .map(|(_, _, n)| n.clone())
-                .ok_or_else(|| format!("{events:?}"))
-        })
-        .await
+        wait_event_note(&self.client, &self.ns.name, (type_, reason, contains), READY).await
     }
-}
-
-/// Writes a fixture's status and makes sure it sticks (see `tests/database.rs`).
-async fn write_status<K>(api: &Api<K>, name: &str, status: &Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let wanted = &status["status"];
-    for _ in 0..20 {
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.expect("status");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = serde_json::to_value(api.get(name).await.expect("get")).expect("json");
-        let ready = |v: &Value| condition(v, "Ready").map(|c| c["status"].clone());
-        let kept = wanted.as_object().is_some_and(|fields| {
-            fields.iter().filter(|(k, _)| *k != "conditions").all(|(k, v)| &now["status"][k] == v)
-        });
-        let wanted_ready = ready(&json!({"status": wanted}));
-        if kept && (wanted_ready.is_none() || ready(&now) == wanted_ready) {
-            return;
-        }
-    }
-    panic!("the status of {name} did not stick");
-}
-
-fn ready_condition() -> Value {
-    json!({"type": "Ready", "status": "True", "reason": "Fixture", "message": "written by the test",
-        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1})
-}
-
-/// A VPC like the Stack's in moto: 3 public + 2 private subnets, or 3 private + 3 isolated.
-async fn network(aws: &SdkConfig, pattern: &str) -> Network {
-    let ec2 = aws_sdk_ec2::Client::new(aws);
-    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.expect("vpc");
-    let vpc = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
-    let tiers: &[(&str, usize)] = match pattern {
-        "PublicPrivate" => &[("Public", 3), ("Private", 2)],
-        _ => &[("Private", 3), ("Isolated", 3)],
-    };
-    let mut net = Network { vpc: vpc.clone(), ..Default::default() };
-    for (t, (tier, count)) in tiers.iter().enumerate() {
-        for i in 0..*count {
-            let zone = format!("us-east-1{}", ["a", "b", "c"][i]);
-            let tag = aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Subnet)
-                .tags(aws_sdk_ec2::types::Tag::builder().key("tier").value(*tier).build())
-                .build();
-            let out = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(format!("10.0.{}.0/24", t * 10 + i))
-                .availability_zone(zone)
-                .tag_specifications(tag)
-                .send()
-                .await
-                .expect("subnet");
-            let id = out.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string();
-            match *tier {
-                "Public" => net.public.insert(id),
-                "Private" => net.private.insert(id),
-                _ => net.isolated.insert(id),
-            };
-        }
-    }
-    net
-}
-
-async fn group(aws: &SdkConfig, vpc: &str, name: &str) -> String {
-    let ec2 = aws_sdk_ec2::Client::new(aws);
-    let out = ec2.create_security_group().vpc_id(vpc).group_name(name).description(name).send().await.expect("sg");
-    out.group_id().expect("group id").to_string()
-}
-
-async fn describe_subnets(aws: &SdkConfig, vpc: &str) -> Vec<Value> {
-    let ec2 = aws_sdk_ec2::Client::new(aws);
-    let filter = Filter::builder().name("vpc-id").values(vpc).build();
-    let out = ec2.describe_subnets().filters(filter).send().await.expect("subnets");
-    out.subnets()
-        .iter()
-        .filter_map(|s| {
-            let tier = s.tags().iter().find(|t| t.key() == Some("tier"))?.value()?;
-            Some(json!({"id": s.subnet_id()?, "tier": tier, "availabilityZone": s.availability_zone()?,
-                "cidr": s.cidr_block()?}))
-        })
-        .collect()
 }
 
 fn groups_of(instance: &aws_sdk_ec2::types::Instance) -> BTreeSet<String> {
@@ -770,22 +631,6 @@ async fn a_short_ttl_terminates_the_instance_and_withdraws_database_access_and_a
     world.databases().delete("orders", &DeleteParams::default()).await.expect("delete database");
 }
 
-/// `wait_condition` with a longer timeout.
-async fn wait_condition_for<K>(api: &Api<K>, name: &str, type_: &str, status: &str, reason: &str, t: Duration) -> Value
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    eventually(&format!("{name}: {type_}={status} ({reason})"), t, || async {
-        let obj = api.get(name).await.map_err(|e| e.to_string())?;
-        let value = serde_json::to_value(&obj).map_err(|e| e.to_string())?;
-        match condition(&value, type_) {
-            Some(c) if c["status"] == status && c["reason"] == reason => Ok(value),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-}
-
 /// Runs operators armed to exit right after their first mutating AWS call until `done` holds;
 /// returns how many of them crashed.
 async fn crash_until<F, Fut>(world: &World, what: &str, done: F) -> usize
@@ -793,27 +638,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let mut crashes = 0;
-    for _ in 0..40 {
-        let mut operator = world.operator(&[(FAILPOINT, "1")]);
-        let deadline = std::time::Instant::now() + READY;
-        let outcome = loop {
-            if let Some(code) = operator.exited() {
-                break Some(code);
-            }
-            if done().await {
-                break None;
-            }
-            assert!(std::time::Instant::now() < deadline, "{what}: neither a crash nor the end:\n{}", operator.logs());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        match outcome {
-            Some(137) => crashes += 1,
-            Some(code) => panic!("the operator exited with {code}:\n{}", operator.logs()),
-            None => return crashes,
-        }
-    }
-    panic!("{what} did not finish after 40 crashes");
+    crash_until_done(|| world.operator(&[(FAILPOINT, "1")]), what, 40, READY, done).await
 }
 
 #[tokio::test]
@@ -890,7 +715,7 @@ async fn with_the_real_stack_and_no_nat_an_ssm_bastion_is_public_without_inbound
 
     // The Stack waits for its Bastion; then both go, and nothing of either is left.
     stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_condition_for(&stacks, &world.stack, "Ready", "False", "DependentsExist", READY).await;
     assert!(stacks.get_opt(&world.stack).await.expect("get").is_some(), "the Stack waits for its Bastion");
     world.delete("ops").await;
     world.wait_gone("ops").await;

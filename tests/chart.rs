@@ -24,7 +24,10 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, FINALIZER, PAUSED_ANNOTATION, Stack};
+use tinystacks_operator::api::{
+    AwsAccountLink, Bastion, ChangePolicy, Database, FINALIZER, Management, PAUSED_ANNOTATION, Stack,
+};
+use tinystacks_operator::runtime::plan;
 
 use common::*;
 
@@ -1105,21 +1108,6 @@ fn link_spec(allowed: &[&str]) -> Value {
     json!({"accountId": "123456789012", "region": "us-east-1", "allowedNamespaces": allowed})
 }
 
-/// Waits until `Ready=True` describes the object's generation.
-async fn wait_ready<K>(api: &Api<K>, name: &str) -> Value
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    eventually(&format!("{name} to be Ready"), Duration::from_secs(150), || async {
-        let value = serde_json::to_value(api.get(name).await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        match common::condition(&value, "Ready") {
-            Some(c) if c["status"] == "True" && c["observedGeneration"] == value["metadata"]["generation"] => Ok(value),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-}
-
 /// Waits until the object holds the finalizer and a `Ready` condition for its generation.
 async fn wait_reconciled<K>(api: &Api<K>, name: &str) -> Value
 where
@@ -1134,20 +1122,6 @@ where
             Ok(value)
         } else {
             Err(format!("finalizers {:?}, Ready {ready:?}", obj.finalizers()))
-        }
-    })
-    .await
-}
-
-async fn wait_gone<K>(api: &Api<K>, name: &str)
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    eventually(&format!("{name} to be deleted"), WAIT, || async {
-        match api.get_opt(name).await {
-            Ok(None) => Ok(()),
-            Ok(Some(o)) => Err(format!("still there, finalizers {:?}", o.finalizers())),
-            Err(e) => Err(e.to_string()),
         }
     })
     .await
@@ -1662,6 +1636,87 @@ async fn gitops_health_follows_kstatus_argocd_and_kubectl_wait_over_live_objects
 
 // ------------------------------------------------------------------------------------------------
 // The chart's objects, the README's procedures and the GitOps examples against the API server
+
+/// A Stack held by its plan, as the operator writes it: the plan and the `Ready` condition from the
+/// shared gate (`runtime::plan::gate`) and the condition rules (`runtime::conditions::compute`),
+/// written by hand with no operator running (the serial lock keeps this binary's other operators
+/// away), then read by the real kstatus, the chart's Argo CD check in Lua 5.1 and `kubectl wait`.
+async fn write_held(stacks: &Api<Stack>, name: &str, governance: plan::Governance<'_>) -> String {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use tinystacks_operator::api::{ChangeAction, PlannedChange};
+    use tinystacks_operator::runtime::conditions::{Health, compute};
+    let generation = stacks.get(name).await.expect("get").metadata.generation;
+    let changes = vec![PlannedChange {
+        action: ChangeAction::Create,
+        resource: "ec2:Vpc".into(),
+        name: "vpc".into(),
+        id: None,
+        detail: "10.0.0.0/16".into(),
+    }];
+    let (plan, gate) = plan::gate(governance, generation, changes, None);
+    let plan::Gate::Hold(health @ Health::Held { .. }) = gate else { panic!("the plan is held: {gate:?}") };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = compute(&[], &health, generation, &now);
+    let status = json!({"status": {"observedGeneration": generation, "plan": plan, "conditions": conditions}});
+    stacks.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("write the status");
+    plan.id
+}
+
+#[tokio::test]
+async fn a_plan_awaiting_approval_is_suspended_and_drift_degraded_for_argocd_in_progress_for_kstatus() {
+    let _serial = OPERATOR_LOCK.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let team = TestNamespace::new(&client, "held").await;
+    let ns = Some(team.name.as_str());
+    let stacks = Api::<Stack>::namespaced(client.clone(), &team.name);
+
+    // changePolicy Manual, nothing approved: a person has to act, nothing is wrong.
+    let manual = json!({"accountLinkRef": {"name": "sandbox"}, "changePolicy": "Manual"});
+    create(&stacks, "manual", json!({}), manual).await;
+    let governance = plan::Governance { change_policy: ChangePolicy::Manual, ..Default::default() };
+    let id = write_held(&stacks, "manual", governance).await;
+    let held = live("stacks.tinystacks.io/manual", ns);
+    let (status, message) = argocd(&held);
+    assert_eq!(status, "Suspended", "{held}");
+    assert!(message.starts_with("AwaitingApproval: ") && message.contains(&id), "{message}");
+    let (status, message) = kstatus(&held);
+    assert_eq!(status, "InProgress", "{held}");
+    assert!(message.contains(&id) && message.contains("spec.approvedPlan"), "{message}");
+    // The README's commands read the plan; `kubectl wait` for Ready waits on, the README's wait
+    // for the reason returns.
+    let ours = |script: String| {
+        script
+            .replace("stack web -n team-a", &format!("stack manual -n {}", team.name))
+            .replace("stack/web -n team-a", &format!("stack/manual -n {}", team.name))
+    };
+    let read = run_script(&ours(readme_commands("Reviewing and approving plans")), Duration::from_secs(30));
+    let mut lines = read.lines();
+    assert_eq!(lines.next(), Some(id.as_str()), "{read}");
+    assert_eq!(lines.next(), Some("Create\tec2:Vpc\tvpc\t10.0.0.0/16"), "{read}");
+    assert!(read.contains("Plan:") && read.contains("AwaitingApproval"), "kubectl describe: {read}");
+    assert!(!kubectl_wait("Ready", "stacks.tinystacks.io/manual", ns, "2s").status.success());
+    run_script(&ours(readme_commands("How tools read `AwaitingApproval` and `Drifted`")), Duration::from_secs(30));
+
+    // management ObserveOnly with AWS differing: Degraded, with what differs.
+    let observe = json!({"accountLinkRef": {"name": "sandbox"}, "management": "ObserveOnly"});
+    create(&stacks, "observed", json!({}), observe).await;
+    let governance = plan::Governance { management: Management::ObserveOnly, ..Default::default() };
+    let id = write_held(&stacks, "observed", governance).await;
+    let drifted = live("stacks.tinystacks.io/observed", ns);
+    let (status, message) = argocd(&drifted);
+    assert_eq!(status, "Degraded", "{drifted}");
+    assert!(message.starts_with("Drifted: ") && message.contains(&id) && message.contains("ObserveOnly"), "{message}");
+    assert_eq!(kstatus(&drifted).0, "InProgress", "{drifted}");
+    assert!(!kubectl_wait("Ready", "stacks.tinystacks.io/observed", ns, "2s").status.success());
+    let out = kubectl_wait("Stalled=False", "stacks.tinystacks.io/observed", ns, "20s");
+    assert!(out.status.success(), "neither Stalled: {}", String::from_utf8_lossy(&out.stderr));
+
+    for name in ["manual", "observed"] {
+        stacks.delete(name, &DeleteParams::default()).await.expect("delete");
+        wait_gone(&stacks, name).await;
+    }
+}
 
 /// Installs the pinned CRDs of Flux, Argo CD and prometheus-operator (hack/gitops-crds.sh: the
 /// projects' published CRDs, from the Go module proxy) and waits until they are Established.

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -24,19 +23,11 @@ use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, Stack};
 
 use common::fault_proxy::FaultProxy;
 use common::moto::{account_config, new_account_id, role_arn};
+use common::secrets::base64;
 use common::*;
 
 const READY: Duration = Duration::from_secs(90);
 const FAILPOINT: &str = "TINYSTACKS_FAILPOINT_EXIT_AFTER_MUTATIONS";
-
-/// The network of the fixture Stack, made in moto.
-struct Network {
-    vpc: String,
-    /// The subnets the database must use (private, or isolated).
-    database_subnets: BTreeSet<String>,
-    app_group: String,
-    kms_key_arn: String,
-}
 
 /// One test's world: its namespace, AWS account, fixture network, link and Stack.
 struct World {
@@ -66,13 +57,7 @@ impl World {
         let aws = account_config(&account).await;
         let link = format!("db-link-{}", suffix());
         let stack = "web".to_string();
-        let net = Network {
-            vpc: String::new(),
-            database_subnets: BTreeSet::new(),
-            app_group: String::new(),
-            kms_key_arn: String::new(),
-        };
-        let world = Self { client, ns, aws, link, stack, net, account: account.clone() };
+        let world = Self { client, ns, aws, link, stack, net: Network::default(), account: account.clone() };
         world.fixture_link(&account).await;
         world
     }
@@ -172,30 +157,11 @@ impl World {
     }
 
     async fn wait_ready(&self, name: &str) -> Database {
-        let api = self.databases();
-        eventually(&format!("Database {name} Ready"), READY, || async {
-            let db = api.get(name).await.map_err(|e| e.to_string())?;
-            let value = serde_json::to_value(&db).map_err(|e| e.to_string())?;
-            let ready = condition(&value, "Ready");
-            let generation = db.metadata.generation;
-            match &ready {
-                Some(c) if c["status"] == "True" && c["observedGeneration"].as_i64() == generation => Ok(db),
-                _ => Err(format!("{ready:?}")),
-            }
-        })
-        .await
+        wait_ready_within(&self.databases(), name, READY).await
     }
 
     async fn wait_gone(&self, name: &str) {
-        let api = self.databases();
-        eventually(&format!("Database {name} to be deleted"), READY, || async {
-            match api.get_opt(name).await {
-                Ok(None) => Ok(()),
-                Ok(Some(d)) => Err(format!("still there: {:?}", d.status.map(|s| s.conditions))),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await;
+        wait_gone_within(&self.databases(), name, READY).await
     }
 
     async fn delete(&self, name: &str) {
@@ -231,40 +197,15 @@ impl World {
     }
 
     async fn event_notes(&self) -> Vec<(String, String, String)> {
-        use k8s_openapi::api::events::v1::Event;
-        let events = Api::<Event>::namespaced(self.client.clone(), &self.ns.name).list(&Default::default()).await;
-        events
-            .map(|l| l.items)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
+        event_notes(&self.client, &self.ns.name).await
     }
 
     async fn wait_event(&self, type_: &str, reason: &str, contains: &str) -> String {
-        eventually(&format!("a {type_} event {reason} mentioning {contains:?}"), READY, || async {
-            let events = self.event_notes().await;
-            events
-                .iter()
-                .find(|(t, r, n)| t == type_ && r == reason && n.contains(contains))
-                .map(|(_, _, n)| n.clone())
-                .ok_or_else(|| format!("{events:?}"))
-        })
-        .await
+        wait_event_note(&self.client, &self.ns.name, (type_, reason, contains), READY).await
     }
 
-    /// How many times an event was reported: the recorder folds repeats (same type, reason and
-    /// object) into one event whose series counts them, keeping the first note.
     async fn event_count(&self, type_: &str, reason: &str) -> i32 {
-        use k8s_openapi::api::events::v1::Event;
-        let events = Api::<Event>::namespaced(self.client.clone(), &self.ns.name).list(&Default::default()).await;
-        events
-            .map(|l| l.items)
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e.type_.as_deref() == Some(type_) && e.reason.as_deref() == Some(reason))
-            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-            .sum()
+        event_count(&self.client, &self.ns.name, type_, reason).await
     }
 
     /// Waits until the event was reported more than `before` times.
@@ -297,104 +238,6 @@ impl World {
             sgs.security_groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect(),
         )
     }
-}
-
-/// Writes a fixture's status and makes sure it sticks: an operator (this test's, or one another
-/// test runs on the same cluster) may publish the paused object's status from a read taken just
-/// before this write, and its server-side apply would then undo it.
-async fn write_status<K>(api: &Api<K>, name: &str, status: &Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let wanted = &status["status"];
-    for _ in 0..20 {
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.expect("status");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = serde_json::to_value(api.get(name).await.expect("get")).expect("json");
-        let ready = |v: &Value| condition(v, "Ready").map(|c| c["status"].clone());
-        let kept = wanted.as_object().is_some_and(|fields| {
-            fields.iter().filter(|(k, _)| *k != "conditions").all(|(k, v)| &now["status"][k] == v)
-        });
-        let wanted_ready = ready(&json!({"status": wanted}));
-        if kept && (wanted_ready.is_none() || ready(&now) == wanted_ready) {
-            return;
-        }
-    }
-    panic!("the status of {name} did not stick");
-}
-
-fn ready_condition() -> Value {
-    json!({"type": "Ready", "status": "True", "reason": "Fixture", "message": "written by the test",
-        "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1})
-}
-
-/// A VPC like the Stack's, in moto: 3 public + 2 private subnets, or 3 private + 3 isolated; an
-/// app security group and a KMS key.
-async fn network(aws: &SdkConfig, pattern: &str) -> Network {
-    let ec2 = aws_sdk_ec2::Client::new(aws);
-    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.expect("vpc");
-    let vpc = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
-    let tiers: &[(&str, usize)] = match pattern {
-        "PublicPrivate" => &[("Public", 3), ("Private", 2)],
-        _ => &[("Private", 3), ("Isolated", 3)],
-    };
-    let database_tier = if pattern == "PublicPrivate" { "Private" } else { "Isolated" };
-    let mut database_subnets = BTreeSet::new();
-    for (t, (tier, count)) in tiers.iter().enumerate() {
-        for i in 0..*count {
-            let zone = format!("us-east-1{}", ["a", "b", "c"][i]);
-            let tag = aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Subnet)
-                .tags(aws_sdk_ec2::types::Tag::builder().key("tier").value(*tier).build())
-                .build();
-            let out = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(format!("10.0.{}.0/24", t * 10 + i))
-                .availability_zone(zone)
-                .tag_specifications(tag)
-                .send()
-                .await
-                .expect("subnet");
-            let id = out.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string();
-            if *tier == database_tier {
-                database_subnets.insert(id);
-            }
-        }
-    }
-    let app_group = group(aws, &vpc, "app").await;
-    let kms = aws_sdk_kms::Client::new(aws);
-    let key = kms.create_key().description("the stack's key").send().await.expect("key");
-    let kms_key_arn = key.key_metadata().and_then(|k| k.arn()).expect("key arn").to_string();
-    Network { vpc, database_subnets, app_group, kms_key_arn }
-}
-
-async fn group(aws: &SdkConfig, vpc: &str, name: &str) -> String {
-    let ec2 = aws_sdk_ec2::Client::new(aws);
-    let out = ec2.create_security_group().vpc_id(vpc).group_name(name).description(name).send().await.expect("sg");
-    out.group_id().expect("group id").to_string()
-}
-
-/// The subnets of the VPC as the Stack's status lists them.
-async fn describe_subnets(aws: &SdkConfig, vpc: &str) -> Vec<Value> {
-    let ec2 = aws_sdk_ec2::Client::new(aws);
-    let filter = aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(vpc).build();
-    let out = ec2.describe_subnets().filters(filter).send().await.expect("subnets");
-    out.subnets()
-        .iter()
-        .filter_map(|s| {
-            let tier = s.tags().iter().find(|t| t.key() == Some("tier"))?.value()?;
-            Some(json!({"id": s.subnet_id()?, "tier": tier, "availabilityZone": s.availability_zone()?,
-                "cidr": s.cidr_block()?}))
-        })
-        .collect()
-}
-
-fn base64(bytes: &[u8]) -> String {
-    serde_json::to_value(ByteString(bytes.to_vec()))
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Everything the operator said about the namespace's objects: its log, the events, the objects.
@@ -715,27 +558,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let mut crashes = 0;
-    for _ in 0..30 {
-        let mut operator = world.operator(&[(FAILPOINT, "1")]);
-        let deadline = std::time::Instant::now() + READY;
-        let outcome = loop {
-            if let Some(code) = operator.exited() {
-                break Some(code);
-            }
-            if done().await {
-                break None;
-            }
-            assert!(std::time::Instant::now() < deadline, "{what}: neither a crash nor the end:\n{}", operator.logs());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        match outcome {
-            Some(137) => crashes += 1,
-            Some(code) => panic!("the operator exited with {code}:\n{}", operator.logs()),
-            None => return crashes,
-        }
-    }
-    panic!("{what} did not finish after 30 crashes");
+    crash_until_done(|| world.operator(&[(FAILPOINT, "1")]), what, 30, READY, done).await
 }
 
 #[tokio::test]
@@ -871,7 +694,7 @@ async fn an_engine_version_or_class_rds_does_not_offer_stalls_naming_the_field_u
         "RDS does not support creating a DB instance with the following combination: DBInstanceClass=db.t4g.nope, Engine=postgres, EngineVersion=16.4, LicenseModel=postgresql-license. For supported combinations of instance class and database engine version, see the documentation.",
     );
     world.database("faulty", json!({"engineVersion": "16.99", "deletionPolicy": "Delete"})).await;
-    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+    let operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
 
     let stalled =
         wait_stalled(&world, "faulty", "AwsRejectedValue", &["Cannot find version 16.99", "set spec.engineVersion"])
@@ -881,11 +704,12 @@ async fn an_engine_version_or_class_rds_does_not_offer_stalls_naming_the_field_u
     assert_eq!(ready.map(|c| c["status"].clone()), Some(json!("False")), "{stalled}");
     // Not retried: the first pass, and the one the Stalled status write itself wakes (it meets the
     // same answer and has nothing new to write); then none for three resync periods (2 s) and more
-    // than a transient error's first backoff steps (1, 2, 4 s).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // than a transient error's first backoff steps (1, 2, 4 s). A stalled object waits for a change,
+    // so the clock is the paused fixture Stack, which the operator reconciles once per resync.
+    wait_reconciles(&operator, "Stack", 2.0).await;
     let creates = proxy.count("CreateDBInstance");
     assert!(creates <= 2, "{creates} attempts before stalling");
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    wait_reconciles(&operator, "Stack", 4.0).await;
     assert_eq!(proxy.count("CreateDBInstance"), creates, "CreateDBInstance was tried again with the same spec");
 
     // A version RDS offers: created, Ready.
@@ -944,7 +768,7 @@ async fn with_the_real_stack_the_database_lands_in_its_private_side_and_the_stac
 
     // The Stack waits for its Database; then both go, and nothing of either is left.
     stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_condition_for(&stacks, &world.stack, "Ready", "False", "DependentsExist", READY).await;
     assert!(stacks.get_opt(&world.stack).await.expect("get").is_some(), "the Stack waits for its Database");
     world.delete("orders").await;
     world.wait_gone("orders").await;

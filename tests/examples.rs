@@ -6,53 +6,21 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
-use serde_json::Value;
 use tinystacks_operator::api::{AwsAccountLink, Bastion, Database, Stack};
 
-use common::{Operator, OperatorConfig, condition, eventually};
+use common::{Operator, OperatorConfig, wait_gone, wait_ready};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const SETTLE: Duration = Duration::from_secs(180);
 
 fn kubectl(args: &[&str]) -> String {
     let out = Command::new("kubectl").args(args).output().expect("run kubectl");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits for `Ready=True` at the object's current generation.
-async fn wait_ready<K>(api: &Api<K>, name: &str) -> Value
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    eventually(&format!("{name} to be Ready"), SETTLE, || async {
-        let obj = api.get(name).await.map_err(|e| e.to_string())?;
-        let v = serde_json::to_value(&obj).map_err(|e| e.to_string())?;
-        match condition(&v, "Ready") {
-            Some(c) if c["status"] == "True" && c["observedGeneration"] == v["metadata"]["generation"] => Ok(v),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-}
-
-async fn wait_gone<K>(api: &Api<K>, name: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    eventually(&format!("{name} to be deleted"), SETTLE, || async {
-        match api.get_opt(name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err("still there".to_string()),
-        }
-    })
-    .await;
 }
 
 #[tokio::test]

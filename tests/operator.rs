@@ -63,20 +63,6 @@ async fn bastion(client: &Client, ns: &str, name: &str, stack: &str) {
     create(&Api::<Bastion>::namespaced(client.clone(), ns), name, json!({"stackRef": {"name": stack}})).await;
 }
 
-async fn wait_gone<K>(api: &Api<K>, name: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    eventually(&format!("{name} to be deleted"), WAIT, || async {
-        match api.get_opt(name).await {
-            Ok(None) => Ok(()),
-            Ok(Some(o)) => Err(format!("still there, finalizers {:?}", o.finalizers())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn dependents_wait_for_their_parents_and_deletion_goes_children_first() {
     let _serial = OPERATOR_LOCK.lock().await;
@@ -190,7 +176,7 @@ async fn a_missing_stack_stalls_and_recovers_when_created_and_pause_is_honoured(
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "op-missing").await;
-    let _operator = start(&ns);
+    let operator = start(&ns);
     database(&client, &ns.name, "orders", "later").await;
     let databases = Api::<Database>::namespaced(client.clone(), &ns.name);
     let d = wait_condition(&databases, "orders", "Stalled", "True", "StackNotFound").await;
@@ -223,7 +209,7 @@ async fn a_missing_stack_stalls_and_recovers_when_created_and_pause_is_honoured(
 
     // A status that would not change is not written: the resourceVersion holds across resyncs.
     let before = databases.get("orders").await.unwrap().resource_version();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_reconciles(&operator, "Database", 2.0).await;
     let after = databases.get("orders").await.unwrap().resource_version();
     assert_eq!(before, after, "the status was rewritten although nothing changed");
 
@@ -311,7 +297,10 @@ async fn endpoints_leader_lease_standby_and_clean_shutdown() {
 
     // A second replica stands by while the first holds the lease, and takes over when it stops.
     let standby = start(&ns);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("the standby to find the lease held", WAIT, || async {
+        standby.logs().contains("another replica leads; standing by").then_some(()).ok_or(standby.logs())
+    })
+    .await;
     assert_eq!(holder(leases.clone()).await.as_deref(), Some(leader.identity.as_str()));
     assert_eq!(standby.get("/readyz").0, 200, "a standby replica is healthy");
     let standby_metrics = standby.get("/metrics").1;

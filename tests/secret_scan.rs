@@ -1,11 +1,11 @@
-//! No generated password or private key in any operator log line (debug level), Event, status or
-//! condition of the whole suite. The harness (`tests/common/secrets.rs`) keeps every operator's
+//! No generated password or private key in any operator log line (debug level), Event, status,
+//! condition or plan (`status.plan`: each change's name, id and detail) of the whole suite. The harness (`tests/common/secrets.rs`) keeps every operator's
 //! log, the Events and objects each operator left, and every secret the operators generated;
 //! `hack/test.sh` runs the scan after the suite, over all of them.
 
 mod common;
 
-use common::secrets::{SECRET_KEYS, base64, forms, log_dir, recorded, scan};
+use common::secrets::{SECRET_KEYS, base64, forms, log_dir, plans, recorded, scan};
 
 /// Every file of the log directory: (file name, text).
 fn sources() -> Vec<(String, String)> {
@@ -50,6 +50,31 @@ fn the_scanner_finds_a_secret_raw_base64_and_by_the_lines_of_a_key() {
 }
 
 #[test]
+fn a_secret_in_a_plan_is_found_and_named_by_its_object() {
+    let password = "Zq3-generated-password-9f8e7d6c".to_string();
+    let change = |detail: &str| {
+        serde_json::json!({"action": "Update", "resource": "rds:DBInstance", "name": "instance",
+            "id": "db-orders", "detail": detail})
+    };
+    let object = |name: &str, changes: Vec<serde_json::Value>| {
+        serde_json::json!({"kind": "Database", "metadata": {"namespace": "team", "name": name},
+            "status": {"plan": {"id": "0123456789abcdef", "changes": changes}}})
+    };
+    let saved = serde_json::json!({"items": [
+        object("clean", vec![change("instanceClass db.t4g.micro -> db.t4g.small")]),
+        object("leaky", vec![change("instanceClass db.t4g.micro -> db.t4g.small"),
+            change(&format!("masterUserPassword -> {password}"))]),
+        {"kind": "Event", "metadata": {"namespace": "team", "name": "e"}},
+    ]});
+    let sources = plans("op.objects.json", &saved.to_string());
+    assert_eq!(sources.len(), 2, "one source per object with a plan: {sources:?}");
+    assert!(sources.iter().all(|(_, text)| text.contains("db-orders") && text.contains("instance\t")));
+    let found = scan(&sources, &[password]);
+    let named: Vec<&str> = found.iter().map(|(source, _, _)| source.as_str()).collect();
+    assert_eq!(named, ["op.objects.json Database/team/leaky"]);
+}
+
+#[test]
 #[ignore = "after the suite: `hack/test.sh` runs it once every other test has run"]
 fn no_generated_secret_in_any_log_event_status_or_condition_of_the_suite() {
     let secrets = recorded();
@@ -57,12 +82,20 @@ fn no_generated_secret_in_any_log_event_status_or_condition_of_the_suite() {
     let logs = sources.iter().filter(|(name, _)| name.ends_with(".log")).count();
     let said = sources.iter().filter(|(name, _)| name.ends_with(".objects.json")).count();
     let lines: usize = sources.iter().map(|(_, text)| text.lines().count()).sum();
+    let plan_sources: Vec<(String, String)> = sources
+        .iter()
+        .filter(|(name, _)| name.ends_with(".objects.json"))
+        .flat_map(|(name, text)| plans(name, text))
+        .collect();
+    let changes: usize = plan_sources.iter().map(|(_, text)| text.lines().count()).sum();
     eprintln!(
-        "secret scan: {} generated secrets ({SECRET_KEYS:?}) against {logs} operator logs ({lines} lines in all) and the Events and objects after {said} operators",
-        secrets.len()
+        "secret scan: {} generated secrets ({SECRET_KEYS:?}) against {logs} operator logs ({lines} lines in all), the Events and objects after {said} operators, and {} plans ({changes} changes)",
+        secrets.len(),
+        plan_sources.len()
     );
     assert!(!secrets.is_empty(), "no generated secret was recorded: the harness's recorder did not run");
     assert!(logs > 0 && said > 0, "the suite left no operator log in {}: did it run?", log_dir().display());
-    let found = scan(&sources, &secrets);
+    assert!(!plan_sources.is_empty(), "no object the suite left had a status.plan: is it written every pass?");
+    let found = scan(&[sources, plan_sources].concat(), &secrets);
     assert!(found.is_empty(), "generated secrets found (file, secret number, form): {found:?}");
 }

@@ -116,16 +116,7 @@ impl World {
 
     /// Waits until `Ready=True` describes the current generation.
     async fn wait_ready(&self, name: &str, timeout: Duration) -> Stack {
-        let api = self.stacks();
-        eventually(&format!("Stack {name} Ready"), timeout, || async {
-            let s = api.get(name).await.map_err(|e| e.to_string())?;
-            let v = serde_json::to_value(&s).map_err(|e| e.to_string())?;
-            match condition(&v, "Ready") {
-                Some(c) if c["status"] == "True" && c["observedGeneration"] == v["metadata"]["generation"] => Ok(s),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await
+        wait_ready_within(&self.stacks(), name, timeout).await
     }
 
     async fn delete(&self, name: &str) {
@@ -133,15 +124,7 @@ impl World {
     }
 
     async fn wait_gone(&self, name: &str, timeout: Duration) {
-        let api = self.stacks();
-        eventually(&format!("Stack {name} gone"), timeout, || async {
-            match api.get_opt(name).await {
-                Ok(None) => Ok(()),
-                Ok(Some(s)) => Err(format!("{:?}", s.status.map(|s| s.conditions))),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await
+        wait_gone_within(&self.stacks(), name, timeout).await
     }
 
     async fn events(&self, name: &str) -> Vec<String> {
@@ -950,11 +933,19 @@ async fn a_request_aws_refuses_as_invalid_stalls_the_stack_without_retries() {
     assert!(said.contains("kms:CreateAlias") && said.contains("ValidationException"), "{said}");
     // The first pass, and the one the Stalled status write itself wakes (it meets the same answer
     // and has nothing new to write); then none for three resync periods and more than a transient
-    // error's first backoff steps (1, 2, 4 s).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // error's first backoff steps (1, 2, 4 s). A stalled Stack waits for a change, so the clock is
+    // a paused Stack beside it, which the operator reconciles once per resync.
+    let clock: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack",
+        "metadata": {"name": "clock", "annotations": {"tinystacks.io/paused": "true"}},
+        "spec": {"accountLinkRef": {"name": world.link}},
+    }))
+    .expect("stack");
+    world.stacks().create(&PostParams::default(), &clock).await.expect("create the clock");
+    wait_reconciles(&operator, "Stack", 2.0).await;
     let attempts = proxy.count("CreateAlias");
     assert!(attempts <= 2, "{attempts} attempts before stalling");
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    wait_reconciles(&operator, "Stack", 4.0).await;
     assert_eq!(proxy.count("CreateAlias"), attempts, "CreateAlias was tried again with the same Stack");
 
     world.delete("refused").await;
@@ -1277,12 +1268,7 @@ async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each
 
 /// The AWS calls counted in the operator's metrics.
 fn aws_calls(operator: &Operator) -> u64 {
-    let (_, body) = operator.get("/metrics");
-    body.lines()
-        .filter(|l| l.starts_with("tinystacks_aws_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    metric_sum(&scrape(operator), "tinystacks_aws_requests_total{", "") as u64
 }
 
 #[tokio::test]
@@ -1326,8 +1312,7 @@ async fn fifty_stacks_converge_and_steady_state_calls_do_not_grow_with_their_num
 
 /// The value of the counter `name{labels}` in the operator's metrics (0 when it has no sample).
 fn counter(operator: &Operator, series: &str) -> f64 {
-    let (_, body) = operator.get("/metrics");
-    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
+    metric_sum(&scrape(operator), &format!("{series} "), "")
 }
 
 /// Every VPC that carries `tinystacks.io/owner` = `Stack/<ns>/<name>`, whatever its UID tag.

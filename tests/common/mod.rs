@@ -232,20 +232,12 @@ pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
     obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_).cloned()
 }
 
-/// Waits until the object's condition has the given status and reason.
+/// Waits (30 s) until the object's condition has the given status and reason.
 pub async fn wait_condition<K>(api: &Api<K>, name: &str, type_: &str, status: &str, reason: &str) -> Value
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    eventually(&format!("{name}: {type_}={status} ({reason})"), Duration::from_secs(30), || async {
-        let obj = api.get(name).await.map_err(|e| e.to_string())?;
-        let value = serde_json::to_value(&obj).map_err(|e| e.to_string())?;
-        match condition(&value, type_) {
-            Some(c) if c["status"] == status && c["reason"] == reason => Ok(value),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
+    wait_condition_for(api, name, type_, status, reason, Duration::from_secs(30)).await
 }
 
 /// Serializes the tests that run an operator: each operator watches the whole cluster, so two at
@@ -298,6 +290,9 @@ pub async fn verified_link_spec(client: &Client, ns: &str, allowed: &[&str]) -> 
 }
 
 pub mod fault_proxy;
+pub mod fixtures;
 pub mod invariants;
 pub mod moto;
 pub mod secrets;
+
+pub use fixtures::*;

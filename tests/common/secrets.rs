@@ -3,7 +3,8 @@
 //! records every password and private key the operator writes while it runs, and when the
 //! operator stops the harness saves every Event and every object's status and conditions next to
 //! its log. `tests/secret_scan.rs` then looks for each recorded secret, also base64-encoded and
-//! line by line, in all of it (`hack/test.sh` runs it after the suite).
+//! line by line, in all of it, and in every plan (`status.plan`) of those objects on its own
+//! (`hack/test.sh` runs it after the suite).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -122,4 +123,38 @@ pub fn base64(bytes: &[u8]) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// The plans (`status.plan`) of the objects saved in `objects_json` (a `kubectl get -o json`
+/// list): one source per plan, named `<file> <Kind>/<namespace>/<name>`, whose text is each
+/// change's `name`, `id` and `detail`, one change a line. Scanned on their own so that a plan is
+/// proven covered (the count is reported) and a finding names the object whose plan said it.
+pub fn plans(file: &str, objects_json: &str) -> Vec<(String, String)> {
+    let Ok(list) = serde_json::from_str::<serde_json::Value>(objects_json) else { return Vec::new() };
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|o| {
+            let changes = o.pointer("/status/plan/changes")?.as_array()?;
+            let meta = &o["metadata"];
+            let object = format!(
+                "{}/{}/{}",
+                o["kind"].as_str().unwrap_or_default(),
+                meta["namespace"].as_str().unwrap_or_default(),
+                meta["name"].as_str().unwrap_or_default()
+            );
+            let text = changes
+                .iter()
+                .map(|c| {
+                    ["name", "id", "detail"]
+                        .iter()
+                        .map(|k| c[*k].as_str().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join("\t")
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            Some((format!("{file} {object}"), text))
+        })
+        .collect()
 }

@@ -6,6 +6,10 @@
 --   annotation tinystacks.io/paused    Suspended   (no AWS call is made until it is removed)
 --   generation not yet observed        Progressing
 --   Stalled=True                       Degraded    (a person must act; the message says what)
+--   Ready=False AwaitingApproval       Suspended   (changePolicy Manual: the plan in status.plan
+--                                                   waits for spec.approvedPlan; nothing is wrong)
+--   Ready=False Drifted                Degraded    (management ObserveOnly: AWS differs from the
+--                                                   spec and the operator will not repair it)
 --   Ready=True                         Healthy
 --   anything else                      Progressing (Reconciling=True, or not reconciled yet)
 --
@@ -71,6 +75,19 @@ end
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
   hs.message = describe(stalled)
+  return hs
+end
+
+-- Held: neither Reconciling nor Stalled, and nothing happens until a person acts. A plan waiting
+-- for approval is the normal state of a Manual object between two changes, not a fault.
+if ready ~= nil and ready.status == "False" and ready.reason == "AwaitingApproval" then
+  hs.status = "Suspended"
+  hs.message = describe(ready)
+  return hs
+end
+if ready ~= nil and ready.status == "False" and ready.reason == "Drifted" then
+  hs.status = "Degraded"
+  hs.message = describe(ready)
   return hs
 end
 
