@@ -1194,11 +1194,7 @@ async fn the_connection_secret_follows_the_real_credentials_and_the_password_rot
 
     // Steady state reads no secret value: several passes (resync 2 s), no GetSecretValue.
     let reads = proxy.count("GetSecretValue");
-    let passes = reconciles(&operator);
-    eventually("three more passes", READY, || async {
-        if reconciles(&operator) >= passes + 3.0 { Ok(()) } else { Err(format!("{}", reconciles(&operator))) }
-    })
-    .await;
+    wait_reconciles(&operator, "Database", 3.0).await;
     assert_eq!(proxy.count("GetSecretValue"), reads, "a steady pass read a secret value");
 
     // 2. A password changed in Secrets Manager by hand (a new AWSCURRENT version): RDS is given
@@ -1269,15 +1265,6 @@ async fn the_connection_secret_follows_the_real_credentials_and_the_password_rot
     }
     world.delete("creds").await;
     world.wait_gone("creds").await;
-}
-
-/// The operator's count of reconciles so far (every kind).
-fn reconciles(operator: &Operator) -> f64 {
-    let (_, body) = operator.get("/metrics");
-    body.lines()
-        .filter(|l| l.starts_with("tinystacks_reconciles_total{kind=\"Database\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]
@@ -1362,16 +1349,6 @@ async fn current_plan(world: &World, name: &str) -> Value {
     .await
 }
 
-/// Waits until the operator has reconciled the Database `passes` more times (resyncs every 2s).
-async fn wait_reconciles(operator: &Operator, passes: f64) {
-    let before = reconciles(operator);
-    eventually(&format!("{passes} more reconciles"), READY, || async {
-        let now = reconciles(operator);
-        if now >= before + passes { Ok(()) } else { Err(format!("{now} (from {before})")) }
-    })
-    .await;
-}
-
 async fn approve(world: &World, name: &str, plan: &Value) {
     let patch = json!({"spec": {"approvedPlan": plan["id"]}});
     world.databases().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("approve the plan");
@@ -1408,7 +1385,7 @@ async fn a_manual_database_changes_nothing_in_aws_until_its_plan_is_approved() {
     }
     let plan_id = plan["id"].as_str().expect("plan id").to_string();
     assert!(held.to_string().contains(&plan_id), "Ready names the plan to approve: {held}");
-    wait_reconciles(&operator, 2.0).await;
+    wait_reconciles(&operator, "Database", 2.0).await;
     assert_eq!(proxy.mutations(), Default::default(), "nothing changed in AWS before approval");
     let (instances, secrets, subnet_groups, _) = world.inventory().await;
     assert!(instances.is_empty() && secrets.is_empty() && subnet_groups.is_empty(), "nothing made in AWS");
@@ -1428,7 +1405,7 @@ async fn a_manual_database_changes_nothing_in_aws_until_its_plan_is_approved() {
     let change = &plan["changes"][0];
     assert_eq!((change["action"].as_str(), change["resource"].as_str()), (Some("Update"), Some("rds:DBInstance")));
     assert_eq!(change["detail"], "instanceClass db.t4g.micro → db.t4g.small");
-    wait_reconciles(&operator, 2.0).await;
+    wait_reconciles(&operator, "Database", 2.0).await;
     assert_eq!(proxy.count("ModifyDBInstance"), 0, "not made before approval");
     let class = world.instance(&id).await.and_then(|i| i.db_instance_class().map(str::to_string));
     assert_eq!(class.as_deref(), Some("db.t4g.micro"));
@@ -1484,7 +1461,7 @@ async fn an_observe_only_database_reports_drift_and_changes_nothing() {
     wait_condition(&world.databases(), "watched", "Ready", "False", "Drifted").await;
     let plan = current_plan(&world, "watched").await;
     assert!(plan["changes"][0]["detail"].as_str().is_some_and(|d| d.contains("PubliclyAccessible")), "{plan}");
-    wait_reconciles(&operator, 2.0).await;
+    wait_reconciles(&operator, "Database", 2.0).await;
     assert_eq!(proxy.mutations(), before, "no AWS mutation under ObserveOnly");
     let public = world.instance(&id).await.and_then(|i| i.publicly_accessible());
     assert_eq!(public, Some(true), "reported, not repaired");
@@ -1539,7 +1516,7 @@ async fn the_guarded_wait_repairs_nothing_under_observe_only() {
         .expect("made public");
     wait_condition(&world.databases(), "hands-off", "Ready", "False", "Drifted").await;
     world.wait_event("Warning", "DriftDetected", "PubliclyAccessible").await;
-    wait_reconciles(&operator, 2.0).await;
+    wait_reconciles(&operator, "Database", 2.0).await;
     assert_eq!(proxy.mutations(), before, "nothing repaired under ObserveOnly");
     assert_eq!(world.instance(&id).await.and_then(|i| i.publicly_accessible()), Some(true));
 

@@ -1596,11 +1596,11 @@ async fn wait_held(
     .await
 }
 
-/// Waits until the operator has run `n` more reconciles of Stacks than `before`.
-async fn wait_reconciles(operator: &Operator, before: f64, n: f64) {
-    let series = "tinystacks_reconciles_total{kind=\"Stack\"}";
+/// Waits until the operator has run `n` more reconciles of Stacks than `before` (a count taken
+/// earlier with [`reconciles`]).
+async fn wait_reconciles_since(operator: &Operator, before: f64, n: f64) {
     eventually(&format!("{n} more Stack reconciles"), Duration::from_secs(30), || async {
-        let now = counter(operator, series);
+        let now = reconciles(operator, "Stack");
         if now >= before + n { Ok(()) } else { Err(format!("{now}")) }
     })
     .await;
@@ -1632,8 +1632,8 @@ async fn manual_changes_nothing_until_the_plan_is_approved_and_an_outdated_appro
         assert!(keys.iter().any(|k| k == expected), "{expected} not in {keys:?}");
     }
     assert!(plan.changes.iter().all(|c| c.id.is_none()), "nothing exists yet: {:?}", plan.changes);
-    let before = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}");
-    wait_reconciles(&operator, before, 2.0).await;
+    let before = reconciles(&operator, "Stack");
+    wait_reconciles_since(&operator, before, 2.0).await;
     assert_eq!(proxy.mutation_count(), 0, "nothing may change in AWS before the plan is approved");
     assert!(vpcs_named(&world, "web").await.is_empty());
     assert_eq!(plan_of(&world, "web").await.id, plan.id, "the same plan keeps its id");
@@ -1679,8 +1679,8 @@ async fn manual_changes_nothing_until_the_plan_is_approved_and_an_outdated_appro
     world.patch_spec("web", json!({"approvedPlan": outdated.id})).await;
     let still = wait_held(&world, "web", "AwaitingApproval", |p| p.changes.len() == 2).await;
     assert_eq!(still.id, current.id, "the outdated approval changes nothing, not even the plan's id");
-    let before = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}");
-    wait_reconciles(&operator, before, 2.0).await;
+    let before = reconciles(&operator, "Stack");
+    wait_reconciles_since(&operator, before, 2.0).await;
     assert_eq!(proxy.mutation_count(), made, "an outdated approval makes no change");
 
     world.patch_spec("web", json!({"approvedPlan": current.id})).await;
@@ -1739,10 +1739,10 @@ async fn observe_only_reports_drift_changes_nothing_and_its_deletion_leaves_the_
     assert_eq!((held.vpc_id.clone(), held.subnets.len()), (status.vpc_id.clone(), 5));
 
     // Two resyncs and more: still nothing changed, one Event for the one plan.
-    let reconciles = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}");
-    wait_reconciles(&operator, reconciles, 3.0).await;
+    let passes = reconciles(&operator, "Stack");
+    wait_reconciles_since(&operator, passes, 3.0).await;
     assert_eq!(proxy.mutation_count(), made, "ObserveOnly made an AWS mutation");
-    let after = counter(&operator, "tinystacks_reconciles_total{kind=\"Stack\"}") - reconciles;
+    let after = reconciles(&operator, "Stack") - passes;
     eprintln!("ObserveOnly: 0 mutations over {after} reconciles (resync 3 s)");
     let r = world.resources(&uid).await;
     assert!(!routes(&r)["rtb/public"].iter().any(|(d, _)| d == "0.0.0.0/0"), "the route was put back");
