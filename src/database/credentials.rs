@@ -1,6 +1,6 @@
 //! The master credentials and the two places they are written: the Secrets Manager secret (the
 //! JSON shape RDS rotation functions use) and the Kubernetes Secret for `envFrom`. The password
-//! lives only in [`Password`], whose Debug output is redacted and which has no Display (DESIGN §6).
+//! lives only in [`Password`], whose Debug output is redacted and which has no Display; the secret scan (tests/secret_scan.rs) checks the whole suite for it.
 
 use std::collections::BTreeMap;
 use std::fmt;
