@@ -676,18 +676,7 @@ impl Network {
                     })
                     .await?;
                 }
-                // The ID's prefix says which list holds it.
-                let kind = match id.split('-').next().unwrap_or_default() {
-                    "vpc" => Kind::Vpcs,
-                    "subnet" => Kind::Subnets,
-                    "rtb" => Kind::RouteTables,
-                    "igw" => Kind::InternetGateways,
-                    "eipalloc" => Kind::Addresses,
-                    "nat" => Kind::NatGateways,
-                    "sg" => Kind::SecurityGroups,
-                    _ => Kind::VpcEndpoints,
-                };
-                Ok((id.clone(), vec![tagged(kind, id, add, remove)]))
+                Ok((id.clone(), vec![Recorded::retagged(Kind::of_ec2_id(id), id, add, remove)]))
             }
             Tagged::VpcLink(id) => {
                 let apigateway = &self.apigateway;
@@ -703,7 +692,7 @@ impl Network {
                     })
                     .await?;
                 }
-                Ok((id.clone(), vec![tagged(Kind::VpcLinks, id, add, remove)]))
+                Ok((id.clone(), vec![Recorded::retagged(Kind::VpcLinks, id, add, remove)]))
             }
             Tagged::Key(id) => {
                 let kms = &self.kms;
@@ -723,7 +712,7 @@ impl Network {
                     })
                     .await?;
                 }
-                Ok((id.clone(), vec![tagged(Kind::KmsKeys, id, add, remove)]))
+                Ok((id.clone(), vec![Recorded::retagged(Kind::KmsKeys, id, add, remove)]))
             }
         }
     }
@@ -854,10 +843,4 @@ fn route(route_table_id: &str, destination: &str, target: Option<&RouteTarget>) 
         destination: destination.to_string(),
         target: target.cloned(),
     }
-}
-
-/// One tag call's effect: the additions, or (when there are none) the removals.
-fn tagged(kind: Kind, id: &str, add: &Tags, remove: &[String]) -> Recorded {
-    let remove = if add.is_empty() { remove.to_vec() } else { Vec::new() };
-    Recorded::Tagged { kind, id: id.to_string(), add: add.clone(), remove }
 }
