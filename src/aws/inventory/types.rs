@@ -3,6 +3,12 @@
 
 use std::collections::BTreeSet;
 
+pub use aws_sdk_apigatewayv2::types::VpcLinkStatus;
+pub use aws_sdk_ec2::types::NatGatewayState;
+/// A VPC endpoint's state (the SDK names it only `State`).
+pub use aws_sdk_ec2::types::State as EndpointState;
+pub use aws_sdk_kms::types::KeyState;
+
 use crate::aws::tags::Tags;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,8 +82,7 @@ pub struct NatGateway {
     pub id: String,
     pub vpc_id: String,
     pub subnet_id: String,
-    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`.
-    pub state: String,
+    pub state: NatGatewayState,
     pub allocation_ids: Vec<String>,
     pub tags: Tags,
 }
@@ -118,8 +123,7 @@ pub struct VpcEndpoint {
     pub vpc_id: String,
     pub service: String,
     pub gateway: bool,
-    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`, ...
-    pub state: String,
+    pub state: EndpointState,
     pub subnet_ids: BTreeSet<String>,
     pub route_table_ids: BTreeSet<String>,
     pub group_ids: BTreeSet<String>,
@@ -132,8 +136,7 @@ pub struct VpcLink {
     pub name: String,
     pub subnet_ids: BTreeSet<String>,
     pub group_ids: BTreeSet<String>,
-    /// `PENDING`, `AVAILABLE`, `DELETING`, `FAILED`, `INACTIVE`.
-    pub status: String,
+    pub status: VpcLinkStatus,
     pub tags: Tags,
 }
 
@@ -141,9 +144,8 @@ pub struct VpcLink {
 pub struct KmsKey {
     pub key_id: String,
     pub arn: String,
-    /// `Enabled`, `PendingDeletion`, ...; asked once per key (DescribeKey), then kept up to date
-    /// from the operator's own changes.
-    pub state: Option<String>,
+    /// Asked once per key (DescribeKey), then kept up to date from the operator's own changes.
+    pub state: Option<KeyState>,
     pub tags: Tags,
 }
 
@@ -214,4 +216,70 @@ pub fn new_security_group(id: &str, vpc_id: &str, name: &str, tags: Tags) -> Sec
         egress: BTreeSet::from([everywhere]),
         tags,
     }
+}
+
+/// Where an EC2 resource that is deleted asynchronously (a NAT gateway, a VPC endpoint) is in its
+/// life, as the plans read it.
+pub trait Lifecycle {
+    /// Gone for good: it no longer holds what it sat in, and another may take its place.
+    fn is_gone(&self) -> bool;
+    fn is_deleting(&self) -> bool;
+    /// Gone, or on its way.
+    fn is_going(&self) -> bool {
+        self.is_deleting() || self.is_gone()
+    }
+}
+
+impl Lifecycle for NatGatewayState {
+    fn is_gone(&self) -> bool {
+        match self {
+            Self::Deleted | Self::Failed => true,
+            Self::Available | Self::Deleting | Self::Pending => false,
+            // A state newer than the SDK counts as present: the plans then wait, never leak.
+            _ => false,
+        }
+    }
+    fn is_deleting(&self) -> bool {
+        *self == Self::Deleting
+    }
+}
+
+impl Lifecycle for EndpointState {
+    fn is_gone(&self) -> bool {
+        match self {
+            Self::Deleted | Self::Failed | Self::Rejected | Self::Expired => true,
+            Self::Available | Self::Deleting | Self::Partial | Self::Pending | Self::PendingAcceptance => false,
+            // A state newer than the SDK counts as present: the plans then wait, never leak.
+            _ => false,
+        }
+    }
+    fn is_deleting(&self) -> bool {
+        *self == Self::Deleting
+    }
+}
+
+impl VpcLink {
+    /// Neither being deleted nor unusable for good: the one to keep if it is the Stack's.
+    pub fn is_alive(&self) -> bool {
+        match self.status {
+            VpcLinkStatus::Deleting | VpcLinkStatus::Failed | VpcLinkStatus::Inactive => false,
+            VpcLinkStatus::Available | VpcLinkStatus::Pending => true,
+            // A status newer than the SDK counts as alive: the plans then wait, never leak.
+            _ => true,
+        }
+    }
+}
+
+impl KmsKey {
+    /// Scheduled for deletion: no longer usable, and nothing more to do to delete it.
+    pub fn is_pending_deletion(&self) -> bool {
+        self.state == Some(KeyState::PendingDeletion)
+    }
+}
+
+/// A state as AWS words it, parsed into the SDK's enum whatever its case: EC2 answers VPC endpoint
+/// states in lowercase (`available`) where the SDK's model has `Available`, so the SDK's own parse
+/// would make every one `Unknown` (aws/aws-sdk#360). A state the SDK does not know stays `Unknown`.
+pub fn parse_state<T: for<'a> From<&'a str>>(raw: &str, known: &[&str]) -> T {
+    T::from(known.iter().find(|k| k.eq_ignore_ascii_case(raw)).copied().unwrap_or(raw))
 }
