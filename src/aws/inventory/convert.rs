@@ -182,7 +182,7 @@ pub fn observed_instance(i: &aws_sdk_rds::types::DbInstance) -> ObservedInstance
     ObservedInstance {
         identifier: i.db_instance_identifier().unwrap_or_default().to_string(),
         arn: i.db_instance_arn().map(str::to_string),
-        status: i.db_instance_status().unwrap_or_default().to_string(),
+        status: i.db_instance_status().unwrap_or_default().into(),
         endpoint: i.endpoint().and_then(|e| Some((e.address()?.to_string(), e.port().unwrap_or(POSTGRES_PORT)))),
         publicly_accessible: i.publicly_accessible().unwrap_or(false),
         storage_encrypted: i.storage_encrypted().unwrap_or(false),

@@ -182,8 +182,7 @@ pub struct SecretInfo {
 pub struct ObservedInstance {
     pub identifier: String,
     pub arn: Option<String>,
-    /// `creating`, `available`, `modifying`, `backing-up`, `deleting`, ...
-    pub status: String,
+    pub status: DbInstanceStatus,
     pub endpoint: Option<(String, i32)>,
     pub publicly_accessible: bool,
     pub storage_encrypted: bool,
@@ -202,6 +201,63 @@ pub struct ObservedInstance {
     pub pending_backup_days: Option<i32>,
     pub pending_engine_version: Option<String>,
     pub tags: Tags,
+}
+
+/// How far along RDS is with a DB instance: the phases the Database tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbPhase {
+    /// Usable, and changes can be made.
+    Available,
+    /// RDS is working on it (creating, modifying, backing up, ...): look again soon.
+    Busy,
+    /// Being deleted.
+    Deleting,
+    /// RDS cannot go on without a person (`failed`, `storage-full`, lost KMS access, ...).
+    Broken,
+}
+
+/// A DB instance's status: RDS words it as a string (the SDK has no enum for it), parsed once into
+/// the phase the Database acts on; the word is kept for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbInstanceStatus {
+    pub phase: DbPhase,
+    word: String,
+}
+
+impl From<&str> for DbInstanceStatus {
+    fn from(word: &str) -> Self {
+        let phase = match word {
+            "available" => DbPhase::Available,
+            "deleting" => DbPhase::Deleting,
+            "failed"
+            | "inaccessible-encryption-credentials"
+            | "inaccessible-encryption-credentials-recoverable"
+            | "incompatible-network"
+            | "incompatible-option-group"
+            | "incompatible-parameters"
+            | "incompatible-restore"
+            | "insufficient-capacity"
+            | "restore-error"
+            | "storage-full"
+            | "stopped" => DbPhase::Broken,
+            // Every other status, and one newer than this list, is RDS at work: look again soon.
+            _ => DbPhase::Busy,
+        };
+        DbInstanceStatus { phase, word: word.to_string() }
+    }
+}
+
+impl Default for DbInstanceStatus {
+    /// No status reported: RDS at work.
+    fn default() -> Self {
+        DbInstanceStatus::from("")
+    }
+}
+
+impl std::fmt::Display for DbInstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.word)
+    }
 }
 
 /// A security group as CreateSecurityGroup leaves it: no ingress, EC2's default egress to
