@@ -16,8 +16,8 @@ use tracing::info;
 use super::aws::{BastionAws, Deleted, Launch};
 use super::keys::{self, GeneratedKey};
 use super::plan::{
-    self, Arch, Change, Names, Observed, ObservedInstance, ObservedKeyPair, ObservedProfile, ObservedRole, Placement,
-    Termination,
+    self, Arch, Change, InstanceStateName, Names, Observed, ObservedInstance, ObservedKeyPair, ObservedProfile,
+    ObservedRole, Placement, Termination,
 };
 use crate::api::{Bastion, BastionAccess};
 use crate::aws::inventory::new_security_group;
@@ -247,7 +247,7 @@ impl Applier<'_> {
         };
         self.event(type_, event, note).await;
         for i in self.observed.instances.iter_mut().filter(|i| ids.contains(&i.id)) {
-            i.state = "shutting-down".into();
+            i.state = InstanceStateName::ShuttingDown;
         }
         if matches!(reason, Termination::Replace(_)) {
             self.known_instance = None;
@@ -342,11 +342,7 @@ impl Applier<'_> {
         );
         self.event(EventType::Normal, "LaunchedInstance", note).await;
         self.known_instance = Some(id.clone());
-        self.observed.instances.push(ObservedInstance {
-            id: id.clone(),
-            state: "pending".into(),
-            ..Default::default()
-        });
+        self.observed.instances.push(ObservedInstance::launched(id.clone()));
         Ok(Applied::Later {
             reason: "InstancePending",
             message: format!("launched instance {id}"),

@@ -15,10 +15,10 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::plan::ObservedInstance;
+use super::plan::{InstanceStateName, ObservedInstance};
 use crate::account_link::template::{IAM_PATH, OWNER_UID_TAG};
 use crate::aws::errors::{Caller, aws_error};
-use crate::aws::inventory::missing;
+use crate::aws::inventory::{missing, parse_state};
 use crate::aws::limiter::{Limiter, Service};
 pub use crate::aws::security_group::Deleted;
 use crate::aws::security_group::{SecurityGroups, code, ec2_tags};
@@ -143,7 +143,10 @@ impl<'a> BastionAws<'a> {
                     let Some(id) = i.instance_id() else { continue };
                     out.push(ObservedInstance {
                         id: id.to_string(),
-                        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                        state: parse_state(
+                            i.state().and_then(|s| s.name()).map_or("", |n| n.as_str()),
+                            InstanceStateName::values(),
+                        ),
                         subnet_id: i.subnet_id().map(str::to_string),
                         public_ip: i.public_ip_address().filter(|ip| !ip.is_empty()).map(str::to_string),
                         private_ip: i.private_ip_address().map(str::to_string),

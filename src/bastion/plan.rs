@@ -16,6 +16,7 @@ use crate::api::{
 use crate::aws::inventory::{Rule, Source};
 use crate::aws::tags::Tags;
 use crate::error::Error;
+pub use aws_sdk_ec2::types::InstanceStateName;
 
 mod changes;
 pub use changes::*;
@@ -357,11 +358,10 @@ pub fn tunnel_command(
 }
 
 /// What EC2 reports about one of the Bastion's instances.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedInstance {
     pub id: String,
-    /// `pending`, `running`, `shutting-down`, `terminated`, `stopping`, `stopped`.
-    pub state: String,
+    pub state: InstanceStateName,
     pub subnet_id: Option<String>,
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
@@ -375,9 +375,34 @@ pub struct ObservedInstance {
 }
 
 impl ObservedInstance {
+    /// An instance just launched, as RunInstances leaves it before EC2 reports more.
+    pub fn launched(id: String) -> Self {
+        ObservedInstance {
+            id,
+            state: InstanceStateName::Pending,
+            subnet_id: None,
+            public_ip: None,
+            private_ip: None,
+            key_name: None,
+            instance_type: String::new(),
+            image_id: None,
+            security_groups: BTreeSet::new(),
+            profile_arn: None,
+            launch_time: None,
+        }
+    }
+
     /// Gone, or on its way: a replacement may be launched.
     pub fn is_gone(&self) -> bool {
-        matches!(self.state.as_str(), "shutting-down" | "terminated")
+        match self.state {
+            InstanceStateName::ShuttingDown | InstanceStateName::Terminated => true,
+            InstanceStateName::Pending
+            | InstanceStateName::Running
+            | InstanceStateName::Stopping
+            | InstanceStateName::Stopped => false,
+            // A state newer than the SDK counts as present: it is waited for, never doubled.
+            _ => false,
+        }
     }
 }
 
@@ -398,14 +423,14 @@ pub fn replacement_reason(
     placement: &Placement,
 ) -> Option<String> {
     let mut why = Vec::new();
-    if matches!(observed.state.as_str(), "stopping" | "stopped") {
+    if matches!(observed.state, InstanceStateName::Stopping | InstanceStateName::Stopped) {
         why.push(format!("it is {}", observed.state));
     }
     if !observed.subnet_id.as_ref().is_some_and(|s| placement.tier_subnets.contains(s)) {
         why.push(format!("its subnet {:?} is not one of the stack's {:?} subnets", observed.subnet_id, placement.tier));
     }
     // A pending instance may not have its public IP yet.
-    if observed.state == "running" && observed.public_ip.is_some() != placement.public_ip {
+    if observed.state == InstanceStateName::Running && observed.public_ip.is_some() != placement.public_ip {
         why.push(if placement.public_ip { "it has no public IP".into() } else { "it has a public IP".into() });
     }
     if observed.instance_type != desired.instance_type {
@@ -599,14 +624,14 @@ mod tests {
         };
         let ok = ObservedInstance {
             id: "i-1".into(),
-            state: "running".into(),
+            state: InstanceStateName::Running,
             subnet_id: Some("subnet-pub-b".into()),
             public_ip: Some("198.51.100.7".into()),
             key_name: Some("k".into()),
             instance_type: "t4g.nano".into(),
             security_groups: BTreeSet::from(["sg-1".to_string()]),
             profile_arn: Some("arn:aws:iam::1:instance-profile/tinystacks/p".into()),
-            ..Default::default()
+            ..ObservedInstance::launched("i-1".into())
         };
         assert_eq!(replacement_reason(&ok, &desired, &placement), None);
         let private = ObservedInstance { subnet_id: Some("subnet-priv-a".into()), public_ip: None, ..ok.clone() };

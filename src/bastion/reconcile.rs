@@ -416,7 +416,7 @@ impl<'a> Converge<'a> {
         self.status.instance_id = Some(instance.id.clone());
         self.status.private_ip = instance.private_ip.clone();
         self.status.public_ip = instance.public_ip.clone();
-        if instance.state != "running" {
+        if instance.state != plan::InstanceStateName::Running {
             let message = format!("instance {} is {}", instance.id, instance.state);
             let health = Health::progressing("InstancePending", message);
             return Ok(Step { status: self.status, health, requeue_after: Some(poll(self.applier.ctx)) });

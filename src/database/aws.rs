@@ -390,6 +390,7 @@ impl<'a> DatabaseAws<'a> {
             Err(e) => return Err(self.fail("rds:DescribeDBSnapshots", e)),
         };
         Ok(out.db_snapshots().first().map(|s| SnapshotInfo {
+            available: s.status() == Some("available"),
             status: s.status().unwrap_or_default().to_string(),
             engine: s.engine().unwrap_or_default().to_string(),
             encrypted: s.encrypted().unwrap_or(false),
@@ -706,7 +707,10 @@ pub struct RestoreInstance<'a> {
 /// A DB snapshot as a restore needs to judge it.
 #[derive(Clone, Debug)]
 pub struct SnapshotInfo {
-    /// `available`, `creating`, ...
+    /// Restorable now (RDS's status `available`); RDS words its status as a string (the SDK has no
+    /// enum for it).
+    pub available: bool,
+    /// RDS's word for the status (`creating`, `copying`, ...), for messages.
     pub status: String,
     pub engine: String,
     pub encrypted: bool,

@@ -207,36 +207,7 @@ impl DesiredInstance {
 pub use crate::aws::inventory::ObservedInstance;
 
 /// How far along RDS is with the instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Usable, and changes can be made.
-    Available,
-    /// RDS is working on it (creating, modifying, backing up, ...): look again soon.
-    Busy,
-    /// Being deleted.
-    Deleting,
-    /// RDS cannot go on without a person (`failed`, `storage-full`, lost KMS access, ...).
-    Broken,
-}
-
-pub fn phase(status: &str) -> Phase {
-    match status {
-        "available" => Phase::Available,
-        "deleting" => Phase::Deleting,
-        "failed"
-        | "inaccessible-encryption-credentials"
-        | "inaccessible-encryption-credentials-recoverable"
-        | "incompatible-network"
-        | "incompatible-option-group"
-        | "incompatible-parameters"
-        | "incompatible-restore"
-        | "insufficient-capacity"
-        | "restore-error"
-        | "storage-full"
-        | "stopped" => Phase::Broken,
-        _ => Phase::Busy,
-    }
-}
+pub use crate::aws::inventory::DbPhase as Phase;
 
 /// One ModifyDBInstance call: security repairs (drift) and in-place changes from the spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -540,12 +511,15 @@ mod tests {
 
     #[test]
     fn phases() {
+        let phase = |word: &str| crate::aws::inventory::DbInstanceStatus::from(word).phase;
         assert_eq!(phase("available"), Phase::Available);
         for busy in ["creating", "modifying", "backing-up", "rebooting", "upgrading", "storage-optimization"] {
             assert_eq!(phase(busy), Phase::Busy, "{busy}");
         }
         assert_eq!(phase("deleting"), Phase::Deleting);
         assert_eq!(phase("storage-full"), Phase::Broken);
+        assert_eq!(phase("some-new-status"), Phase::Busy, "a status newer than the list is RDS at work");
+        assert_eq!(crate::aws::inventory::DbInstanceStatus::from("storage-full").to_string(), "storage-full");
     }
     #[test]
     fn a_refused_engine_version_or_class_names_its_field() {

@@ -346,7 +346,7 @@ impl<'a> Converge<'a> {
             // Kubernetes-side: the connection Secret may still be written from what exists.
             if let (Some(secret), Some(instance)) = (&view.secret, &view.instance)
                 && let Some((host, port)) = instance.endpoint.clone()
-                && plan::phase(&instance.status) == Phase::Available
+                && instance.status.phase == Phase::Available
             {
                 self.publish(secret, &host, port).await?;
             }
@@ -391,7 +391,7 @@ impl<'a> Converge<'a> {
         let listed = snapshot.db_instances.iter().find(|i| i.identifier == *name);
         // RDS is working on it (or it is new): its state now, not as the last list saw it.
         let instance = match listed {
-            Some(i) if plan::phase(&i.status) == Phase::Available => Some(ObservedInstance::clone(i)),
+            Some(i) if i.status.phase == Phase::Available => Some(ObservedInstance::clone(i)),
             _ => self.aws.instance(name).await?,
         };
         drop(snapshot);
@@ -413,7 +413,7 @@ impl<'a> Converge<'a> {
         self.record_ids(&view);
         if let (Some(secret), Some(instance)) = (&view.secret, &view.instance)
             && let Some((host, port)) = &instance.endpoint
-            && plan::phase(&instance.status) == Phase::Available
+            && instance.status.phase == Phase::Available
         {
             view.endpoint_in_secret = self.endpoint_in_secret(secret, host, *port).await?;
         }

@@ -12,8 +12,8 @@ use crate::api::AwsAccountLink;
 use crate::aws::account::Account;
 use crate::aws::errors::aws_error;
 use crate::aws::inventory::{
-    self, Address, Created, InternetGateway, Kind, KmsKey, Recorded, RouteTarget, Rule, Tags, VpcEndpoint, VpcLink,
-    missing,
+    self, Address, Created, InternetGateway, KeyState, Kind, KmsKey, Recorded, RouteTarget, Rule, Tags, VpcEndpoint,
+    VpcLink, VpcLinkStatus, missing, parse_state,
 };
 use crate::aws::limiter::Service;
 use crate::aws::tags::{ec2_tag_list as ec2_tags, ec2_tags as spec};
@@ -572,7 +572,7 @@ impl Network {
                 name: name.to_string(),
                 subnet_ids: subnet_ids.iter().cloned().collect(),
                 group_ids: group_ids.iter().cloned().collect(),
-                status: out.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
+                status: parse_state(out.vpc_link_status().map_or("", |s| s.as_str()), VpcLinkStatus::values()),
                 tags: tags.clone(),
             };
             (id, vec![Recorded::Created(Created::VpcLink(link))])
@@ -596,10 +596,10 @@ impl Network {
             let key = KmsKey {
                 key_id: meta.key_id().to_string(),
                 arn: meta.arn().unwrap_or_default().to_string(),
-                state: Some("Enabled".into()),
+                state: Some(KeyState::Enabled),
                 tags: tags.clone(),
             };
-            let state = Recorded::KeyState { key_id: key.key_id.clone(), state: "Enabled".into() };
+            let state = Recorded::KeyState { key_id: key.key_id.clone(), state: KeyState::Enabled };
             (key.key_id.clone(), vec![Recorded::Created(Created::KmsKey(key)), state])
         })
     }
@@ -823,7 +823,7 @@ impl Network {
                     || kms.schedule_key_deletion().key_id(id).pending_window_in_days(KEY_DELETION_WINDOW_DAYS).send(),
                 )
                 .await?;
-                (id.clone(), vec![Recorded::KeyState { key_id: id.clone(), state: "PendingDeletion".into() }])
+                (id.clone(), vec![Recorded::KeyState { key_id: id.clone(), state: KeyState::PendingDeletion }])
             }
         })
     }

@@ -11,8 +11,9 @@ use ipnet::Ipv4Net;
 use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
 use crate::api::{NatGateways, NetworkPattern, StackSpec, StackStatus, StackSubnet, SubnetTier};
 use crate::aws::inventory::{
-    Address, InternetGateway, Kind, KmsAlias, KmsKey, NatGateway, RouteTable, RouteTarget, Rule, SecurityGroup,
-    Snapshot, Source, Subnet, Tags, Vpc, VpcEndpoint, VpcLink,
+    Address, EndpointState, InternetGateway, Kind, KmsAlias, KmsKey, Lifecycle, NatGateway, NatGatewayState,
+    RouteTable, RouteTarget, Rule, SecurityGroup, Snapshot, Source, Subnet, Tags, Vpc, VpcEndpoint, VpcLink,
+    VpcLinkStatus,
 };
 use crate::error::Error;
 
@@ -448,12 +449,12 @@ impl Observed {
             && self.route_tables.is_empty()
             && self.internet_gateways.is_empty()
             && self.addresses.is_empty()
-            && self.nat_gateways.iter().all(|n| gone(&n.state))
+            && self.nat_gateways.iter().all(|n| n.state.is_gone())
             && self.security_groups.is_empty()
-            && self.vpc_endpoints.iter().all(|e| gone(&e.state))
+            && self.vpc_endpoints.iter().all(|e| e.state.is_gone())
             && self.vpc_links.is_empty()
             && self.alias.is_none()
-            && self.kms_keys.iter().all(|k| k.state.as_deref() == Some("PendingDeletion"))
+            && self.kms_keys.iter().all(|k| k.is_pending_deletion())
     }
 
     /// The zone each subnet index already uses.
@@ -550,24 +551,15 @@ pub fn foreign(snapshot: &Snapshot, owner: &Owner, status: &StackStatus) -> Vec<
     found.extend(
         s.addresses.iter().filter_map(|r| check("Elastic IP", &r.allocation_id, &r.tags, named(&r.allocation_id))),
     );
-    let nats = s.nat_gateways.iter().filter(|r| !going(&r.state));
+    let nats = s.nat_gateways.iter().filter(|r| !r.state.is_going());
     found.extend(nats.filter_map(|r| check("NAT gateway", &r.id, &r.tags, named(&r.id))));
     found.extend(s.security_groups.iter().filter_map(|r| check("security group", &r.id, &r.tags, named(&r.id))));
-    let endpoints = s.vpc_endpoints.iter().filter(|r| !going(&r.state));
+    let endpoints = s.vpc_endpoints.iter().filter(|r| !r.state.is_going());
     found.extend(endpoints.filter_map(|r| check("VPC endpoint", &r.id, &r.tags, named(&r.id))));
     found.extend(s.vpc_links.iter().filter_map(|r| check("VPC Link", &r.id, &r.tags, named(&r.id))));
-    let keys = s.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion"));
+    let keys = s.kms_keys.iter().filter(|k| !k.is_pending_deletion());
     found.extend(keys.filter_map(|k| check("KMS key", &k.key_id, &k.tags, key_in_status(&k.arn))));
     found
-}
-
-/// A NAT gateway or endpoint that is gone or going (AWS lists them for a while after).
-fn gone(state: &str) -> bool {
-    matches!(state, "deleted" | "failed" | "rejected" | "expired")
-}
-
-fn going(state: &str) -> bool {
-    state == "deleting" || gone(state)
 }
 
 /// A resource whose tags the operator owns, by API.
@@ -878,7 +870,7 @@ fn names_key(reported: &str, key: &KmsKey) -> bool {
 pub fn kept(observed: &Observed, dependants: &[Dependant]) -> Kept {
     let mut kept = Kept::default();
     for d in dependants {
-        for k in observed.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")) {
+        for k in observed.kms_keys.iter().filter(|k| !k.is_pending_deletion()) {
             if d.kms_key.as_deref().is_some_and(|r| names_key(r, k)) {
                 kept.add(&k.key_id, format!("KMS key {}", k.key_id), d);
             }
@@ -905,14 +897,14 @@ pub fn teardown(observed: &Observed, alias: &str, kept: &Kept) -> Teardown {
     };
     let name = |tags: &Tags| component(tags).unwrap_or_default().to_string();
 
-    if let Some(l) = observed.vpc_links.iter().find(|l| l.status != "DELETING") {
+    if let Some(l) = observed.vpc_links.iter().find(|l| l.status != VpcLinkStatus::Deleting) {
         return step(format!("deleting the VPC Link {}", l.id), &name(&l.tags), Deletion::VpcLink(l.id.clone()));
     }
-    if observed.vpc_links.iter().any(|l| l.status == "DELETING") {
+    if observed.vpc_links.iter().any(|l| l.status == VpcLinkStatus::Deleting) {
         return Teardown::Waiting("API Gateway is deleting the VPC Link".into());
     }
     let endpoints: Vec<String> =
-        observed.vpc_endpoints.iter().filter(|e| !going(&e.state)).map(|e| e.id.clone()).collect();
+        observed.vpc_endpoints.iter().filter(|e| !e.state.is_going()).map(|e| e.id.clone()).collect();
     if !endpoints.is_empty() {
         return step(
             format!("deleting the VPC endpoints {}", endpoints.join(", ")),
@@ -920,13 +912,13 @@ pub fn teardown(observed: &Observed, alias: &str, kept: &Kept) -> Teardown {
             Deletion::VpcEndpoints(endpoints),
         );
     }
-    if observed.vpc_endpoints.iter().any(|e| e.state == "deleting") {
+    if observed.vpc_endpoints.iter().any(|e| e.state.is_deleting()) {
         return Teardown::Waiting("EC2 is deleting the VPC endpoints".into());
     }
-    if let Some(n) = observed.nat_gateways.iter().find(|n| !going(&n.state)) {
+    if let Some(n) = observed.nat_gateways.iter().find(|n| !n.state.is_going()) {
         return step(format!("deleting NAT gateway {}", n.id), &name(&n.tags), Deletion::NatGateway(n.id.clone()));
     }
-    if let Some(n) = observed.nat_gateways.iter().find(|n| n.state == "deleting") {
+    if let Some(n) = observed.nat_gateways.iter().find(|n| n.state.is_deleting()) {
         return Teardown::Waiting(format!("EC2 is deleting NAT gateway {}", n.id));
     }
     if let Some(a) = observed.addresses.first() {
@@ -975,9 +967,7 @@ pub fn teardown(observed: &Observed, alias: &str, kept: &Kept) -> Teardown {
             return step(format!("deleting the KMS alias {alias}"), KMS, Deletion::Alias(a.name.clone()));
         }
     }
-    if let Some(k) =
-        observed.kms_keys.iter().find(|k| k.state.as_deref() != Some("PendingDeletion") && !kept.contains(&k.key_id))
-    {
+    if let Some(k) = observed.kms_keys.iter().find(|k| !k.is_pending_deletion() && !kept.contains(&k.key_id)) {
         return step(
             format!(
                 "scheduling the deletion of KMS key {} in {KEY_DELETION_WINDOW_DAYS} days, the shortest AWS allows",
@@ -1014,7 +1004,7 @@ pub fn status_of(plan: &NetworkPlan, observed: &Observed) -> StackStatus {
     let nat_gateway_ids = plan
         .nat_gateways
         .iter()
-        .filter_map(|n| pick(&observed.nat_gateways, &n.component, |x| &x.tags, |x| !going(&x.state), |x| &x.id))
+        .filter_map(|n| pick(&observed.nat_gateways, &n.component, |x| &x.tags, |x| !x.state.is_going(), |x| &x.id))
         .map(|n| n.id.clone())
         .collect();
     let route_table_ids = plan
@@ -1026,7 +1016,7 @@ pub fn status_of(plan: &NetworkPlan, observed: &Observed) -> StackStatus {
     let vpc_endpoint_ids = plan
         .endpoints
         .iter()
-        .filter_map(|e| pick(&observed.vpc_endpoints, &e.component, |x| &x.tags, |x| !going(&x.state), |x| &x.id))
+        .filter_map(|e| pick(&observed.vpc_endpoints, &e.component, |x| &x.tags, |x| !x.state.is_going(), |x| &x.id))
         .map(|e| e.id.clone())
         .collect();
     let group = |c: &str| {
@@ -1047,7 +1037,7 @@ pub fn status_of(plan: &NetworkPlan, observed: &Observed) -> StackStatus {
         vpc_endpoint_ids,
         app_security_group_id: group(SG_APP),
         vpc_link_id: plan.vpc_link.as_ref().and_then(|l| {
-            pick(&observed.vpc_links, &l.component, |x| &x.tags, |x| x.status != "DELETING", |x| &x.id)
+            pick(&observed.vpc_links, &l.component, |x| &x.tags, |x| x.status != VpcLinkStatus::Deleting, |x| &x.id)
                 .map(|l| l.id.clone())
         }),
         kms_key_arn: key.map(|k| k.arn.clone()),

@@ -339,8 +339,7 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
 /// What the teardown must leave for resources outside the stack (`plan::kept` says what and why).
 /// Asked of AWS only while the stack still has a key or a VPC to keep.
 async fn kept(ctx: &Context, network: &Network, observed: &Observed) -> Result<Kept> {
-    let keys: Vec<&KmsKey> =
-        observed.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")).collect();
+    let keys: Vec<&KmsKey> = observed.kms_keys.iter().filter(|k| !k.is_pending_deletion()).collect();
     let vpcs: Vec<&str> = observed.vpcs.iter().map(|v| v.id.as_str()).collect();
     if keys.is_empty() && vpcs.is_empty() {
         return Ok(Kept::default());

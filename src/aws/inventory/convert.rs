@@ -115,7 +115,7 @@ pub fn nat_gateway_of(n: &aws_sdk_ec2::types::NatGateway) -> Option<NatGateway> 
         id: n.nat_gateway_id()?.into(),
         vpc_id: n.vpc_id().unwrap_or_default().into(),
         subnet_id: n.subnet_id().unwrap_or_default().into(),
-        state: n.state().map(|s| s.as_str().to_ascii_lowercase()).unwrap_or_default(),
+        state: parse_state(n.state().map_or("", |s| s.as_str()), NatGatewayState::values()),
         allocation_ids: n.nat_gateway_addresses().iter().filter_map(|a| a.allocation_id().map(Into::into)).collect(),
         tags: Tags::from_ec2(n.tags()),
     })
@@ -138,7 +138,7 @@ pub fn vpc_endpoint_of(e: &aws_sdk_ec2::types::VpcEndpoint) -> Option<VpcEndpoin
         vpc_id: e.vpc_id().unwrap_or_default().into(),
         service: e.service_name().unwrap_or_default().into(),
         gateway: e.vpc_endpoint_type().is_some_and(|t| t.as_str().eq_ignore_ascii_case("gateway")),
-        state: e.state().map(|s| s.as_str().to_ascii_lowercase()).unwrap_or_default(),
+        state: parse_state(e.state().map_or("", |s| s.as_str()), EndpointState::values()),
         subnet_ids: e.subnet_ids().iter().cloned().collect(),
         route_table_ids: e.route_table_ids().iter().cloned().collect(),
         group_ids: e.groups().iter().filter_map(|g| g.group_id().map(Into::into)).collect(),
@@ -152,7 +152,7 @@ pub fn vpc_link_of(l: &aws_sdk_apigatewayv2::types::VpcLink) -> Option<VpcLink> 
         name: l.name().unwrap_or_default().into(),
         subnet_ids: l.subnet_ids().iter().cloned().collect(),
         group_ids: l.security_group_ids().iter().cloned().collect(),
-        status: l.vpc_link_status().map(|s| s.as_str().to_ascii_uppercase()).unwrap_or_default(),
+        status: parse_state(l.vpc_link_status().map_or("", |s| s.as_str()), VpcLinkStatus::values()),
         tags: l.tags().map(|t| t.iter().collect()).unwrap_or_default(),
     })
 }
@@ -182,7 +182,7 @@ pub fn observed_instance(i: &aws_sdk_rds::types::DbInstance) -> ObservedInstance
     ObservedInstance {
         identifier: i.db_instance_identifier().unwrap_or_default().to_string(),
         arn: i.db_instance_arn().map(str::to_string),
-        status: i.db_instance_status().unwrap_or_default().to_string(),
+        status: i.db_instance_status().unwrap_or_default().into(),
         endpoint: i.endpoint().and_then(|e| Some((e.address()?.to_string(), e.port().unwrap_or(POSTGRES_PORT)))),
         publicly_accessible: i.publicly_accessible().unwrap_or(false),
         storage_encrypted: i.storage_encrypted().unwrap_or(false),

@@ -266,8 +266,8 @@ pub(super) async fn details(clients: &Clients<'_>, vpcs: &[String], keys: &[Stri
                 out.map_err(|e| aws_error("kms:DescribeKey", clients.caller, e))
             })
             .await?;
-        let state = described.key_metadata().and_then(|m| m.key_state()).map(|s| s.as_str().to_string());
-        key_states.insert(key_id.clone(), state.unwrap_or_default());
+        let state = described.key_metadata().and_then(|m| m.key_state()).cloned();
+        key_states.insert(key_id.clone(), state);
     }
     details.key_states = key_states;
     Ok(details)

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use super::types::KeyState;
 use super::view::{Created, Kind, Listed, Recorded, Snapshot, change};
 use super::{CREATE_GRACE, FAILED_REFRESH_PAUSE, REFRESH_SPACING};
 use crate::error::{Error, Result};
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default)]
 pub(super) struct Details {
     pub vpc_dns: HashMap<String, (bool, bool)>,
-    pub key_states: HashMap<String, String>,
+    pub key_states: HashMap<String, Option<KeyState>>,
 }
 
 #[derive(Default)]
@@ -37,7 +38,7 @@ pub(super) struct State {
     pub(super) failed: Option<(Instant, Duration, Error)>,
     /// DNS attributes per VPC ID and key states per key ID, which the bulk lists do not carry.
     vpc_dns: HashMap<String, (Option<bool>, Option<bool>)>,
-    key_states: HashMap<String, String>,
+    key_states: HashMap<String, Option<KeyState>>,
 }
 
 impl State {
@@ -103,7 +104,7 @@ impl State {
                 entry.1 = hostnames.or(entry.1);
             }
             Recorded::KeyState { key_id, state } => {
-                self.key_states.insert(key_id.clone(), state.clone());
+                self.key_states.insert(key_id.clone(), Some(state.clone()));
             }
             _ => {}
         }
@@ -160,7 +161,7 @@ impl State {
             |v| dns_of(v).is_some_and(|known| known != (v.dns_support, v.dns_hostnames)),
             |v| (v.dns_support, v.dns_hostnames) = dns_of(v).unwrap_or((v.dns_support, v.dns_hostnames)),
         );
-        let state_of = |k: &super::types::KmsKey| states.get(&k.key_id).filter(|s| !s.is_empty()).cloned();
+        let state_of = |k: &super::types::KmsKey| states.get(&k.key_id).cloned().flatten();
         change(&mut self.snapshot.kms_keys, |k| k.state != state_of(k), |k| k.state = state_of(k));
     }
 

@@ -249,7 +249,7 @@ fn the_view_changes_as_the_records_say() {
         vpc_id: "vpc-1".into(),
         service: "com.amazonaws.us-east-1.s3".into(),
         gateway: true,
-        state: "available".into(),
+        state: EndpointState::Available,
         subnet_ids: BTreeSet::new(),
         route_table_ids: BTreeSet::from(["rtb-1".to_string()]),
         group_ids: BTreeSet::new(),
@@ -286,4 +286,28 @@ fn the_view_changes_as_the_records_say() {
     view.apply(&Recorded::Created(Created::Secret(secret)));
     view.apply(&Recorded::Deleted(Kind::Secrets, "arn:aws:secretsmanager:us-east-1:1:secret:s-abc".into()));
     assert!(view.secrets.is_empty());
+}
+
+#[test]
+fn states_are_parsed_whatever_their_case_and_new_ones_count_as_present() {
+    // EC2 answers VPC endpoint states in lowercase where the SDK's model has `Available`.
+    let endpoint: EndpointState = parse_state("available", EndpointState::values());
+    assert_eq!(endpoint, EndpointState::Available);
+    let gone: EndpointState = parse_state("deleted", EndpointState::values());
+    assert!(gone.is_gone() && gone.is_going());
+    let link: VpcLinkStatus = parse_state("deleting", VpcLinkStatus::values());
+    assert_eq!(link, VpcLinkStatus::Deleting);
+    // A state newer than the SDK is kept as it is worded, and holds what it sits in.
+    let new: NatGatewayState = parse_state("hibernating", NatGatewayState::values());
+    assert_eq!(new.as_str(), "hibernating");
+    assert!(!new.is_going());
+    let unknown_link = VpcLink {
+        id: "vl-1".into(),
+        name: "l".into(),
+        subnet_ids: BTreeSet::new(),
+        group_ids: BTreeSet::new(),
+        status: parse_state("", VpcLinkStatus::values()),
+        tags: Tags::new(),
+    };
+    assert!(unknown_link.is_alive());
 }

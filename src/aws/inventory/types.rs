@@ -3,6 +3,12 @@
 
 use std::collections::BTreeSet;
 
+pub use aws_sdk_apigatewayv2::types::VpcLinkStatus;
+pub use aws_sdk_ec2::types::NatGatewayState;
+/// A VPC endpoint's state (the SDK names it only `State`).
+pub use aws_sdk_ec2::types::State as EndpointState;
+pub use aws_sdk_kms::types::KeyState;
+
 use crate::aws::tags::Tags;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,8 +82,7 @@ pub struct NatGateway {
     pub id: String,
     pub vpc_id: String,
     pub subnet_id: String,
-    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`.
-    pub state: String,
+    pub state: NatGatewayState,
     pub allocation_ids: Vec<String>,
     pub tags: Tags,
 }
@@ -118,8 +123,7 @@ pub struct VpcEndpoint {
     pub vpc_id: String,
     pub service: String,
     pub gateway: bool,
-    /// Lowercase: `pending`, `available`, `deleting`, `deleted`, `failed`, ...
-    pub state: String,
+    pub state: EndpointState,
     pub subnet_ids: BTreeSet<String>,
     pub route_table_ids: BTreeSet<String>,
     pub group_ids: BTreeSet<String>,
@@ -132,8 +136,7 @@ pub struct VpcLink {
     pub name: String,
     pub subnet_ids: BTreeSet<String>,
     pub group_ids: BTreeSet<String>,
-    /// `PENDING`, `AVAILABLE`, `DELETING`, `FAILED`, `INACTIVE`.
-    pub status: String,
+    pub status: VpcLinkStatus,
     pub tags: Tags,
 }
 
@@ -141,9 +144,8 @@ pub struct VpcLink {
 pub struct KmsKey {
     pub key_id: String,
     pub arn: String,
-    /// `Enabled`, `PendingDeletion`, ...; asked once per key (DescribeKey), then kept up to date
-    /// from the operator's own changes.
-    pub state: Option<String>,
+    /// Asked once per key (DescribeKey), then kept up to date from the operator's own changes.
+    pub state: Option<KeyState>,
     pub tags: Tags,
 }
 
@@ -180,8 +182,7 @@ pub struct SecretInfo {
 pub struct ObservedInstance {
     pub identifier: String,
     pub arn: Option<String>,
-    /// `creating`, `available`, `modifying`, `backing-up`, `deleting`, ...
-    pub status: String,
+    pub status: DbInstanceStatus,
     pub endpoint: Option<(String, i32)>,
     pub publicly_accessible: bool,
     pub storage_encrypted: bool,
@@ -202,6 +203,63 @@ pub struct ObservedInstance {
     pub tags: Tags,
 }
 
+/// How far along RDS is with a DB instance: the phases the Database tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbPhase {
+    /// Usable, and changes can be made.
+    Available,
+    /// RDS is working on it (creating, modifying, backing up, ...): look again soon.
+    Busy,
+    /// Being deleted.
+    Deleting,
+    /// RDS cannot go on without a person (`failed`, `storage-full`, lost KMS access, ...).
+    Broken,
+}
+
+/// A DB instance's status: RDS words it as a string (the SDK has no enum for it), parsed once into
+/// the phase the Database acts on; the word is kept for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbInstanceStatus {
+    pub phase: DbPhase,
+    word: String,
+}
+
+impl From<&str> for DbInstanceStatus {
+    fn from(word: &str) -> Self {
+        let phase = match word {
+            "available" => DbPhase::Available,
+            "deleting" => DbPhase::Deleting,
+            "failed"
+            | "inaccessible-encryption-credentials"
+            | "inaccessible-encryption-credentials-recoverable"
+            | "incompatible-network"
+            | "incompatible-option-group"
+            | "incompatible-parameters"
+            | "incompatible-restore"
+            | "insufficient-capacity"
+            | "restore-error"
+            | "storage-full"
+            | "stopped" => DbPhase::Broken,
+            // Every other status, and one newer than this list, is RDS at work: look again soon.
+            _ => DbPhase::Busy,
+        };
+        DbInstanceStatus { phase, word: word.to_string() }
+    }
+}
+
+impl Default for DbInstanceStatus {
+    /// No status reported: RDS at work.
+    fn default() -> Self {
+        DbInstanceStatus::from("")
+    }
+}
+
+impl std::fmt::Display for DbInstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.word)
+    }
+}
+
 /// A security group as CreateSecurityGroup leaves it: no ingress, EC2's default egress to
 /// everywhere (IPv4).
 pub fn new_security_group(id: &str, vpc_id: &str, name: &str, tags: Tags) -> SecurityGroup {
@@ -214,4 +272,70 @@ pub fn new_security_group(id: &str, vpc_id: &str, name: &str, tags: Tags) -> Sec
         egress: BTreeSet::from([everywhere]),
         tags,
     }
+}
+
+/// Where an EC2 resource that is deleted asynchronously (a NAT gateway, a VPC endpoint) is in its
+/// life, as the plans read it.
+pub trait Lifecycle {
+    /// Gone for good: it no longer holds what it sat in, and another may take its place.
+    fn is_gone(&self) -> bool;
+    fn is_deleting(&self) -> bool;
+    /// Gone, or on its way.
+    fn is_going(&self) -> bool {
+        self.is_deleting() || self.is_gone()
+    }
+}
+
+impl Lifecycle for NatGatewayState {
+    fn is_gone(&self) -> bool {
+        match self {
+            Self::Deleted | Self::Failed => true,
+            Self::Available | Self::Deleting | Self::Pending => false,
+            // A state newer than the SDK counts as present: the plans then wait, never leak.
+            _ => false,
+        }
+    }
+    fn is_deleting(&self) -> bool {
+        *self == Self::Deleting
+    }
+}
+
+impl Lifecycle for EndpointState {
+    fn is_gone(&self) -> bool {
+        match self {
+            Self::Deleted | Self::Failed | Self::Rejected | Self::Expired => true,
+            Self::Available | Self::Deleting | Self::Partial | Self::Pending | Self::PendingAcceptance => false,
+            // A state newer than the SDK counts as present: the plans then wait, never leak.
+            _ => false,
+        }
+    }
+    fn is_deleting(&self) -> bool {
+        *self == Self::Deleting
+    }
+}
+
+impl VpcLink {
+    /// Neither being deleted nor unusable for good: the one to keep if it is the Stack's.
+    pub fn is_alive(&self) -> bool {
+        match self.status {
+            VpcLinkStatus::Deleting | VpcLinkStatus::Failed | VpcLinkStatus::Inactive => false,
+            VpcLinkStatus::Available | VpcLinkStatus::Pending => true,
+            // A status newer than the SDK counts as alive: the plans then wait, never leak.
+            _ => true,
+        }
+    }
+}
+
+impl KmsKey {
+    /// Scheduled for deletion: no longer usable, and nothing more to do to delete it.
+    pub fn is_pending_deletion(&self) -> bool {
+        self.state == Some(KeyState::PendingDeletion)
+    }
+}
+
+/// A state as AWS words it, parsed into the SDK's enum whatever its case: EC2 answers VPC endpoint
+/// states in lowercase (`available`) where the SDK's model has `Available`, so the SDK's own parse
+/// would make every one `Unknown` (aws/aws-sdk#360). A state the SDK does not know stays `Unknown`.
+pub fn parse_state<T: for<'a> From<&'a str>>(raw: &str, known: &[&str]) -> T {
+    T::from(known.iter().find(|k| k.eq_ignore_ascii_case(raw)).copied().unwrap_or(raw))
 }

@@ -241,7 +241,7 @@ pub enum Recorded {
     /// The DNS attributes of a VPC were set.
     VpcDns { vpc_id: String, support: Option<bool>, hostnames: Option<bool> },
     /// A key's state changed (created, scheduled for deletion).
-    KeyState { key_id: String, state: String },
+    KeyState { key_id: String, state: super::types::KeyState },
     /// An internet gateway was attached to (`attached`) or detached from a VPC.
     GatewayAttachment { gateway_id: String, vpc_id: String, attached: bool },
     /// A subnet was associated with a route table.

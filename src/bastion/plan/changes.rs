@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    DesiredInstance, Names, ObservedInstance, Placement, ROLE_POLICY_NAME, claimed_by_other, describe_rule,
-    desired_ingress, keeper, ours, replacement_reason,
+    DesiredInstance, InstanceStateName, Names, ObservedInstance, Placement, ROLE_POLICY_NAME, claimed_by_other,
+    describe_rule, desired_ingress, keeper, ours, replacement_reason,
 };
 use crate::api::{BastionAccess, BastionSpec, ChangeAction, PlannedChange};
 use crate::aws::inventory::{Rule, SecurityGroup};
@@ -286,7 +286,11 @@ pub fn teardown(uid: &str, o: &Observed) -> Teardown {
     if !live.is_empty() {
         changes.push(Change::Terminate { ids: live, reason: Termination::Deleting });
     }
-    let waiting = o.instances.iter().find(|i| i.state != "terminated").map(|i| format!("{} ({})", i.id, i.state));
+    let waiting = o
+        .instances
+        .iter()
+        .find(|i| i.state != InstanceStateName::Terminated)
+        .map(|i| format!("{} ({})", i.id, i.state));
     changes.extend(o.key_pairs.iter().filter(|k| ours(&k.tags, uid)).map(|k| Change::DeleteKeyPair(k.name.clone())));
     if let Some(group) = o.group.as_ref().filter(|g| ours(&g.tags, uid)) {
         changes.push(Change::DeleteSecurityGroup(group.id.clone()));

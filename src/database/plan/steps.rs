@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::{
     DesiredInstance, InstanceChanges, Names, ObservedInstance, Phase, Placement, claimed_by_other, describe_rule,
-    desired_ingress, ingress_changes, instance_changes, phase, placement_faults, same_key,
+    desired_ingress, ingress_changes, instance_changes, placement_faults, same_key,
 };
 use crate::api::{ChangeAction, DatabaseSpec, PlannedChange};
 use crate::aws::inventory::{Rule, SecretInfo, SecurityGroup};
@@ -247,7 +247,7 @@ fn new_instance(d: &Desired<'_>, v: &View, p: &mut Plan) -> Result<()> {
             "is encrypted with {with}, not the Stack's KMS key {key}: copy it with that key first (aws rds copy-db-snapshot --kms-key-id {key}) and name the copy"
         )));
     }
-    if found.status != "available" {
+    if !found.available {
         p.wait(
             "SnapshotNotAvailable",
             format!("waiting for the DB snapshot {snapshot} to be available (it is {})", found.status),
@@ -269,10 +269,10 @@ fn existing_instance(
     let name = &d.names.instance;
     claim("DB instance", name, &instance.tags, d.uid)?;
     let restored = instance.tags.get(PASSWORD_TAG) == Some(PASSWORD_FROM_SNAPSHOT);
-    match phase(&instance.status) {
+    match instance.status.phase {
         Phase::Available => {}
         Phase::Busy | Phase::Deleting => {
-            p.wait("InstanceNotAvailable", format!("RDS reports the DB instance {name} as {:?}", instance.status));
+            p.wait("InstanceNotAvailable", format!("RDS reports the DB instance {name} as \"{}\"", instance.status));
             // What follows a create or restore is listed, so that an approved plan covers it.
             if restored {
                 p.changes.push(Change::SetRestoredPassword);
@@ -283,7 +283,7 @@ fn existing_instance(
             return Ok(());
         }
         Phase::Broken => {
-            return Err(Error::DbInstanceUnhealthy { identifier: name.clone(), status: instance.status.clone() });
+            return Err(Error::DbInstanceUnhealthy { identifier: name.clone(), status: instance.status.to_string() });
         }
     }
     if restored {
@@ -332,7 +332,7 @@ pub fn guarded_plan(v: &View) -> Plan {
             p.changes.push(Change::RevokeIngress { rules: holes });
         }
     }
-    if let Some(instance) = v.instance.as_ref().filter(|i| phase(&i.status) == Phase::Available) {
+    if let Some(instance) = v.instance.as_ref().filter(|i| i.status.phase == Phase::Available) {
         let mut changes = InstanceChanges::default();
         if instance.publicly_accessible {
             changes.publicly_accessible = Some(false);
@@ -355,14 +355,14 @@ pub fn guarded_plan(v: &View) -> Plan {
 pub fn teardown(v: &View, final_snapshot: Option<&str>) -> Plan<Removal> {
     let mut p = Plan::default();
     if let Some(instance) = &v.instance {
-        match phase(&instance.status) {
+        match instance.status.phase {
             Phase::Deleting => {
                 p.wait("DeletingInstance", format!("RDS is deleting the DB instance {}", instance.identifier))
             }
             Phase::Busy => p.wait(
                 "DeletingInstance",
                 format!(
-                    "waiting for RDS to finish {:?} on {} before deleting it",
+                    "waiting for RDS to finish \"{}\" on {} before deleting it",
                     instance.status, instance.identifier
                 ),
             ),
@@ -371,7 +371,7 @@ pub fn teardown(v: &View, final_snapshot: Option<&str>) -> Plan<Removal> {
         if instance.deletion_protection {
             p.changes.push(Removal::LiftDeletionProtection);
         }
-        if phase(&instance.status) != Phase::Deleting {
+        if instance.status.phase != Phase::Deleting {
             p.changes.push(Removal::DeleteInstance { final_snapshot: final_snapshot.map(str::to_string) });
         }
     }

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use super::{Action, Change, Deletion, Diff, NetworkPlan, Observed, Previous, Tagged, diff};
 use crate::api::{ChangeAction, PlannedChange};
 use crate::aws::inventory::{
-    Address, Association, InternetGateway, KmsAlias, KmsKey, NatGateway, Route, RouteTable, RouteTarget, Subnet, Vpc,
-    VpcEndpoint, VpcLink, new_security_group,
+    Address, Association, EndpointState, InternetGateway, KeyState, KmsAlias, KmsKey, NatGateway, NatGatewayState,
+    Route, RouteTable, RouteTarget, Subnet, Vpc, VpcEndpoint, VpcLink, VpcLinkStatus, new_security_group,
 };
 
 /// Placeholder IDs of resources the projection creates start with this; no AWS ID does.
@@ -186,7 +186,7 @@ impl Observed {
                     id: new,
                     vpc_id: vpc_id.unwrap_or_default(),
                     subnet_id,
-                    state: "pending".into(),
+                    state: NatGatewayState::Pending,
                     allocation_ids: vec![allocation_id],
                     tags,
                 });
@@ -210,7 +210,7 @@ impl Observed {
                 vpc_id: e.vpc_id,
                 service: e.service,
                 gateway: e.gateway,
-                state: "pending".into(),
+                state: EndpointState::Pending,
                 subnet_ids: e.subnet_ids.into_iter().collect(),
                 route_table_ids: e.route_table_ids.into_iter().collect(),
                 group_ids: e.group_ids.into_iter().collect(),
@@ -232,11 +232,11 @@ impl Observed {
                 name,
                 subnet_ids: subnet_ids.into_iter().collect(),
                 group_ids: group_ids.into_iter().collect(),
-                status: "PENDING".into(),
+                status: VpcLinkStatus::Pending,
                 tags,
             }),
             Action::CreateKey { tags, .. } => {
-                self.kms_keys.push(KmsKey { key_id: new.clone(), arn: new, state: Some("Enabled".into()), tags })
+                self.kms_keys.push(KmsKey { key_id: new.clone(), arn: new, state: Some(KeyState::Enabled), tags })
             }
             Action::CreateAlias { alias, key_id } => {
                 self.alias = Some(KmsAlias { name: alias, target_key_id: Some(key_id) })
@@ -287,7 +287,7 @@ impl Observed {
             Deletion::Alias(_) => self.alias = None,
             Deletion::Key(id) => {
                 for k in self.kms_keys.iter_mut().filter(|k| k.key_id == id) {
-                    k.state = Some("PendingDeletion".into());
+                    k.state = Some(KeyState::PendingDeletion);
                 }
             }
         }

@@ -187,12 +187,12 @@ impl<'a> Differ<'a> {
                 &observed.nat_gateways,
                 &n.component,
                 |x| &x.tags,
-                |x| !going(&x.state) && in_vpc(&x.vpc_id),
+                |x| !x.state.is_going() && in_vpc(&x.vpc_id),
                 |x| &x.id,
             );
             match (nat, address, subnet_ids.get(n.subnet.as_str())) {
                 (Some(found), _, _) => {
-                    if found.state != "available" {
+                    if found.state != NatGatewayState::Available {
                         self.d.waiting.push(format!("{} ({}) is {}", n.component, found.id, found.state));
                     }
                     nat_ids.insert(&n.component, found.id.clone());
@@ -229,7 +229,7 @@ impl<'a> Differ<'a> {
         // Route tables, their routes and associations.
         let mut table_ids: Ids<'a> = BTreeMap::new();
         let gateway_endpoints: BTreeSet<&str> =
-            observed.vpc_endpoints.iter().filter(|e| e.gateway && !going(&e.state)).map(|e| e.id.as_str()).collect();
+            observed.vpc_endpoints.iter().filter(|e| e.gateway && !e.state.is_going()).map(|e| e.id.as_str()).collect();
         for t in &plan.route_tables {
             let Some(table) = pick(&observed.route_tables, &t.component, |x| &x.tags, |x| in_vpc(&x.vpc_id), |x| &x.id)
             else {
@@ -401,7 +401,7 @@ impl<'a> Differ<'a> {
                 &observed.vpc_endpoints,
                 &e.component,
                 |x| &x.tags,
-                |x| !going(&x.state) && in_vpc(&x.vpc_id),
+                |x| !x.state.is_going() && in_vpc(&x.vpc_id),
                 |x| &x.id,
             );
             let Some(found) = found else {
@@ -421,7 +421,7 @@ impl<'a> Differ<'a> {
                 );
                 continue;
             };
-            if found.state != "available" {
+            if found.state != EndpointState::Available {
                 self.d.waiting.push(format!("{} ({}) is {}", e.component, found.id, found.state));
             }
             let delta = |wanted: &[String], actual: &BTreeSet<String>| -> (Vec<String>, Vec<String>) {
@@ -465,7 +465,7 @@ impl<'a> Differ<'a> {
         if let Some(l) = &plan.vpc_link
             && let (Some(subnets), Some(groups)) = (ids_of(&l.subnets, subnet_ids), ids_of(&l.groups, group_ids))
         {
-            let alive = |x: &VpcLink| !matches!(x.status.as_str(), "DELETING" | "FAILED" | "INACTIVE");
+            let alive = |x: &VpcLink| x.is_alive();
             match pick(&observed.vpc_links, &l.component, |x| &x.tags, alive, |x| &x.id) {
                 None => self.change(
                     format!("the VPC Link {} does not exist", l.name),
@@ -489,7 +489,7 @@ impl<'a> Differ<'a> {
                             &l.component,
                             Action::Delete(Deletion::VpcLink(found.id.clone())),
                         );
-                    } else if found.status != "AVAILABLE" {
+                    } else if found.status != VpcLinkStatus::Available {
                         self.d.waiting.push(format!("the VPC Link {} is {}", found.id, found.status));
                     }
                     if let Some((what, action)) =
@@ -506,7 +506,7 @@ impl<'a> Differ<'a> {
     fn kms(&mut self) {
         let (plan, observed) = (self.plan, self.observed);
         let alias = plan.owner.kms_alias();
-        let usable = |k: &&KmsKey| k.state.as_deref() != Some("PendingDeletion");
+        let usable = |k: &&KmsKey| !k.is_pending_deletion();
         let key = match observed.alias.as_ref().and_then(|a| a.target_key_id.as_deref()) {
             Some(target) => match observed.kms_keys.iter().find(|k| k.key_id == target) {
                 Some(k) => Some(k),
@@ -539,7 +539,7 @@ impl<'a> Differ<'a> {
             }
         };
         if let Some(k) = key {
-            if k.state.as_deref() == Some("PendingDeletion") {
+            if k.is_pending_deletion() {
                 self.d.conflict = Some(Error::KmsKeyPendingDeletion { key_id: k.key_id.clone() });
             }
             if let Some((what, action)) = self.retag(KMS, Tagged::Key(k.key_id.clone()), &k.tags) {
@@ -561,16 +561,9 @@ impl<'a> Differ<'a> {
     fn extra_links_and_nat_gateways(&mut self, vpc_id: &str) {
         let (plan, observed) = (self.plan, self.observed);
         let link_plan = plan.vpc_link.as_ref().map(|l| l.component.as_str());
-        let live_links: Vec<&VpcLink> = observed.vpc_links.iter().filter(|l| l.status != "DELETING").collect();
-        let keep_link = link_plan.and_then(|c| {
-            pick(
-                &observed.vpc_links,
-                c,
-                |x| &x.tags,
-                |x| !matches!(x.status.as_str(), "DELETING" | "FAILED" | "INACTIVE"),
-                |x| &x.id,
-            )
-        });
+        let live_links: Vec<&VpcLink> =
+            observed.vpc_links.iter().filter(|l| l.status != VpcLinkStatus::Deleting).collect();
+        let keep_link = link_plan.and_then(|c| pick(&observed.vpc_links, c, |x| &x.tags, |x| x.is_alive(), |x| &x.id));
         for l in &live_links {
             if !(component(&l.tags).is_some() && keep_link.map(|k| k.id.as_str()) == Some(l.id.as_str())) {
                 self.delete(
@@ -580,18 +573,24 @@ impl<'a> Differ<'a> {
                 );
             }
         }
-        if observed.vpc_links.iter().any(|l| l.status == "DELETING") {
+        if observed.vpc_links.iter().any(|l| l.status == VpcLinkStatus::Deleting) {
             self.d.waiting.push("a VPC Link is being deleted".into());
         }
 
         let planned_nats: BTreeSet<&str> = plan.nat_gateways.iter().map(|n| n.component.as_str()).collect();
         let mut live_nat_addresses: BTreeSet<&str> = BTreeSet::new();
-        for n in observed.nat_gateways.iter().filter(|n| !gone(&n.state)) {
+        for n in observed.nat_gateways.iter().filter(|n| !n.state.is_gone()) {
             let c = component(&n.tags).unwrap_or_default();
             let keep = planned_nats.contains(c)
-                && pick(&observed.nat_gateways, c, |x| &x.tags, |x| !going(&x.state) && x.vpc_id == vpc_id, |x| &x.id)
-                    .is_some_and(|k| k.id == n.id);
-            if n.state == "deleting" {
+                && pick(
+                    &observed.nat_gateways,
+                    c,
+                    |x| &x.tags,
+                    |x| !x.state.is_going() && x.vpc_id == vpc_id,
+                    |x| &x.id,
+                )
+                .is_some_and(|k| k.id == n.id);
+            if n.state.is_deleting() {
                 self.d.waiting.push(format!("NAT gateway {} is being deleted", n.id));
                 live_nat_addresses.extend(n.allocation_ids.iter().map(String::as_str));
             } else if keep {
@@ -638,7 +637,8 @@ impl<'a> Differ<'a> {
             let what = if planned_tables.contains(c) { "a second table of the component" } else { "not in the plan" };
             let associations: Vec<&str> =
                 t.associations.iter().filter(|a| a.subnet_id.is_some()).map(|a| a.id.as_str()).collect();
-            let routed = observed.vpc_endpoints.iter().any(|e| !going(&e.state) && e.route_table_ids.contains(&t.id));
+            let routed =
+                observed.vpc_endpoints.iter().any(|e| !e.state.is_going() && e.route_table_ids.contains(&t.id));
             if !associations.is_empty() {
                 for a in associations {
                     let deletion = Deletion::Disassociate(a.to_string());
@@ -687,7 +687,7 @@ impl<'a> Differ<'a> {
         let surplus_endpoints: Vec<String> = observed
             .vpc_endpoints
             .iter()
-            .filter(|e| !going(&e.state))
+            .filter(|e| !e.state.is_going())
             .filter(|e| {
                 let c = component(&e.tags).unwrap_or_default();
                 !(planned_endpoints.contains(c)
@@ -695,7 +695,7 @@ impl<'a> Differ<'a> {
                         &observed.vpc_endpoints,
                         c,
                         |x| &x.tags,
-                        |x| !going(&x.state) && x.vpc_id == vpc_id,
+                        |x| !x.state.is_going() && x.vpc_id == vpc_id,
                         |x| &x.id,
                     )
                     .is_some_and(|k| k.id == e.id))
@@ -719,7 +719,7 @@ impl<'a> Differ<'a> {
         // A second KMS key (CreateKey has no idempotency token): scheduled for deletion once the
         // alias names the kept one.
         if let Some(target) = observed.alias.as_ref().and_then(|a| a.target_key_id.as_deref()) {
-            for k in observed.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")) {
+            for k in observed.kms_keys.iter().filter(|k| !k.is_pending_deletion()) {
                 if k.key_id != target {
                     self.delete(
                         format!("KMS key {} is a second key of the stack; the alias names {target}", k.key_id),
@@ -735,8 +735,8 @@ impl<'a> Differ<'a> {
             let used = observed.subnets.iter().any(|x| x.vpc_id == v.id)
                 || observed.route_tables.iter().any(|x| x.vpc_id == v.id)
                 || observed.security_groups.iter().any(|x| x.vpc_id == v.id)
-                || observed.nat_gateways.iter().any(|x| !gone(&x.state) && x.vpc_id == v.id)
-                || observed.vpc_endpoints.iter().any(|x| !gone(&x.state) && x.vpc_id == v.id)
+                || observed.nat_gateways.iter().any(|x| !x.state.is_gone() && x.vpc_id == v.id)
+                || observed.vpc_endpoints.iter().any(|x| !x.state.is_gone() && x.vpc_id == v.id)
                 || observed.internet_gateways.iter().any(|g| g.attached_vpcs.contains(&v.id));
             if used {
                 self.d.waiting.push(format!("VPC {} is a second VPC of the stack; what is in it goes first", v.id));

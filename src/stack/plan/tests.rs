@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::api::ChangeAction;
-use crate::aws::inventory::{Created, Kind, Recorded, Route, Snapshot, Table, new_security_group};
+use crate::aws::inventory::{Created, KeyState, Kind, Recorded, Route, Snapshot, Table, new_security_group};
 
 fn owner() -> Owner {
     Owner { namespace: "team-a".into(), name: "web".into(), uid: "uid-1".into() }
@@ -168,7 +168,7 @@ impl Account {
                 let a = o.addresses.iter_mut().find(|a| a.allocation_id == allocation_id).unwrap();
                 assert!(a.association_id.is_none(), "address in use");
                 a.association_id = Some(format!("assoc-{id}"));
-                let state = "available".into();
+                let state = NatGatewayState::Available;
                 let nat = NatGateway { id, vpc_id, subnet_id, state, allocation_ids: vec![allocation_id], tags };
                 vec![Recorded::Created(Created::NatGateway(nat))]
             }
@@ -193,7 +193,7 @@ impl Account {
                     vpc_id: e.vpc_id,
                     service: e.service,
                     gateway: e.gateway,
-                    state: "available".into(),
+                    state: EndpointState::Available,
                     subnet_ids: e.subnet_ids.into_iter().collect(),
                     route_table_ids: e.route_table_ids.into_iter().collect(),
                     group_ids: e.group_ids.into_iter().collect(),
@@ -219,14 +219,14 @@ impl Account {
                     name,
                     subnet_ids: subnet_ids.into_iter().collect(),
                     group_ids: group_ids.into_iter().collect(),
-                    status: "AVAILABLE".into(),
+                    status: VpcLinkStatus::Available,
                     tags,
                 }))]
             }
             Action::CreateKey { tags, .. } => {
                 let key_id = self.id("key");
                 let arn = format!("arn:aws:kms:us-east-1:111:key/{key_id}");
-                let state = Recorded::KeyState { key_id: key_id.clone(), state: "Enabled".into() };
+                let state = Recorded::KeyState { key_id: key_id.clone(), state: KeyState::Enabled };
                 vec![Recorded::Created(Created::KmsKey(KmsKey { key_id, arn, state: None, tags })), state]
             }
             Action::CreateAlias { alias, key_id } => vec![Recorded::Alias { name: alias, target_key_id: key_id }],
@@ -275,11 +275,14 @@ impl Account {
             }
             Deletion::SecurityGroup(id) => {
                 assert!(!o.vpc_links.iter().any(|l| l.group_ids.contains(&id)), "group in use by a VPC Link");
-                assert!(!o.vpc_endpoints.iter().any(|e| e.group_ids.contains(&id) && !gone(&e.state)), "group in use");
+                assert!(
+                    !o.vpc_endpoints.iter().any(|e| e.group_ids.contains(&id) && !e.state.is_gone()),
+                    "group in use"
+                );
                 vec![Recorded::Deleted(Kind::SecurityGroups, id)]
             }
             Deletion::Subnet(id) => {
-                assert!(!o.nat_gateways.iter().any(|n| n.subnet_id == id && !gone(&n.state)), "subnet in use");
+                assert!(!o.nat_gateways.iter().any(|n| n.subnet_id == id && !n.state.is_gone()), "subnet in use");
                 vec![Recorded::Deleted(Kind::Subnets, id)]
             }
             Deletion::Vpc(id) => {
@@ -290,7 +293,7 @@ impl Account {
                 assert_eq!(o.alias.as_ref().map(|a| a.name.clone()), Some(name.clone()));
                 vec![Recorded::Deleted(Kind::KmsAliases, name)]
             }
-            Deletion::Key(key_id) => vec![Recorded::KeyState { key_id, state: "PendingDeletion".into() }],
+            Deletion::Key(key_id) => vec![Recorded::KeyState { key_id, state: KeyState::PendingDeletion }],
         }
     }
 
@@ -599,7 +602,8 @@ fn spec_changes_converge_in_place() {
         serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"cidr": "10.20.0.0/16", "natGateways": "PerAz"}, "tags": {"team": "b", "cost": "1"}}),
     );
     account.converge(&per_az);
-    let live: Vec<&NatGateway> = account.observed.nat_gateways.iter().filter(|n| n.state == "available").collect();
+    let live: Vec<&NatGateway> =
+        account.observed.nat_gateways.iter().filter(|n| n.state == NatGatewayState::Available).collect();
     assert_eq!(live.len(), 2);
     assert_eq!(account.observed.vpcs[0].id, vpc, "the VPC stays");
     assert!(account.observed.subnets.iter().all(|s| &s.tags["team"] == "b" && &s.tags["cost"] == "1"));
@@ -608,7 +612,7 @@ fn spec_changes_converge_in_place() {
         serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"cidr": "10.20.0.0/16", "natGateways": "None", "vpcLink": false}}),
     );
     account.converge(&none);
-    assert!(account.observed.nat_gateways.iter().all(|n| n.state == "deleted"));
+    assert!(account.observed.nat_gateways.iter().all(|n| n.state == NatGatewayState::Deleted));
     assert!(account.observed.addresses.is_empty(), "Elastic IPs released");
     assert!(account.observed.vpc_links.is_empty());
     assert!(!account.observed.security_groups.iter().any(|g| &g.tags[COMPONENT_TAG] == SG_VPCLINK));
@@ -638,11 +642,11 @@ fn waiting_states_keep_the_stack_from_ready() {
     let plan = public_private();
     let mut account = Account::default();
     account.converge(&plan);
-    account.observed.nat_gateways[0].state = "pending".into();
+    account.observed.nat_gateways[0].state = NatGatewayState::Pending;
     let d = diff(&plan, &account.observed, &Previous::default());
     assert!(d.changes.is_empty());
     assert!(d.waiting[0].contains("pending"));
-    account.observed.nat_gateways[0].state = "deleting".into();
+    account.observed.nat_gateways[0].state = NatGatewayState::Deleting;
     assert_eq!(
         teardown(&account.observed, "a", &Kept::default()),
         Teardown::Step(Change {
@@ -675,8 +679,8 @@ fn only_the_owner_s_resources_are_observed() {
 
 /// Counts of what a converged account holds, per kind, for comparing two runs.
 fn counts(o: &Observed) -> [usize; 10] {
-    let live_nats = o.nat_gateways.iter().filter(|n| !gone(&n.state)).count();
-    let live_keys = o.kms_keys.iter().filter(|k| k.state.as_deref() != Some("PendingDeletion")).count();
+    let live_nats = o.nat_gateways.iter().filter(|n| !n.state.is_gone()).count();
+    let live_keys = o.kms_keys.iter().filter(|k| !k.is_pending_deletion()).count();
     [
         o.vpcs.len(),
         o.subnets.len(),
@@ -823,22 +827,22 @@ fn own_resources_other_stacks_and_resources_on_their_way_out_are_no_conflict() {
     let mine = [(OWNER_TAG, "Stack/team-a/web"), (OWNER_UID_TAG, "uid-1"), (COMPONENT_TAG, "vpc")];
     let other_name = [(OWNER_TAG, "Stack/team-a/api"), (OWNER_UID_TAG, "uid-9"), (COMPONENT_TAG, "vpc")];
     let other_ns = [(OWNER_TAG, "Stack/team-b/web"), (OWNER_UID_TAG, "uid-8"), (COMPONENT_TAG, "vpc")];
-    let key = |state: &str| {
+    let key = |state: KeyState| {
         Arc::new(KmsKey {
             key_id: "k-old".into(),
             arn: "arn:aws:kms:us-east-1:1:key/k-old".into(),
             tags: [(OWNER_TAG, "Stack/team-a/web"), (OWNER_UID_TAG, "uid-0"), (COMPONENT_TAG, KMS)].into(),
-            state: Some(state.into()),
+            state: Some(state),
         })
     };
     let snapshot = Snapshot {
         vpcs: Arc::new(vec![vpc("vpc-1", &mine), vpc("vpc-2", &other_name), vpc("vpc-3", &other_ns)]),
         // An earlier Stack of this name deleted with `Delete`: its key waits out its window.
-        kms_keys: Arc::new(vec![key("PendingDeletion")]),
+        kms_keys: Arc::new(vec![key(KeyState::PendingDeletion)]),
         ..Default::default()
     };
     assert_eq!(foreign(&snapshot, &owner, &StackStatus::default()), vec![]);
-    let retained = Snapshot { kms_keys: Arc::new(vec![key("Enabled")]), ..Default::default() };
+    let retained = Snapshot { kms_keys: Arc::new(vec![key(KeyState::Enabled)]), ..Default::default() };
     assert_eq!(foreign(&retained, &owner, &StackStatus::default()).len(), 1, "a retained key is a conflict");
 }
 
@@ -890,7 +894,7 @@ fn teardown_keeps_what_a_retained_instance_and_a_snapshot_need_and_deletes_the_r
     assert_eq!(o.security_groups.iter().map(|g| g.id.clone()).collect::<Vec<_>>(), [app]);
     assert_eq!(o.kms_keys[0].state, key.state, "the key is not scheduled for deletion");
     assert!(o.route_tables.is_empty() && o.internet_gateways.is_empty() && o.addresses.is_empty());
-    assert!(o.nat_gateways.iter().all(|n| gone(&n.state)) && o.vpc_links.is_empty() && o.alias.is_none());
+    assert!(o.nat_gateways.iter().all(|n| n.state.is_gone()) && o.vpc_links.is_empty() && o.alias.is_none());
 
     // Only a snapshot: the key stays, the whole network goes.
     let mut account = Account::default();

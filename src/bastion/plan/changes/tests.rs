@@ -85,14 +85,14 @@ fn converged(names: &Names) -> Observed {
         generated_key: Some(PUBLIC_KEY.into()),
         instances: vec![ObservedInstance {
             id: "i-1".into(),
-            state: "running".into(),
+            state: InstanceStateName::Running,
             subnet_id: Some("subnet-pub-b".into()),
             public_ip: Some("198.51.100.7".into()),
             key_name: Some(key_pair),
             instance_type: "t3.micro".into(),
             security_groups: BTreeSet::from(["sg-1".to_string()]),
             profile_arn: Some(format!("arn:aws:iam::1:instance-profile/tinystacks/{}", names.base)),
-            ..Default::default()
+            ..ObservedInstance::launched("i-1".into())
         }],
     }
 }
@@ -200,7 +200,7 @@ fn instances_are_launched_replaced_and_deduplicated() {
     let key_name = Some(names.key_pair(PUBLIC_KEY));
     // Terminated behind the operator's back: a new one.
     let mut gone = converged(&names);
-    gone.instances[0].state = "terminated".into();
+    gone.instances[0].state = InstanceStateName::Terminated;
     assert_eq!(plan(&d, &gone).unwrap().changes, [Change::Launch { key_name: key_name.clone() }]);
     // Another type asked for: terminate, then launch.
     let bigger =
@@ -228,7 +228,7 @@ fn past_the_ttl_only_the_instances_are_terminated_then_nothing() {
     assert_eq!(expired.expired, Some(at));
     assert_eq!(expired.changes, [Change::Terminate { ids: vec!["i-1".into()], reason: Termination::Expired(at) }]);
     assert!(expired.changes[0].planned(&names, &spec, None, &drifted).detail.contains("the ttl ended"));
-    drifted.instances[0].state = "shutting-down".into();
+    drifted.instances[0].state = InstanceStateName::ShuttingDown;
     assert_eq!(plan(&d, &drifted).unwrap(), Plan { changes: vec![], expired: Some(at) });
     // Before expiry the TTL changes nothing.
     let later = Desired { expires: Some(t("2026-01-01T08:00:00Z")), ..d };
@@ -282,11 +282,11 @@ fn deletion_goes_instance_first_then_key_pairs_group_profile_role() {
         ]
     );
     assert_eq!(order.waiting.as_deref(), Some("i-1 (running)"));
-    o.instances[0].state = "shutting-down".into();
+    o.instances[0].state = InstanceStateName::ShuttingDown;
     let order = teardown(UID, &o);
     assert_eq!(order.changes[0], Change::DeleteKeyPair(names.key_pair(PUBLIC_KEY)));
     assert_eq!(order.waiting.as_deref(), Some("i-1 (shutting-down)"), "nothing else goes before it is terminated");
-    o.instances[0].state = "terminated".into();
+    o.instances[0].state = InstanceStateName::Terminated;
     assert_eq!(teardown(UID, &o).waiting, None);
     assert_eq!(teardown(UID, &Observed::default()), Teardown::default());
 }

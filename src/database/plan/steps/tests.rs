@@ -242,6 +242,7 @@ fn a_restore_is_judged_before_anything_is_made() {
     assert!(matches!(plan_of(&restore, &View::default()), Err(Error::RestoreSnapshotUnusable { .. })));
     let mut view = View {
         restore_snapshot: Some(SnapshotInfo {
+            available: false,
             status: "creating".into(),
             engine: "postgres".into(),
             encrypted: true,
