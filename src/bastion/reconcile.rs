@@ -533,3 +533,17 @@ async fn teardown(mut applier: Applier<'_>, vpc_id: Option<&str>) -> Result<Clea
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bastion_without_a_uid_has_no_names_rather_than_names_ending_in_nothing() {
+        let spec = serde_json::from_value(serde_json::json!({"stackRef": {"name": "web"}})).unwrap();
+        let mut bastion = Bastion::new("jump", spec);
+        assert!(matches!(names(&bastion), Err(Error::OwnerUidMissing { .. })));
+        bastion.metadata.uid = Some("0f2a-uid".into());
+        assert!(names(&bastion).is_ok());
+    }
+}

@@ -486,3 +486,17 @@ fn log_change(db: &Database, reason: &str, note: &str) {
     let (namespace, name) = (db.namespace().unwrap_or_default(), db.name_any());
     info!(kind = "Database", %namespace, %name, reason, %note, "change made");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_without_a_uid_has_no_names_rather_than_names_ending_in_nothing() {
+        let spec = serde_json::from_value(serde_json::json!({"stackRef": {"name": "web"}})).unwrap();
+        let mut db = Database::new("orders", spec);
+        assert!(matches!(names(&db), Err(Error::OwnerUidMissing { .. })));
+        db.metadata.uid = Some("0f2a-uid".into());
+        assert!(names(&db).is_ok());
+    }
+}

@@ -377,3 +377,17 @@ fn merged(mut observed: StackStatus, previous: &StackStatus) -> StackStatus {
     }
     observed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stack_without_a_uid_owns_nothing_rather_than_what_carries_an_empty_one() {
+        let spec = serde_json::from_value(serde_json::json!({"accountLinkRef": {"name": "l"}})).unwrap();
+        let mut stack = Stack::new("web", spec);
+        assert!(matches!(owner(&stack), Err(Error::OwnerUidMissing { .. })));
+        stack.metadata.uid = Some("uid-1".into());
+        assert_eq!(owner(&stack).unwrap().uid, "uid-1");
+    }
+}
