@@ -241,8 +241,14 @@ impl Applier<'_> {
                 (EventType::Warning, "DriftRepaired", format!("terminated extra instances {list}"))
             }
             Termination::Replace(why) => {
-                let type_ = if self.spec_changed { EventType::Normal } else { EventType::Warning };
-                (type_, "ReplacingInstance", format!("terminated instance {list} to replace it: {why}"))
+                let note = format!("terminated instance {list} to replace it: {why}");
+                // Without a spec change the instance drifted (stopped, moved, regrouped by hand):
+                // a repair, named as every kind names one.
+                if self.spec_changed {
+                    (EventType::Normal, "ReplacingInstance", note)
+                } else {
+                    (EventType::Warning, "DriftRepaired", note)
+                }
             }
             Termination::Deleting => (EventType::Normal, "TerminatingInstance", format!("terminating instance {list}")),
         };
