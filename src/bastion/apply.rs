@@ -183,8 +183,12 @@ impl Applier<'_> {
                 let group = self.group_id()?;
                 self.aws.groups().authorize_ingress(&group, rules).await?;
                 let what: Vec<String> = rules.iter().map(plan::describe_rule).collect();
-                self.event(EventType::Normal, "AuthorizedSecurityGroupRule", format!("allowed on {group}: {}", what.join(", ")))
-                    .await;
+                self.event(
+                    EventType::Normal,
+                    "AuthorizedSecurityGroupRule",
+                    format!("allowed on {group}: {}", what.join(", ")),
+                )
+                .await;
                 if let Some(g) = self.observed.group.as_mut() {
                     g.ingress.extend(rules.iter().cloned());
                 }
