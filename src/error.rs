@@ -103,6 +103,22 @@ pub enum Error {
     )]
     AssumeRoleDenied { role_arn: String, principal: String, detail: String, config_map: String },
 
+    #[error(
+        "AwsAccountLink {link:?} has no verified role yet (its status names none); the operator retries, and the link's own conditions say what it waits for"
+    )]
+    AccountLinkNotVerified { link: String },
+
+    #[error(
+        "region {region} offers {count} available availability zones ({zones}); a Stack needs three: the operator looks again at the resync period (a zone may be impaired), or use a link or spec.region with three zones"
+    )]
+    TooFewZones { region: String, count: usize, zones: String },
+
+    #[error("the operator's own AWS identity cannot be used: {detail}")]
+    OperatorIdentityUnusable { detail: String },
+
+    #[error("the operator failed on its own, not because of the spec or AWS: {detail}; report this as a bug")]
+    OperatorFault { detail: String },
+
     #[error("waiting for the role {role_arn}: {detail}")]
     WaitingForRole { role_arn: String, detail: String },
 
@@ -180,6 +196,8 @@ impl Error {
             | Error::AwsUnavailable { .. }
             | Error::AwsRequestFailed { .. }
             | Error::WaitingForRole { .. }
+            // The link controller writes the role into the link's status; a Stack is woken when it does.
+            | Error::AccountLinkNotVerified { .. }
             // The operator's own fault (an object not read from the API server): no spec edit helps.
             | Error::OwnerUidMissing { .. } => ErrorKind::Transient,
             Error::AccessDenied { .. } | Error::AwsCredentialsRejected { .. } => ErrorKind::Permission,
@@ -197,6 +215,12 @@ impl Error {
             | Error::SecretUnusable { .. }
             | Error::KmsKeyPendingDeletion { .. }
             | Error::SshKeySecretUnusable { .. }
+            // Neither the object's spec nor a retry soon helps: AWS's zones, the operator's
+            // deployment (its identity, its code) are fixed elsewhere; looked at again at the
+            // resync period.
+            | Error::TooFewZones { .. }
+            | Error::OperatorIdentityUnusable { .. }
+            | Error::OperatorFault { .. }
             // A link change wakes Stacks at once, but not their Databases and Bastions: they look
             // again at the resync period.
             | Error::AccountLinkNoLongerAllows { .. } => ErrorKind::External,
@@ -229,6 +253,10 @@ impl Error {
             Error::CloudFormationStackFailed { .. } => "CloudFormationStackFailed",
             Error::AssumeRoleDenied { .. } => "AssumeRoleDenied",
             Error::WaitingForRole { .. } => "WaitingForRole",
+            Error::AccountLinkNotVerified { .. } => "AccountLinkNotVerified",
+            Error::TooFewZones { .. } => "TooFewZones",
+            Error::OperatorIdentityUnusable { .. } => "OperatorIdentityUnusable",
+            Error::OperatorFault { .. } => "OperatorFault",
             Error::NameTaken { .. } => "NameTaken",
             // The reason the Secrets' ownership checks use too: one word for "not this object's".
             Error::OwnershipTagsDisagree { .. } => "OwnershipConflict",
@@ -291,6 +319,25 @@ mod tests {
         assert!(e.to_string().ends_with("for postgres; set spec.engineVersion to a version RDS offers"), "{e}");
         let wide = Error::AllowedCidrsTooWide { admitted: "512 IPv4 addresses".into(), limit: "256".into() };
         assert_eq!((wide.kind(), wide.reason()), (ErrorKind::User, "AllowedCidrsTooWide"));
+    }
+
+    #[test]
+    fn faults_of_aws_or_the_operator_never_stall_as_a_spec_error() {
+        let cases = [
+            (Error::AccountLinkNotVerified { link: "l".into() }, ErrorKind::Transient, "AccountLinkNotVerified"),
+            (
+                Error::TooFewZones { region: "r".into(), count: 2, zones: "a, b".into() },
+                ErrorKind::External,
+                "TooFewZones",
+            ),
+            (Error::OperatorIdentityUnusable { detail: "d".into() }, ErrorKind::External, "OperatorIdentityUnusable"),
+            (Error::OperatorFault { detail: "d".into() }, ErrorKind::External, "OperatorFault"),
+            (Error::OwnerUidMissing { object: "n/o".into() }, ErrorKind::Transient, "OwnerUidMissing"),
+        ];
+        for (e, kind, reason) in cases {
+            assert_eq!((e.kind(), e.reason()), (kind, reason), "{e}");
+            assert_ne!(e.kind(), ErrorKind::User, "{e}");
+        }
     }
 
     #[test]

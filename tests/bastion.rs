@@ -957,7 +957,7 @@ async fn an_observe_only_bastion_reports_a_rule_opened_by_hand_and_changes_nothi
 
     world.delete("jump").await;
     world.wait_gone("jump").await;
-    let note = world.wait_event("Normal", "LeftInAws", &group).await;
+    let note = world.wait_event("Normal", "Retained", &group).await;
     assert!(note.contains("ec2:Instance") && note.contains("iam:Role"), "{note}");
     assert_eq!(proxy.mutations(), before, "deleting an ObserveOnly Bastion made an AWS mutation");
     let (instances, _, groups, roles, _) = world.leftovers().await;

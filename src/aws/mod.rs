@@ -157,7 +157,7 @@ impl Aws {
                     .await
                     .map_err(|e| aws_error("sts:GetCallerIdentity", &Caller::Operator, e))?;
                 let arn = identity.arn().unwrap_or_default();
-                identity::principal_from_caller_arn(arn).map_err(Error::InvalidSpec)
+                identity::principal_from_caller_arn(arn).map_err(|detail| Error::OperatorIdentityUnusable { detail })
             })
             .await
             .cloned()
@@ -223,12 +223,8 @@ impl Aws {
     /// Configuration for a Stack (or anything else) that acts through `link` in `region`. The link
     /// must have been verified: its status names the role and the external ID.
     pub async fn for_link(&self, link: &AwsAccountLink, region: &str) -> Result<SdkConfig> {
-        let role = link_role(link).ok_or_else(|| {
-            Error::InvalidSpec(format!(
-                "AwsAccountLink {:?} has no verified role yet",
-                link.metadata.name.as_deref().unwrap_or_default()
-            ))
-        })?;
+        let role = link_role(link)
+            .ok_or_else(|| Error::AccountLinkNotVerified { link: link.metadata.name.clone().unwrap_or_default() })?;
         self.role_config(&role, region).await
     }
 

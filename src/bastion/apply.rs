@@ -21,6 +21,7 @@ use super::plan::{
 };
 use crate::api::{Bastion, BastionAccess};
 use crate::aws::inventory::new_security_group;
+use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
 use crate::runtime::context::{Context, FIELD_MANAGER};
 use crate::runtime::owned_secrets::{Created, OwnedSecrets};
@@ -43,7 +44,7 @@ pub async fn observe(
     vpc: Option<&str>,
     full: bool,
 ) -> Result<Observed> {
-    let uid = bastion.uid().unwrap_or_default();
+    let uid = owner_uid(bastion)?;
     let mut observed = Observed { instances: aws.instances(&uid).await?, ..Default::default() };
     if let Some(vpc) = vpc {
         observed.group = aws.groups().find(vpc, &names.base).await?;
@@ -170,7 +171,7 @@ impl Applier<'_> {
                 let what: Vec<String> = rules.iter().map(plan::describe_rule).collect();
                 let note = format!("revoked ingress on the bastion's security group {group}: {}", what.join(", "));
                 if self.spec_changed {
-                    self.event(EventType::Normal, "RevokedIngress", note).await;
+                    self.event(EventType::Normal, "RevokedSecurityGroupRule", note).await;
                 } else {
                     self.event(EventType::Warning, "DriftRepaired", note).await;
                 }
@@ -182,8 +183,12 @@ impl Applier<'_> {
                 let group = self.group_id()?;
                 self.aws.groups().authorize_ingress(&group, rules).await?;
                 let what: Vec<String> = rules.iter().map(plan::describe_rule).collect();
-                self.event(EventType::Normal, "AuthorizedIngress", format!("allowed on {group}: {}", what.join(", ")))
-                    .await;
+                self.event(
+                    EventType::Normal,
+                    "AuthorizedSecurityGroupRule",
+                    format!("allowed on {group}: {}", what.join(", ")),
+                )
+                .await;
                 if let Some(g) = self.observed.group.as_mut() {
                     g.ingress.extend(rules.iter().cloned());
                 }
@@ -240,8 +245,14 @@ impl Applier<'_> {
                 (EventType::Warning, "DriftRepaired", format!("terminated extra instances {list}"))
             }
             Termination::Replace(why) => {
-                let type_ = if self.spec_changed { EventType::Normal } else { EventType::Warning };
-                (type_, "ReplacingInstance", format!("terminated instance {list} to replace it: {why}"))
+                let note = format!("terminated instance {list} to replace it: {why}");
+                // Without a spec change the instance drifted (stopped, moved, regrouped by hand):
+                // a repair, named as every kind names one.
+                if self.spec_changed {
+                    (EventType::Normal, "ReplacingInstance", note)
+                } else {
+                    (EventType::Warning, "DriftRepaired", note)
+                }
             }
             Termination::Deleting => (EventType::Normal, "TerminatingInstance", format!("terminating instance {list}")),
         };

@@ -20,6 +20,7 @@ use super::plan::{self, Change, Desired, Names, NoPlacement, Placement};
 use crate::account_link::template::bastion_boundary_policy_name;
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{AwsAccountLink, Bastion, BastionAccess, BastionStatus, Database, Management, Permissions, Stack};
+use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
 use crate::runtime::context::Context;
@@ -65,8 +66,8 @@ impl Managed for Bastion {
             LinkFor::Usable(link) => link,
         };
         let aws = connect(ctx, &stack, &link).await?;
-        let names = names(self);
-        let uid = self.uid().unwrap_or_default();
+        let names = names(self)?;
+        let uid = owner_uid(self)?;
         let tags = plan::tags(&namespace, &self.name_any(), &uid, &names.display, &stack.spec.tags);
         let vpc = placement.vpc_id.clone();
         let observed = observe(&aws, self, ctx, &names, Some(&vpc), true).await?;
@@ -90,7 +91,7 @@ impl Managed for Bastion {
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
         let namespace = self.namespace().unwrap_or_default();
         let reference = self.object_ref(&());
-        let names = names(self);
+        let names = names(self)?;
         let stacks = Api::<Stack>::namespaced(ctx.client.clone(), &namespace);
         let Some(stack) = stacks.get_opt(&self.spec.stack_ref.name).await? else {
             // Stacks wait for their Bastions, so this takes a Stack removed by force.
@@ -117,7 +118,7 @@ impl Managed for Bastion {
             ctx,
             aws,
             names,
-            uid: self.uid().unwrap_or_default(),
+            uid: owner_uid(self)?,
             tags: Vec::new(),
             boundary: None,
             placement: None,
@@ -129,9 +130,9 @@ impl Managed for Bastion {
     }
 }
 
-fn names(bastion: &Bastion) -> Names {
+fn names(bastion: &Bastion) -> Result<Names> {
     let namespace = bastion.namespace().unwrap_or_default();
-    Names::new(&namespace, &bastion.spec.stack_ref.name, &bastion.name_any(), &bastion.uid().unwrap_or_default())
+    Ok(Names::new(&namespace, &bastion.spec.stack_ref.name, &bastion.name_any(), &owner_uid(bastion)?))
 }
 
 fn waiting(status: BastionStatus, message: String) -> Step<BastionStatus> {
@@ -159,7 +160,7 @@ async fn guarded_wait(
         Err(error) => return Err(error),
     };
     let aws = connect(ctx, stack, &link).await?;
-    let names = names(bastion);
+    let names = names(bastion)?;
     let now = Timestamp::now();
     // Only a period already recorded can end: one not started yet has no instance to stop.
     let recorded = bastion.annotations().get(plan::PERIOD_ANNOTATION).map(String::as_str);
@@ -181,7 +182,7 @@ async fn guarded_wait(
     };
     let mut step = waiting(status, message);
     step.status.expires_at = expires.map(Time);
-    let uid = bastion.uid().unwrap_or_default();
+    let uid = owner_uid(bastion)?;
     let mut applier = Applier {
         bastion,
         ctx,
@@ -309,7 +310,7 @@ async fn connect<'a>(ctx: &'a Context, stack: &Stack, link: &AwsAccountLink) -> 
 /// Deletes the generated key's Secret if it is this Bastion's: the garbage collector would too,
 /// but only after the Bastion is gone, and a private key should not outlive its use.
 async fn forget_key_secret(bastion: &Bastion, ctx: &Context) -> Result<bool> {
-    OwnedSecrets::new(ctx.client.clone(), bastion).delete_if_ours(&names(bastion).key_secret).await
+    OwnedSecrets::new(ctx.client.clone(), bastion).delete_if_ours(&names(bastion)?.key_secret).await
 }
 
 /// One pass towards the spec: observe, plan, gate, apply one change, plan again from its
@@ -510,7 +511,7 @@ async fn teardown(mut applier: Applier<'_>, vpc_id: Option<&str>) -> Result<Clea
                 .map(|c| format!("{} {}", c.resource, c.id.unwrap_or(c.detail)))
                 .collect();
             let note = format!("management is ObserveOnly: left in AWS {}", left.join(", "));
-            applier.event(EventType::Normal, "LeftInAws", note).await;
+            applier.event(EventType::Normal, "Retained", note).await;
         }
         forget_key_secret(bastion, ctx).await?;
         return Ok(Cleanup::Done);
@@ -531,4 +532,18 @@ async fn teardown(mut applier: Applier<'_>, vpc_id: Option<&str>) -> Result<Clea
             Cleanup::Pending { reason: "Deleting", message, requeue_after: Duration::ZERO }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bastion_without_a_uid_has_no_names_rather_than_names_ending_in_nothing() {
+        let spec = serde_json::from_value(serde_json::json!({"stackRef": {"name": "web"}})).unwrap();
+        let mut bastion = Bastion::new("jump", spec);
+        assert!(matches!(names(&bastion), Err(Error::OwnerUidMissing { .. })));
+        bastion.metadata.uid = Some("0f2a-uid".into());
+        assert!(names(&bastion).is_ok());
+    }
 }

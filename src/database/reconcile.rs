@@ -21,6 +21,7 @@ use crate::api::{
     PlannedChange, Stack,
 };
 use crate::aws::inventory::{Recorded, Rule, Scope, SecurityGroup};
+use crate::aws::ownership::owner_uid;
 use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
@@ -73,7 +74,7 @@ impl Managed for Database {
         let started = Instant::now();
         let mut status = status;
         loop {
-            let step = Converge::new(self, ctx, &stack, placement.clone(), &aws, status).run().await?;
+            let step = Converge::new(self, ctx, &stack, placement.clone(), &aws, status)?.run().await?;
             if step.requeue_after != Some(Duration::ZERO) || started.elapsed() >= PASS_TIME {
                 return Ok(step);
             }
@@ -84,7 +85,7 @@ impl Managed for Database {
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
         let namespace = self.namespace().unwrap_or_default();
         let reference = self.object_ref(&());
-        let names = names(self);
+        let names = names(self)?;
         if self.spec.management == Management::ObserveOnly {
             let note = format!(
                 "management ObserveOnly: left the DB instance {}, its subnet group and security group, and the secret {} in AWS",
@@ -124,14 +125,15 @@ impl Managed for Database {
         };
         let aws = connect(ctx, &stack, &link).await?;
         let vpc_id = stack.status.as_ref().and_then(|s| s.vpc_id.clone());
-        Teardown { db: self, ctx, aws, names, vpc_id }.run().await
+        let uid = owner_uid(self)?;
+        Teardown { db: self, ctx, aws, names, uid, vpc_id }.run().await
     }
 }
 
 /// The Database's names, from its namespace, Stack, name and UID.
-fn names(db: &Database) -> Names {
+fn names(db: &Database) -> Result<Names> {
     let namespace = db.namespace().unwrap_or_default();
-    Names::new(&namespace, &db.spec.stack_ref.name, &db.name_any(), &db.uid().unwrap_or_default(), &db.spec)
+    Ok(Names::new(&namespace, &db.spec.stack_ref.name, &db.name_any(), &owner_uid(db)?, &db.spec))
 }
 
 fn waiting(status: DatabaseStatus, message: String) -> Step<DatabaseStatus> {
@@ -159,8 +161,8 @@ async fn guarded_wait(
         Err(error) => return Err(error),
     };
     let aws = connect(ctx, stack, &link).await?;
-    let names = names(db);
-    let uid = db.uid().unwrap_or_default();
+    let names = names(db)?;
+    let uid = owner_uid(db)?;
     let ours = |tags: &Tags| plan::claimed_by_other(tags, &uid).is_none();
     let snapshot = aws.snapshot().await?;
     let view = View {
@@ -260,7 +262,7 @@ async fn revoke_ingress(
     if !stale.is_empty() {
         let what: Vec<String> = stale.iter().map(|r| plan::describe_rule(r)).collect();
         let note = format!("revoked ingress no longer wanted on {group_id}: {}", what.join(", "));
-        event(db, ctx, EventType::Normal, "RevokedIngress", note).await;
+        event(db, ctx, EventType::Normal, "RevokedSecurityGroupRule", note).await;
     }
     Ok(())
 }
@@ -307,10 +309,11 @@ impl<'a> Converge<'a> {
         placement: Placement,
         aws: &'a DatabaseAws<'a>,
         mut status: DatabaseStatus,
-    ) -> Self {
+    ) -> Result<Self> {
         let namespace = db.namespace().unwrap_or_default();
-        let names = names(db);
-        let mut tags = plan::tags(&namespace, &db.name_any(), &db.uid().unwrap_or_default(), &names.display);
+        let names = names(db)?;
+        let uid = owner_uid(db)?;
+        let mut tags = plan::tags(&namespace, &db.name_any(), &uid, &names.display);
         // The Stack's extra tags go on everything of the stack; the operator's own keys win.
         for (k, v) in &stack.spec.tags {
             if !tags.iter().any(|(key, _)| key == k) {
@@ -318,7 +321,7 @@ impl<'a> Converge<'a> {
             }
         }
         status.db_instance_identifier = Some(names.instance.clone());
-        Self { db, ctx, stack, placement, aws, uid: db.uid().unwrap_or_default(), names, tags, status }
+        Ok(Self { db, ctx, stack, placement, aws, uid, names, tags, status })
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
@@ -482,4 +485,18 @@ async fn bastion_groups(ctx: &Context, db: &Database, stack: &str) -> Result<BTr
 fn log_change(db: &Database, reason: &str, note: &str) {
     let (namespace, name) = (db.namespace().unwrap_or_default(), db.name_any());
     info!(kind = "Database", %namespace, %name, reason, %note, "change made");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_without_a_uid_has_no_names_rather_than_names_ending_in_nothing() {
+        let spec = serde_json::from_value(serde_json::json!({"stackRef": {"name": "web"}})).unwrap();
+        let mut db = Database::new("orders", spec);
+        assert!(matches!(names(&db), Err(Error::OwnerUidMissing { .. })));
+        db.metadata.uid = Some("0f2a-uid".into());
+        assert!(names(&db).is_ok());
+    }
 }

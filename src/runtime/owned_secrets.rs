@@ -9,6 +9,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::{Resource, ResourceExt};
 
 use super::context::FIELD_MANAGER;
+use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
 
 /// The label on every Secret the operator writes (its watches select on it).
@@ -38,8 +39,9 @@ where
         Self { api: Api::namespaced(client, &namespace), owner }
     }
 
-    fn uid(&self) -> String {
-        self.owner.uid().unwrap_or_default()
+    /// Never the empty UID: a Secret whose controller reference has none would be taken as ours.
+    fn uid(&self) -> Result<String> {
+        owner_uid(self.owner)
     }
 
     /// The Secret `name` if it is this object's; `None` if there is none; `SecretConflict` if a
@@ -52,7 +54,7 @@ where
     }
 
     fn ours(&self, secret: Secret) -> Result<Secret> {
-        match holder(&secret, &self.uid()) {
+        match holder(&secret, &self.uid()?) {
             None => Ok(secret),
             Some(held_by) => Err(Error::SecretConflict {
                 namespace: secret.namespace().unwrap_or_default(),
@@ -116,7 +118,7 @@ where
     /// its place meanwhile is left alone); leaves any other alone. Whether it deleted one.
     pub async fn delete_if_ours(&self, name: &str) -> Result<bool> {
         let Some(secret) = self.api.get_opt(name).await? else { return Ok(false) };
-        if holder(&secret, &self.uid()).is_some() {
+        if holder(&secret, &self.uid()?).is_some() {
             return Ok(false);
         }
         let preconditions = Preconditions { uid: secret.uid(), resource_version: None };

@@ -586,7 +586,7 @@ impl Network {
                 .iter()
                 .map(|(k, v)| aws_sdk_kms::types::Tag::builder().tag_key(k).tag_value(v).build())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Error::InvalidSpec(format!("a tag cannot be sent to KMS: {e}")))?;
+                .map_err(|e| Error::OperatorFault { detail: format!("a tag cannot be sent to KMS: {e}") })?;
             let out = self
                 .mutate(ctx, Service::Kms, "kms:CreateKey", &[], || {
                     kms.create_key().description(description).set_tags(Some(kms_tags)).send()
@@ -701,7 +701,7 @@ impl Network {
                         .iter()
                         .map(|(k, v)| aws_sdk_kms::types::Tag::builder().tag_key(k).tag_value(v).build())
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| Error::InvalidSpec(format!("a tag cannot be sent to KMS: {e}")))?;
+                        .map_err(|e| Error::OperatorFault { detail: format!("a tag cannot be sent to KMS: {e}") })?;
                     self.mutate(ctx, Service::Kms, "kms:TagResource", &[], || {
                         kms.tag_resource().key_id(id).set_tags(Some(tags)).send()
                     })

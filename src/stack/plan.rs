@@ -204,11 +204,13 @@ pub fn carve(cidr: &str, count: usize) -> Result<Vec<String>, String> {
 
 /// The three zones: the spec's; else for each index the zone its existing subnets already use
 /// (so a region that gains a zone never moves a subnet), then the region's first free zones.
+/// Too few zones is AWS's doing (the region, or an impaired zone), not the spec's: `TooFewZones`.
 pub fn choose_zones(
     spec: Option<&[String]>,
+    region: &str,
     region_zones: &[String],
     existing: &BTreeMap<usize, String>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Error> {
     if let Some(zones) = spec {
         return Ok(zones.to_vec());
     }
@@ -218,12 +220,10 @@ pub fn choose_zones(
     for slot in chosen.iter_mut().filter(|s| s.is_none()) {
         *slot = free.next().cloned();
     }
-    chosen.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-        format!(
-            "the region offers {} availability zones ({}); a Stack needs three",
-            region_zones.len(),
-            region_zones.join(", ")
-        )
+    chosen.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| Error::TooFewZones {
+        region: region.to_string(),
+        count: region_zones.len(),
+        zones: region_zones.join(", "),
     })
 }
 

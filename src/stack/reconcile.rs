@@ -18,6 +18,7 @@ use super::plan::{self, Diff, Kept, NetworkPlan, Observed, Owner, Previous, Tear
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Management, PlanStatus, Stack, StackStatus};
 use crate::aws::inventory::KmsKey;
+use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::{self, Health};
 use crate::runtime::context::Context;
@@ -56,7 +57,7 @@ impl Managed for Stack {
         };
         let region = self.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
         let network = Network::connect(ctx, &link, &region).await?;
-        Pass::new(self, &status, network, region).run(ctx).await
+        Pass::new(self, &status, network, region)?.run(ctx).await
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
@@ -133,7 +134,7 @@ struct View {
 }
 
 impl<'a> Pass<'a> {
-    fn new(stack: &'a Stack, status: &'a StackStatus, network: Network, region: String) -> Self {
+    fn new(stack: &'a Stack, status: &'a StackStatus, network: Network, region: String) -> Result<Self> {
         let governance = Governance {
             change_policy: stack.spec.change_policy,
             approved_plan: stack.spec.approved_plan.as_deref(),
@@ -141,7 +142,8 @@ impl<'a> Pass<'a> {
         };
         let drift = conditions::is_ready(&status.conditions, stack.metadata.generation)
             || conditions::ready(&status.conditions).is_some_and(|c| c.reason == REPAIRING);
-        Self { stack, status, network, region, owner: owner(stack), previous: Previous::of(status), governance, drift }
+        let owner = owner(stack)?;
+        Ok(Self { stack, status, network, region, owner, previous: Previous::of(status), governance, drift })
     }
 
     async fn run(self, ctx: &Context) -> Result<Step<StackStatus>> {
@@ -213,10 +215,10 @@ impl<'a> Pass<'a> {
         let observed = Observed::of(&snapshot, &self.owner.uid, &self.owner.kms_alias());
         let zones = plan::choose_zones(
             self.stack.spec.network.availability_zones.as_deref(),
+            &self.region,
             &snapshot.zones,
             &observed.zones_in_use(),
-        )
-        .map_err(Error::InvalidSpec)?;
+        )?;
         // Held no longer than needed: the inventory copies a list a reconcile still holds when a
         // mutation is recorded into it.
         drop(snapshot);
@@ -287,7 +289,7 @@ impl<'a> Pass<'a> {
 
 /// One step of the teardown.
 async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result<Cleanup> {
-    let owner = owner(stack);
+    let owner = owner(stack)?;
     let region = stack.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
     let network = Network::connect(ctx, link, &region).await?;
     let snapshot = network.snapshot(ctx).await?;
@@ -355,12 +357,8 @@ fn records_resources(stack: &Stack) -> bool {
     })
 }
 
-fn owner(stack: &Stack) -> Owner {
-    Owner {
-        namespace: stack.namespace().unwrap_or_default(),
-        name: stack.name_any(),
-        uid: stack.uid().unwrap_or_default(),
-    }
+fn owner(stack: &Stack) -> Result<Owner> {
+    Ok(Owner { namespace: stack.namespace().unwrap_or_default(), name: stack.name_any(), uid: owner_uid(stack)? })
 }
 
 /// The status after a mutation: what was observed before it, keeping the IDs the status already
@@ -377,4 +375,18 @@ fn merged(mut observed: StackStatus, previous: &StackStatus) -> StackStatus {
         }
     }
     observed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stack_without_a_uid_owns_nothing_rather_than_what_carries_an_empty_one() {
+        let spec = serde_json::from_value(serde_json::json!({"accountLinkRef": {"name": "l"}})).unwrap();
+        let mut stack = Stack::new("web", spec);
+        assert!(matches!(owner(&stack), Err(Error::OwnerUidMissing { .. })));
+        stack.metadata.uid = Some("uid-1".into());
+        assert_eq!(owner(&stack).unwrap().uid, "uid-1");
+    }
 }

@@ -36,7 +36,7 @@ impl Converge<'_> {
                 }
                 let what: Vec<String> = rules.iter().map(plan::describe_rule).collect();
                 let note = format!("allowed on {group_id}: {}", what.join(", "));
-                self.event(EventType::Normal, "AuthorizedIngress", note).await;
+                self.event(EventType::Normal, "AuthorizedSecurityGroupRule", note).await;
                 self.next("UpdatingIngress", format!("allowed ingress on {group_id}"))
             }
             (Change::CreateSubnetGroup, ..) => self.create_subnet_group().await,

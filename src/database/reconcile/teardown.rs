@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use tracing::warn;
 
@@ -25,6 +24,8 @@ pub(super) struct Teardown<'a> {
     pub ctx: &'a Context,
     pub aws: DatabaseAws<'a>,
     pub names: Names,
+    /// The Database's UID: only what carries it is deleted.
+    pub uid: String,
     pub vpc_id: Option<String>,
 }
 
@@ -35,7 +36,7 @@ fn pending(reason: &'static str, message: String, requeue_after: Duration) -> Re
 impl Teardown<'_> {
     /// Only what carries this object's UID is deleted; anything else of its names is left alone.
     fn ours(&self, tags: &Tags) -> bool {
-        plan::claimed_by_other(tags, &self.db.uid().unwrap_or_default()).is_none()
+        plan::claimed_by_other(tags, &self.uid).is_none()
     }
 
     async fn event(&self, reason: &str, note: String) {

@@ -423,12 +423,21 @@ fn private_isolated_has_no_way_out_and_endpoints_behind_443_from_the_vpc() {
 #[test]
 fn zones_come_from_the_spec_else_stay_where_subnets_are() {
     let region: Vec<String> = ["a", "b", "c", "d"].iter().map(|z| format!("us-east-1{z}")).collect();
-    assert_eq!(choose_zones(None, &region, &BTreeMap::new()).unwrap(), region[..3].to_vec());
+    let r = "us-east-1";
+    assert_eq!(choose_zones(None, r, &region, &BTreeMap::new()).unwrap(), region[..3].to_vec());
     let existing = BTreeMap::from([(0, "us-east-1d".to_string())]);
-    assert_eq!(choose_zones(None, &region, &existing).unwrap(), vec!["us-east-1d", "us-east-1a", "us-east-1b"]);
+    assert_eq!(choose_zones(None, r, &region, &existing).unwrap(), vec!["us-east-1d", "us-east-1a", "us-east-1b"]);
     let spec = vec!["x".to_string(), "y".into(), "z".into()];
-    assert_eq!(choose_zones(Some(&spec), &region, &existing).unwrap(), spec);
-    assert!(choose_zones(None, &region[..2], &BTreeMap::new()).unwrap_err().contains("needs three"));
+    assert_eq!(choose_zones(Some(&spec), r, &region, &existing).unwrap(), spec);
+}
+
+#[test]
+fn too_few_zones_in_the_region_is_awss_doing_not_an_invalid_spec() {
+    let region: Vec<String> = ["a", "b"].iter().map(|z| format!("us-east-1{z}")).collect();
+    let e = choose_zones(None, "us-east-1", &region, &BTreeMap::new()).unwrap_err();
+    assert!(matches!(e, Error::TooFewZones { count: 2, .. }), "{e}");
+    assert_eq!((e.kind(), e.reason()), (crate::error::ErrorKind::External, "TooFewZones"));
+    assert!(e.to_string().contains("us-east-1a, us-east-1b") && e.to_string().contains("needs three"), "{e}");
 }
 
 #[test]
