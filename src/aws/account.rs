@@ -2,14 +2,12 @@
 //! the shared inventory with and makes its calls through. Knows no kind.
 
 use aws_config::SdkConfig;
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::errors::{Caller, aws_error};
+use super::call::Calls;
+use super::errors::Caller;
 use super::inventory::{Clients, Recorded, Scope, Snapshot};
 use crate::api::AwsAccountLink;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runtime::context::Context;
 
 /// The account-wide client bundle of one link in one region.
@@ -57,9 +55,7 @@ impl Account {
             tagging: &self.tagging,
             rds: &self.rds,
             secrets: &self.secrets,
-            caller: &self.caller,
-            limiter: &ctx.limiter,
-            account: &self.scope.account,
+            calls: self.calls(ctx),
         };
         ctx.inventory.snapshot(&self.scope, &clients, ctx.settings.resync_period).await
     }
@@ -69,11 +65,8 @@ impl Account {
         ctx.inventory.record(&self.scope, recorded).await;
     }
 
-    /// A failed call's error, as the link's role made it.
-    pub fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        aws_error(action, &self.caller, e)
+    /// The calls of a reconcile, as the link's role, through the shared limiter.
+    pub fn calls<'a>(&'a self, ctx: &'a Context) -> Calls<'a> {
+        Calls { limiter: &ctx.limiter, account: &self.scope.account, caller: &self.caller }
     }
 }

@@ -3,6 +3,7 @@
 //! builds counts its calls; a link's clients act as the link's role, assumed with its external ID.
 
 pub mod account;
+pub mod call;
 pub mod credentials;
 pub mod errors;
 pub mod identity;
@@ -26,7 +27,7 @@ use crate::api::AwsAccountLink;
 use crate::error::{Error, Result};
 use crate::runtime::metrics::Metrics;
 use credentials::{LinkCredentials, LinkRole, SESSION_DURATION_SECONDS, Session, SessionCache, StaticCredentials};
-use errors::{Caller, aws_error};
+use errors::Caller;
 pub use interceptor::CallCounter;
 
 /// How the operator reaches AWS, from the command line.
@@ -151,11 +152,9 @@ impl Aws {
                 let base = self.base().await;
                 let region = base.region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
                 let sts: aws_sdk_sts::Client = self.client(&self.operator_config(&region).await);
-                let identity = sts
-                    .get_caller_identity()
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("sts:GetCallerIdentity", &Caller::Operator, e))?;
+                let identity =
+                    call::outside_limiter(&Caller::Operator, "sts:GetCallerIdentity", sts.get_caller_identity().send())
+                        .await?;
                 let arn = identity.arn().unwrap_or_default();
                 identity::principal_from_caller_arn(arn).map_err(|detail| Error::OperatorIdentityUnusable { detail })
             })
@@ -167,15 +166,14 @@ impl Aws {
     /// verification of a link must prove that the trust policy still admits the operator.
     pub async fn assume(&self, role: &LinkRole, region: &str) -> Result<Session> {
         let sts: aws_sdk_sts::Client = self.client(&self.operator_config(region).await);
-        let out = sts
+        let assume = sts
             .assume_role()
             .role_arn(&role.role_arn)
             .role_session_name(role.session_name())
             .external_id(&role.external_id)
             .duration_seconds(SESSION_DURATION_SECONDS)
-            .send()
-            .await
-            .map_err(|e| aws_error("sts:AssumeRole", &Caller::Operator, e))?;
+            .send();
+        let out = call::outside_limiter(&Caller::Operator, "sts:AssumeRole", assume).await?;
         let creds = out.credentials().ok_or_else(|| Error::AwsUnavailable {
             action: "sts:AssumeRole".into(),
             detail: "the response held no credentials".into(),

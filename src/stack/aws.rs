@@ -3,14 +3,11 @@
 //! already done (a retry after a crash, a resource someone else removed) count as done.
 
 use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, VpcEndpointType};
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::plan::{Action, Deletion, Dependant, EndpointChange, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
 use crate::api::AwsAccountLink;
 use crate::aws::account::Account;
-use crate::aws::errors::aws_error;
+use crate::aws::call::{NOT_FOUND, is_not_found};
 use crate::aws::inventory::{
     self, Address, Created, InternetGateway, KeyState, Kind, KmsKey, Recorded, RouteTarget, Rule, Tags, VpcEndpoint,
     VpcLink, VpcLinkStatus, missing, parse_state,
@@ -57,12 +54,11 @@ impl Network {
                 keys.iter().any(|k| r == k.arn || r == k.key_id || r.ends_with(&format!("/{}", k.key_id)))
             })
         };
-        let account = &self.scope.account;
+        let calls = self.calls(ctx);
         let mut found = Vec::new();
 
         let list = || self.rds.describe_db_instances().into_paginator().send().try_collect();
-        let pages: Vec<_> =
-            ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBInstances", e))?;
+        let pages: Vec<_> = calls.read(Service::Rds, "rds:DescribeDBInstances", list).await?;
         for i in pages.iter().flat_map(|p| p.db_instances()) {
             let group = i.db_subnet_group();
             let vpc_id = group.and_then(|g| g.vpc_id()).filter(|v| vpcs.contains(v));
@@ -84,8 +80,7 @@ impl Network {
         }
 
         let list = || self.rds.describe_db_snapshots().into_paginator().send().try_collect();
-        let pages: Vec<_> =
-            ctx.limiter.read(account, Service::Rds, list).await.map_err(|e| self.fail("rds:DescribeDBSnapshots", e))?;
+        let pages: Vec<_> = calls.read(Service::Rds, "rds:DescribeDBSnapshots", list).await?;
         for snap in pages.iter().flat_map(|p| p.db_snapshots()).filter(|s| encrypts(s.kms_key_id())) {
             found.push(Dependant {
                 what: format!(
@@ -100,11 +95,7 @@ impl Network {
 
         // Secrets scheduled for deletion are not listed: their owner let them go.
         let list = || self.secrets.list_secrets().max_results(100).into_paginator().send().try_collect();
-        let pages: Vec<_> = ctx
-            .limiter
-            .read(account, Service::SecretsManager, list)
-            .await
-            .map_err(|e| self.fail("secretsmanager:ListSecrets", e))?;
+        let pages: Vec<_> = calls.read(Service::SecretsManager, "secretsmanager:ListSecrets", list).await?;
         for secret in pages.iter().flat_map(|p| p.secret_list()).filter(|s| encrypts(s.kms_key_id())) {
             found.push(Dependant {
                 what: format!("Secrets Manager secret {}", secret.name().unwrap_or_default()),
@@ -121,11 +112,10 @@ impl Network {
             return Ok(Vec::new());
         }
         let read = || self.ec2.describe_security_groups().set_group_ids(Some(groups)).send();
-        let out = match ctx.limiter.read(&self.scope.account, Service::Ec2, read).await {
-            Ok(out) => out,
-            // A group deleted meanwhile admits nothing.
-            Err(e) if e.code().is_some_and(is_not_found) => return Ok(Vec::new()),
-            Err(e) => return Err(self.fail("ec2:DescribeSecurityGroups", e)),
+        // A group deleted meanwhile admits nothing.
+        let Some(out) = self.calls(ctx).find(Service::Ec2, "ec2:DescribeSecurityGroups", &[NOT_FOUND], read).await?
+        else {
+            return Ok(Vec::new());
         };
         Ok(out
             .security_groups()
@@ -156,45 +146,13 @@ impl Network {
         Ok(id)
     }
 
-    /// Runs an EC2 mutation through the limiter; an error whose code is in `done` means the work
-    /// was already done (`Ok(None)`).
-    async fn ec2<T, E, F, Fut>(&self, ctx: &Context, action: &str, done: &[&str], call: F) -> Result<Option<T>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        self.mutate(ctx, Service::Ec2, action, done, call).await
-    }
-
-    async fn mutate<T, E, F, Fut>(
-        &self,
-        ctx: &Context,
-        service: Service,
-        action: &str,
-        done: &[&str],
-        call: F,
-    ) -> Result<Option<T>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        match ctx.limiter.mutate(&self.scope.account, service, call).await {
-            Ok(out) => Ok(Some(out)),
-            Err(e) if e.code().is_some_and(|c| done.contains(&c) || (done.contains(&NOT_FOUND) && is_not_found(c))) => {
-                Ok(None)
-            }
-            Err(e) => Err(aws_error(action, &self.caller, e)),
-        }
-    }
-
     async fn call(&self, ctx: &Context, action: &Action) -> Result<(String, Vec<Recorded>)> {
+        let calls = self.calls(ctx);
         let ec2 = &self.ec2;
         Ok(match action {
             Action::CreateVpc { cidr, tags } => {
-                let out = self
-                    .ec2(ctx, "ec2:CreateVpc", &[], || {
+                let out = calls
+                    .mutate(Service::Ec2, "ec2:CreateVpc", &[], || {
                         ec2.create_vpc().cidr_block(cidr).tag_specifications(spec(ResourceType::Vpc, tags)).send()
                     })
                     .await?;
@@ -208,17 +166,18 @@ impl Network {
             }
             Action::EnableVpcDns { vpc_id, hostnames } => {
                 let on = AttributeBooleanValue::builder().value(true).build();
-                self.ec2(ctx, "ec2:ModifyVpcAttribute", &[], || {
-                    let call = ec2.modify_vpc_attribute().vpc_id(vpc_id);
-                    if *hostnames { call.enable_dns_hostnames(on) } else { call.enable_dns_support(on) }.send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:ModifyVpcAttribute", &[], || {
+                        let call = ec2.modify_vpc_attribute().vpc_id(vpc_id);
+                        if *hostnames { call.enable_dns_hostnames(on) } else { call.enable_dns_support(on) }.send()
+                    })
+                    .await?;
                 let (support, hostnames) = if *hostnames { (None, Some(true)) } else { (Some(true), None) };
                 (vpc_id.clone(), vec![Recorded::VpcDns { vpc_id: vpc_id.clone(), support, hostnames }])
             }
             Action::CreateInternetGateway { tags } => {
-                let out = self
-                    .ec2(ctx, "ec2:CreateInternetGateway", &[], || {
+                let out = calls
+                    .mutate(Service::Ec2, "ec2:CreateInternetGateway", &[], || {
                         ec2.create_internet_gateway()
                             .tag_specifications(spec(ResourceType::InternetGateway, tags))
                             .send()
@@ -234,10 +193,11 @@ impl Network {
                 (id, vec![Recorded::Created(Created::InternetGateway(created))])
             }
             Action::AttachInternetGateway { gateway_id, vpc_id } => {
-                self.ec2(ctx, "ec2:AttachInternetGateway", &["Resource.AlreadyAssociated"], || {
-                    ec2.attach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:AttachInternetGateway", &["Resource.AlreadyAssociated"], || {
+                        ec2.attach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
+                    })
+                    .await?;
                 let attached = Recorded::GatewayAttachment {
                     gateway_id: gateway_id.clone(),
                     vpc_id: vpc_id.clone(),
@@ -246,8 +206,8 @@ impl Network {
                 (gateway_id.clone(), vec![attached])
             }
             Action::CreateSubnet { vpc_id, cidr, zone, tags } => {
-                let out = self
-                    .ec2(ctx, "ec2:CreateSubnet", &[], || {
+                let out = calls
+                    .mutate(Service::Ec2, "ec2:CreateSubnet", &[], || {
                         ec2.create_subnet()
                             .vpc_id(vpc_id)
                             .cidr_block(cidr)
@@ -262,8 +222,8 @@ impl Network {
                 (subnet.id.clone(), vec![Recorded::Created(Created::Subnet(subnet))])
             }
             Action::CreateRouteTable { vpc_id, token, tags } => {
-                let out = self
-                    .ec2(ctx, "ec2:CreateRouteTable", &[], || {
+                let out = calls
+                    .mutate(Service::Ec2, "ec2:CreateRouteTable", &[], || {
                         ec2.create_route_table()
                             .vpc_id(vpc_id)
                             .client_token(token)
@@ -277,8 +237,8 @@ impl Network {
                 (table.id.clone(), vec![Recorded::Created(Created::RouteTable(table))])
             }
             Action::AssociateRouteTable { route_table_id, subnet_id } => {
-                let out = self
-                    .ec2(ctx, "ec2:AssociateRouteTable", &[], || {
+                let out = calls
+                    .mutate(Service::Ec2, "ec2:AssociateRouteTable", &[], || {
                         ec2.associate_route_table().route_table_id(route_table_id).subnet_id(subnet_id).send()
                     })
                     .await?;
@@ -332,16 +292,17 @@ impl Network {
     ) -> Result<(String, Vec<Recorded>)> {
         let ec2 = &self.ec2;
         Ok({
-            self.ec2(ctx, "ec2:CreateRoute", &["RouteAlreadyExists"], || {
-                let call = ec2.create_route().route_table_id(route_table_id).destination_cidr_block(destination);
-                match target {
-                    RouteTarget::Nat(id) => call.nat_gateway_id(id),
-                    RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
-                    RouteTarget::Local => call.gateway_id("local"),
-                }
-                .send()
-            })
-            .await?;
+            self.calls(ctx)
+                .mutate(Service::Ec2, "ec2:CreateRoute", &["RouteAlreadyExists"], || {
+                    let call = ec2.create_route().route_table_id(route_table_id).destination_cidr_block(destination);
+                    match target {
+                        RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                        RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
+                        RouteTarget::Local => call.gateway_id("local"),
+                    }
+                    .send()
+                })
+                .await?;
             (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
         })
     }
@@ -355,16 +316,17 @@ impl Network {
     ) -> Result<(String, Vec<Recorded>)> {
         let ec2 = &self.ec2;
         Ok({
-            self.ec2(ctx, "ec2:ReplaceRoute", &[], || {
-                let call = ec2.replace_route().route_table_id(route_table_id).destination_cidr_block(destination);
-                match target {
-                    RouteTarget::Nat(id) => call.nat_gateway_id(id),
-                    RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
-                    RouteTarget::Local => call.local_target(true),
-                }
-                .send()
-            })
-            .await?;
+            self.calls(ctx)
+                .mutate(Service::Ec2, "ec2:ReplaceRoute", &[], || {
+                    let call = ec2.replace_route().route_table_id(route_table_id).destination_cidr_block(destination);
+                    match target {
+                        RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                        RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
+                        RouteTarget::Local => call.local_target(true),
+                    }
+                    .send()
+                })
+                .await?;
             (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, Some(target))])
         })
     }
@@ -377,16 +339,17 @@ impl Network {
     ) -> Result<(String, Vec<Recorded>)> {
         let ec2 = &self.ec2;
         Ok({
-            self.ec2(ctx, "ec2:DeleteRoute", &["InvalidRoute.NotFound", NOT_FOUND], || {
-                let call = ec2.delete_route().route_table_id(route_table_id);
-                if destination.starts_with("pl-") {
-                    call.destination_prefix_list_id(destination)
-                } else {
-                    call.destination_cidr_block(destination)
-                }
-                .send()
-            })
-            .await?;
+            self.calls(ctx)
+                .mutate(Service::Ec2, "ec2:DeleteRoute", &["InvalidRoute.NotFound", NOT_FOUND], || {
+                    let call = ec2.delete_route().route_table_id(route_table_id);
+                    if destination.starts_with("pl-") {
+                        call.destination_prefix_list_id(destination)
+                    } else {
+                        call.destination_cidr_block(destination)
+                    }
+                    .send()
+                })
+                .await?;
             (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, None)])
         })
     }
@@ -395,7 +358,8 @@ impl Network {
         let ec2 = &self.ec2;
         Ok({
             let out = self
-                .ec2(ctx, "ec2:AllocateAddress", &[], || {
+                .calls(ctx)
+                .mutate(Service::Ec2, "ec2:AllocateAddress", &[], || {
                     ec2.allocate_address()
                         .domain(DomainType::Vpc)
                         .tag_specifications(spec(ResourceType::ElasticIp, tags))
@@ -423,7 +387,8 @@ impl Network {
         let ec2 = &self.ec2;
         Ok({
             let out = self
-                .ec2(ctx, "ec2:CreateNatGateway", &[], || {
+                .calls(ctx)
+                .mutate(Service::Ec2, "ec2:CreateNatGateway", &[], || {
                     ec2.create_nat_gateway()
                         .subnet_id(subnet_id)
                         .allocation_id(allocation_id)
@@ -451,7 +416,8 @@ impl Network {
         let ec2 = &self.ec2;
         Ok({
             let out = self
-                .ec2(ctx, "ec2:CreateSecurityGroup", &[], || {
+                .calls(ctx)
+                .mutate(Service::Ec2, "ec2:CreateSecurityGroup", &[], || {
                     ec2.create_security_group()
                         .vpc_id(vpc_id)
                         .group_name(name)
@@ -481,15 +447,17 @@ impl Network {
         Ok({
             let permission = inventory::permission_of(rule);
             if *egress {
-                self.ec2(ctx, "ec2:AuthorizeSecurityGroupEgress", &["InvalidPermission.Duplicate"], || {
-                    ec2.authorize_security_group_egress().group_id(group_id).ip_permissions(permission).send()
-                })
-                .await?;
+                self.calls(ctx)
+                    .mutate(Service::Ec2, "ec2:AuthorizeSecurityGroupEgress", &["InvalidPermission.Duplicate"], || {
+                        ec2.authorize_security_group_egress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
             } else {
-                self.ec2(ctx, "ec2:AuthorizeSecurityGroupIngress", &["InvalidPermission.Duplicate"], || {
-                    ec2.authorize_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
-                })
-                .await?;
+                self.calls(ctx)
+                    .mutate(Service::Ec2, "ec2:AuthorizeSecurityGroupIngress", &["InvalidPermission.Duplicate"], || {
+                        ec2.authorize_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
             }
             let added =
                 Recorded::Rule { group_id: group_id.to_string(), egress: *egress, rule: rule.clone(), added: true };
@@ -508,15 +476,17 @@ impl Network {
         Ok({
             let permission = inventory::permission_of(rule);
             if *egress {
-                self.ec2(ctx, "ec2:RevokeSecurityGroupEgress", &["InvalidPermission.NotFound"], || {
-                    ec2.revoke_security_group_egress().group_id(group_id).ip_permissions(permission).send()
-                })
-                .await?;
+                self.calls(ctx)
+                    .mutate(Service::Ec2, "ec2:RevokeSecurityGroupEgress", &["InvalidPermission.NotFound"], || {
+                        ec2.revoke_security_group_egress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
             } else {
-                self.ec2(ctx, "ec2:RevokeSecurityGroupIngress", &["InvalidPermission.NotFound"], || {
-                    ec2.revoke_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
-                })
-                .await?;
+                self.calls(ctx)
+                    .mutate(Service::Ec2, "ec2:RevokeSecurityGroupIngress", &["InvalidPermission.NotFound"], || {
+                        ec2.revoke_security_group_ingress().group_id(group_id).ip_permissions(permission).send()
+                    })
+                    .await?;
             }
             let removed =
                 Recorded::Rule { group_id: group_id.to_string(), egress: *egress, rule: rule.clone(), added: false };
@@ -528,18 +498,19 @@ impl Network {
         let ec2 = &self.ec2;
         Ok({
             let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-            self.ec2(ctx, "ec2:ModifyVpcEndpoint", &[], || {
-                ec2.modify_vpc_endpoint()
-                    .vpc_endpoint_id(&c.endpoint_id)
-                    .set_add_route_table_ids(some(&c.add_route_tables))
-                    .set_remove_route_table_ids(some(&c.remove_route_tables))
-                    .set_add_subnet_ids(some(&c.add_subnets))
-                    .set_remove_subnet_ids(some(&c.remove_subnets))
-                    .set_add_security_group_ids(some(&c.add_groups))
-                    .set_remove_security_group_ids(some(&c.remove_groups))
-                    .send()
-            })
-            .await?;
+            self.calls(ctx)
+                .mutate(Service::Ec2, "ec2:ModifyVpcEndpoint", &[], || {
+                    ec2.modify_vpc_endpoint()
+                        .vpc_endpoint_id(&c.endpoint_id)
+                        .set_add_route_table_ids(some(&c.add_route_tables))
+                        .set_remove_route_table_ids(some(&c.remove_route_tables))
+                        .set_add_subnet_ids(some(&c.add_subnets))
+                        .set_remove_subnet_ids(some(&c.remove_subnets))
+                        .set_add_security_group_ids(some(&c.add_groups))
+                        .set_remove_security_group_ids(some(&c.remove_groups))
+                        .send()
+                })
+                .await?;
             (c.endpoint_id.clone(), vec![Recorded::Changed(Kind::VpcEndpoints), Recorded::Changed(Kind::RouteTables)])
         })
     }
@@ -555,7 +526,8 @@ impl Network {
         Ok({
             let apigateway = &self.apigateway;
             let out = self
-                .mutate(ctx, Service::ApiGateway, "apigateway:POST", &[], || {
+                .calls(ctx)
+                .mutate(Service::ApiGateway, "apigateway:POST", &[], || {
                     apigateway
                         .create_vpc_link()
                         .name(name)
@@ -588,7 +560,8 @@ impl Network {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Error::OperatorFault { detail: format!("a tag cannot be sent to KMS: {e}") })?;
             let out = self
-                .mutate(ctx, Service::Kms, "kms:CreateKey", &[], || {
+                .calls(ctx)
+                .mutate(Service::Kms, "kms:CreateKey", &[], || {
                     kms.create_key().description(description).set_tags(Some(kms_tags)).send()
                 })
                 .await?;
@@ -608,7 +581,8 @@ impl Network {
         Ok({
             let kms = &self.kms;
             let made = self
-                .mutate(ctx, Service::Kms, "kms:CreateAlias", &["AlreadyExistsException"], || {
+                .calls(ctx)
+                .mutate(Service::Kms, "kms:CreateAlias", &["AlreadyExistsException"], || {
                     kms.create_alias().alias_name(alias).target_key_id(key_id).send()
                 })
                 .await?;
@@ -625,7 +599,8 @@ impl Network {
         let ec2 = &self.ec2;
         let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let out = self
-            .ec2(ctx, "ec2:CreateVpcEndpoint", &[], || {
+            .calls(ctx)
+            .mutate(Service::Ec2, "ec2:CreateVpcEndpoint", &[], || {
                 let call = ec2
                     .create_vpc_endpoint()
                     .vpc_id(&e.vpc_id)
@@ -665,16 +640,18 @@ impl Network {
             Tagged::Ec2(id) => {
                 let ec2 = &self.ec2;
                 if !add.is_empty() {
-                    self.ec2(ctx, "ec2:CreateTags", &[], || {
-                        ec2.create_tags().resources(id).set_tags(Some(ec2_tags(add))).send()
-                    })
-                    .await?;
+                    self.calls(ctx)
+                        .mutate(Service::Ec2, "ec2:CreateTags", &[], || {
+                            ec2.create_tags().resources(id).set_tags(Some(ec2_tags(add))).send()
+                        })
+                        .await?;
                 } else {
                     let keys: Vec<Tag> = remove.iter().map(|k| Tag::builder().key(k).build()).collect();
-                    self.ec2(ctx, "ec2:DeleteTags", &[], || {
-                        ec2.delete_tags().resources(id).set_tags(Some(keys)).send()
-                    })
-                    .await?;
+                    self.calls(ctx)
+                        .mutate(Service::Ec2, "ec2:DeleteTags", &[], || {
+                            ec2.delete_tags().resources(id).set_tags(Some(keys)).send()
+                        })
+                        .await?;
                 }
                 Ok((id.clone(), vec![Recorded::retagged(Kind::of_ec2_id(id), id, add, remove)]))
             }
@@ -682,15 +659,17 @@ impl Network {
                 let apigateway = &self.apigateway;
                 let arn = format!("arn:aws:apigateway:{}::/vpclinks/{id}", self.scope.region);
                 if !add.is_empty() {
-                    self.mutate(ctx, Service::ApiGateway, "apigateway:POST", &[], || {
-                        apigateway.tag_resource().resource_arn(&arn).set_tags(Some(add.owned())).send()
-                    })
-                    .await?;
+                    self.calls(ctx)
+                        .mutate(Service::ApiGateway, "apigateway:POST", &[], || {
+                            apigateway.tag_resource().resource_arn(&arn).set_tags(Some(add.owned())).send()
+                        })
+                        .await?;
                 } else {
-                    self.mutate(ctx, Service::ApiGateway, "apigateway:DELETE", &[], || {
-                        apigateway.untag_resource().resource_arn(&arn).set_tag_keys(Some(remove.to_vec())).send()
-                    })
-                    .await?;
+                    self.calls(ctx)
+                        .mutate(Service::ApiGateway, "apigateway:DELETE", &[], || {
+                            apigateway.untag_resource().resource_arn(&arn).set_tag_keys(Some(remove.to_vec())).send()
+                        })
+                        .await?;
                 }
                 Ok((id.clone(), vec![Recorded::retagged(Kind::VpcLinks, id, add, remove)]))
             }
@@ -702,15 +681,17 @@ impl Network {
                         .map(|(k, v)| aws_sdk_kms::types::Tag::builder().tag_key(k).tag_value(v).build())
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| Error::OperatorFault { detail: format!("a tag cannot be sent to KMS: {e}") })?;
-                    self.mutate(ctx, Service::Kms, "kms:TagResource", &[], || {
-                        kms.tag_resource().key_id(id).set_tags(Some(tags)).send()
-                    })
-                    .await?;
+                    self.calls(ctx)
+                        .mutate(Service::Kms, "kms:TagResource", &[], || {
+                            kms.tag_resource().key_id(id).set_tags(Some(tags)).send()
+                        })
+                        .await?;
                 } else {
-                    self.mutate(ctx, Service::Kms, "kms:UntagResource", &[], || {
-                        kms.untag_resource().key_id(id).set_tag_keys(Some(remove.to_vec())).send()
-                    })
-                    .await?;
+                    self.calls(ctx)
+                        .mutate(Service::Kms, "kms:UntagResource", &[], || {
+                            kms.untag_resource().key_id(id).set_tag_keys(Some(remove.to_vec())).send()
+                        })
+                        .await?;
                 }
                 Ok((id.clone(), vec![Recorded::retagged(Kind::KmsKeys, id, add, remove)]))
             }
@@ -718,20 +699,22 @@ impl Network {
     }
 
     async fn delete(&self, ctx: &Context, deletion: &Deletion) -> Result<(String, Vec<Recorded>)> {
+        let calls = self.calls(ctx);
         let ec2 = &self.ec2;
         let gone = &[NOT_FOUND];
         Ok(match deletion {
             Deletion::VpcLink(id) => {
                 let apigateway = &self.apigateway;
-                self.mutate(ctx, Service::ApiGateway, "apigateway:DELETE", &["NotFoundException"], || {
-                    apigateway.delete_vpc_link().vpc_link_id(id).send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::ApiGateway, "apigateway:DELETE", &["NotFoundException"], || {
+                        apigateway.delete_vpc_link().vpc_link_id(id).send()
+                    })
+                    .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::VpcLinks, id.clone())])
             }
             Deletion::VpcEndpoints(ids) => {
-                let out = self
-                    .ec2(ctx, "ec2:DeleteVpcEndpoints", &["InvalidVpcEndpointId.NotFound"], || {
+                let out = calls
+                    .mutate(Service::Ec2, "ec2:DeleteVpcEndpoints", &["InvalidVpcEndpointId.NotFound"], || {
                         ec2.delete_vpc_endpoints().set_vpc_endpoint_ids(Some(ids.clone())).send()
                     })
                     .await?;
@@ -750,21 +733,25 @@ impl Network {
                 (ids.join(", "), recorded)
             }
             Deletion::NatGateway(id) => {
-                self.ec2(ctx, "ec2:DeleteNatGateway", &["NatGatewayNotFound", NOT_FOUND], || {
-                    ec2.delete_nat_gateway().nat_gateway_id(id).send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:DeleteNatGateway", &["NatGatewayNotFound", NOT_FOUND], || {
+                        ec2.delete_nat_gateway().nat_gateway_id(id).send()
+                    })
+                    .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::NatGateways, id.clone())])
             }
             Deletion::Address(id) => {
-                self.ec2(ctx, "ec2:ReleaseAddress", gone, || ec2.release_address().allocation_id(id).send()).await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:ReleaseAddress", gone, || ec2.release_address().allocation_id(id).send())
+                    .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::Addresses, id.clone())])
             }
             Deletion::DetachInternetGateway { gateway_id, vpc_id } => {
-                self.ec2(ctx, "ec2:DetachInternetGateway", &["Gateway.NotAttached", NOT_FOUND], || {
-                    ec2.detach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:DetachInternetGateway", &["Gateway.NotAttached", NOT_FOUND], || {
+                        ec2.detach_internet_gateway().internet_gateway_id(gateway_id).vpc_id(vpc_id).send()
+                    })
+                    .await?;
                 let detached = Recorded::GatewayAttachment {
                     gateway_id: gateway_id.clone(),
                     vpc_id: vpc_id.clone(),
@@ -773,68 +760,76 @@ impl Network {
                 (gateway_id.clone(), vec![detached])
             }
             Deletion::InternetGateway(id) => {
-                self.ec2(ctx, "ec2:DeleteInternetGateway", gone, || {
-                    ec2.delete_internet_gateway().internet_gateway_id(id).send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:DeleteInternetGateway", gone, || {
+                        ec2.delete_internet_gateway().internet_gateway_id(id).send()
+                    })
+                    .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::InternetGateways, id.clone())])
             }
             Deletion::Disassociate(id) => {
-                self.ec2(ctx, "ec2:DisassociateRouteTable", gone, || {
-                    ec2.disassociate_route_table().association_id(id).send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:DisassociateRouteTable", gone, || {
+                        ec2.disassociate_route_table().association_id(id).send()
+                    })
+                    .await?;
                 (id.clone(), vec![Recorded::Disassociated { association_id: id.clone() }])
             }
             Deletion::RouteTable(id) => {
-                self.ec2(ctx, "ec2:DeleteRouteTable", gone, || ec2.delete_route_table().route_table_id(id).send())
+                calls
+                    .mutate(Service::Ec2, "ec2:DeleteRouteTable", gone, || {
+                        ec2.delete_route_table().route_table_id(id).send()
+                    })
                     .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::RouteTables, id.clone())])
             }
             Deletion::SecurityGroup(id) => {
-                self.ec2(ctx, "ec2:DeleteSecurityGroup", gone, || ec2.delete_security_group().group_id(id).send())
+                calls
+                    .mutate(Service::Ec2, "ec2:DeleteSecurityGroup", gone, || {
+                        ec2.delete_security_group().group_id(id).send()
+                    })
                     .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::SecurityGroups, id.clone())])
             }
             Deletion::Subnet(id) => {
-                self.ec2(ctx, "ec2:DeleteSubnet", gone, || ec2.delete_subnet().subnet_id(id).send()).await?;
+                calls
+                    .mutate(Service::Ec2, "ec2:DeleteSubnet", gone, || ec2.delete_subnet().subnet_id(id).send())
+                    .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::Subnets, id.clone())])
             }
             Deletion::Vpc(id) => {
-                self.ec2(ctx, "ec2:DeleteVpc", gone, || ec2.delete_vpc().vpc_id(id).send()).await?;
+                calls.mutate(Service::Ec2, "ec2:DeleteVpc", gone, || ec2.delete_vpc().vpc_id(id).send()).await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::Vpcs, id.clone())])
             }
             Deletion::Alias(name) => {
                 let kms = &self.kms;
-                self.mutate(ctx, Service::Kms, "kms:DeleteAlias", &["NotFoundException"], || {
-                    kms.delete_alias().alias_name(name).send()
-                })
-                .await?;
+                calls
+                    .mutate(Service::Kms, "kms:DeleteAlias", &["NotFoundException"], || {
+                        kms.delete_alias().alias_name(name).send()
+                    })
+                    .await?;
                 (name.clone(), vec![Recorded::Deleted(Kind::KmsAliases, name.clone())])
             }
             Deletion::Key(id) => {
                 let kms = &self.kms;
                 // Already pending deletion (a retry) answers KMSInvalidStateException.
-                self.mutate(
-                    ctx,
-                    Service::Kms,
-                    "kms:ScheduleKeyDeletion",
-                    &["NotFoundException", "KMSInvalidStateException"],
-                    || kms.schedule_key_deletion().key_id(id).pending_window_in_days(KEY_DELETION_WINDOW_DAYS).send(),
-                )
-                .await?;
+                calls
+                    .mutate(
+                        Service::Kms,
+                        "kms:ScheduleKeyDeletion",
+                        &["NotFoundException", "KMSInvalidStateException"],
+                        || {
+                            kms.schedule_key_deletion()
+                                .key_id(id)
+                                .pending_window_in_days(KEY_DELETION_WINDOW_DAYS)
+                                .send()
+                        },
+                    )
+                    .await?;
                 (id.clone(), vec![Recorded::KeyState { key_id: id.clone(), state: KeyState::PendingDeletion }])
             }
         })
     }
-}
-
-/// In a list of tolerated codes: any "not found" (`InvalidVpcID.NotFound`, `InvalidGroup.NotFound`,
-/// ...), which a deletion takes for done.
-const NOT_FOUND: &str = "*.NotFound";
-
-fn is_not_found(code: &str) -> bool {
-    code.ends_with(".NotFound") || code.ends_with("NotFound") || code == "NotFoundException"
 }
 
 fn route(route_table_id: &str, destination: &str, target: Option<&RouteTarget>) -> Recorded {

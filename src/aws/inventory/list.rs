@@ -1,15 +1,17 @@
 //! The listing: one bulk, tag-filtered (where the API allows), paginated call per resource type,
-//! keeping only the operator's resources; and the few reads of one resource the lists lack.
+//! keeping only the operator's resources; and the few reads of one resource the lists lack. Each
+//! is one read through `Calls` (a list's pages together), on the service the list calls.
 
 use std::collections::HashMap;
 
+use aws_sdk_apigatewayv2::error::SdkError;
+use aws_sdk_apigatewayv2::operation::get_vpc_links::GetVpcLinksError;
 use aws_sdk_ec2::types::Filter;
 
 use super::Clients;
 use super::convert::*;
 use super::state::Details;
 use super::types::*;
-use crate::aws::errors::aws_error;
 use crate::aws::limiter::Service;
 use crate::aws::ownership::{OWNER_UID_TAG, carries_owner};
 use crate::aws::tags::Tags;
@@ -27,63 +29,51 @@ fn operators<T>(listed: impl Iterator<Item = T>, tags: impl Fn(&T) -> &Tags) -> 
 }
 
 pub(super) async fn vpcs(c: &Clients<'_>) -> Result<Vec<Vpc>> {
-    let ec2 = c.ec2;
-    let pages = ec2.describe_vpcs().filters(owned()).into_paginator().send().try_collect().await;
-    let pages = pages.map_err(|e| aws_error("ec2:DescribeVpcs", c.caller, e))?;
+    let list = || c.ec2.describe_vpcs().filters(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeVpcs", list).await?;
     Ok(operators(pages.iter().flat_map(|p| p.vpcs()).filter_map(vpc_of), |r| &r.tags))
 }
 
 pub(super) async fn subnets(c: &Clients<'_>) -> Result<Vec<Subnet>> {
-    let ec2 = c.ec2;
-    let pages = ec2.describe_subnets().filters(owned()).into_paginator().send().try_collect().await;
-    let pages = pages.map_err(|e| aws_error("ec2:DescribeSubnets", c.caller, e))?;
+    let list = || c.ec2.describe_subnets().filters(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeSubnets", list).await?;
     Ok(operators(pages.iter().flat_map(|p| p.subnets()).filter_map(subnet_of), |r| &r.tags))
 }
 
 pub(super) async fn route_tables(c: &Clients<'_>) -> Result<Vec<RouteTable>> {
-    let ec2 = c.ec2;
-    let pages = ec2.describe_route_tables().filters(owned()).into_paginator().send().try_collect().await;
-    let pages = pages.map_err(|e| aws_error("ec2:DescribeRouteTables", c.caller, e))?;
+    let list = || c.ec2.describe_route_tables().filters(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeRouteTables", list).await?;
     Ok(operators(pages.iter().flat_map(|p| p.route_tables()).filter_map(route_table_of), |r| &r.tags))
 }
 
 pub(super) async fn internet_gateways(c: &Clients<'_>) -> Result<Vec<InternetGateway>> {
-    let ec2 = c.ec2;
-    let pages = ec2.describe_internet_gateways().filters(owned()).into_paginator().send().try_collect().await;
-    let pages = pages.map_err(|e| aws_error("ec2:DescribeInternetGateways", c.caller, e))?;
+    let list = || c.ec2.describe_internet_gateways().filters(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeInternetGateways", list).await?;
     Ok(operators(pages.iter().flat_map(|p| p.internet_gateways()).filter_map(internet_gateway_of), |r| &r.tags))
 }
 
 pub(super) async fn nat_gateways(c: &Clients<'_>) -> Result<Vec<NatGateway>> {
-    let ec2 = c.ec2;
-    let pages = ec2.describe_nat_gateways().filter(owned()).into_paginator().send().try_collect().await;
-    let pages = pages.map_err(|e| aws_error("ec2:DescribeNatGateways", c.caller, e))?;
+    let list = || c.ec2.describe_nat_gateways().filter(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeNatGateways", list).await?;
     Ok(operators(pages.iter().flat_map(|p| p.nat_gateways()).filter_map(nat_gateway_of), |r| &r.tags))
 }
 
 pub(super) async fn security_groups(c: &Clients<'_>) -> Result<Vec<SecurityGroup>> {
-    let ec2 = c.ec2;
-    let pages = ec2.describe_security_groups().filters(owned()).into_paginator().send().try_collect().await;
-    let pages = pages.map_err(|e| aws_error("ec2:DescribeSecurityGroups", c.caller, e))?;
+    let list = || c.ec2.describe_security_groups().filters(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeSecurityGroups", list).await?;
     Ok(operators(pages.iter().flat_map(|p| p.security_groups()).filter_map(security_group_of), |r| &r.tags))
 }
 
 pub(super) async fn vpc_endpoints(c: &Clients<'_>) -> Result<Vec<VpcEndpoint>> {
-    let ec2 = c.ec2;
-    let pages = ec2.describe_vpc_endpoints().filters(owned()).into_paginator().send().try_collect().await;
-    let pages = pages.map_err(|e| aws_error("ec2:DescribeVpcEndpoints", c.caller, e))?;
+    let list = || c.ec2.describe_vpc_endpoints().filters(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeVpcEndpoints", list).await?;
     Ok(operators(pages.iter().flat_map(|p| p.vpc_endpoints()).filter_map(vpc_endpoint_of), |r| &r.tags))
 }
 
 pub(super) async fn addresses(c: &Clients<'_>) -> Result<Vec<Address>> {
     // DescribeAddresses has no pages: an account holds few Elastic IPs.
-    let out = c
-        .ec2
-        .describe_addresses()
-        .filters(owned())
-        .send()
-        .await
-        .map_err(|e| aws_error("ec2:DescribeAddresses", c.caller, e))?;
+    let list = || c.ec2.describe_addresses().filters(owned()).send();
+    let out = c.calls.read(Service::Ec2, "ec2:DescribeAddresses", list).await?;
     Ok(out
         .addresses()
         .iter()
@@ -99,41 +89,38 @@ pub(super) async fn addresses(c: &Clients<'_>) -> Result<Vec<Address>> {
 }
 
 pub(super) async fn vpc_links(c: &Clients<'_>) -> Result<Vec<VpcLink>> {
-    // GetVpcLinks has no tag filter: the account's links are listed and filtered here.
-    let mut links = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let out = c
-            .apigateway
-            .get_vpc_links()
-            .max_results("100")
-            .set_next_token(token.clone())
-            .send()
-            .await
-            .map_err(|e| aws_error("apigateway:GET", c.caller, e))?;
-        links.extend(out.items().iter().filter_map(vpc_link_of).filter(|l| carries_owner(&l.tags)));
-        token = out.next_token().filter(|t| !t.is_empty()).map(Into::into);
-        if token.is_none() {
-            return Ok(links);
+    // GetVpcLinks has no tag filter: the account's links are listed and filtered here. Its pages
+    // are one read for the limiter, as a paginator's are.
+    let list = || async {
+        let mut links = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = c.apigateway.get_vpc_links().max_results("100").set_next_token(token.clone()).send().await?;
+            links.extend(out.items().iter().filter_map(vpc_link_of).filter(|l| carries_owner(&l.tags)));
+            token = out.next_token().filter(|t| !t.is_empty()).map(Into::into);
+            if token.is_none() {
+                return Ok::<_, SdkError<GetVpcLinksError>>(links);
+            }
         }
-    }
+    };
+    c.calls.read(Service::ApiGateway, "apigateway:GET", list).await
 }
 
 pub(super) async fn kms_keys(c: &Clients<'_>) -> Result<Vec<KmsKey>> {
     // KMS lists keys without tags; the tagging API lists the tagged ones, with their tags.
     let filter = aws_sdk_resourcegroupstagging::types::TagFilter::builder().key(OWNER_UID_TAG).build();
-    let pages: Vec<_> = c
-        .tagging
-        .get_resources()
-        .resource_type_filters("kms:key")
-        .tag_filters(filter)
-        // The largest page AWS gives (its default is 50).
-        .resources_per_page(100)
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .map_err(|e| aws_error("tag:GetResources", c.caller, e))?;
+    let list = || {
+        c.tagging
+            .get_resources()
+            .resource_type_filters("kms:key")
+            .tag_filters(filter)
+            // The largest page AWS gives (its default is 50).
+            .resources_per_page(100)
+            .into_paginator()
+            .send()
+            .try_collect()
+    };
+    let pages: Vec<_> = c.calls.read(Service::Tagging, "tag:GetResources", list).await?;
     Ok(pages
         .iter()
         .flat_map(|p| p.resource_tag_mapping_list())
@@ -151,15 +138,8 @@ pub(super) async fn kms_keys(c: &Clients<'_>) -> Result<Vec<KmsKey>> {
 }
 
 pub(super) async fn kms_aliases(c: &Clients<'_>) -> Result<Vec<KmsAlias>> {
-    let pages: Vec<_> = c
-        .kms
-        .list_aliases()
-        .limit(100)
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .map_err(|e| aws_error("kms:ListAliases", c.caller, e))?;
+    let list = || c.kms.list_aliases().limit(100).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Kms, "kms:ListAliases", list).await?;
     Ok(pages
         .iter()
         .flat_map(|p| p.aliases())
@@ -174,26 +154,14 @@ pub(super) async fn kms_aliases(c: &Clients<'_>) -> Result<Vec<KmsAlias>> {
 
 pub(super) async fn db_instances(c: &Clients<'_>) -> Result<Vec<ObservedInstance>> {
     // RDS filters by neither tag nor owner: the account's instances, kept if ours.
-    let pages: Vec<_> = c
-        .rds
-        .describe_db_instances()
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .map_err(|e| aws_error("rds:DescribeDBInstances", c.caller, e))?;
+    let list = || c.rds.describe_db_instances().into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Rds, "rds:DescribeDBInstances", list).await?;
     Ok(pages.iter().flat_map(|p| p.db_instances()).map(observed_instance).filter(|i| carries_owner(&i.tags)).collect())
 }
 
 pub(super) async fn db_subnet_groups(c: &Clients<'_>) -> Result<Vec<DbSubnetGroup>> {
-    let pages: Vec<_> = c
-        .rds
-        .describe_db_subnet_groups()
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .map_err(|e| aws_error("rds:DescribeDBSubnetGroups", c.caller, e))?;
+    let list = || c.rds.describe_db_subnet_groups().into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Rds, "rds:DescribeDBSubnetGroups", list).await?;
     Ok(pages.iter().flat_map(|p| p.db_subnet_groups()).filter_map(db_subnet_group_of).collect())
 }
 
@@ -202,18 +170,18 @@ pub(super) async fn secrets(c: &Clients<'_>) -> Result<Vec<SecretInfo>> {
         .key(aws_sdk_secretsmanager::types::FilterNameStringType::TagKey)
         .values(OWNER_UID_TAG)
         .build();
-    let pages: Vec<_> = c
-        .secrets
-        .list_secrets()
-        .filters(filter)
-        .include_planned_deletion(true)
-        // The largest pages the APIs give, here and above: fewer calls per resync.
-        .max_results(100)
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .map_err(|e| aws_error("secretsmanager:ListSecrets", c.caller, e))?;
+    let list = || {
+        c.secrets
+            .list_secrets()
+            .filters(filter)
+            .include_planned_deletion(true)
+            // The largest pages the APIs give, here and above: fewer calls per resync.
+            .max_results(100)
+            .into_paginator()
+            .send()
+            .try_collect()
+    };
+    let pages: Vec<_> = c.calls.read(Service::SecretsManager, "secretsmanager:ListSecrets", list).await?;
     Ok(pages
         .iter()
         .flat_map(|p| p.secret_list())
@@ -232,14 +200,15 @@ pub(super) async fn secrets(c: &Clients<'_>) -> Result<Vec<SecretInfo>> {
 }
 
 pub(super) async fn list_zones(clients: &Clients<'_>) -> Result<Vec<String>> {
-    let out = clients
-        .ec2
-        .describe_availability_zones()
-        .filters(Filter::builder().name("zone-type").values("availability-zone").build())
-        .filters(Filter::builder().name("state").values("available").build())
-        .send()
-        .await
-        .map_err(|e| aws_error("ec2:DescribeAvailabilityZones", clients.caller, e))?;
+    let list = || {
+        clients
+            .ec2
+            .describe_availability_zones()
+            .filters(Filter::builder().name("zone-type").values("availability-zone").build())
+            .filters(Filter::builder().name("state").values("available").build())
+            .send()
+    };
+    let out = clients.calls.read(Service::Ec2, "ec2:DescribeAvailabilityZones", list).await?;
     let mut zones: Vec<String> =
         out.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
     zones.sort();
@@ -260,12 +229,8 @@ pub(super) async fn details(clients: &Clients<'_>, vpcs: &[String], keys: &[Stri
     }
     let mut key_states = HashMap::new();
     for key_id in keys {
-        let described = clients
-            .read(Service::Kms, || async {
-                let out = clients.kms.describe_key().key_id(key_id).send().await;
-                out.map_err(|e| aws_error("kms:DescribeKey", clients.caller, e))
-            })
-            .await?;
+        let read = || clients.kms.describe_key().key_id(key_id).send();
+        let described = clients.calls.read(Service::Kms, "kms:DescribeKey", read).await?;
         let state = described.key_metadata().and_then(|m| m.key_state()).cloned();
         key_states.insert(key_id.clone(), state);
     }
@@ -278,12 +243,8 @@ async fn vpc_attribute(
     vpc_id: &str,
     attribute: aws_sdk_ec2::types::VpcAttributeName,
 ) -> Result<bool> {
-    let out = clients
-        .read(Service::Ec2, || async {
-            let out = clients.ec2.describe_vpc_attribute().vpc_id(vpc_id).attribute(attribute.clone()).send().await;
-            out.map_err(|e| aws_error("ec2:DescribeVpcAttribute", clients.caller, e))
-        })
-        .await?;
+    let read = || clients.ec2.describe_vpc_attribute().vpc_id(vpc_id).attribute(attribute.clone()).send();
+    let out = clients.calls.read(Service::Ec2, "ec2:DescribeVpcAttribute", read).await?;
     let value = match attribute {
         aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames => out.enable_dns_hostnames(),
         _ => out.enable_dns_support(),

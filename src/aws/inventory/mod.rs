@@ -24,8 +24,7 @@ use state::State;
 pub use types::*;
 pub use view::{Created, Kind, Recorded, Resource, Snapshot, Table};
 
-use super::errors::Caller;
-use super::limiter::{Limiter, Service};
+use super::call::Calls;
 use crate::error::Result;
 
 /// How long a resource the operator created is believed to exist although a Describe does not show
@@ -62,21 +61,8 @@ pub struct Clients<'a> {
     pub tagging: &'a aws_sdk_resourcegroupstagging::Client,
     pub rds: &'a aws_sdk_rds::Client,
     pub secrets: &'a aws_sdk_secretsmanager::Client,
-    pub caller: &'a Caller,
-    /// Every list and describe goes through the limiter's adaptive pace for the scope's account.
-    pub limiter: &'a Limiter,
-    pub account: &'a str,
-}
-
-impl Clients<'_> {
-    /// Runs the read `call` of `service` through the limiter.
-    async fn read<T, F, Fut>(&self, service: Service, call: F) -> Result<T>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        self.limiter.read(self.account, service, call).await
-    }
+    /// Every list and describe, paced by the limiter for the scope's account.
+    pub calls: Calls<'a>,
 }
 
 /// The inventories of every (account, region) the operator works in.
@@ -143,7 +129,7 @@ impl Inventory {
             (stale, started, zones_known)
         };
         if !zones_known {
-            let zones = clients.read(Service::Ec2, || list::list_zones(clients)).await;
+            let zones = list::list_zones(clients).await;
             let mut st = state.lock().await;
             match zones {
                 Ok(zones) => st.snapshot.zones = Arc::new(zones),
@@ -153,9 +139,7 @@ impl Inventory {
                 }
             }
         }
-        let lists =
-            futures::future::try_join_all(stale.iter().map(|k| clients.read(k.service(), || view::list(*k, clients))))
-                .await;
+        let lists = futures::future::try_join_all(stale.iter().map(|k| view::list(*k, clients))).await;
         let lists = match lists {
             Ok(lists) => lists,
             Err(e) => {

@@ -3,15 +3,14 @@
 //! `Snapshot::apply`, so the two cannot drift apart.
 //!
 //! Every resource type is one line of the table in `resources!` (its `Kind`, its `Created`
-//! variant, its type, its field in the view, the service its list calls) and one `Resource`
-//! implementation (its ID, and its tags if a tagging call may change them); its list is one
-//! function in `list.rs`, named in the same line.
+//! variant, its type, its field in the view, its list function in `list.rs`, which names the
+//! service it calls) and one `Resource` implementation (its ID, and its tags if a tagging call
+//! may change them).
 
 use std::sync::Arc;
 
 use super::types::*;
 use super::{Clients, list};
-use crate::aws::limiter::Service;
 use crate::aws::tags::Tags;
 use crate::error::Result;
 
@@ -80,7 +79,7 @@ impl Resource for SecretInfo {
 }
 
 macro_rules! resources {
-    ($($kind:ident, $variant:ident: $ty:ty => $field:ident, $service:ident, $list:path;)*) => {
+    ($($kind:ident, $variant:ident: $ty:ty => $field:ident, $list:path;)*) => {
         /// The resource types the inventory lists, one bulk call (and its pages) each.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Kind {
@@ -89,13 +88,6 @@ macro_rules! resources {
 
         impl Kind {
             pub const ALL: [Kind; [$(stringify!($kind)),*].len()] = [$(Kind::$kind),*];
-
-            /// The service its list calls.
-            pub(super) fn service(self) -> Service {
-                match self {
-                    $(Kind::$kind => Service::$service,)*
-                }
-            }
         }
 
         /// A resource the operator just created (from the create call's response), or one read
@@ -209,20 +201,20 @@ macro_rules! resources {
 }
 
 resources! {
-    Vpcs, Vpc: Vpc => vpcs, Ec2, list::vpcs;
-    Subnets, Subnet: Subnet => subnets, Ec2, list::subnets;
-    RouteTables, RouteTable: RouteTable => route_tables, Ec2, list::route_tables;
-    InternetGateways, InternetGateway: InternetGateway => internet_gateways, Ec2, list::internet_gateways;
-    Addresses, Address: Address => addresses, Ec2, list::addresses;
-    NatGateways, NatGateway: NatGateway => nat_gateways, Ec2, list::nat_gateways;
-    SecurityGroups, SecurityGroup: SecurityGroup => security_groups, Ec2, list::security_groups;
-    VpcEndpoints, VpcEndpoint: VpcEndpoint => vpc_endpoints, Ec2, list::vpc_endpoints;
-    VpcLinks, VpcLink: VpcLink => vpc_links, ApiGateway, list::vpc_links;
-    KmsKeys, KmsKey: KmsKey => kms_keys, Tagging, list::kms_keys;
-    KmsAliases, KmsAlias: KmsAlias => kms_aliases, Kms, list::kms_aliases;
-    DbInstances, DbInstance: ObservedInstance => db_instances, Rds, list::db_instances;
-    DbSubnetGroups, DbSubnetGroup: DbSubnetGroup => db_subnet_groups, Rds, list::db_subnet_groups;
-    Secrets, Secret: SecretInfo => secrets, SecretsManager, list::secrets;
+    Vpcs, Vpc: Vpc => vpcs, list::vpcs;
+    Subnets, Subnet: Subnet => subnets, list::subnets;
+    RouteTables, RouteTable: RouteTable => route_tables, list::route_tables;
+    InternetGateways, InternetGateway: InternetGateway => internet_gateways, list::internet_gateways;
+    Addresses, Address: Address => addresses, list::addresses;
+    NatGateways, NatGateway: NatGateway => nat_gateways, list::nat_gateways;
+    SecurityGroups, SecurityGroup: SecurityGroup => security_groups, list::security_groups;
+    VpcEndpoints, VpcEndpoint: VpcEndpoint => vpc_endpoints, list::vpc_endpoints;
+    VpcLinks, VpcLink: VpcLink => vpc_links, list::vpc_links;
+    KmsKeys, KmsKey: KmsKey => kms_keys, list::kms_keys;
+    KmsAliases, KmsAlias: KmsAlias => kms_aliases, list::kms_aliases;
+    DbInstances, DbInstance: ObservedInstance => db_instances, list::db_instances;
+    DbSubnetGroups, DbSubnetGroup: DbSubnetGroup => db_subnet_groups, list::db_subnet_groups;
+    Secrets, Secret: SecretInfo => secrets, list::secrets;
 }
 
 /// What a mutation changed, so that the inventory stays true without waiting for its period. Each
