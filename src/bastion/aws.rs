@@ -1,7 +1,6 @@
 //! The AWS calls a Bastion makes, as its Stack's account link: EC2 (instance, security group, key
 //! pair), IAM (the instance's role and profile) and SSM (the public Amazon Linux image parameter).
-//! Lookups answer `None` (or an empty list) for "not there"; every mutation goes through the
-//! shared rate limiter.
+//! Lookups answer `None` (or an empty list) for "not there"; every call goes through `Calls`.
 
 use std::collections::BTreeSet;
 
@@ -11,17 +10,15 @@ use aws_sdk_ec2::types::{
     Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
     InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType,
 };
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::plan::{InstanceStateName, ObservedInstance};
 use crate::account_link::template::{IAM_PATH, OWNER_UID_TAG};
-use crate::aws::errors::{Caller, aws_error};
+use crate::aws::call::Calls;
+use crate::aws::errors::Caller;
 use crate::aws::inventory::{missing, parse_state};
 use crate::aws::limiter::{Limiter, Service};
 pub use crate::aws::security_group::Deleted;
-use crate::aws::security_group::{SecurityGroups, code, ec2_tags};
+use crate::aws::security_group::{SecurityGroups, ec2_tags};
 use crate::aws::tags::Tags;
 use crate::error::{Error, Result};
 
@@ -64,6 +61,21 @@ pub struct Launch<'a> {
     pub tags: &'a [(String, String)],
 }
 
+/// IAM's "not there": a role, a profile or a policy someone else (or an earlier pass) removed.
+const NO_SUCH_ENTITY: &[&str] = &["NoSuchEntity"];
+/// IAM's "already there": made by an earlier pass whose answer was lost.
+const ALREADY_EXISTS: &[&str] = &["EntityAlreadyExists"];
+/// What IAM may answer a deletion: gone already, or still held (a role in a profile, a profile
+/// on an instance).
+const DELETE_ANSWERS: &[&str] = &["NoSuchEntity", "DeleteConflict"];
+
+fn deleted<T>(answer: Result<T, String>) -> Deleted {
+    match answer {
+        Err(code) if code == "DeleteConflict" => Deleted::StillInUse,
+        Ok(_) | Err(_) => Deleted::Done,
+    }
+}
+
 fn iam_tags(tags: &[(String, String)]) -> Result<Vec<aws_sdk_iam::types::Tag>> {
     tags.iter()
         .map(|(k, v)| {
@@ -97,11 +109,9 @@ impl<'a> BastionAws<'a> {
         }
     }
 
-    fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        aws_error(action, &self.caller, e)
+    /// Every call of the reconcile, as the link's role, through the shared limiter.
+    fn calls(&self) -> Calls<'_> {
+        Calls { limiter: self.limiter, account: &self.account, caller: &self.caller }
     }
 
     // ----- SSM: the image -----
@@ -109,8 +119,7 @@ impl<'a> BastionAws<'a> {
     /// The image ID the public parameter names today.
     pub async fn latest_image(&self, parameter: &str) -> Result<String> {
         let read = || self.ssm.get_parameter().name(parameter).send();
-        let out =
-            self.limiter.read(&self.account, Service::Ssm, read).await.map_err(|e| self.fail("ssm:GetParameter", e))?;
+        let out = self.calls().read(Service::Ssm, "ssm:GetParameter", read).await?;
         out.parameter()
             .and_then(|p| p.value())
             .filter(|v| v.starts_with("ami-"))
@@ -133,11 +142,7 @@ impl<'a> BastionAws<'a> {
                     .set_next_token(token)
                     .send()
             };
-            let page = self
-                .limiter
-                .read(&self.account, Service::Ec2, read)
-                .await
-                .map_err(|e| self.fail("ec2:DescribeInstances", e))?;
+            let page = self.calls().read(Service::Ec2, "ec2:DescribeInstances", read).await?;
             for r in page.reservations() {
                 for i in r.instances() {
                     let Some(id) = i.instance_id() else { continue };
@@ -188,28 +193,25 @@ impl<'a> BastionAws<'a> {
             .http_tokens(HttpTokensState::Required)
             .http_endpoint(InstanceMetadataEndpointState::Enabled)
             .build();
-        let out = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .run_instances()
-                    .image_id(l.image)
-                    .instance_type(InstanceType::from(l.instance_type))
-                    .min_count(1)
-                    .max_count(1)
-                    .client_token(l.token)
-                    .set_key_name(l.key_name.map(str::to_string))
-                    .iam_instance_profile(IamInstanceProfileSpecification::builder().name(l.profile_name).build())
-                    .network_interfaces(interface)
-                    .metadata_options(metadata)
-                    .tag_specifications(ec2_tags(ResourceType::Instance, l.tags))
-                    .tag_specifications(ec2_tags(ResourceType::Volume, l.tags))
-                    // The `Scoped` policy lets RunInstances create only resources tagged as ours.
-                    .tag_specifications(ec2_tags(ResourceType::NetworkInterface, l.tags))
-                    .send()
-            })
-            .await
-            .map_err(|e| match self.fail("ec2:RunInstances", e) {
+        let run = || {
+            self.ec2
+                .run_instances()
+                .image_id(l.image)
+                .instance_type(InstanceType::from(l.instance_type))
+                .min_count(1)
+                .max_count(1)
+                .client_token(l.token)
+                .set_key_name(l.key_name.map(str::to_string))
+                .iam_instance_profile(IamInstanceProfileSpecification::builder().name(l.profile_name).build())
+                .network_interfaces(interface)
+                .metadata_options(metadata)
+                .tag_specifications(ec2_tags(ResourceType::Instance, l.tags))
+                .tag_specifications(ec2_tags(ResourceType::Volume, l.tags))
+                // The `Scoped` policy lets RunInstances create only resources tagged as ours.
+                .tag_specifications(ec2_tags(ResourceType::NetworkInterface, l.tags))
+                .send()
+        };
+        let out = self.calls().mutate(Service::Ec2, "ec2:RunInstances", &[], run).await.map_err(|e| match e {
                 // EC2 answers an unknown type `InvalidParameterValue`: "Invalid value 'x' for InstanceType".
                 Error::AwsRejectedValue { action, code, message, remedy } => {
                     let remedy = if message.contains("InstanceType") {
@@ -220,31 +222,24 @@ impl<'a> BastionAws<'a> {
                     Error::AwsRejectedValue { action, code, message, remedy }
                 }
                 other => other,
-            })?;
-        out.instances()
-            .first()
+        })?;
+        out.as_ref()
+            .and_then(|o| o.instances().first())
             .and_then(|i| i.instance_id())
             .map(str::to_string)
             .ok_or_else(|| missing("ec2:RunInstances", "InstanceId"))
     }
 
     pub async fn terminate(&self, ids: &[String]) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2.terminate_instances().set_instance_ids(Some(ids.to_vec())).send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("InvalidInstanceID.NotFound") => Ok(()),
-            Err(e) => Err(self.fail("ec2:TerminateInstances", e)),
-        }
+        let terminate = || self.ec2.terminate_instances().set_instance_ids(Some(ids.to_vec())).send();
+        let done = &["InvalidInstanceID.NotFound"];
+        self.calls().mutate(Service::Ec2, "ec2:TerminateInstances", done, terminate).await?;
+        Ok(())
     }
 
     /// Its security group's calls.
     pub fn groups(&self) -> SecurityGroups<'_> {
-        SecurityGroups { ec2: &self.ec2, caller: &self.caller, account: &self.account, limiter: self.limiter }
+        SecurityGroups { ec2: &self.ec2, calls: self.calls() }
     }
 
     // ----- EC2: key pairs -----
@@ -252,11 +247,7 @@ impl<'a> BastionAws<'a> {
     /// The key pairs whose name starts with `prefix` (the Bastion's base name, which ends in its UID).
     pub async fn key_pairs(&self, prefix: &str) -> Result<Vec<KeyPair>> {
         let read = || self.ec2.describe_key_pairs().send();
-        let out = self
-            .limiter
-            .read(&self.account, Service::Ec2, read)
-            .await
-            .map_err(|e| self.fail("ec2:DescribeKeyPairs", e))?;
+        let out = self.calls().read(Service::Ec2, "ec2:DescribeKeyPairs", read).await?;
         Ok(out
             .key_pairs()
             .iter()
@@ -275,48 +266,34 @@ impl<'a> BastionAws<'a> {
     }
 
     pub async fn import_key_pair(&self, name: &str, public_key: &str, tags: &[(String, String)]) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Ec2, || {
-                self.ec2
-                    .import_key_pair()
-                    .key_name(name)
-                    .public_key_material(Blob::new(public_key.as_bytes()))
-                    .tag_specifications(ec2_tags(ResourceType::KeyPair, tags))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // The name holds the key's hash: an existing pair of that name holds this very key.
-            Err(e) if code(&e) == Some("InvalidKeyPair.Duplicate") => Ok(()),
-            Err(e) => Err(self.fail("ec2:ImportKeyPair", e)),
-        }
+        let import = || {
+            self.ec2
+                .import_key_pair()
+                .key_name(name)
+                .public_key_material(Blob::new(public_key.as_bytes()))
+                .tag_specifications(ec2_tags(ResourceType::KeyPair, tags))
+                .send()
+        };
+        // The name holds the key's hash: an existing pair of that name holds this very key.
+        let done = &["InvalidKeyPair.Duplicate"];
+        self.calls().mutate(Service::Ec2, "ec2:ImportKeyPair", done, import).await?;
+        Ok(())
     }
 
     pub async fn delete_key_pair(&self, name: &str) -> Result<()> {
-        let result =
-            self.limiter.mutate(&self.account, Service::Ec2, || self.ec2.delete_key_pair().key_name(name).send()).await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("InvalidKeyPair.NotFound") => Ok(()),
-            Err(e) => Err(self.fail("ec2:DeleteKeyPair", e)),
-        }
+        let delete = || self.ec2.delete_key_pair().key_name(name).send();
+        self.calls().mutate(Service::Ec2, "ec2:DeleteKeyPair", &["InvalidKeyPair.NotFound"], delete).await?;
+        Ok(())
     }
 
     // ----- IAM: the role -----
 
     pub async fn role(&self, name: &str) -> Result<Option<IamEntity>> {
         let read = || self.iam.get_role().role_name(name).send();
-        match self.limiter.read(&self.account, Service::Iam, read).await {
-            Ok(out) => Ok(out.role().map(|r| IamEntity {
-                arn: r.arn().to_string(),
-                tags: iam_tag_map(r.tags()),
-                roles: Vec::new(),
-            })),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(None),
-            Err(e) => Err(self.fail("iam:GetRole", e)),
-        }
+        let found = self.calls().find(Service::Iam, "iam:GetRole", NO_SUCH_ENTITY, read).await?;
+        Ok(found.and_then(|out| {
+            out.role().map(|r| IamEntity { arn: r.arn().to_string(), tags: iam_tag_map(r.tags()), roles: Vec::new() })
+        }))
     }
 
     /// Creates the role under the operator's IAM path, trusted by EC2 only, with the link's
@@ -330,176 +307,101 @@ impl<'a> BastionAws<'a> {
     ) -> Result<()> {
         let tags = iam_tags(tags)?;
         let trust = super::plan::trust_policy();
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam
-                    .create_role()
-                    .role_name(name)
-                    .path(IAM_PATH)
-                    .description(description)
-                    .assume_role_policy_document(trust)
-                    .set_permissions_boundary(boundary.map(str::to_string))
-                    .set_tags(Some(tags))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("EntityAlreadyExists") => Ok(()),
-            Err(e) => Err(self.fail("iam:CreateRole", e)),
-        }
+        let create = || {
+            self.iam
+                .create_role()
+                .role_name(name)
+                .path(IAM_PATH)
+                .description(description)
+                .assume_role_policy_document(trust)
+                .set_permissions_boundary(boundary.map(str::to_string))
+                .set_tags(Some(tags))
+                .send()
+        };
+        self.calls().mutate(Service::Iam, "iam:CreateRole", ALREADY_EXISTS, create).await?;
+        Ok(())
     }
 
     /// The names of the role's inline policies.
     pub async fn role_policies(&self, role: &str) -> Result<BTreeSet<String>> {
         let read = || self.iam.list_role_policies().role_name(role).send();
-        match self.limiter.read(&self.account, Service::Iam, read).await {
-            Ok(out) => Ok(out.policy_names().iter().cloned().collect()),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(BTreeSet::new()),
-            Err(e) => Err(self.fail("iam:ListRolePolicies", e)),
-        }
+        let found = self.calls().find(Service::Iam, "iam:ListRolePolicies", NO_SUCH_ENTITY, read).await?;
+        Ok(found.map(|out| out.policy_names().iter().cloned().collect()).unwrap_or_default())
     }
 
     /// The ARNs of the managed policies attached to the role.
     pub async fn attached_policies(&self, role: &str) -> Result<BTreeSet<String>> {
         let read = || self.iam.list_attached_role_policies().role_name(role).send();
-        match self.limiter.read(&self.account, Service::Iam, read).await {
-            Ok(out) => Ok(out.attached_policies().iter().filter_map(|p| p.policy_arn().map(str::to_string)).collect()),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(BTreeSet::new()),
-            Err(e) => Err(self.fail("iam:ListAttachedRolePolicies", e)),
-        }
+        let found = self.calls().find(Service::Iam, "iam:ListAttachedRolePolicies", NO_SUCH_ENTITY, read).await?;
+        Ok(found
+            .map(|out| out.attached_policies().iter().filter_map(|p| p.policy_arn().map(str::to_string)).collect())
+            .unwrap_or_default())
     }
 
     pub async fn put_role_policy(&self, role: &str, policy: &str, document: &str) -> Result<()> {
-        self.limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam.put_role_policy().role_name(role).policy_name(policy).policy_document(document).send()
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| self.fail("iam:PutRolePolicy", e))
+        let put = || self.iam.put_role_policy().role_name(role).policy_name(policy).policy_document(document).send();
+        self.calls().mutate(Service::Iam, "iam:PutRolePolicy", &[], put).await?;
+        Ok(())
     }
 
     pub async fn delete_role_policy(&self, role: &str, policy: &str) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam.delete_role_policy().role_name(role).policy_name(policy).send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
-            Err(e) => Err(self.fail("iam:DeleteRolePolicy", e)),
-        }
+        let delete = || self.iam.delete_role_policy().role_name(role).policy_name(policy).send();
+        self.calls().mutate(Service::Iam, "iam:DeleteRolePolicy", NO_SUCH_ENTITY, delete).await?;
+        Ok(())
     }
 
     pub async fn detach_role_policy(&self, role: &str, arn: &str) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam.detach_role_policy().role_name(role).policy_arn(arn).send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
-            Err(e) => Err(self.fail("iam:DetachRolePolicy", e)),
-        }
+        let detach = || self.iam.detach_role_policy().role_name(role).policy_arn(arn).send();
+        self.calls().mutate(Service::Iam, "iam:DetachRolePolicy", NO_SUCH_ENTITY, detach).await?;
+        Ok(())
     }
 
     pub async fn delete_role(&self, role: &str) -> Result<Deleted> {
-        let result =
-            self.limiter.mutate(&self.account, Service::Iam, || self.iam.delete_role().role_name(role).send()).await;
-        match result {
-            Ok(_) => Ok(Deleted::Done),
-            Err(e) => match code(&e) {
-                Some("NoSuchEntity") => Ok(Deleted::Done),
-                Some("DeleteConflict") => Ok(Deleted::StillInUse),
-                _ => Err(self.fail("iam:DeleteRole", e)),
-            },
-        }
+        let delete = || self.iam.delete_role().role_name(role).send();
+        let answer = self.calls().mutate_or(Service::Iam, "iam:DeleteRole", DELETE_ANSWERS, delete).await?;
+        Ok(deleted(answer))
     }
 
     // ----- IAM: the instance profile -----
 
     pub async fn instance_profile(&self, name: &str) -> Result<Option<IamEntity>> {
         let read = || self.iam.get_instance_profile().instance_profile_name(name).send();
-        match self.limiter.read(&self.account, Service::Iam, read).await {
-            Ok(out) => Ok(out.instance_profile().map(|p| IamEntity {
+        let found = self.calls().find(Service::Iam, "iam:GetInstanceProfile", NO_SUCH_ENTITY, read).await?;
+        Ok(found.and_then(|out| {
+            out.instance_profile().map(|p| IamEntity {
                 arn: p.arn().to_string(),
                 tags: iam_tag_map(p.tags()),
                 roles: p.roles().iter().map(|r| r.role_name().to_string()).collect(),
-            })),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(None),
-            Err(e) => Err(self.fail("iam:GetInstanceProfile", e)),
-        }
+            })
+        }))
     }
 
     pub async fn create_instance_profile(&self, name: &str, tags: &[(String, String)]) -> Result<()> {
         let tags = iam_tags(tags)?;
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam
-                    .create_instance_profile()
-                    .instance_profile_name(name)
-                    .path(IAM_PATH)
-                    .set_tags(Some(tags))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("EntityAlreadyExists") => Ok(()),
-            Err(e) => Err(self.fail("iam:CreateInstanceProfile", e)),
-        }
+        let create = || {
+            self.iam.create_instance_profile().instance_profile_name(name).path(IAM_PATH).set_tags(Some(tags)).send()
+        };
+        self.calls().mutate(Service::Iam, "iam:CreateInstanceProfile", ALREADY_EXISTS, create).await?;
+        Ok(())
     }
 
     pub async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam.add_role_to_instance_profile().instance_profile_name(profile).role_name(role).send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // A profile holds one role: the earlier call (before a crash) added it.
-            Err(e) if code(&e) == Some("LimitExceeded") => Ok(()),
-            Err(e) => Err(self.fail("iam:AddRoleToInstanceProfile", e)),
-        }
+        let add = || self.iam.add_role_to_instance_profile().instance_profile_name(profile).role_name(role).send();
+        // A profile holds one role: the earlier call (before a crash) added it.
+        self.calls().mutate(Service::Iam, "iam:AddRoleToInstanceProfile", &["LimitExceeded"], add).await?;
+        Ok(())
     }
 
     pub async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> Result<()> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam.remove_role_from_instance_profile().instance_profile_name(profile).role_name(role).send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
-            Err(e) => Err(self.fail("iam:RemoveRoleFromInstanceProfile", e)),
-        }
+        let remove =
+            || self.iam.remove_role_from_instance_profile().instance_profile_name(profile).role_name(role).send();
+        self.calls().mutate(Service::Iam, "iam:RemoveRoleFromInstanceProfile", NO_SUCH_ENTITY, remove).await?;
+        Ok(())
     }
 
     pub async fn delete_instance_profile(&self, profile: &str) -> Result<Deleted> {
-        let result = self
-            .limiter
-            .mutate(&self.account, Service::Iam, || {
-                self.iam.delete_instance_profile().instance_profile_name(profile).send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(Deleted::Done),
-            Err(e) => match code(&e) {
-                Some("NoSuchEntity") => Ok(Deleted::Done),
-                Some("DeleteConflict") => Ok(Deleted::StillInUse),
-                _ => Err(self.fail("iam:DeleteInstanceProfile", e)),
-            },
-        }
+        let delete = || self.iam.delete_instance_profile().instance_profile_name(profile).send();
+        let answer = self.calls().mutate_or(Service::Iam, "iam:DeleteInstanceProfile", DELETE_ANSWERS, delete).await?;
+        Ok(deleted(answer))
     }
 }

@@ -1,17 +1,15 @@
 //! The AWS calls a Database makes: RDS (subnet group, instance, final snapshot), Secrets Manager
 //! (password, secret) and EC2 (its security group), all as the Stack's account link. Lookups
-//! answer `None` for "not there"; every mutation goes through the shared rate limiter.
+//! answer `None` for "not there"; every call goes through `Calls`.
 
 use aws_config::SdkConfig;
 use aws_sdk_rds::types::Tag as RdsTag;
 use aws_sdk_secretsmanager::types::Tag as SecretTag;
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::client::result::SdkError;
 
 use super::credentials::{Password, SecretDocument};
 use super::plan::{InstanceChanges, ObservedInstance, PORT};
 use crate::aws::account::Account;
-use crate::aws::errors::aws_error;
+use crate::aws::call::Calls;
 use crate::aws::inventory::observed_instance;
 use crate::aws::inventory::{self, Created, Kind, Recorded, Scope, Snapshot};
 pub use crate::aws::inventory::{DbSubnetGroup, SecretInfo};
@@ -52,36 +50,14 @@ impl<'a> DatabaseAws<'a> {
         self.ctx.inventory.record(&self.net.scope, recorded).await;
     }
 
-    fn fail<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        aws_error(action, &self.net.caller, e)
-    }
-
-    /// `fail` for a call that carries the instance's spec fields: when RDS refuses a value, the
-    /// message names the field to change.
-    fn fail_instance<E>(&self, action: &str, e: SdkError<E, HttpResponse>) -> Error
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        match self.fail(action, e) {
-            Error::AwsRejectedValue { action, code, message, .. } => {
-                let remedy = super::plan::fields_to_change(&message);
-                Error::AwsRejectedValue { action, code, message, remedy }
-            }
-            other => other,
-        }
+    /// Every call of the reconcile, as the link's role, through the shared limiter.
+    fn calls(&self) -> Calls<'_> {
+        self.net.calls(self.ctx)
     }
 
     /// Its security group's calls.
     pub fn groups(&self) -> SecurityGroups<'_> {
-        SecurityGroups {
-            ec2: &self.net.ec2,
-            caller: &self.net.caller,
-            account: &self.net.scope.account,
-            limiter: &self.ctx.limiter,
-        }
+        SecurityGroups { ec2: &self.net.ec2, calls: self.calls() }
     }
 
     /// Records what a read of one resource found: the resource as it is now, or that it is gone.
@@ -98,11 +74,8 @@ impl<'a> DatabaseAws<'a> {
     /// Reads the subnet group named `name` now (not from the inventory), and records what it found.
     pub async fn subnet_group(&self, name: &str) -> Result<Option<DbSubnetGroup>> {
         let read = || self.net.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
-        let found = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
-            Ok(out) => out.db_subnet_groups().first().and_then(inventory::db_subnet_group_of),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => None,
-            Err(e) => return Err(self.fail("rds:DescribeDBSubnetGroups", e)),
-        };
+        let found = self.calls().find(Service::Rds, "rds:DescribeDBSubnetGroups", NO_SUBNET_GROUP, read).await?;
+        let found = found.and_then(|out| out.db_subnet_groups().first().and_then(inventory::db_subnet_group_of));
         self.record_read(Kind::DbSubnetGroups, name, found.clone().map(Created::DbSubnetGroup)).await;
         Ok(found)
     }
@@ -112,19 +85,11 @@ impl<'a> DatabaseAws<'a> {
     /// did not see itself create, and before deleting one.
     pub async fn subnet_group_tags(&self, name: &str) -> Result<Option<Tags>> {
         let read = || self.net.rds.describe_db_subnet_groups().db_subnet_group_name(name).send();
-        let arn = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
-            Ok(out) => out.db_subnet_groups().first().and_then(|g| g.db_subnet_group_arn()).map(str::to_string),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => None,
-            Err(e) => return Err(self.fail("rds:DescribeDBSubnetGroups", e)),
-        };
+        let found = self.calls().find(Service::Rds, "rds:DescribeDBSubnetGroups", NO_SUBNET_GROUP, read).await?;
+        let arn = found.and_then(|out| out.db_subnet_groups().first()?.db_subnet_group_arn().map(str::to_string));
         let Some(arn) = arn else { return Ok(None) };
         let read = || self.net.rds.list_tags_for_resource().resource_name(&arn).send();
-        let out = self
-            .ctx
-            .limiter
-            .read(&self.net.scope.account, Service::Rds, read)
-            .await
-            .map_err(|e| self.fail("rds:ListTagsForResource", e))?;
+        let out = self.calls().read(Service::Rds, "rds:ListTagsForResource", read).await?;
         Ok(Some(
             out.tag_list()
                 .iter()
@@ -142,76 +107,54 @@ impl<'a> DatabaseAws<'a> {
         subnet_ids: &[String],
         tags: &[(String, String)],
     ) -> Result<bool> {
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .create_db_subnet_group()
-                    .db_subnet_group_name(name)
-                    .db_subnet_group_description(description)
-                    .set_subnet_ids(Some(subnet_ids.to_vec()))
-                    .set_tags(Some(rds_tags(tags)))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(out) => {
+        let create = || {
+            self.net
+                .rds
+                .create_db_subnet_group()
+                .db_subnet_group_name(name)
+                .db_subnet_group_description(description)
+                .set_subnet_ids(Some(subnet_ids.to_vec()))
+                .set_tags(Some(rds_tags(tags)))
+                .send()
+        };
+        let exists = &["DBSubnetGroupAlreadyExists"];
+        match self.calls().mutate(Service::Rds, "rds:CreateDBSubnetGroup", exists, create).await? {
+            Some(out) => {
                 if let Some(group) = out.db_subnet_group().and_then(inventory::db_subnet_group_of) {
                     self.record(Recorded::Created(Created::DbSubnetGroup(group))).await;
                 }
                 Ok(true)
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_already_exists_fault()) => {
-                self.subnet_group(name).await.map(|_| false)
-            }
-            Err(e) => Err(self.fail("rds:CreateDBSubnetGroup", e)),
+            None => self.subnet_group(name).await.map(|_| false),
         }
     }
 
     pub async fn modify_subnet_group(&self, name: &str, subnet_ids: &[String]) -> Result<()> {
-        let out = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .modify_db_subnet_group()
-                    .db_subnet_group_name(name)
-                    .set_subnet_ids(Some(subnet_ids.to_vec()))
-                    .send()
-            })
-            .await
-            .map_err(|e| self.fail("rds:ModifyDBSubnetGroup", e))?;
-        if let Some(group) = out.db_subnet_group().and_then(inventory::db_subnet_group_of) {
+        let modify = || {
+            self.net
+                .rds
+                .modify_db_subnet_group()
+                .db_subnet_group_name(name)
+                .set_subnet_ids(Some(subnet_ids.to_vec()))
+                .send()
+        };
+        let out = self.calls().mutate(Service::Rds, "rds:ModifyDBSubnetGroup", &[], modify).await?;
+        if let Some(group) = out.as_ref().and_then(|o| o.db_subnet_group()).and_then(inventory::db_subnet_group_of) {
             self.record(Recorded::Observed(Created::DbSubnetGroup(group))).await;
         }
         Ok(())
     }
 
     pub async fn delete_subnet_group(&self, name: &str) -> Result<Deleted> {
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net.rds.delete_db_subnet_group().db_subnet_group_name(name).send()
-            })
-            .await;
-        let deleted = Recorded::Deleted(Kind::DbSubnetGroups, name.to_string());
-        match result {
-            Ok(_) => {
-                self.record(deleted).await;
+        let delete = || self.net.rds.delete_db_subnet_group().db_subnet_group_name(name).send();
+        // Still used by an instance (one being deleted, too): `InvalidDBSubnetGroupStateFault`.
+        let codes = &[NO_SUBNET_GROUP[0], "InvalidDBSubnetGroupStateFault"];
+        match self.calls().mutate_or(Service::Rds, "rds:DeleteDBSubnetGroup", codes, delete).await? {
+            Err(code) if code == "InvalidDBSubnetGroupStateFault" => Ok(Deleted::StillInUse),
+            Ok(_) | Err(_) => {
+                self.record(Recorded::Deleted(Kind::DbSubnetGroups, name.to_string())).await;
                 Ok(Deleted::Done)
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_subnet_group_not_found_fault()) => {
-                self.record(deleted).await;
-                Ok(Deleted::Done)
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_invalid_db_subnet_group_state_fault()) => {
-                Ok(Deleted::StillInUse)
-            }
-            Err(e) => Err(self.fail("rds:DeleteDBSubnetGroup", e)),
         }
     }
 
@@ -220,87 +163,75 @@ impl<'a> DatabaseAws<'a> {
     /// Reads the instance now (not from the inventory), and records what it found.
     pub async fn instance(&self, identifier: &str) -> Result<Option<ObservedInstance>> {
         let read = || self.net.rds.describe_db_instances().db_instance_identifier(identifier).send();
-        let found = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
-            Ok(out) => out.db_instances().first().map(observed_instance),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => None,
-            Err(e) => return Err(self.fail("rds:DescribeDBInstances", e)),
-        };
+        let found = self.calls().find(Service::Rds, "rds:DescribeDBInstances", NO_INSTANCE, read).await?;
+        let found = found.and_then(|out| out.db_instances().first().map(observed_instance));
         self.record_read(Kind::DbInstances, identifier, found.clone().map(Created::DbInstance)).await;
         Ok(found)
     }
 
     pub async fn create_instance(&self, request: &CreateInstance<'_>) -> Result<()> {
         let r = request;
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .create_db_instance()
-                    .db_instance_identifier(r.identifier)
-                    .engine(super::plan::ENGINE)
-                    .engine_version(r.engine_version)
-                    .db_instance_class(r.class)
-                    .allocated_storage(r.storage_gib)
-                    .storage_type("gp3")
-                    .db_name(r.db_name)
-                    .master_username(r.username)
-                    .master_user_password(r.password.expose())
-                    .port(PORT)
-                    .db_subnet_group_name(r.subnet_group)
-                    .vpc_security_group_ids(r.security_group)
-                    .publicly_accessible(false)
-                    .storage_encrypted(true)
-                    .kms_key_id(r.kms_key_arn)
-                    .deletion_protection(true)
-                    .multi_az(r.multi_az)
-                    .backup_retention_period(r.backup_days)
-                    .copy_tags_to_snapshot(true)
-                    .auto_minor_version_upgrade(true)
-                    .set_tags(Some(rds_tags(r.tags)))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(out) => {
+        let create = || {
+            self.net
+                .rds
+                .create_db_instance()
+                .db_instance_identifier(r.identifier)
+                .engine(super::plan::ENGINE)
+                .engine_version(r.engine_version)
+                .db_instance_class(r.class)
+                .allocated_storage(r.storage_gib)
+                .storage_type("gp3")
+                .db_name(r.db_name)
+                .master_username(r.username)
+                .master_user_password(r.password.expose())
+                .port(PORT)
+                .db_subnet_group_name(r.subnet_group)
+                .vpc_security_group_ids(r.security_group)
+                .publicly_accessible(false)
+                .storage_encrypted(true)
+                .kms_key_id(r.kms_key_arn)
+                .deletion_protection(true)
+                .multi_az(r.multi_az)
+                .backup_retention_period(r.backup_days)
+                .copy_tags_to_snapshot(true)
+                .auto_minor_version_upgrade(true)
+                .set_tags(Some(rds_tags(r.tags)))
+                .send()
+        };
+        // A lookup that lagged behind an earlier create.
+        let created = self.calls().mutate(Service::Rds, "rds:CreateDBInstance", INSTANCE_EXISTS, create).await;
+        match created.map_err(naming_fields)? {
+            Some(out) => {
                 if let Some(instance) = out.db_instance().map(observed_instance) {
                     self.record(Recorded::Created(Created::DbInstance(instance))).await;
                 }
                 Ok(())
             }
-            // A lookup that lagged behind an earlier create.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_already_exists_fault()) => {
-                self.instance(r.identifier).await.map(|_| ())
-            }
-            Err(e) => Err(self.fail_instance("rds:CreateDBInstance", e)),
+            None => self.instance(r.identifier).await.map(|_| ()),
         }
     }
 
     pub async fn modify_instance(&self, identifier: &str, c: &InstanceChanges) -> Result<()> {
-        let out = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .modify_db_instance()
-                    .db_instance_identifier(identifier)
-                    .apply_immediately(true)
-                    .set_publicly_accessible(c.publicly_accessible)
-                    .set_vpc_security_group_ids(c.security_groups.clone())
-                    .set_deletion_protection(c.deletion_protection)
-                    .set_db_instance_class(c.class.clone())
-                    .set_allocated_storage(c.storage_gib)
-                    .set_multi_az(c.multi_az)
-                    .set_backup_retention_period(c.backup_days)
-                    .set_engine_version(c.engine_version.clone())
-                    .set_allow_major_version_upgrade(c.allow_major_upgrade.then_some(true))
-                    .send()
-            })
-            .await
-            .map_err(|e| self.fail_instance("rds:ModifyDBInstance", e))?;
-        if let Some(instance) = out.db_instance().map(observed_instance) {
+        let modify = || {
+            self.net
+                .rds
+                .modify_db_instance()
+                .db_instance_identifier(identifier)
+                .apply_immediately(true)
+                .set_publicly_accessible(c.publicly_accessible)
+                .set_vpc_security_group_ids(c.security_groups.clone())
+                .set_deletion_protection(c.deletion_protection)
+                .set_db_instance_class(c.class.clone())
+                .set_allocated_storage(c.storage_gib)
+                .set_multi_az(c.multi_az)
+                .set_backup_retention_period(c.backup_days)
+                .set_engine_version(c.engine_version.clone())
+                .set_allow_major_version_upgrade(c.allow_major_upgrade.then_some(true))
+                .send()
+        };
+        let out =
+            self.calls().mutate(Service::Rds, "rds:ModifyDBInstance", &[], modify).await.map_err(naming_fields)?;
+        if let Some(instance) = out.as_ref().and_then(|o| o.db_instance()).map(observed_instance) {
             self.record(Recorded::Observed(Created::DbInstance(instance))).await;
         }
         Ok(())
@@ -309,21 +240,17 @@ impl<'a> DatabaseAws<'a> {
     /// Gives the instance the master password `password`, at once (RDS applies it within
     /// seconds, as `resetting-master-credentials`; open sessions stay).
     pub async fn set_master_password(&self, identifier: &str, password: &Password) -> Result<()> {
-        let out = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .modify_db_instance()
-                    .db_instance_identifier(identifier)
-                    .master_user_password(password.expose())
-                    .apply_immediately(true)
-                    .send()
-            })
-            .await
-            .map_err(|e| self.fail("rds:ModifyDBInstance", e))?;
-        if let Some(instance) = out.db_instance().map(observed_instance) {
+        let modify = || {
+            self.net
+                .rds
+                .modify_db_instance()
+                .db_instance_identifier(identifier)
+                .master_user_password(password.expose())
+                .apply_immediately(true)
+                .send()
+        };
+        let out = self.calls().mutate(Service::Rds, "rds:ModifyDBInstance", &[], modify).await?;
+        if let Some(instance) = out.as_ref().and_then(|o| o.db_instance()).map(observed_instance) {
             self.record(Recorded::Observed(Created::DbInstance(instance))).await;
         }
         Ok(())
@@ -338,26 +265,18 @@ impl<'a> DatabaseAws<'a> {
     /// Deletes the instance, with a final snapshot named `final_snapshot` if given. `Ok(false)`
     /// when RDS cannot start the deletion yet (the instance is busy) or already has.
     pub async fn delete_instance(&self, identifier: &str, final_snapshot: Option<&str>) -> Result<bool> {
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .delete_db_instance()
-                    .db_instance_identifier(identifier)
-                    .skip_final_snapshot(final_snapshot.is_none())
-                    .set_final_db_snapshot_identifier(final_snapshot.map(str::to_string))
-                    .delete_automated_backups(true)
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => Ok(false),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_invalid_db_instance_state_fault()) => Ok(false),
-            Err(e) => Err(self.fail("rds:DeleteDBInstance", e)),
-        }
+        let delete = || {
+            self.net
+                .rds
+                .delete_db_instance()
+                .db_instance_identifier(identifier)
+                .skip_final_snapshot(final_snapshot.is_none())
+                .set_final_db_snapshot_identifier(final_snapshot.map(str::to_string))
+                .delete_automated_backups(true)
+                .send()
+        };
+        let not_now = &[NO_INSTANCE[0], "InvalidDBInstanceState"];
+        Ok(self.calls().mutate(Service::Rds, "rds:DeleteDBInstance", not_now, delete).await?.is_some())
     }
 
     // ----- RDS: snapshots (read only when an instance is about to be made) -----
@@ -367,10 +286,8 @@ impl<'a> DatabaseAws<'a> {
     pub async fn manual_snapshots_of(&self, identifier: &str) -> Result<Vec<String>> {
         let read =
             || self.net.rds.describe_db_snapshots().db_instance_identifier(identifier).snapshot_type("manual").send();
-        let out = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_snapshot_not_found_fault()) => return Ok(Vec::new()),
-            Err(e) => return Err(self.fail("rds:DescribeDBSnapshots", e)),
+        let Some(out) = self.calls().find(Service::Rds, "rds:DescribeDBSnapshots", NO_SNAPSHOT, read).await? else {
+            return Ok(Vec::new());
         };
         let mut found: Vec<_> = out
             .db_snapshots()
@@ -384,10 +301,8 @@ impl<'a> DatabaseAws<'a> {
     /// The DB snapshot `id`, if it exists.
     pub async fn db_snapshot(&self, id: &str) -> Result<Option<SnapshotInfo>> {
         let read = || self.net.rds.describe_db_snapshots().db_snapshot_identifier(id).send();
-        let out = match self.ctx.limiter.read(&self.net.scope.account, Service::Rds, read).await {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_snapshot_not_found_fault()) => return Ok(None),
-            Err(e) => return Err(self.fail("rds:DescribeDBSnapshots", e)),
+        let Some(out) = self.calls().find(Service::Rds, "rds:DescribeDBSnapshots", NO_SNAPSHOT, read).await? else {
+            return Ok(None);
         };
         Ok(out.db_snapshots().first().map(|s| SnapshotInfo {
             available: s.status() == Some("available"),
@@ -401,43 +316,37 @@ impl<'a> DatabaseAws<'a> {
     /// RestoreDBInstanceFromDBSnapshot: a new instance from the snapshot, placed and locked down
     /// as a created one is. It keeps the snapshot's master password until `set_master_password`.
     pub async fn restore_instance(&self, r: &RestoreInstance<'_>) -> Result<()> {
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net
-                    .rds
-                    .restore_db_instance_from_db_snapshot()
-                    .db_instance_identifier(r.identifier)
-                    .db_snapshot_identifier(r.snapshot)
-                    .db_instance_class(r.class)
-                    .storage_type("gp3")
-                    .port(PORT)
-                    .db_subnet_group_name(r.subnet_group)
-                    .vpc_security_group_ids(r.security_group)
-                    .publicly_accessible(false)
-                    .deletion_protection(true)
-                    .multi_az(r.multi_az)
-                    .copy_tags_to_snapshot(true)
-                    .auto_minor_version_upgrade(true)
-                    .set_tags(Some(rds_tags(r.tags)))
-                    .send()
-            })
-            .await;
-        match result {
+        let restore = || {
+            self.net
+                .rds
+                .restore_db_instance_from_db_snapshot()
+                .db_instance_identifier(r.identifier)
+                .db_snapshot_identifier(r.snapshot)
+                .db_instance_class(r.class)
+                .storage_type("gp3")
+                .port(PORT)
+                .db_subnet_group_name(r.subnet_group)
+                .vpc_security_group_ids(r.security_group)
+                .publicly_accessible(false)
+                .deletion_protection(true)
+                .multi_az(r.multi_az)
+                .copy_tags_to_snapshot(true)
+                .auto_minor_version_upgrade(true)
+                .set_tags(Some(rds_tags(r.tags)))
+                .send()
+        };
+        let codes = &[INSTANCE_EXISTS[0], NO_SNAPSHOT[0]];
+        match self.calls().mutate_or(Service::Rds, "rds:RestoreDBInstanceFromDBSnapshot", codes, restore).await? {
             Ok(out) => {
                 if let Some(instance) = out.db_instance().map(observed_instance) {
                     self.record(Recorded::Created(Created::DbInstance(instance))).await;
                 }
                 Ok(())
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_already_exists_fault()) => {
-                self.instance(r.identifier).await.map(|_| ())
-            }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_snapshot_not_found_fault()) => {
+            Err(code) if code == NO_SNAPSHOT[0] => {
                 Err(Error::RestoreSnapshotUnusable { snapshot: r.snapshot.into(), why: "does not exist".into() })
             }
-            Err(e) => Err(self.fail("rds:RestoreDBInstanceFromDBSnapshot", e)),
+            Err(_) => self.instance(r.identifier).await.map(|_| ()),
         }
     }
 
@@ -448,13 +357,8 @@ impl<'a> DatabaseAws<'a> {
         self.set_master_password(identifier, password).await?;
         let arn = instance.arn.clone().unwrap_or_default();
         let tags = rds_tags(&[(PASSWORD_TAG.to_string(), PASSWORD_FROM_SECRET.to_string())]);
-        self.ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::Rds, || {
-                self.net.rds.add_tags_to_resource().resource_name(&arn).set_tags(Some(tags.clone())).send()
-            })
-            .await
-            .map_err(|e| self.fail("rds:AddTagsToResource", e))?;
+        let tag = || self.net.rds.add_tags_to_resource().resource_name(&arn).set_tags(Some(tags.clone())).send();
+        self.calls().mutate(Service::Rds, "rds:AddTagsToResource", &[], tag).await?;
         // Read back: the status (`resetting-master-credentials`) and the tag.
         self.instance(identifier).await.map(|_| ())
     }
@@ -464,31 +368,25 @@ impl<'a> DatabaseAws<'a> {
     /// Reads the secret (by name or ARN) now, not from the inventory, and records what it found.
     pub async fn secret(&self, name: &str) -> Result<Option<SecretInfo>> {
         let read = || self.net.secrets.describe_secret().secret_id(name).send();
-        let found = match self.ctx.limiter.read(&self.net.scope.account, Service::SecretsManager, read).await {
-            Ok(out) => out.arn().map(|arn| SecretInfo {
+        let found =
+            self.calls().find(Service::SecretsManager, "secretsmanager:DescribeSecret", NO_SECRET, read).await?;
+        let found = found.and_then(|out| {
+            out.arn().map(|arn| SecretInfo {
                 name: out.name().unwrap_or(name).to_string(),
                 arn: arn.to_string(),
                 kms_key_id: out.kms_key_id().map(str::to_string),
                 current_version: inventory::current_version(out.version_ids_to_stages()),
                 scheduled_for_deletion: out.deleted_date().is_some(),
                 tags: inventory::secret_tags(out.tags()),
-            }),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => None,
-            Err(e) => return Err(self.fail("secretsmanager:DescribeSecret", e)),
-        };
+            })
+        });
         self.record_read(Kind::Secrets, name, found.clone().map(Created::Secret)).await;
         Ok(found)
     }
 
     pub async fn secret_value(&self, arn: &str) -> Result<SecretValue> {
-        let out = self
-            .ctx
-            .limiter
-            .read(&self.net.scope.account, Service::SecretsManager, || {
-                self.net.secrets.get_secret_value().secret_id(arn).send()
-            })
-            .await
-            .map_err(|e| self.fail("secretsmanager:GetSecretValue", e))?;
+        let read = || self.net.secrets.get_secret_value().secret_id(arn).send();
+        let out = self.calls().read(Service::SecretsManager, "secretsmanager:GetSecretValue", read).await?;
         let document = match out.secret_string() {
             Some(value) => SecretDocument::parse(value),
             None => Err("it holds no string value".to_string()),
@@ -499,18 +397,10 @@ impl<'a> DatabaseAws<'a> {
     /// What the version `version` of the secret holds; `None` once Secrets Manager no longer has
     /// that version.
     pub async fn secret_version_value(&self, arn: &str, version: &str) -> Result<Option<SecretValue>> {
-        let result = self
-            .ctx
-            .limiter
-            .read(&self.net.scope.account, Service::SecretsManager, || {
-                self.net.secrets.get_secret_value().secret_id(arn).version_id(version).send()
-            })
-            .await;
-        let out = match result {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(None),
-            Err(e) => return Err(self.fail("secretsmanager:GetSecretValue", e)),
-        };
+        let read = || self.net.secrets.get_secret_value().secret_id(arn).version_id(version).send();
+        let found =
+            self.calls().find(Service::SecretsManager, "secretsmanager:GetSecretValue", NO_SECRET, read).await?;
+        let Some(out) = found else { return Ok(None) };
         let document = match out.secret_string() {
             Some(value) => SecretDocument::parse(value),
             None => Err("it holds no string value".to_string()),
@@ -521,17 +411,17 @@ impl<'a> DatabaseAws<'a> {
     /// A new master password from Secrets Manager: letters and digits only, so that it survives
     /// URLs, shells and RDS's rules (which forbid `/`, `"`, `@` and spaces) without quoting.
     pub async fn random_password(&self) -> Result<Password> {
-        let out = self
-            .net
-            .secrets
-            .get_random_password()
-            .password_length(PASSWORD_LENGTH)
-            .exclude_punctuation(true)
-            .include_space(false)
-            .require_each_included_type(true)
-            .send()
-            .await
-            .map_err(|e| self.fail("secretsmanager:GetRandomPassword", e))?;
+        let generate = || {
+            self.net
+                .secrets
+                .get_random_password()
+                .password_length(PASSWORD_LENGTH)
+                .exclude_punctuation(true)
+                .include_space(false)
+                .require_each_included_type(true)
+                .send()
+        };
+        let out = self.calls().read(Service::SecretsManager, "secretsmanager:GetRandomPassword", generate).await?;
         out.random_password()
             .map(|p| Password::new(p.to_string()))
             .ok_or_else(|| crate::aws::inventory::missing("secretsmanager:GetRandomPassword", "RandomPassword"))
@@ -547,24 +437,22 @@ impl<'a> DatabaseAws<'a> {
         token: Option<&str>,
     ) -> Result<()> {
         let value = document.to_json();
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::SecretsManager, || {
-                self.net
-                    .secrets
-                    .create_secret()
-                    .name(name)
-                    .description(description)
-                    .kms_key_id(kms_key_arn)
-                    .secret_string(value)
-                    .set_client_request_token(token.map(str::to_string))
-                    .set_tags(Some(tags.iter().map(|(k, v)| SecretTag::builder().key(k).value(v).build()).collect()))
-                    .send()
-            })
-            .await;
-        match result {
-            Ok(out) => {
+        let create = || {
+            self.net
+                .secrets
+                .create_secret()
+                .name(name)
+                .description(description)
+                .kms_key_id(kms_key_arn)
+                .secret_string(value)
+                .set_client_request_token(token.map(str::to_string))
+                .set_tags(Some(tags.iter().map(|(k, v)| SecretTag::builder().key(k).value(v).build()).collect()))
+                .send()
+        };
+        // Never overwrite: an existing secret may hold the password of an existing instance.
+        match self.calls().mutate(Service::SecretsManager, "secretsmanager:CreateSecret", SECRET_EXISTS, create).await?
+        {
+            Some(out) => {
                 if let Some(arn) = out.arn() {
                     let created = SecretInfo {
                         name: name.to_string(),
@@ -578,11 +466,7 @@ impl<'a> DatabaseAws<'a> {
                 }
                 Ok(())
             }
-            // Never overwrite: an existing secret may hold the password of an existing instance.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
-                self.secret(name).await.map(|_| ())
-            }
-            Err(e) => Err(self.fail("secretsmanager:CreateSecret", e)),
+            None => self.secret(name).await.map(|_| ()),
         }
     }
 
@@ -595,26 +479,21 @@ impl<'a> DatabaseAws<'a> {
         token: Option<&str>,
     ) -> Result<Option<String>> {
         let value = document.to_json();
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::SecretsManager, || {
-                self.net
-                    .secrets
-                    .put_secret_value()
-                    .secret_id(arn)
-                    .secret_string(value)
-                    .set_client_request_token(token.map(str::to_string))
-                    .send()
-            })
-            .await;
-        let version = match result {
-            Ok(out) => out.version_id().map(str::to_string),
-            Err(e) if token.is_some() && e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
-                token.map(str::to_string)
-            }
-            Err(e) => return Err(self.fail("secretsmanager:PutSecretValue", e)),
+        let put = || {
+            self.net
+                .secrets
+                .put_secret_value()
+                .secret_id(arn)
+                .secret_string(value)
+                .set_client_request_token(token.map(str::to_string))
+                .send()
         };
+        let written = if token.is_some() { SECRET_EXISTS } else { &[] };
+        let version =
+            match self.calls().mutate(Service::SecretsManager, "secretsmanager:PutSecretValue", written, put).await? {
+                Some(out) => out.version_id().map(str::to_string),
+                None => token.map(str::to_string),
+            };
         // The new version is `AWSCURRENT` now: the inventory learns it from one read.
         self.secret(arn).await?;
         Ok(version)
@@ -623,54 +502,29 @@ impl<'a> DatabaseAws<'a> {
     /// Sets tags on the secret (the operator's bookkeeping of its password), and reads it again.
     pub async fn tag_secret(&self, arn: &str, tags: &[(&str, &str)]) -> Result<()> {
         let tags: Vec<SecretTag> = tags.iter().map(|(k, v)| SecretTag::builder().key(*k).value(*v).build()).collect();
-        self.ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::SecretsManager, || {
-                self.net.secrets.tag_resource().secret_id(arn).set_tags(Some(tags.clone())).send()
-            })
-            .await
-            .map_err(|e| self.fail("secretsmanager:TagResource", e))?;
+        let tag = || self.net.secrets.tag_resource().secret_id(arn).set_tags(Some(tags.clone())).send();
+        self.calls().mutate(Service::SecretsManager, "secretsmanager:TagResource", &[], tag).await?;
         self.secret(arn).await.map(|_| ())
     }
 
     pub async fn set_secret_key(&self, arn: &str, kms_key_arn: &str) -> Result<()> {
-        self.ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::SecretsManager, || {
-                self.net.secrets.update_secret().secret_id(arn).kms_key_id(kms_key_arn).send()
-            })
-            .await
-            .map_err(|e| self.fail("secretsmanager:UpdateSecret", e))?;
+        let update = || self.net.secrets.update_secret().secret_id(arn).kms_key_id(kms_key_arn).send();
+        self.calls().mutate(Service::SecretsManager, "secretsmanager:UpdateSecret", &[], update).await?;
         self.secret(arn).await.map(|_| ())
     }
 
     /// Cancels a scheduled deletion: the secret may hold the only copy of a live instance's password.
     pub async fn restore_secret(&self, arn: &str) -> Result<()> {
-        self.ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::SecretsManager, || {
-                self.net.secrets.restore_secret().secret_id(arn).send()
-            })
-            .await
-            .map_err(|e| self.fail("secretsmanager:RestoreSecret", e))?;
+        let restore = || self.net.secrets.restore_secret().secret_id(arn).send();
+        self.calls().mutate(Service::SecretsManager, "secretsmanager:RestoreSecret", &[], restore).await?;
         self.secret(arn).await.map(|_| ())
     }
 
     /// Deletes the secret at once: the instance it described is gone, and a recovery window would
     /// block a Database re-created under the same name from creating its secret.
     pub async fn delete_secret(&self, arn: &str) -> Result<()> {
-        let result = self
-            .ctx
-            .limiter
-            .mutate(&self.net.scope.account, Service::SecretsManager, || {
-                self.net.secrets.delete_secret().secret_id(arn).force_delete_without_recovery(true).send()
-            })
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {}
-            Err(e) => return Err(self.fail("secretsmanager:DeleteSecret", e)),
-        }
+        let delete = || self.net.secrets.delete_secret().secret_id(arn).force_delete_without_recovery(true).send();
+        self.calls().mutate(Service::SecretsManager, "secretsmanager:DeleteSecret", NO_SECRET, delete).await?;
         self.record(Recorded::Deleted(Kind::Secrets, arn.to_string())).await;
         Ok(())
     }
@@ -723,6 +577,27 @@ pub struct SnapshotInfo {
 pub const PASSWORD_TAG: &str = "tinystacks.io/master-password";
 pub const PASSWORD_FROM_SNAPSHOT: &str = "snapshot";
 const PASSWORD_FROM_SECRET: &str = "secret";
+
+/// The error codes that answer a call (RDS's and Secrets Manager's "not there" and "already
+/// there"), as the SDK's `is_*_fault` checks match them.
+const NO_SUBNET_GROUP: &[&str] = &["DBSubnetGroupNotFoundFault"];
+const NO_INSTANCE: &[&str] = &["DBInstanceNotFound"];
+const INSTANCE_EXISTS: &[&str] = &["DBInstanceAlreadyExists"];
+const NO_SNAPSHOT: &[&str] = &["DBSnapshotNotFound"];
+const NO_SECRET: &[&str] = &["ResourceNotFoundException"];
+const SECRET_EXISTS: &[&str] = &["ResourceExistsException"];
+
+/// The error of a call that carries the instance's spec fields: when RDS refuses a value, the
+/// message names the field to change.
+fn naming_fields(error: Error) -> Error {
+    match error {
+        Error::AwsRejectedValue { action, code, message, .. } => {
+            let remedy = super::plan::fields_to_change(&message);
+            Error::AwsRejectedValue { action, code, message, remedy }
+        }
+        other => other,
+    }
+}
 
 fn rds_tags(tags: &[(String, String)]) -> Vec<RdsTag> {
     tags.iter().map(|(k, v)| RdsTag::builder().key(k).value(v).build()).collect()
