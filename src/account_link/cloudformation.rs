@@ -6,13 +6,16 @@ use std::time::SystemTime;
 
 use aws_config::SdkConfig;
 use aws_sdk_cloudformation::types::{Capability, Tag, TemplateStage};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use super::plan::StackEvent;
 use crate::api::{AwsAccountLink, SecretReference};
+use crate::aws::call::Calls;
 use crate::aws::credentials::StaticCredentials;
-use crate::aws::errors::{Caller, aws_error};
+use crate::aws::errors::Caller;
 use crate::aws::limiter::Service;
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
@@ -76,22 +79,26 @@ impl Bootstrap {
         }
     }
 
+    /// Every call, with the bootstrap credentials, through the limiter of the link's account.
+    fn calls<'a>(&'a self, ctx: &'a Context) -> Calls<'a> {
+        Calls { limiter: &ctx.limiter, account: &self.account, caller: &self.caller }
+    }
+
     /// The account the bootstrap credentials belong to.
     pub async fn account(&self, ctx: &Context) -> Result<String> {
         let sts: aws_sdk_sts::Client = ctx.aws.client(&self.config);
-        let identity =
-            sts.get_caller_identity().send().await.map_err(|e| aws_error("sts:GetCallerIdentity", &self.caller, e))?;
+        let read = || sts.get_caller_identity().send();
+        let identity = self.calls(ctx).read(Service::Sts, "sts:GetCallerIdentity", read).await?;
         Ok(identity.account().unwrap_or_default().to_string())
     }
 
     /// The stack by name (or by ID), if it exists and is not deleted.
     pub async fn describe(&self, ctx: &Context, name_or_id: &str) -> Result<Option<ObservedStack>> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let out = match cfn.describe_stacks().stack_name(name_or_id).send().await {
-            Ok(out) => out,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(aws_error("cloudformation:DescribeStacks", &self.caller, e)),
-        };
+        let read = || cfn.describe_stacks().stack_name(name_or_id).send();
+        let calls = self.calls(ctx);
+        let found = calls.find_with(Service::CloudFormation, "cloudformation:DescribeStacks", is_missing, read).await?;
+        let Some(out) = found else { return Ok(None) };
         let Some(stack) = out.stacks().first() else { return Ok(None) };
         let status = stack.stack_status().map(|s| s.as_str().to_string()).unwrap_or_default();
         if status == "DELETE_COMPLETE" {
@@ -115,31 +122,23 @@ impl Bootstrap {
     /// Creates the stack; returns its ID. `CAPABILITY_NAMED_IAM` because the role has a fixed name.
     pub async fn create(&self, ctx: &Context, template: &str, tags: &BTreeMap<String, String>) -> Result<String> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let out = ctx
-            .limiter
-            .mutate(&self.account, Service::CloudFormation, || {
-                cfn.create_stack()
-                    .stack_name(&self.stack_name)
-                    .template_body(template)
-                    .capabilities(Capability::CapabilityNamedIam)
-                    .set_tags(Some(stack_tags(tags)))
-                    .send()
-            })
-            .await
-            .map_err(|e| aws_error("cloudformation:CreateStack", &self.caller, e))?;
-        Ok(out.stack_id().unwrap_or(&self.stack_name).to_string())
+        let create = || {
+            cfn.create_stack()
+                .stack_name(&self.stack_name)
+                .template_body(template)
+                .capabilities(Capability::CapabilityNamedIam)
+                .set_tags(Some(stack_tags(tags)))
+                .send()
+        };
+        let out = self.calls(ctx).mutate(Service::CloudFormation, "cloudformation:CreateStack", &[], create).await?;
+        Ok(out.as_ref().and_then(|o| o.stack_id()).unwrap_or(&self.stack_name).to_string())
     }
 
     /// The template the stack was last deployed with.
     pub async fn template(&self, ctx: &Context, stack_id: &str) -> Result<String> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let out = cfn
-            .get_template()
-            .stack_name(stack_id)
-            .template_stage(TemplateStage::Original)
-            .send()
-            .await
-            .map_err(|e| aws_error("cloudformation:GetTemplate", &self.caller, e))?;
+        let read = || cfn.get_template().stack_name(stack_id).template_stage(TemplateStage::Original).send();
+        let out = self.calls(ctx).read(Service::CloudFormation, "cloudformation:GetTemplate", read).await?;
         Ok(out.template_body().unwrap_or_default().to_string())
     }
 
@@ -152,39 +151,31 @@ impl Bootstrap {
         tags: &BTreeMap<String, String>,
     ) -> Result<bool> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let update = ctx.limiter.mutate(&self.account, Service::CloudFormation, || {
+        let update = || {
             cfn.update_stack()
                 .stack_name(stack_id)
                 .template_body(template)
                 .capabilities(Capability::CapabilityNamedIam)
                 .set_tags(Some(stack_tags(tags)))
                 .send()
-        });
-        match update.await {
-            Ok(_) => Ok(true),
-            Err(e) if message_of(&e).contains("No updates are to be performed") => Ok(false),
-            Err(e) => Err(aws_error("cloudformation:UpdateStack", &self.caller, e)),
-        }
+        };
+        let nothing_to_do = |e: &SdkError<_, _>| message_of(e).contains("No updates are to be performed");
+        let action = "cloudformation:UpdateStack";
+        Ok(self.calls(ctx).mutate_with(Service::CloudFormation, action, nothing_to_do, update).await?.is_some())
     }
 
     pub async fn delete(&self, ctx: &Context, stack_id: &str) -> Result<()> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        ctx.limiter
-            .mutate(&self.account, Service::CloudFormation, || cfn.delete_stack().stack_name(stack_id).send())
-            .await
-            .map_err(|e| aws_error("cloudformation:DeleteStack", &self.caller, e))?;
+        let delete = || cfn.delete_stack().stack_name(stack_id).send();
+        self.calls(ctx).mutate(Service::CloudFormation, "cloudformation:DeleteStack", &[], delete).await?;
         Ok(())
     }
 
     /// The stack's events, newest first (the first page is enough to find the latest failure).
     pub async fn events(&self, ctx: &Context, stack_id: &str) -> Result<Vec<StackEvent>> {
         let cfn: aws_sdk_cloudformation::Client = ctx.aws.client(&self.config);
-        let out = cfn
-            .describe_stack_events()
-            .stack_name(stack_id)
-            .send()
-            .await
-            .map_err(|e| aws_error("cloudformation:DescribeStackEvents", &self.caller, e))?;
+        let read = || cfn.describe_stack_events().stack_name(stack_id).send();
+        let out = self.calls(ctx).read(Service::CloudFormation, "cloudformation:DescribeStackEvents", read).await?;
         Ok(out
             .stack_events()
             .iter()
@@ -202,16 +193,12 @@ fn stack_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
     tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
-fn message_of<E: aws_smithy_types::error::metadata::ProvideErrorMetadata, R>(
-    e: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
-) -> String {
+fn message_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> String {
     e.as_service_error().and_then(|s| s.message()).unwrap_or_default().to_string()
 }
 
 /// CloudFormation answers a DescribeStacks for a stack that does not exist with a `ValidationError`.
-fn is_missing<E: aws_smithy_types::error::metadata::ProvideErrorMetadata, R>(
-    e: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
-) -> bool {
+fn is_missing<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     e.as_service_error().is_some_and(|s| s.code() == Some("ValidationError"))
         && message_of(e).contains("does not exist")
 }

@@ -103,7 +103,7 @@ impl Managed for AwsAccountLink {
             };
             return Err(waiting.explain(error, &role_arn));
         }
-        let who = verify::identity(ctx, &role, &self.spec.region).await?;
+        let who = verify::identity(ctx, &role, &self.spec.account_id, &self.spec.region).await?;
         if who.account != self.spec.account_id {
             ctx.aws.forget(&role.link_uid);
             return Err(Error::AccountMismatch {

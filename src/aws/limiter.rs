@@ -50,6 +50,8 @@ pub enum Service {
     Ssm,
     /// The account link's bootstrap stack (CloudFormation mode).
     CloudFormation,
+    /// The account link's checks of whose credentials it holds (reads only).
+    Sts,
 }
 
 impl Service {
@@ -73,6 +75,8 @@ impl Service {
             Service::Iam => (2.0, 10.0),
             // A link writes its stack a few times in its life.
             Service::CloudFormation => (1.0, 5.0),
+            // Only read (GetCallerIdentity), so only the adaptive limit applies, from this ceiling.
+            Service::Sts => (5.0, 20.0),
         }
     }
 
