@@ -1548,9 +1548,15 @@ async fn the_leader_keeps_running_through_a_20s_api_server_outage_and_leads_agai
         holds_lease(&client, &world.ns.name, &operator.identity, back)
     })
     .await;
-    let logs = operator.logs();
-    assert!(logs.contains("lost the leader lease: controllers stopped"), "leadership was dropped");
-    assert_eq!(logs.matches("became leader").count(), 2, "and taken again");
+    assert!(operator.logs().contains("lost the leader lease: controllers stopped"), "leadership was dropped");
+    // The lease is written before the line saying so: wait for the line.
+    eventually("the operator to log that it leads again", Duration::from_secs(10), || async {
+        match operator.logs().matches("became leader").count() {
+            2 => Ok(()),
+            n => Err(format!("`became leader` logged {n} times")),
+        }
+    })
+    .await;
 
     // The controllers run again: a change converges, and the deletion leaves nothing.
     let patched = Instant::now();

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{ChangePolicy, IMMUTABLE, LocalObjectReference, Management, PlanStatus, conditions_schema};
+use super::{IMMUTABLE, LocalObjectReference, PlanControls, PlanStatus, conditions_schema};
 
 /// A way in for people: Session Manager, or SSH from allowed addresses only.
 // Each printcolumn repeats `type_ = ...`; clippy reads the macro's arguments as attributes.
@@ -76,20 +76,9 @@ pub struct BastionSpec {
     #[x_kube(validation = kube::core::Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != '' && duration(self) > duration('0s')").message("ttl must be a positive duration such as 8h, 90m or 1h30m"))]
     pub ttl: Option<String>,
 
-    /// `Automatic` (default) applies every plan as soon as it is computed; `Manual` changes
-    /// nothing in AWS until `approvedPlan` names the plan in `status.plan.id`.
-    #[serde(default)]
-    pub change_policy: ChangePolicy,
-
-    /// The id of the plan (`status.plan.id`) a person approved, with `changePolicy: Manual`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    pub approved_plan: Option<String>,
-
-    /// `Full` (default), or `ObserveOnly`: read AWS and report drift, never change or delete
-    /// anything there (deleting the object leaves AWS as it is).
-    #[serde(default)]
-    pub management: Management,
+    /// `changePolicy`, `approvedPlan` and `management`: whether and when the plan is applied.
+    #[serde(flatten)]
+    pub controls: PlanControls,
 }
 
 /// A CIDR block.

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{ChangePolicy, IMMUTABLE, LocalObjectReference, Management, PlanStatus, conditions_schema};
+use super::{IMMUTABLE, LocalObjectReference, PlanControls, PlanStatus, conditions_schema};
 
 /// PostgreSQL on RDS inside a Stack, never reachable from outside the VPC.
 // Each printcolumn repeats `type_ = ...`; clippy reads the macro's arguments as attributes.
@@ -104,20 +104,9 @@ pub struct DatabaseSpec {
     #[schemars(length(min = 1, max = 2048))]
     pub restore_from_snapshot: Option<String>,
 
-    /// `Automatic` (default) applies every plan as soon as it is computed; `Manual` changes
-    /// nothing in AWS until `approvedPlan` names the plan in `status.plan.id`.
-    #[serde(default)]
-    pub change_policy: ChangePolicy,
-
-    /// The id of the plan (`status.plan.id`) a person approved, with `changePolicy: Manual`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    pub approved_plan: Option<String>,
-
-    /// `Full` (default), or `ObserveOnly`: read AWS and report drift, never change or delete
-    /// anything there (deleting the object leaves AWS as it is).
-    #[serde(default)]
-    pub management: Management,
+    /// `changePolicy`, `approvedPlan` and `management`: whether and when the plan is applied.
+    #[serde(flatten)]
+    pub controls: PlanControls,
 }
 
 fn default_engine_version() -> String {

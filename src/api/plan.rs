@@ -26,6 +26,34 @@ pub enum Management {
     ObserveOnly,
 }
 
+/// The spec fields that govern a kind's plans, the same in every kind (flattened into its spec:
+/// `spec.changePolicy`, `spec.approvedPlan`, `spec.management`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanControls {
+    /// `Automatic` (default) applies every plan as soon as it is computed; `Manual` changes
+    /// nothing in AWS until `approvedPlan` names the plan in `status.plan.id`.
+    #[serde(default)]
+    pub change_policy: ChangePolicy,
+
+    /// The id of the plan (`status.plan.id`) a person approved, with `changePolicy: Manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub approved_plan: Option<String>,
+
+    /// `Full` (default), or `ObserveOnly`: read AWS and report drift, never change or delete
+    /// anything there (deleting the object leaves AWS as it is).
+    #[serde(default)]
+    pub management: Management,
+}
+
+impl PlanControls {
+    /// Whether the operator only reads AWS and reports.
+    pub fn observe_only(&self) -> bool {
+        self.management == Management::ObserveOnly
+    }
+}
+
 /// What one change does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ChangeAction {

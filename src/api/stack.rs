@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{ChangePolicy, DeletionPolicy, IMMUTABLE, LocalObjectReference, Management, PlanStatus, conditions_schema};
+use super::{DeletionPolicy, IMMUTABLE, LocalObjectReference, PlanControls, PlanStatus, conditions_schema};
 
 /// The network a team's application lives in.
 // Each printcolumn repeats `type_ = ...`; clippy reads the macro's arguments as attributes.
@@ -60,20 +60,9 @@ pub struct StackSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// `Automatic` (default) applies every plan as soon as it is computed; `Manual` changes
-    /// nothing in AWS until `approvedPlan` names the plan in `status.plan.id`.
-    #[serde(default)]
-    pub change_policy: ChangePolicy,
-
-    /// The id of the plan (`status.plan.id`) a person approved, with `changePolicy: Manual`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
-    pub approved_plan: Option<String>,
-
-    /// `Full` (default), or `ObserveOnly`: read AWS and report drift, never change or delete
-    /// anything there (deleting the object leaves AWS as it is).
-    #[serde(default)]
-    pub management: Management,
+    /// `changePolicy`, `approvedPlan` and `management`: whether and when the plan is applied.
+    #[serde(flatten)]
+    pub controls: PlanControls,
 }
 
 /// The VPC layout.

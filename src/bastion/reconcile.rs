@@ -19,7 +19,7 @@ use super::keys;
 use super::plan::{self, Change, Desired, Names, NoPlacement, Placement};
 use crate::account_link::template::bastion_boundary_policy_name;
 use crate::account_link::{self, LinkFor, LinkForCleanup};
-use crate::api::{AwsAccountLink, Bastion, BastionAccess, BastionStatus, Database, Management, Permissions, Stack};
+use crate::api::{AwsAccountLink, Bastion, BastionAccess, BastionStatus, Database, Permissions, Stack};
 use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
@@ -249,14 +249,10 @@ async fn gate_plan(
 ) -> Option<Health> {
     let spec = &bastion.spec;
     let planned: Vec<_> = changes.iter().map(|c| c.planned(names, spec, placement, observed)).collect();
-    let governance = Governance {
-        change_policy: spec.change_policy,
-        approved_plan: spec.approved_plan.as_deref(),
-        management: spec.management,
-    };
+    let governance = Governance::from(&spec.controls);
     let previous = status.plan.take();
     let (plan, gate) = runtime_plan::gate(governance, bastion.metadata.generation, planned, previous.as_ref());
-    if spec.management == Management::ObserveOnly
+    if spec.controls.observe_only()
         && !plan.changes.is_empty()
         && runtime_plan::is_new(&plan, previous.as_ref())
     {
@@ -500,7 +496,7 @@ async fn teardown(mut applier: Applier<'_>, vpc_id: Option<&str>) -> Result<Clea
     let (bastion, ctx) = (applier.bastion, applier.ctx);
     applier.observed = observe(&applier.aws, bastion, ctx, &applier.names, vpc_id, true).await?;
     let planned = plan::teardown(&applier.uid, &applier.observed);
-    if bastion.spec.management == Management::ObserveOnly {
+    if bastion.spec.controls.observe_only() {
         if !planned.changes.is_empty() {
             let spec = &bastion.spec;
             let left: Vec<String> = planned

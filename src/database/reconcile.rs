@@ -17,7 +17,7 @@ use super::aws::{DatabaseAws, SecretInfo};
 use super::plan::{self, Change, Desired, Names, ObservedInstance, ObservedSubnetGroup, Phase, Placement, View};
 use crate::account_link::{self, LinkFor, LinkForCleanup};
 use crate::api::{
-    AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint, Management,
+    AwsAccountLink, Bastion, Database, DatabaseDeletionPolicy, DatabaseStatus, Endpoint as StatusEndpoint,
     PlannedChange, Stack,
 };
 use crate::aws::inventory::{Recorded, Rule, Scope, SecurityGroup};
@@ -86,7 +86,7 @@ impl Managed for Database {
         let namespace = self.namespace().unwrap_or_default();
         let reference = self.object_ref(&());
         let names = names(self)?;
-        if self.spec.management == Management::ObserveOnly {
+        if self.spec.controls.observe_only() {
             let note = format!(
                 "management ObserveOnly: left the DB instance {}, its subnet group and security group, and the secret {} in AWS",
                 names.instance, names.secret
@@ -208,11 +208,7 @@ async fn guarded_wait(
 
 /// The governance of the Database's plans, from its spec.
 fn governance(db: &Database) -> Governance<'_> {
-    Governance {
-        change_policy: db.spec.change_policy,
-        approved_plan: db.spec.approved_plan.as_deref(),
-        management: db.spec.management,
-    }
+    Governance::from(&db.spec.controls)
 }
 
 /// Puts the plan through the gate, writes it to the status, and reports new drift under
@@ -220,7 +216,7 @@ fn governance(db: &Database) -> Governance<'_> {
 async fn gate(db: &Database, ctx: &Context, status: &mut DatabaseStatus, changes: Vec<PlannedChange>) -> Gate {
     let previous = status.plan.take();
     let (plan, gate) = runtime_plan::gate(governance(db), db.metadata.generation, changes, previous.as_ref());
-    if db.spec.management == Management::ObserveOnly
+    if db.spec.controls.observe_only()
         && !plan.changes.is_empty()
         && runtime_plan::is_new(&plan, previous.as_ref())
     {

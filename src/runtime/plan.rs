@@ -8,7 +8,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{ApprovedPlan, ChangePolicy, Management, PlanStatus, PlannedChange};
+use crate::api::{ApprovedPlan, ChangePolicy, Management, PlanControls, PlanStatus, PlannedChange};
 use crate::runtime::conditions::Health;
 
 /// The `Ready` reason while a plan waits for `spec.approvedPlan`.
@@ -24,6 +24,16 @@ pub struct Governance<'a> {
     pub change_policy: ChangePolicy,
     pub approved_plan: Option<&'a str>,
     pub management: Management,
+}
+
+impl<'a> From<&'a PlanControls> for Governance<'a> {
+    fn from(controls: &'a PlanControls) -> Self {
+        Governance {
+            change_policy: controls.change_policy,
+            approved_plan: controls.approved_plan.as_deref(),
+            management: controls.management,
+        }
+    }
 }
 
 /// Whether the plan's changes are made now.

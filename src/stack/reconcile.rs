@@ -87,7 +87,7 @@ impl Managed for Stack {
             });
         }
         // Observing only, the operator never made nor may delete anything of it.
-        if self.spec.management == Management::ObserveOnly {
+        if self.spec.controls.observe_only() {
             let note = "management is ObserveOnly: every AWS resource of the stack stays as it is (VPC, subnets, gateways, route tables, security groups, endpoints, VPC Link, KMS key)".to_string();
             ctx.event(&self.object_ref(&()), EventType::Normal, "Retained", note).await;
             return Ok(Cleanup::Done);
@@ -135,11 +135,7 @@ struct View {
 
 impl<'a> Pass<'a> {
     fn new(stack: &'a Stack, status: &'a StackStatus, network: Network, region: String) -> Result<Self> {
-        let governance = Governance {
-            change_policy: stack.spec.change_policy,
-            approved_plan: stack.spec.approved_plan.as_deref(),
-            management: stack.spec.management,
-        };
+        let governance = Governance::from(&stack.spec.controls);
         let drift = conditions::is_ready(&status.conditions, stack.metadata.generation)
             || conditions::ready(&status.conditions).is_some_and(|c| c.reason == REPAIRING);
         let owner = owner(stack)?;
