@@ -252,10 +252,7 @@ async fn gate_plan(
     let governance = Governance::from(&spec.controls);
     let previous = status.plan.take();
     let (plan, gate) = runtime_plan::gate(governance, bastion.metadata.generation, planned, previous.as_ref());
-    if spec.controls.observe_only()
-        && !plan.changes.is_empty()
-        && runtime_plan::is_new(&plan, previous.as_ref())
-    {
+    if spec.controls.observe_only() && !plan.changes.is_empty() && runtime_plan::is_new(&plan, previous.as_ref()) {
         let what: Vec<String> =
             plan.changes.iter().map(|c| format!("{:?} {} {}: {}", c.action, c.resource, c.name, c.detail)).collect();
         let note = format!("AWS differs from the spec; plan {} would make: {}", plan.id, what.join("; "));

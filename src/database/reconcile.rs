@@ -216,10 +216,7 @@ fn governance(db: &Database) -> Governance<'_> {
 async fn gate(db: &Database, ctx: &Context, status: &mut DatabaseStatus, changes: Vec<PlannedChange>) -> Gate {
     let previous = status.plan.take();
     let (plan, gate) = runtime_plan::gate(governance(db), db.metadata.generation, changes, previous.as_ref());
-    if db.spec.controls.observe_only()
-        && !plan.changes.is_empty()
-        && runtime_plan::is_new(&plan, previous.as_ref())
-    {
+    if db.spec.controls.observe_only() && !plan.changes.is_empty() && runtime_plan::is_new(&plan, previous.as_ref()) {
         let what: Vec<String> =
             plan.changes.iter().map(|c| format!("{:?} {} {}: {}", c.action, c.resource, c.name, c.detail)).collect();
         let note = format!(
