@@ -160,7 +160,10 @@ impl Bench {
             .args(["--leader-election", "false"])
             .args(["--resync-period", resync])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--identity", "bench"]);
+            .args(["--identity", "bench"])
+            // The bench's links keep their bootstrap Secret beside the objects they serve, in
+            // namespaces made per run; the operator reads only its own namespace's by default.
+            .args(["--bootstrap-secret-namespaces", "*"]);
         if let Some(w) = watch {
             cmd.args(["--watch-namespace", w]);
         }
