@@ -11,6 +11,7 @@ mod interceptor;
 pub mod inventory;
 pub mod limiter;
 pub mod ownership;
+mod retry;
 pub mod security_group;
 pub mod tags;
 
@@ -46,7 +47,7 @@ impl Default for AwsOptions {
     }
 }
 
-/// An SDK client this factory can build (with the call counter attached).
+/// An SDK client this factory can build (with the call counter and the retry guard attached).
 pub trait ServiceClient {
     fn build(config: &SdkConfig, counter: CallCounter) -> Self;
 }
@@ -55,7 +56,7 @@ macro_rules! service_clients {
     ($($krate:ident),*) => {$(
         impl ServiceClient for $krate::Client {
             fn build(config: &SdkConfig, counter: CallCounter) -> Self {
-                $krate::Client::from_conf($krate::config::Builder::from(config).interceptor(counter).build())
+                $krate::Client::from_conf($krate::config::Builder::from(config).interceptor(counter).interceptor(retry::NoBlindRetry).build())
             }
         }
     )*};

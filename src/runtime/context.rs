@@ -95,6 +95,9 @@ pub struct Context {
     /// in order per object, off the path of the AWS calls, and waited for before the status.
     events: Mutex<HashMap<String, Shared<BoxFuture<'static, ()>>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Per object (by UID), the generation whose request AWS refused as invalid: that spec is not
+    /// sent again; its next generation is.
+    refused: Mutex<HashMap<String, i64>>,
 }
 
 impl Context {
@@ -109,6 +112,7 @@ impl Context {
             limiter: Limiter::from_env(),
             events: Mutex::default(),
             failures: Mutex::default(),
+            refused: Mutex::default(),
         }
     }
 
@@ -160,6 +164,21 @@ impl Context {
 
     pub(crate) fn record_success(&self, uid: &str) {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
+    /// Remembers that AWS refused as invalid a request built from this generation of the object.
+    pub(crate) fn record_refusal(&self, uid: &str, generation: Option<i64>) {
+        if let Some(generation) = generation {
+            self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string(), generation);
+        }
+    }
+
+    /// Whether AWS refused a request built from this generation of the object: a wake-up of the
+    /// watches (its own status write, a referenced object's) would only send it again.
+    pub(crate) fn refused(&self, uid: &str, generation: Option<i64>) -> bool {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        generation.is_some() && refused.get(uid).copied() == generation
     }
 }
 

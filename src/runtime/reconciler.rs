@@ -84,12 +84,20 @@ async fn reconcile_once<K: Managed>(guard: &DeserializeGuard<K>, ctx: &Arc<Conte
         }
     };
     let kind = K::kind(&());
+    let uid = obj.uid().unwrap_or_default();
+    let generation = obj.meta().generation;
+    // A pause, or a deletion, is acted on (the pause's pass forgets the refusal).
+    let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
+    if obj.meta().deletion_timestamp.is_none() && !paused && ctx.refused(&uid, generation) {
+        debug!(%kind, namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(),
+            "AWS refused this spec as invalid; nothing is sent until it changes");
+        return Ok(None);
+    }
     let started = Instant::now();
     let in_flight = ctx.metrics.reconcile_started(&kind);
     let outcome = drive(obj, ctx).await;
     drop(in_flight);
     ctx.metrics.reconciled(&kind, started.elapsed());
-    let uid = obj.uid().unwrap_or_default();
     match outcome {
         Ok(Some(step)) => {
             ctx.record_success(&uid);
@@ -115,6 +123,9 @@ async fn reconcile_once<K: Managed>(guard: &DeserializeGuard<K>, ctx: &Arc<Conte
                     (Health::progressing(error.reason(), error.to_string()), Some(delay))
                 }
                 ErrorKind::User => {
+                    if matches!(error, Error::AwsRejectedValue { .. }) {
+                        ctx.record_refusal(&uid, generation);
+                    }
                     info!(%kind, namespace = %namespace, name = %obj.name_any(), %error, "stalled until the spec or a referenced object changes");
                     (Health::stalled(error.reason(), error.to_string()), None)
                 }
