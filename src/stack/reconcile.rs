@@ -152,7 +152,7 @@ impl<'a> Pass<'a> {
             let view = self.view(ctx).await?;
             let mut status = plan::status_of(&view.plan, &view.observed);
             if made > 0 {
-                status = merged(status, self.status);
+                status = merged(status, self.status, &view.plan);
             }
             let spent = made >= PASS_MUTATIONS || started.elapsed() >= PASS_TIME;
             let fresh = allowed.is_none() || view.diff.changes.is_empty() || spent;
@@ -358,15 +358,16 @@ fn owner(stack: &Stack) -> Result<Owner> {
 }
 
 /// The status after a mutation: what was observed before it, keeping the IDs the status already
-/// knew where the observation had none yet. Those IDs salt the idempotency tokens, so they must
-/// not vanish from one step to the next.
-fn merged(mut observed: StackStatus, previous: &StackStatus) -> StackStatus {
-    for (now, before) in [
-        (&mut observed.route_table_ids, &previous.route_table_ids),
-        (&mut observed.nat_gateway_ids, &previous.nat_gateway_ids),
-        (&mut observed.vpc_endpoint_ids, &previous.vpc_endpoint_ids),
+/// knew where the observation had none yet, for the resource types the plan still wants. Those IDs
+/// salt the idempotency tokens, so they must not vanish from one step to the next; the IDs of a
+/// type the spec no longer wants (NAT gateways after `natGateways: None`) go with it.
+fn merged(mut observed: StackStatus, previous: &StackStatus, plan: &NetworkPlan) -> StackStatus {
+    for (now, before, wanted) in [
+        (&mut observed.route_table_ids, &previous.route_table_ids, plan.route_tables.len()),
+        (&mut observed.nat_gateway_ids, &previous.nat_gateway_ids, plan.nat_gateways.len()),
+        (&mut observed.vpc_endpoint_ids, &previous.vpc_endpoint_ids, plan.endpoints.len()),
     ] {
-        if now.is_empty() {
+        if now.is_empty() && wanted > 0 {
             now.clone_from(before);
         }
     }
@@ -384,5 +385,21 @@ mod tests {
         assert!(matches!(owner(&stack), Err(Error::OwnerUidMissing { .. })));
         stack.metadata.uid = Some("uid-1".into());
         assert_eq!(owner(&stack).unwrap().uid, "uid-1");
+    }
+
+    #[test]
+    fn ids_of_a_type_the_spec_no_longer_wants_leave_the_status_with_it() {
+        let owner = Owner { namespace: "team-a".into(), name: "web".into(), uid: "uid-1".into() };
+        let zones: Vec<String> = ["us-east-1a", "us-east-1b", "us-east-1c"].map(String::from).into();
+        let plan_for = |nat: &str| {
+            let spec = serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"natGateways": nat}});
+            plan::plan_network(owner.clone(), &serde_json::from_value(spec).unwrap(), "us-east-1", zones.clone())
+                .unwrap()
+        };
+        let previous = StackStatus { nat_gateway_ids: vec!["nat-1".into(), "nat-2".into()], ..Default::default() };
+        // Removed by the pass: the IDs go.
+        assert!(merged(StackStatus::default(), &previous, &plan_for("None")).nat_gateway_ids.is_empty());
+        // Still wanted but not seen yet (a create just made): kept, as they salt the tokens.
+        assert_eq!(merged(StackStatus::default(), &previous, &plan_for("PerAz")).nat_gateway_ids.len(), 2);
     }
 }
