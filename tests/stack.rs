@@ -1887,6 +1887,7 @@ async fn nat_instances_route_the_private_side_are_replaced_when_terminated_and_d
     let stack = world.wait_ready("web", READY).await;
     eprintln!("NAT instance Stack Ready after {:?}", started.elapsed());
     let view = assert_nat_instances(&world, &uid, &stack, 1).await;
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
     assert!(stack.annotations().get("tinystacks.io/nat-image").is_some_and(|a| a.starts_with("arm64:ami-")));
     let events = world.events("web").await;
     for reason in ["LaunchedNatInstance", "DisabledSourceDestCheck", "AssociatedElasticIp", "ChoseImage"] {
@@ -1912,6 +1913,7 @@ async fn nat_instances_route_the_private_side_are_replaced_when_terminated_and_d
     world.patch_spec("web", json!({"network": {"natGateways": "PerAz"}})).await;
     let stack = world.wait_ready("web", READY).await;
     assert_nat_instances(&world, &uid, &stack, 2).await;
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
 
     world.delete("web").await;
     world.wait_gone("web", READY).await;
