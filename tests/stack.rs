@@ -444,6 +444,7 @@ async fn public_private_stack_converges_to_the_documented_network_and_deletes_to
             ("internet gateway", 1),
             ("elastic ip", 1),
             ("nat gateway", 1),
+            ("nat instance", 0),
             ("security group", 2),
             ("vpc endpoint", 0),
             ("vpc link", 1),
