@@ -1907,6 +1907,22 @@ async fn nat_instances_route_the_private_side_are_replaced_when_terminated_and_d
     .await;
     eprintln!("terminated NAT instance replaced in {took:?}");
     let stack = world.wait_ready("web", READY).await;
+    let view = assert_nat_instances(&world, &uid, &stack, 1).await;
+
+    // Stopped by hand: terminated and replaced the same way.
+    let stopped = view.instances[0].instance_id().unwrap_or_default().to_string();
+    let before = world.times("web", "DriftRepaired").await;
+    world.ec2().stop_instances().instance_ids(&stopped).send().await.expect("stop");
+    let took = repair(&world, "the stopped NAT instance replaced", before, resync, || async {
+        let (_, v) = nat_view(&world, &uid).await;
+        let ids: Vec<&str> = v.instances.iter().filter_map(|i| i.instance_id()).collect();
+        let new = v.instances.iter().find(|i| i.instance_id() != Some(stopped.as_str()));
+        let through_new = new.is_some_and(|n| v.private_defaults.values().all(|t| *t == eni(n)));
+        if ids.len() == 1 && through_new { Ok(()) } else { Err(format!("{ids:?}, routes {:?}", v.private_defaults)) }
+    })
+    .await;
+    eprintln!("stopped NAT instance replaced in {took:?}");
+    let stack = world.wait_ready("web", READY).await;
     assert_nat_instances(&world, &uid, &stack, 1).await;
 
     // One per position.
