@@ -128,6 +128,9 @@ async fn valid_objects_are_accepted_with_their_defaults() {
         "tags": {"team": "a"}, "deletionPolicy": "Retain",
     });
     create(&client, &ns.name, Kind::Stack, "isolated", full_stack).await.expect("full stack accepted");
+    let nat_instances = json!({"accountLinkRef": {"name": "link"},
+        "network": {"natGateways": "PerAz", "natType": "Instance", "natInstanceType": "c7gn.medium"}});
+    create(&client, &ns.name, Kind::Stack, "nat-instances", nat_instances).await.expect("NAT instance stack accepted");
 
     let db =
         create(&client, &ns.name, Kind::Database, "orders", Kind::Database.spec()).await.expect("database accepted");
@@ -188,6 +191,19 @@ fn invalid_cases() -> Vec<(Kind, Value, &'static str, &'static str)> {
             json!({"network": {"pattern": "PrivateIsolated", "natGateways": "Single"}}),
             "spec.network.natGateways",
             "natGateways applies only to the PublicPrivate pattern",
+        ),
+        (
+            Kind::Stack,
+            json!({"network": {"pattern": "PrivateIsolated", "natType": "Instance"}}),
+            "spec.network.natType",
+            "natType Instance applies only to the PublicPrivate pattern",
+        ),
+        (Kind::Stack, json!({"network": {"natType": "Box"}}), "spec.network.natType", "Unsupported value"),
+        (
+            Kind::Stack,
+            json!({"network": {"natType": "Instance", "natInstanceType": "t4g nano"}}),
+            "spec.network.natInstanceType",
+            "natInstanceType must be an EC2 instance type",
         ),
         (
             Kind::Stack,

@@ -170,6 +170,19 @@ impl World {
             .cloned()
             .collect();
         let groups = ec2.describe_security_groups().filters(f()).send().await.expect("sgs").security_groups().to_vec();
+        // Terminated instances stay listed a while in EC2 (and in moto): they are gone.
+        let instances = ec2
+            .describe_instances()
+            .filters(f())
+            .send()
+            .await
+            .expect("instances")
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).is_none_or(|n| n.as_str() != "terminated"))
+            .cloned()
+            .collect();
         let endpoints = ec2
             .describe_vpc_endpoints()
             .filters(f())
@@ -219,6 +232,7 @@ impl World {
             gateways,
             addresses,
             nats,
+            instances,
             groups,
             endpoints,
             vpc_links,
@@ -243,6 +257,8 @@ struct Resources {
     gateways: Vec<aws_sdk_ec2::types::InternetGateway>,
     addresses: Vec<aws_sdk_ec2::types::Address>,
     nats: Vec<aws_sdk_ec2::types::NatGateway>,
+    /// NAT instances not terminated.
+    instances: Vec<aws_sdk_ec2::types::Instance>,
     groups: Vec<aws_sdk_ec2::types::SecurityGroup>,
     endpoints: Vec<aws_sdk_ec2::types::VpcEndpoint>,
     vpc_links: Vec<aws_sdk_apigatewayv2::types::VpcLink>,
@@ -262,6 +278,7 @@ impl Resources {
             ("internet gateway", self.gateways.len()),
             ("elastic ip", self.addresses.len()),
             ("nat gateway", self.nats.len()),
+            ("nat instance", self.instances.len()),
             ("security group", self.groups.len()),
             ("vpc endpoint", self.endpoints.len()),
             ("vpc link", self.vpc_links.len()),
@@ -282,6 +299,7 @@ impl Resources {
             .chain(self.gateways.iter().map(|r| r.tags()))
             .chain(self.addresses.iter().map(|r| r.tags()))
             .chain(self.nats.iter().map(|r| r.tags()))
+            .chain(self.instances.iter().map(|r| r.tags()))
             .chain(self.groups.iter().map(|r| r.tags()))
             .chain(self.endpoints.iter().map(|r| r.tags()));
         for tags in ec2 {
@@ -311,6 +329,7 @@ impl Resources {
             .chain(self.gateways.iter().map(|r| tags_of(r.tags())))
             .chain(self.addresses.iter().map(|r| tags_of(r.tags())))
             .chain(self.nats.iter().map(|r| tags_of(r.tags())))
+            .chain(self.instances.iter().map(|r| tags_of(r.tags())))
             .chain(self.groups.iter().map(|r| tags_of(r.tags())))
             .chain(self.endpoints.iter().map(|r| tags_of(r.tags())));
         let links =
@@ -350,7 +369,7 @@ fn routes(r: &Resources) -> BTreeMap<String, BTreeSet<(String, String)>> {
                 .iter()
                 .map(|r| {
                     let dest = r.destination_cidr_block().or(r.destination_prefix_list_id()).unwrap_or_default();
-                    let target = r.gateway_id().or(r.nat_gateway_id()).unwrap_or_default();
+                    let target = r.gateway_id().or(r.nat_gateway_id()).or(r.network_interface_id()).unwrap_or_default();
                     (dest.to_string(), target.to_string())
                 })
                 .collect();
@@ -425,6 +444,7 @@ async fn public_private_stack_converges_to_the_documented_network_and_deletes_to
             ("internet gateway", 1),
             ("elastic ip", 1),
             ("nat gateway", 1),
+            ("nat instance", 0),
             ("security group", 2),
             ("vpc endpoint", 0),
             ("vpc link", 1),
@@ -849,6 +869,7 @@ fn one_public_private_stack() -> BTreeMap<&'static str, usize> {
         ("internet gateway", 1),
         ("elastic ip", 1),
         ("nat gateway", 1),
+        ("nat instance", 0),
         ("security group", 2),
         ("vpc endpoint", 0),
         ("vpc link", 1),
@@ -1201,8 +1222,32 @@ where
 async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each_and_leaves_nothing() {
     let _lock = OPERATOR_LOCK.lock().await;
     let world = World::new("stack-crash").await;
+    let (create_points, delete_points) =
+        crash_sweep(&world, json!({"network": {"cidr": "10.50.0.0/16"}}), one_public_private_stack()).await;
+    assert!(create_points >= 25, "a crash after each mutating call of the create ({create_points})");
+    assert!(delete_points >= 20, "a crash after each mutating call of the delete ({delete_points})");
+}
+
+#[tokio::test]
+#[ignore = "long (minutes): run with `make test-long`"]
+async fn a_crash_after_any_mutation_of_a_nat_instance_stack_converges_to_one_of_each_and_leaves_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-natcrash").await;
+    let spec = json!({"network": {"cidr": "10.51.0.0/16", "natType": "Instance", "vpcLink": false}});
+    let mut expected = one_public_private_stack();
+    // The security groups are the app group and the NAT instances' (no VPC Link's).
+    expected.extend([("nat gateway", 0), ("nat instance", 1), ("vpc link", 0), ("security group", 2)]);
+    let (create_points, delete_points) = crash_sweep(&world, spec, expected).await;
+    assert!(create_points >= 28, "a crash after each mutating call of the create ({create_points})");
+    assert!(delete_points >= 20, "a crash after each mutating call of the delete ({delete_points})");
+}
+
+/// Creates and deletes Stacks of `spec`, the operator crashing right after mutation n of each
+/// (n = 1, 2, ...) until one runs through without a crash; after each, a clean operator must
+/// converge to exactly `expected` and delete to nothing. Returns the crash points of the create
+/// and of the delete.
+async fn crash_sweep(world: &World, spec: Value, expected: BTreeMap<&'static str, usize>) -> (usize, usize) {
     let started = Instant::now();
-    let expected = one_public_private_stack();
     let (mut create_points, mut delete_points) = (0, 0);
     let (mut create_done, mut delete_done) = (false, false);
     for n in 1.. {
@@ -1210,7 +1255,7 @@ async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each
             break;
         }
         let name = format!("crash-{n}");
-        let uid = world.stack(&name, json!({"network": {"cidr": "10.50.0.0/16"}})).await;
+        let uid = world.stack(&name, spec.clone()).await;
         let api = world.stacks();
         let ready = || async {
             api.get(&name)
@@ -1222,7 +1267,7 @@ async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each
         };
         // Create, crashing right after mutation n; then a clean operator finishes it.
         if !create_done {
-            if run_until_crash(&world, n, ready).await {
+            if run_until_crash(world, n, ready).await {
                 create_points += 1;
             } else {
                 create_done = true;
@@ -1241,7 +1286,7 @@ async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each
         world.delete(&name).await;
         let gone = || async { api.get_opt(&name).await.ok().flatten().is_none() };
         if !delete_done {
-            if run_until_crash(&world, n, gone).await {
+            if run_until_crash(world, n, gone).await {
                 delete_points += 1;
             } else {
                 delete_done = true;
@@ -1262,8 +1307,7 @@ async fn a_crash_after_any_mutation_of_create_or_delete_converges_to_one_of_each
         "crash points: {create_points} in create, {delete_points} in delete, all converged; took {:?}",
         started.elapsed()
     );
-    assert!(create_points >= 25, "a crash after each mutating call of the create ({create_points})");
-    assert!(delete_points >= 20, "a crash after each mutating call of the delete ({delete_points})");
+    (create_points, delete_points)
 }
 
 /// The AWS calls counted in the operator's metrics.
@@ -1762,4 +1806,171 @@ async fn observe_only_reports_drift_changes_nothing_and_its_deletion_leaves_the_
     assert_eq!(after.counts(), before.counts(), "the network stays");
     assert_tagged(&after, &world.ns.name, "seen", &uid, &[]);
     assert!(world.events("seen").await.iter().any(|r| r == "Retained"));
+}
+
+/// The Stack's NAT instances in moto, and where its private tables' default routes go.
+struct NatView {
+    instances: Vec<aws_sdk_ec2::types::Instance>,
+    /// Private route table component → target of `0.0.0.0/0`.
+    private_defaults: BTreeMap<String, String>,
+}
+
+async fn nat_view(world: &World, uid: &str) -> (Resources, NatView) {
+    let r = world.resources(uid).await;
+    let private_defaults = routes(&r)
+        .into_iter()
+        .filter(|(c, _)| c.starts_with("rtb/private/"))
+        .filter_map(|(c, routes)| Some((c, routes.into_iter().find(|(d, _)| d == "0.0.0.0/0")?.1)))
+        .collect();
+    let instances = r.instances.clone();
+    (r, NatView { instances, private_defaults })
+}
+
+fn eni(i: &aws_sdk_ec2::types::Instance) -> String {
+    i.network_interfaces().first().and_then(|n| n.network_interface_id()).unwrap_or_default().to_string()
+}
+
+/// Checks one NAT instance per position as users rely on it: in a public subnet, no key pair,
+/// IMDSv2 only, source/dest check off, its Elastic IP on its interface, the private tables'
+/// default routes through its interface, and its group admitting only the private subnets.
+async fn assert_nat_instances(world: &World, uid: &str, stack: &Stack, positions: usize) -> NatView {
+    let (r, view) = nat_view(world, uid).await;
+    assert!(r.nats.is_empty(), "no NAT gateway: {:?}", r.counts());
+    assert_eq!(view.instances.len(), positions, "{:?}", r.counts());
+    let public = subnet_ids(stack, SubnetTier::Public);
+    let status = stack.status.clone().expect("status");
+    let mut enis = Vec::new();
+    for (k, i) in view.instances.iter().enumerate() {
+        let id = i.instance_id().unwrap_or_default();
+        assert!(public.contains(i.subnet_id().unwrap_or_default()), "{id} in a public subnet");
+        assert_eq!(i.key_name(), None, "{id} has no key pair");
+        let tokens = i.metadata_options().and_then(|m| m.http_tokens()).map(|t| t.as_str().to_string());
+        assert_eq!(tokens.as_deref(), Some("required"), "{id} IMDSv2 only");
+        let check = world.ec2().describe_instance_attribute().instance_id(id).attribute("sourceDestCheck".into());
+        let check = check.send().await.expect("sourceDestCheck");
+        assert_eq!(check.source_dest_check().and_then(|v| v.value()), Some(false), "{id} source/dest check off");
+        let position = tag(i.tags(), COMPONENT_TAG).unwrap_or_default().to_string();
+        assert!(position.starts_with("nat-instance/"), "{position}");
+        let address = r.addresses.iter().find(|a| tag(a.tags(), COMPONENT_TAG) == Some(&format!("eip/{position}")));
+        let address = address.unwrap_or_else(|| panic!("eip/{position}: {:?}", r.counts()));
+        assert_eq!(address.network_interface_id(), Some(eni(i).as_str()), "eip/{position} on {id}'s interface");
+        assert!(status.nat_instance_ids.contains(&id.to_string()), "{id} in status");
+        enis.push((k, eni(i)));
+    }
+    let targets: BTreeSet<&String> = view.private_defaults.values().collect();
+    let expected: BTreeSet<&String> = enis.iter().map(|(_, e)| e).collect();
+    assert_eq!(view.private_defaults.len(), 2, "both private tables route out");
+    assert_eq!(targets, expected, "private routes through the instances' interfaces");
+    let group = r.groups.iter().find(|g| tag(g.tags(), COMPONENT_TAG) == Some("sg/nat-instance")).expect("NAT group");
+    let private_cidrs: BTreeSet<String> =
+        status.subnets.iter().filter(|s| s.tier == SubnetTier::Private).map(|s| s.cidr.clone()).collect();
+    let admitted: BTreeSet<String> = group
+        .ip_permissions()
+        .iter()
+        .inspect(|p| assert_eq!(p.ip_protocol(), Some("-1"), "all traffic from the private side only"))
+        .flat_map(|p| p.ip_ranges().iter().filter_map(|x| x.cidr_ip().map(str::to_string)))
+        .collect();
+    assert_eq!(admitted, private_cidrs, "the NAT group admits exactly the private subnets");
+    assert!(group.ip_permissions().iter().all(|p| p.user_id_group_pairs().is_empty() && p.ipv6_ranges().is_empty()));
+    view
+}
+
+#[tokio::test]
+async fn nat_instances_route_the_private_side_are_replaced_when_terminated_and_delete_to_nothing() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-natinst").await;
+    let resync = Duration::from_secs(4);
+    let _operator = world.operator("4s", &[]);
+    let started = Instant::now();
+    let spec = json!({"network": {"cidr": "10.60.0.0/16", "natType": "Instance", "vpcLink": false}});
+    let uid = world.stack("web", spec).await;
+    let stack = world.wait_ready("web", READY).await;
+    eprintln!("NAT instance Stack Ready after {:?}", started.elapsed());
+    let view = assert_nat_instances(&world, &uid, &stack, 1).await;
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
+    assert!(stack.annotations().get("tinystacks.io/nat-image").is_some_and(|a| a.starts_with("arm64:ami-")));
+    let events = world.events("web").await;
+    for reason in ["LaunchedNatInstance", "DisabledSourceDestCheck", "AssociatedElasticIp", "ChoseImage"] {
+        assert!(events.iter().any(|e| e == reason), "{reason} in {events:?}");
+    }
+
+    // Terminated by hand: replaced, its address and the routes moved to the new one.
+    let old = view.instances[0].instance_id().unwrap_or_default().to_string();
+    let before = world.times("web", "DriftRepaired").await;
+    world.ec2().terminate_instances().instance_ids(&old).send().await.expect("terminate");
+    let took = repair(&world, "the NAT instance replaced", before, resync, || async {
+        let (_, v) = nat_view(&world, &uid).await;
+        let new = v.instances.iter().find(|i| i.instance_id() != Some(old.as_str())).ok_or("no new instance")?;
+        let all_through_it = v.private_defaults.len() == 2 && v.private_defaults.values().all(|t| *t == eni(new));
+        if all_through_it { Ok(()) } else { Err(format!("routes: {:?}", v.private_defaults)) }
+    })
+    .await;
+    eprintln!("terminated NAT instance replaced in {took:?}");
+    let stack = world.wait_ready("web", READY).await;
+    let view = assert_nat_instances(&world, &uid, &stack, 1).await;
+
+    // Stopped by hand: terminated and replaced the same way.
+    let stopped = view.instances[0].instance_id().unwrap_or_default().to_string();
+    let before = world.times("web", "DriftRepaired").await;
+    world.ec2().stop_instances().instance_ids(&stopped).send().await.expect("stop");
+    let took = repair(&world, "the stopped NAT instance replaced", before, resync, || async {
+        let (_, v) = nat_view(&world, &uid).await;
+        let ids: Vec<&str> = v.instances.iter().filter_map(|i| i.instance_id()).collect();
+        let new = v.instances.iter().find(|i| i.instance_id() != Some(stopped.as_str()));
+        let through_new = new.is_some_and(|n| v.private_defaults.values().all(|t| *t == eni(n)));
+        if ids.len() == 1 && through_new { Ok(()) } else { Err(format!("{ids:?}, routes {:?}", v.private_defaults)) }
+    })
+    .await;
+    eprintln!("stopped NAT instance replaced in {took:?}");
+    let stack = world.wait_ready("web", READY).await;
+    assert_nat_instances(&world, &uid, &stack, 1).await;
+
+    // One per position.
+    world.patch_spec("web", json!({"network": {"natGateways": "PerAz"}})).await;
+    let stack = world.wait_ready("web", READY).await;
+    assert_nat_instances(&world, &uid, &stack, 2).await;
+    common::invariants::assert_security_invariants(&world.account, &[]).await;
+
+    world.delete("web").await;
+    world.wait_gone("web", READY).await;
+    let left = world.resources(&uid).await;
+    assert!(left.only_keys_pending_deletion(), "left behind: {:?}", left.counts());
+}
+
+#[tokio::test]
+async fn switching_nat_type_on_a_live_stack_moves_the_routes_and_removes_the_other_type() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::new("stack-natswitch").await;
+    let _operator = world.operator("30s", &[]);
+    let uid = world.stack("web", json!({"network": {"cidr": "10.61.0.0/16", "vpcLink": false}})).await;
+    world.wait_ready("web", READY).await;
+    let (r, _) = nat_view(&world, &uid).await;
+    assert_eq!((r.nats.len(), r.instances.len()), (1, 0));
+
+    world.patch_spec("web", json!({"network": {"natType": "Instance"}})).await;
+    let stack = world.wait_ready("web", READY).await;
+    assert_nat_instances(&world, &uid, &stack, 1).await;
+    let (r, _) = nat_view(&world, &uid).await;
+    let addresses: Vec<&str> = r.addresses.iter().filter_map(|a| tag(a.tags(), COMPONENT_TAG)).collect();
+    assert_eq!(addresses, ["eip/nat-instance/0"], "the gateway's Elastic IP released");
+    let events = world.events("web").await;
+    for reason in ["ReplacedRoute", "DeletedNatGateway", "ReleasedElasticIp"] {
+        assert!(events.iter().any(|e| e == reason), "{reason} in {events:?}");
+    }
+
+    world.patch_spec("web", json!({"network": {"natType": "Gateway"}})).await;
+    let stack = world.wait_ready("web", READY).await;
+    let (r, view) = nat_view(&world, &uid).await;
+    assert_eq!((r.nats.len(), r.instances.len()), (1, 0), "{:?}", r.counts());
+    let nat = r.nats[0].nat_gateway_id().unwrap_or_default().to_string();
+    assert!(view.private_defaults.values().all(|t| *t == nat), "{:?}", view.private_defaults);
+    assert_eq!(stack.status.as_ref().map(|s| s.nat_gateway_ids.clone()), Some(vec![nat]));
+    assert!(!r.groups.iter().any(|g| tag(g.tags(), COMPONENT_TAG) == Some("sg/nat-instance")), "NAT group gone");
+    let addresses: Vec<&str> = r.addresses.iter().filter_map(|a| tag(a.tags(), COMPONENT_TAG)).collect();
+    assert_eq!(addresses, ["eip/nat/0"]);
+
+    world.delete("web").await;
+    world.wait_gone("web", READY).await;
+    let left = world.resources(&uid).await;
+    assert!(left.only_keys_pending_deletion(), "left behind: {:?}", left.counts());
 }

@@ -478,12 +478,16 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::create("ec2:CreateTags").when(EC2_AT_CREATION),
             Rule::mutate("ec2:CreateTags"),
             Rule::mutate("ec2:DeleteTags"),
-            // Bastion instances: the instance, its volumes and network interface are created tagged; its
+            // Bastion and NAT instances: the instance, its volumes and network interface are created tagged; its
             // subnet, security group and key pair are ours; its AMI is Amazon's.
             Rule::create("ec2:RunInstances"),
             Rule::mutate("ec2:RunInstances"),
             Rule::bounded("ec2:RunInstances").on(EC2_IMAGES).when(AMAZON_OWNED),
             Rule::mutate("ec2:TerminateInstances"),
+            // NAT instances (a Stack's `natType: Instance`): their source/destination check turned off,
+            // and their Elastic IP put on their interface; both the instance and the address are ours.
+            Rule::mutate("ec2:ModifyInstanceAttribute"),
+            Rule::mutate("ec2:AssociateAddress"),
             Rule::create("ec2:ImportKeyPair"),
             Rule::mutate("ec2:DeleteKeyPair"),
             // VPC links place network interfaces in our subnets; should API Gateway do so with the
@@ -1269,8 +1273,8 @@ The role also gives Tinystacks the following access to your AWS account:
             ec2:AuthorizeSecurityGroupIngress ec2:RevokeSecurityGroupIngress
             ec2:AuthorizeSecurityGroupEgress ec2:RevokeSecurityGroupEgress ec2:CreateVpcEndpoint
             ec2:ModifyVpcEndpoint ec2:DeleteVpcEndpoints ec2:CreateTags ec2:DeleteTags ec2:RunInstances
-            ec2:TerminateInstances ec2:ImportKeyPair ec2:DeleteKeyPair ec2:CreateNetworkInterface
-            ec2:DeleteNetworkInterface apigateway:POST apigateway:GET apigateway:DELETE apigateway:PATCH
+            ec2:TerminateInstances ec2:ModifyInstanceAttribute ec2:AssociateAddress ec2:ImportKeyPair
+            ec2:DeleteKeyPair ec2:CreateNetworkInterface ec2:DeleteNetworkInterface apigateway:POST apigateway:GET apigateway:DELETE apigateway:PATCH
             kms:CreateKey kms:CreateAlias kms:DeleteAlias kms:DescribeKey kms:ListAliases
             kms:ScheduleKeyDeletion kms:TagResource kms:UntagResource kms:Encrypt kms:Decrypt
             kms:GenerateDataKey kms:ListResourceTags rds:CreateDBSubnetGroup rds:DeleteDBSubnetGroup

@@ -68,6 +68,7 @@ pub struct StackSpec {
 /// The VPC layout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = kube::core::Rule::new("!has(self.natGateways) || self.pattern == 'PublicPrivate' || self.natGateways == 'None'").message("natGateways applies only to the PublicPrivate pattern (PrivateIsolated has no route to the internet)").field_path(".natGateways"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.natType) || self.natType == 'Gateway' || self.pattern == 'PublicPrivate'").message("natType Instance applies only to the PublicPrivate pattern (PrivateIsolated has no route to the internet)").field_path(".natType"))]
 #[serde(rename_all = "camelCase")]
 pub struct Network {
     /// `PublicPrivate` (3 public + 2 private subnets) or `PrivateIsolated` (3 private + 3
@@ -102,6 +103,17 @@ pub struct Network {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_gateways: Option<NatGateways>,
 
+    /// What does the NAT at each position `natGateways` gives: `Gateway` (default; AWS's managed
+    /// NAT gateway) or `Instance` (a small EC2 instance doing NAT: cheaper, not highly available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_type: Option<NatType>,
+
+    /// The instance type of NAT instances (`natType: Instance`), default `t4g.nano`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z][a-z0-9-]*[.][a-z0-9]+$')").message("natInstanceType must be an EC2 instance type such as t4g.nano"))]
+    pub nat_instance_type: Option<String>,
+
     /// An API Gateway (v2) VPC Link into the public (`PublicPrivate`) or private
     /// (`PrivateIsolated`) subnets.
     #[serde(default = "default_true")]
@@ -118,6 +130,8 @@ impl Default for Network {
             cidr: default_cidr(),
             availability_zones: None,
             nat_gateways: None,
+            nat_type: None,
+            nat_instance_type: None,
             vpc_link: true,
         }
     }
@@ -132,7 +146,20 @@ impl Network {
             NetworkPattern::PrivateIsolated => NatGateways::None,
         }
     }
+
+    /// The NAT type in force (`Gateway` unless set).
+    pub fn nat_type(&self) -> NatType {
+        self.nat_type.unwrap_or_default()
+    }
+
+    /// The instance type of NAT instances in force.
+    pub fn nat_instance_type(&self) -> &str {
+        self.nat_instance_type.as_deref().unwrap_or(DEFAULT_NAT_INSTANCE_TYPE)
+    }
 }
+
+/// The default `natInstanceType`: the smallest Graviton type, enough for a small team's egress.
+pub const DEFAULT_NAT_INSTANCE_TYPE: &str = "t4g.nano";
 
 fn default_cidr() -> String {
     "10.0.0.0/16".into()
@@ -162,6 +189,17 @@ pub enum NatGateways {
     Single,
     /// One NAT gateway per availability zone.
     PerAz,
+}
+
+/// What does NAT for the private subnets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum NatType {
+    /// AWS's managed NAT gateway: highly available in its zone, billed per hour and per GB.
+    #[default]
+    Gateway,
+    /// A small EC2 instance doing NAT (IP forwarding and masquerade), replaced when it is
+    /// terminated or stopped: a fraction of the cost, without a gateway's availability.
+    Instance,
 }
 
 /// The tier of a subnet.
@@ -212,6 +250,9 @@ pub struct StackStatus {
     /// NAT gateway IDs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_gateway_ids: Vec<String>,
+    /// NAT instance IDs (`natType: Instance`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_instance_ids: Vec<String>,
     /// Route table IDs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route_table_ids: Vec<String>,

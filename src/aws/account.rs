@@ -19,6 +19,7 @@ pub struct Account {
     pub tagging: aws_sdk_resourcegroupstagging::Client,
     pub rds: aws_sdk_rds::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    pub ssm: aws_sdk_ssm::Client,
     pub caller: Caller,
 }
 
@@ -41,6 +42,7 @@ impl Account {
             tagging: ctx.aws.client(config),
             rds: ctx.aws.client(config),
             secrets: ctx.aws.client(config),
+            ssm: ctx.aws.client(config),
             caller: Caller::LinkRole { role_arn },
         }
     }

@@ -7,6 +7,7 @@ pub mod call;
 pub mod credentials;
 pub mod errors;
 pub mod identity;
+pub mod image;
 mod interceptor;
 pub mod inventory;
 pub mod limiter;

@@ -118,13 +118,7 @@ impl<'a> BastionAws<'a> {
 
     /// The image ID the public parameter names today.
     pub async fn latest_image(&self, parameter: &str) -> Result<String> {
-        let read = || self.ssm.get_parameter().name(parameter).send();
-        let out = self.calls().read(Service::Ssm, "ssm:GetParameter", read).await?;
-        out.parameter()
-            .and_then(|p| p.value())
-            .filter(|v| v.starts_with("ami-"))
-            .map(str::to_string)
-            .ok_or_else(|| missing("ssm:GetParameter", "image ID"))
+        crate::aws::image::latest_image(&self.ssm, self.calls(), parameter).await
     }
 
     // ----- EC2: instances -----

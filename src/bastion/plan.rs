@@ -13,6 +13,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::api::{
     BastionAccess, NatGateways, NetworkPattern, SSH_MAX_ADDRESSES_V4, SSH_MAX_ADDRESSES_V6, Stack, SubnetTier,
 };
+pub use crate::aws::image::{Arch, image_annotation, pinned_image};
 use crate::aws::inventory::{Rule, Source};
 use crate::aws::tags::Tags;
 use crate::error::Error;
@@ -126,49 +127,6 @@ pub fn ours(tags: &Tags, uid: &str) -> bool {
 /// Why a resource under one of the Bastion's names is not its own, for `NameTaken`.
 pub fn claimed_by_other(tags: &Tags, uid: &str) -> Option<String> {
     crate::aws::ownership::claimed_by_other(tags, uid)
-}
-
-/// The CPU architecture of an instance type, as the Amazon Linux parameters name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    Arm64,
-    X86_64,
-}
-
-impl Arch {
-    /// Graviton families carry a `g` after the generation digit (`t4g`, `m7g`, `c7gn`, `r6gd`,
-    /// `g5g`); `a1` is the first Graviton. GPU families start with a `g` (`g4dn`) and are x86.
-    pub fn of(instance_type: &str) -> Self {
-        let family = instance_type.split('.').next().unwrap_or_default();
-        if family == "a1" {
-            return Arch::Arm64;
-        }
-        let after_digits = family.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-        let suffix = after_digits.trim_start_matches(|c: char| c.is_ascii_digit());
-        if suffix.contains('g') { Arch::Arm64 } else { Arch::X86_64 }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::Arm64 => "arm64",
-            Arch::X86_64 => "x86_64",
-        }
-    }
-
-    /// The public SSM parameter with the latest Amazon Linux 2023 image for the architecture.
-    pub fn image_parameter(self) -> String {
-        format!("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}", self.as_str())
-    }
-}
-
-/// The image recorded in the annotation, if it is for `arch`.
-pub fn pinned_image(annotation: Option<&str>, arch: Arch) -> Option<String> {
-    let (a, image) = annotation?.split_once(':')?;
-    (a == arch.as_str() && image.starts_with("ami-")).then(|| image.to_string())
-}
-
-pub fn image_annotation(arch: Arch, image: &str) -> String {
-    format!("{}:{image}", arch.as_str())
 }
 
 /// Where the instance goes.

@@ -2,9 +2,14 @@
 //! through the rate limiter and written back into the shared inventory. Calls that find their work
 //! already done (a retry after a crash, a resource someone else removed) count as done.
 
-use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType, Tag, VpcEndpointType};
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, DomainType, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceType, ResourceType, Tag, VpcEndpointType,
+};
 
-use super::plan::{Action, Deletion, Dependant, EndpointChange, EndpointSpec, KEY_DELETION_WINDOW_DAYS, Tagged};
+use super::plan::{
+    Action, Deletion, Dependant, EndpointChange, EndpointSpec, KEY_DELETION_WINDOW_DAYS, NatInstanceSpec, Tagged,
+};
 use crate::api::AwsAccountLink;
 use crate::aws::account::Account;
 use crate::aws::call::{NOT_FOUND, is_not_found};
@@ -16,6 +21,22 @@ use crate::aws::limiter::Service;
 use crate::aws::tags::{ec2_tag_list as ec2_tags, ec2_tags as spec};
 use crate::error::{Error, Result};
 use crate::runtime::context::Context;
+
+/// What a NAT instance runs at boot (Amazon Linux 2023): IPv4 forwarding on, and everything that
+/// leaves through its interface masqueraded behind its address. `iptables-services` keeps the rules
+/// across reboots; its install is retried until the instance reaches the internet (its Elastic IP
+/// is associated just after launch).
+const NAT_USER_DATA: &str = r#"#!/bin/bash
+set -u
+echo 'net.ipv4.ip_forward = 1' > /etc/sysctl.d/90-tinystacks-nat.conf
+sysctl -w net.ipv4.ip_forward=1
+until dnf install -y iptables-services; do sleep 5; done
+systemctl enable --now iptables
+iface=$(ip -4 route show default | awk '{print $5; exit}')
+iptables -t nat -A POSTROUTING -o "$iface" -j MASQUERADE
+iptables -F FORWARD
+service iptables save
+"#;
 
 /// The Stack's calls, made with the account's clients.
 pub struct Network {
@@ -35,11 +56,11 @@ impl Network {
         Ok(Self { account: Account::connect(ctx, link, region).await? })
     }
 
-    /// Has the next snapshot list again the kinds AWS changes on its own (NAT gateways, VPC
-    /// endpoints and VPC Links becoming available or going away), for a stack waiting on them:
+    /// Has the next snapshot list again the kinds AWS changes on its own (NAT gateways, NAT
+    /// instances and the addresses on them, VPC endpoints and VPC Links becoming available or going away), for a stack waiting on them:
     /// the responses that fed the inventory showed them in their in-between states.
     pub async fn look_again(&self, ctx: &Context) {
-        for kind in [Kind::NatGateways, Kind::VpcEndpoints, Kind::VpcLinks] {
+        for kind in [Kind::NatGateways, Kind::Instances, Kind::Addresses, Kind::VpcEndpoints, Kind::VpcLinks] {
             ctx.inventory.record(&self.scope, Recorded::Changed(kind)).await;
         }
     }
@@ -266,6 +287,29 @@ impl Network {
             Action::CreateNatGateway { subnet_id, allocation_id, token, tags } => {
                 self.create_nat_gateway(ctx, subnet_id, allocation_id, token, tags).await?
             }
+            Action::RunNatInstance(spec) => self.run_nat_instance(ctx, spec).await?,
+            Action::DisableSourceDestCheck { instance_id } => {
+                let off = AttributeBooleanValue::builder().value(false).build();
+                calls
+                    .mutate(Service::Ec2, "ec2:ModifyInstanceAttribute", &[], || {
+                        ec2.modify_instance_attribute().instance_id(instance_id).source_dest_check(off).send()
+                    })
+                    .await?;
+                (instance_id.clone(), vec![Recorded::Changed(Kind::Instances)])
+            }
+            Action::AssociateAddress { allocation_id, network_interface_id } => {
+                // Reassociation takes the address from a terminated instance's interface at once.
+                calls
+                    .mutate(Service::Ec2, "ec2:AssociateAddress", &[], || {
+                        ec2.associate_address()
+                            .allocation_id(allocation_id)
+                            .network_interface_id(network_interface_id)
+                            .allow_reassociation(true)
+                            .send()
+                    })
+                    .await?;
+                (format!("{allocation_id} to {network_interface_id}"), vec![Recorded::Changed(Kind::Addresses)])
+            }
             Action::CreateSecurityGroup { vpc_id, name, description, tags } => {
                 self.create_security_group(ctx, vpc_id, name, description, tags).await?
             }
@@ -297,6 +341,7 @@ impl Network {
                     let call = ec2.create_route().route_table_id(route_table_id).destination_cidr_block(destination);
                     match target {
                         RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                        RouteTarget::Interface(id) => call.network_interface_id(id),
                         RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
                         RouteTarget::Local => call.gateway_id("local"),
                     }
@@ -321,6 +366,7 @@ impl Network {
                     let call = ec2.replace_route().route_table_id(route_table_id).destination_cidr_block(destination);
                     match target {
                         RouteTarget::Nat(id) => call.nat_gateway_id(id),
+                        RouteTarget::Interface(id) => call.network_interface_id(id),
                         RouteTarget::Gateway(id) | RouteTarget::Other(id) => call.gateway_id(id),
                         RouteTarget::Local => call.local_target(true),
                     }
@@ -371,7 +417,12 @@ impl Network {
                 .and_then(|o| o.allocation_id())
                 .ok_or_else(|| missing("ec2:AllocateAddress", "allocation ID"))?
                 .to_string();
-            let created = Address { allocation_id: id.clone(), association_id: None, tags: tags.clone() };
+            let created = Address {
+                allocation_id: id.clone(),
+                association_id: None,
+                network_interface_id: None,
+                tags: tags.clone(),
+            };
             (id, vec![Recorded::Created(Created::Address(created))])
         })
     }
@@ -403,6 +454,55 @@ impl Network {
             let id = nat.id.clone();
             (id, vec![Recorded::Created(Created::NatGateway(nat))])
         })
+    }
+
+    /// Launches a NAT instance: no key pair (nothing logs into it; it is replaced, not patched),
+    /// IMDSv2 only, no public IP of its own (its Elastic IP follows), and the instance, its volume
+    /// and its interface tagged from the call (the `Scoped` policy requires it).
+    async fn run_nat_instance(&self, ctx: &Context, l: &NatInstanceSpec) -> Result<(String, Vec<Recorded>)> {
+        let interface = InstanceNetworkInterfaceSpecification::builder()
+            .device_index(0)
+            .subnet_id(&l.subnet_id)
+            .groups(&l.group_id)
+            .associate_public_ip_address(false)
+            .delete_on_termination(true)
+            .build();
+        let metadata = InstanceMetadataOptionsRequest::builder()
+            .http_tokens(HttpTokensState::Required)
+            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+            .build();
+        let ec2 = &self.ec2;
+        let out = self
+            .calls(ctx)
+            .mutate(Service::Ec2, "ec2:RunInstances", &[], || {
+                ec2.run_instances()
+                    .image_id(&l.image)
+                    .instance_type(InstanceType::from(l.instance_type.as_str()))
+                    .min_count(1)
+                    .max_count(1)
+                    .client_token(&l.token)
+                    .network_interfaces(interface.clone())
+                    .metadata_options(metadata.clone())
+                    .user_data(aws_smithy_types::base64::encode(NAT_USER_DATA))
+                    .tag_specifications(spec(ResourceType::Instance, &l.tags))
+                    .tag_specifications(spec(ResourceType::Volume, &l.tags))
+                    .tag_specifications(spec(ResourceType::NetworkInterface, &l.tags))
+                    .send()
+            })
+            .await
+            .map_err(|e| match e {
+                // EC2 answers an unknown type `InvalidParameterValue`: "Invalid value 'x' for InstanceType".
+                Error::AwsRejectedValue { action, code, message, .. } if message.contains("InstanceType") => {
+                    let remedy = "set spec.network.natInstanceType to a type EC2 offers in this region (aws ec2 describe-instance-type-offerings)".into();
+                    Error::AwsRejectedValue { action, code, message, remedy }
+                }
+                other => other,
+            })?;
+        let instance = out.as_ref().and_then(|o| o.instances().first()).and_then(inventory::instance_of);
+        let mut instance = instance.ok_or_else(|| missing("ec2:RunInstances", "instance"))?;
+        instance.tags = l.tags.clone();
+        let id = instance.id.clone();
+        Ok((id, vec![Recorded::Created(Created::Instance(instance))]))
     }
 
     async fn create_security_group(
@@ -739,6 +839,15 @@ impl Network {
                     })
                     .await?;
                 (id.clone(), vec![Recorded::Deleted(Kind::NatGateways, id.clone())])
+            }
+            Deletion::Instance(id) => {
+                calls
+                    .mutate(Service::Ec2, "ec2:TerminateInstances", &["InvalidInstanceID.NotFound"], || {
+                        ec2.terminate_instances().instance_ids(id).send()
+                    })
+                    .await?;
+                // EC2 takes its Elastic IP off as it terminates: both are listed again.
+                (id.clone(), vec![Recorded::Changed(Kind::Instances), Recorded::Changed(Kind::Addresses)])
             }
             Deletion::Address(id) => {
                 calls

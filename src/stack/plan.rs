@@ -9,11 +9,11 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use crate::account_link::template::{MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, OWNER_UID_TAG};
-use crate::api::{NatGateways, NetworkPattern, StackSpec, StackStatus, StackSubnet, SubnetTier};
+use crate::api::{NatGateways, NatType, NetworkPattern, StackSpec, StackStatus, StackSubnet, SubnetTier};
 use crate::aws::inventory::{
-    Address, EndpointState, InternetGateway, Kind, KmsAlias, KmsKey, Lifecycle, NatGateway, NatGatewayState,
-    RouteTable, RouteTarget, Rule, SecurityGroup, Snapshot, Source, Subnet, Tags, Vpc, VpcEndpoint, VpcLink,
-    VpcLinkStatus,
+    Address, EndpointState, Instance, InstanceStateName, InternetGateway, Kind, KmsAlias, KmsKey, Lifecycle,
+    NatGateway, NatGatewayState, RouteTable, RouteTarget, Rule, SecurityGroup, Snapshot, Source, Subnet, Tags, Vpc,
+    VpcEndpoint, VpcLink, VpcLinkStatus,
 };
 use crate::error::Error;
 
@@ -97,7 +97,7 @@ pub struct SubnetPlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DefaultRoute {
     InternetGateway,
-    /// The NAT gateway of that component.
+    /// The NAT (gateway, or instance's network interface) of that component.
     Nat(String),
 }
 
@@ -116,6 +116,8 @@ pub struct NatPlan {
     pub address: String,
     /// The public subnet it lives in.
     pub subnet: String,
+    /// `Some(instance type)` for a NAT instance, `None` for a NAT gateway.
+    pub instance_type: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,7 +159,10 @@ pub struct NetworkPlan {
     pub subnets: Vec<SubnetPlan>,
     pub internet_gateway: bool,
     pub route_tables: Vec<RouteTablePlan>,
+    /// The NAT at each position: gateways, or instances (`natType: Instance`).
     pub nat_gateways: Vec<NatPlan>,
+    /// The image NAT instances boot (the reconcile pins it); none is launched while unknown.
+    pub nat_image: Option<String>,
     pub security_groups: Vec<SecurityGroupPlan>,
     pub endpoints: Vec<EndpointPlan>,
     pub vpc_link: Option<VpcLinkPlan>,
@@ -169,6 +174,7 @@ pub const KMS: &str = "kms";
 pub const SG_APP: &str = "sg/app";
 pub const SG_ENDPOINTS: &str = "sg/endpoints";
 pub const SG_VPCLINK: &str = "sg/vpclink";
+pub const SG_NAT: &str = "sg/nat-instance";
 pub const VPCLINK: &str = "vpclink";
 
 fn tier_name(tier: SubnetTier) -> &'static str {
@@ -264,8 +270,17 @@ pub fn plan_network(owner: Owner, spec: &StackSpec, region: &str, zones: Vec<Str
         NatGateways::Single => 1,
         NatGateways::PerAz => private.len(),
     };
+    // NAT instances have components of their own, so that a switch of `natType` makes the new
+    // ones beside the old, moves the routes, and only then removes the old.
+    let instance_type = (network.nat_type() == NatType::Instance).then(|| network.nat_instance_type().to_string());
+    let prefix = if instance_type.is_some() { "nat-instance" } else { "nat" };
     let nat_gateways: Vec<NatPlan> = (0..nat_count)
-        .map(|i| NatPlan { component: format!("nat/{i}"), address: format!("eip/nat/{i}"), subnet: public[i].clone() })
+        .map(|i| NatPlan {
+            component: format!("{prefix}/{i}"),
+            address: format!("eip/{prefix}/{i}"),
+            subnet: public[i].clone(),
+            instance_type: instance_type.clone(),
+        })
         .collect();
 
     // One route table per private subnet, so that switching between `Single` and `PerAz` only
@@ -304,6 +319,18 @@ pub fn plan_network(owner: Owner, spec: &StackSpec, region: &str, zones: Vec<Str
         ingress: BTreeSet::new(),
         egress: BTreeSet::from([all_to(Source::Cidr(DEFAULT_ROUTE.into()))]),
     }];
+    if instance_type.is_some() && !nat_gateways.is_empty() {
+        // What a NAT instance forwards comes only from the private subnets; nothing else may
+        // reach it (no SSH: it is replaced, never logged into).
+        let private_cidrs = subnets.iter().filter(|s| s.tier == SubnetTier::Private);
+        security_groups.push(SecurityGroupPlan {
+            component: SG_NAT.into(),
+            name: "tinystacks-nat".into(),
+            description: format!("NAT instances of {whose}: all traffic from the private subnets only"),
+            ingress: private_cidrs.map(|s| all_to(Source::Cidr(s.cidr.clone()))).collect(),
+            egress: BTreeSet::from([all_to(Source::Cidr(DEFAULT_ROUTE.into()))]),
+        });
+    }
     let mut endpoints = Vec::new();
     if pattern == NetworkPattern::PrivateIsolated {
         security_groups.push(SecurityGroupPlan {
@@ -368,6 +395,7 @@ pub fn plan_network(owner: Owner, spec: &StackSpec, region: &str, zones: Vec<Str
         internet_gateway: pattern == NetworkPattern::PublicPrivate,
         route_tables,
         nat_gateways,
+        nat_image: None,
         security_groups,
         endpoints,
         vpc_link,
@@ -402,6 +430,7 @@ pub struct Observed {
     pub internet_gateways: Vec<InternetGateway>,
     pub addresses: Vec<Address>,
     pub nat_gateways: Vec<NatGateway>,
+    pub instances: Vec<Instance>,
     pub security_groups: Vec<SecurityGroup>,
     pub vpc_endpoints: Vec<VpcEndpoint>,
     pub vpc_links: Vec<VpcLink>,
@@ -432,6 +461,7 @@ impl Observed {
             internet_gateways: keep(&snapshot.internet_gateways, uid, |r| &r.tags),
             addresses: keep(&snapshot.addresses, uid, |r| &r.tags),
             nat_gateways: keep(&snapshot.nat_gateways, uid, |r| &r.tags),
+            instances: keep(&snapshot.instances, uid, |r| &r.tags),
             security_groups: keep(&snapshot.security_groups, uid, |r| &r.tags),
             vpc_endpoints: keep(&snapshot.vpc_endpoints, uid, |r| &r.tags),
             vpc_links: keep(&snapshot.vpc_links, uid, |r| &r.tags),
@@ -450,6 +480,7 @@ impl Observed {
             && self.internet_gateways.is_empty()
             && self.addresses.is_empty()
             && self.nat_gateways.iter().all(|n| n.state.is_gone())
+            && self.instances.iter().all(|i| i.state.is_gone())
             && self.security_groups.is_empty()
             && self.vpc_endpoints.iter().all(|e| e.state.is_gone())
             && self.vpc_links.is_empty()
@@ -528,6 +559,7 @@ pub fn foreign(snapshot: &Snapshot, owner: &Owner, status: &StackStatus) -> Vec<
         status
             .nat_gateway_ids
             .iter()
+            .chain(&status.nat_instance_ids)
             .chain(&status.route_table_ids)
             .chain(&status.vpc_endpoint_ids)
             .map(String::as_str),
@@ -553,6 +585,8 @@ pub fn foreign(snapshot: &Snapshot, owner: &Owner, status: &StackStatus) -> Vec<
     );
     let nats = s.nat_gateways.iter().filter(|r| !r.state.is_going());
     found.extend(nats.filter_map(|r| check("NAT gateway", &r.id, &r.tags, named(&r.id))));
+    let instances = s.instances.iter().filter(|r| !r.state.is_going());
+    found.extend(instances.filter_map(|r| check("NAT instance", &r.id, &r.tags, named(&r.id))));
     found.extend(s.security_groups.iter().filter_map(|r| check("security group", &r.id, &r.tags, named(&r.id))));
     let endpoints = s.vpc_endpoints.iter().filter(|r| !r.state.is_going());
     found.extend(endpoints.filter_map(|r| check("VPC endpoint", &r.id, &r.tags, named(&r.id))));
@@ -576,8 +610,13 @@ pub enum Deletion {
     VpcLink(String),
     VpcEndpoints(Vec<String>),
     NatGateway(String),
+    /// A NAT instance, terminated.
+    Instance(String),
     Address(String),
-    DetachInternetGateway { gateway_id: String, vpc_id: String },
+    DetachInternetGateway {
+        gateway_id: String,
+        vpc_id: String,
+    },
     InternetGateway(String),
     Disassociate(String),
     RouteTable(String),
@@ -591,28 +630,117 @@ pub enum Deletion {
 /// One AWS mutation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    CreateVpc { cidr: String, tags: Tags },
-    EnableVpcDns { vpc_id: String, hostnames: bool },
-    CreateInternetGateway { tags: Tags },
-    AttachInternetGateway { gateway_id: String, vpc_id: String },
-    CreateSubnet { vpc_id: String, cidr: String, zone: String, tags: Tags },
-    CreateRouteTable { vpc_id: String, token: String, tags: Tags },
-    AssociateRouteTable { route_table_id: String, subnet_id: String },
-    CreateRoute { route_table_id: String, destination: String, target: RouteTarget },
-    ReplaceRoute { route_table_id: String, destination: String, target: RouteTarget },
-    DeleteRoute { route_table_id: String, destination: String },
-    AllocateAddress { tags: Tags },
-    CreateNatGateway { subnet_id: String, allocation_id: String, token: String, tags: Tags },
-    CreateSecurityGroup { vpc_id: String, name: String, description: String, tags: Tags },
-    Authorize { group_id: String, egress: bool, rule: Rule },
-    Revoke { group_id: String, egress: bool, rule: Rule },
+    CreateVpc {
+        cidr: String,
+        tags: Tags,
+    },
+    EnableVpcDns {
+        vpc_id: String,
+        hostnames: bool,
+    },
+    CreateInternetGateway {
+        tags: Tags,
+    },
+    AttachInternetGateway {
+        gateway_id: String,
+        vpc_id: String,
+    },
+    CreateSubnet {
+        vpc_id: String,
+        cidr: String,
+        zone: String,
+        tags: Tags,
+    },
+    CreateRouteTable {
+        vpc_id: String,
+        token: String,
+        tags: Tags,
+    },
+    AssociateRouteTable {
+        route_table_id: String,
+        subnet_id: String,
+    },
+    CreateRoute {
+        route_table_id: String,
+        destination: String,
+        target: RouteTarget,
+    },
+    ReplaceRoute {
+        route_table_id: String,
+        destination: String,
+        target: RouteTarget,
+    },
+    DeleteRoute {
+        route_table_id: String,
+        destination: String,
+    },
+    AllocateAddress {
+        tags: Tags,
+    },
+    CreateNatGateway {
+        subnet_id: String,
+        allocation_id: String,
+        token: String,
+        tags: Tags,
+    },
+    RunNatInstance(NatInstanceSpec),
+    /// A NAT instance forwards what is not addressed to it: EC2's source/destination check off.
+    DisableSourceDestCheck {
+        instance_id: String,
+    },
+    AssociateAddress {
+        allocation_id: String,
+        network_interface_id: String,
+    },
+    CreateSecurityGroup {
+        vpc_id: String,
+        name: String,
+        description: String,
+        tags: Tags,
+    },
+    Authorize {
+        group_id: String,
+        egress: bool,
+        rule: Rule,
+    },
+    Revoke {
+        group_id: String,
+        egress: bool,
+        rule: Rule,
+    },
     CreateVpcEndpoint(EndpointSpec),
     ModifyVpcEndpoint(EndpointChange),
-    CreateVpcLink { name: String, subnet_ids: Vec<String>, group_ids: Vec<String>, tags: Tags },
-    CreateKey { description: String, tags: Tags },
-    CreateAlias { alias: String, key_id: String },
-    Retag { resource: Tagged, add: Tags, remove: Vec<String> },
+    CreateVpcLink {
+        name: String,
+        subnet_ids: Vec<String>,
+        group_ids: Vec<String>,
+        tags: Tags,
+    },
+    CreateKey {
+        description: String,
+        tags: Tags,
+    },
+    CreateAlias {
+        alias: String,
+        key_id: String,
+    },
+    Retag {
+        resource: Tagged,
+        add: Tags,
+        remove: Vec<String>,
+    },
     Delete(Deletion),
+}
+
+/// A NAT instance to launch: no key pair, IMDSv2 only, its own group, forwarding set up at boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatInstanceSpec {
+    pub subnet_id: String,
+    pub group_id: String,
+    pub image: String,
+    pub instance_type: String,
+    pub token: String,
+    pub tags: Tags,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -648,6 +776,7 @@ impl Action {
             Action::CreateRouteTable { .. } => Kind::RouteTables,
             Action::AllocateAddress { .. } => Kind::Addresses,
             Action::CreateNatGateway { .. } => Kind::NatGateways,
+            Action::RunNatInstance(_) => Kind::Instances,
             Action::CreateSecurityGroup { .. } => Kind::SecurityGroups,
             Action::CreateVpcEndpoint(_) => Kind::VpcEndpoints,
             Action::CreateVpcLink { .. } => Kind::VpcLinks,
@@ -671,6 +800,9 @@ impl Action {
             Action::DeleteRoute { .. } => "DeletedRoute",
             Action::AllocateAddress { .. } => "AllocatedElasticIp",
             Action::CreateNatGateway { .. } => "CreatedNatGateway",
+            Action::RunNatInstance(_) => "LaunchedNatInstance",
+            Action::DisableSourceDestCheck { .. } => "DisabledSourceDestCheck",
+            Action::AssociateAddress { .. } => "AssociatedElasticIp",
             Action::CreateSecurityGroup { .. } => "CreatedSecurityGroup",
             Action::Authorize { .. } => "AuthorizedSecurityGroupRule",
             Action::Revoke { .. } => "RevokedSecurityGroupRule",
@@ -684,6 +816,7 @@ impl Action {
                 Deletion::VpcLink(_) => "DeletedVpcLink",
                 Deletion::VpcEndpoints(_) => "DeletedVpcEndpoints",
                 Deletion::NatGateway(_) => "DeletedNatGateway",
+                Deletion::Instance(_) => "TerminatedNatInstance",
                 Deletion::Address(_) => "ReleasedElasticIp",
                 Deletion::DetachInternetGateway { .. } => "DetachedInternetGateway",
                 Deletion::InternetGateway(_) => "DeletedInternetGateway",
@@ -739,6 +872,7 @@ pub struct Diff {
 pub struct Previous {
     pub route_tables: Vec<String>,
     pub nat_gateways: Vec<String>,
+    pub nat_instances: Vec<String>,
     pub endpoints: Vec<String>,
 }
 
@@ -747,6 +881,7 @@ impl Previous {
         Self {
             route_tables: status.route_table_ids.clone(),
             nat_gateways: status.nat_gateway_ids.clone(),
+            nat_instances: status.nat_instance_ids.clone(),
             endpoints: status.vpc_endpoint_ids.clone(),
         }
     }
@@ -889,7 +1024,7 @@ pub fn kept(observed: &Observed, dependants: &[Dependant]) -> Kept {
 }
 
 /// The next deletion, dependents before what they depend on: the VPC Link, endpoints, NAT
-/// gateways (until AWS reports them deleted), their Elastic IPs, the internet gateway, route
+/// gateways (until AWS reports them deleted), NAT instances (until terminated), their Elastic IPs, the internet gateway, route
 /// tables, security groups, subnets, the VPC; then the alias and the key. What is `kept` stays.
 pub fn teardown(observed: &Observed, alias: &str, kept: &Kept) -> Teardown {
     let step = |what: String, component: &str, deletion: Deletion| {
@@ -920,6 +1055,12 @@ pub fn teardown(observed: &Observed, alias: &str, kept: &Kept) -> Teardown {
     }
     if let Some(n) = observed.nat_gateways.iter().find(|n| n.state.is_deleting()) {
         return Teardown::Waiting(format!("EC2 is deleting NAT gateway {}", n.id));
+    }
+    if let Some(i) = observed.instances.iter().find(|i| !i.state.is_going()) {
+        return step(format!("terminating NAT instance {}", i.id), &name(&i.tags), Deletion::Instance(i.id.clone()));
+    }
+    if let Some(i) = observed.instances.iter().find(|i| i.state.is_deleting()) {
+        return Teardown::Waiting(format!("EC2 is terminating NAT instance {}", i.id));
     }
     if let Some(a) = observed.addresses.first() {
         return step(
@@ -1007,6 +1148,13 @@ pub fn status_of(plan: &NetworkPlan, observed: &Observed) -> StackStatus {
         .filter_map(|n| pick(&observed.nat_gateways, &n.component, |x| &x.tags, |x| !x.state.is_going(), |x| &x.id))
         .map(|n| n.id.clone())
         .collect();
+    let nat_instance_ids = plan
+        .nat_gateways
+        .iter()
+        .filter(|n| n.instance_type.is_some())
+        .filter_map(|n| pick(&observed.instances, &n.component, |x| &x.tags, |x| !x.state.is_going(), |x| &x.id))
+        .map(|i| i.id.clone())
+        .collect();
     let route_table_ids = plan
         .route_tables
         .iter()
@@ -1033,6 +1181,7 @@ pub fn status_of(plan: &NetworkPlan, observed: &Observed) -> StackStatus {
         internet_gateway_id: pick(&observed.internet_gateways, IGW, |x| &x.tags, |_| true, |x| &x.id)
             .map(|g| g.id.clone()),
         nat_gateway_ids,
+        nat_instance_ids,
         route_table_ids,
         vpc_endpoint_ids,
         app_security_group_id: group(SG_APP),

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::info;
@@ -16,12 +16,15 @@ use tracing::info;
 use super::aws::Network;
 use super::plan::{self, Diff, Kept, NetworkPlan, Observed, Owner, Previous, Teardown};
 use crate::account_link::{self, LinkFor, LinkForCleanup};
-use crate::api::{AwsAccountLink, Bastion, Database, DeletionPolicy, Management, PlanStatus, Stack, StackStatus};
+use crate::api::{
+    AwsAccountLink, Bastion, Database, DeletionPolicy, Management, NatGateways, NatType, PlanStatus, Stack, StackStatus,
+};
+use crate::aws::image::{self, Arch};
 use crate::aws::inventory::KmsKey;
 use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::{self, Health};
-use crate::runtime::context::Context;
+use crate::runtime::context::{Context, FIELD_MANAGER};
 use crate::runtime::plan::{DRIFT_DETECTED, Gate, Governance, gate, is_new};
 use crate::runtime::reconciler::{Cleanup, Managed, Step};
 
@@ -34,6 +37,9 @@ const PASS_TIME: Duration = Duration::from_secs(5);
 /// The `Ready` reason while drift is being repaired, so that every step of a repair (not only the
 /// first) is announced as `DriftRepaired`.
 const REPAIRING: &str = "RepairingDrift";
+/// Records the image NAT instances boot (`<architecture>:<ami>`), so that a replacement boots the
+/// same image rather than whatever is newest that day.
+pub const NAT_IMAGE_ANNOTATION: &str = "tinystacks.io/nat-image";
 
 impl Managed for Stack {
     type Status = StackStatus;
@@ -57,7 +63,8 @@ impl Managed for Stack {
         };
         let region = self.spec.region.clone().unwrap_or_else(|| link.spec.region.clone());
         let network = Network::connect(ctx, &link, &region).await?;
-        Pass::new(self, &status, network, region)?.run(ctx).await
+        let nat_image = nat_image(ctx, self, &network).await?;
+        Pass::new(self, &status, network, region, nat_image)?.run(ctx).await
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Cleanup> {
@@ -124,6 +131,8 @@ struct Pass<'a> {
     /// A stack that was Ready for this spec and now differs has drifted; anything else is
     /// progress towards the spec.
     drift: bool,
+    /// The image NAT instances boot (`natType: Instance`).
+    nat_image: Option<String>,
 }
 
 /// One look at the account: the network the spec asks for, the Stack's resources, what differs.
@@ -134,12 +143,19 @@ struct View {
 }
 
 impl<'a> Pass<'a> {
-    fn new(stack: &'a Stack, status: &'a StackStatus, network: Network, region: String) -> Result<Self> {
+    fn new(
+        stack: &'a Stack,
+        status: &'a StackStatus,
+        network: Network,
+        region: String,
+        nat_image: Option<String>,
+    ) -> Result<Self> {
         let governance = Governance::from(&stack.spec.controls);
         let drift = conditions::is_ready(&status.conditions, stack.metadata.generation)
             || conditions::ready(&status.conditions).is_some_and(|c| c.reason == REPAIRING);
         let owner = owner(stack)?;
-        Ok(Self { stack, status, network, region, owner, previous: Previous::of(status), governance, drift })
+        let previous = Previous::of(status);
+        Ok(Self { stack, status, network, region, owner, previous, governance, drift, nat_image })
     }
 
     async fn run(self, ctx: &Context) -> Result<Step<StackStatus>> {
@@ -218,8 +234,9 @@ impl<'a> Pass<'a> {
         // Held no longer than needed: the inventory copies a list a reconcile still holds when a
         // mutation is recorded into it.
         drop(snapshot);
-        let plan = plan::plan_network(self.owner.clone(), &self.stack.spec, &self.region, zones)
+        let mut plan = plan::plan_network(self.owner.clone(), &self.stack.spec, &self.region, zones)
             .map_err(Error::InvalidSpec)?;
+        plan.nat_image.clone_from(&self.nat_image);
         let mut diff = plan::diff(&plan, &observed, &self.previous);
         if let Some(conflict) = diff.conflict.take() {
             return Err(conflict);
@@ -281,6 +298,32 @@ impl<'a> Pass<'a> {
         ctx.event(&self.stack.object_ref(&()), kind, reason, text.clone()).await;
         text
     }
+}
+
+/// The image NAT instances boot, for `natType: Instance`: the one pinned in the annotation for
+/// the instance type's architecture; else the latest Amazon Linux 2023 (the public SSM parameter,
+/// as for a Bastion), pinned before anything is launched with it, so that a crash in between or a
+/// later replacement boots the same one.
+async fn nat_image(ctx: &Context, stack: &Stack, network: &Network) -> Result<Option<String>> {
+    let spec = &stack.spec.network;
+    if spec.nat_type() != NatType::Instance || spec.nat_gateways() == NatGateways::None {
+        return Ok(None);
+    }
+    let arch = Arch::of(spec.nat_instance_type());
+    if let Some(pinned) = image::pinned_image(stack.annotations().get(NAT_IMAGE_ANNOTATION).map(String::as_str), arch) {
+        return Ok(Some(pinned));
+    }
+    let parameter = arch.image_parameter();
+    let chosen = image::latest_image(&network.ssm, network.calls(ctx), &parameter).await?;
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        NAT_IMAGE_ANNOTATION: image::image_annotation(arch, &chosen)
+    }}});
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let api = Api::<Stack>::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
+    api.patch(&stack.name_any(), &params, &Patch::Merge(&patch)).await?;
+    let note = format!("chose image {chosen} ({parameter}) for NAT instances");
+    ctx.event(&stack.object_ref(&()), EventType::Normal, "ChoseImage", note).await;
+    Ok(Some(chosen))
 }
 
 /// One step of the teardown.
@@ -362,9 +405,12 @@ fn owner(stack: &Stack) -> Result<Owner> {
 /// salt the idempotency tokens, so they must not vanish from one step to the next; the IDs of a
 /// type the spec no longer wants (NAT gateways after `natGateways: None`) go with it.
 fn merged(mut observed: StackStatus, previous: &StackStatus, plan: &NetworkPlan) -> StackStatus {
+    let instances = plan.nat_gateways.iter().filter(|n| n.instance_type.is_some()).count();
+    let gateways = plan.nat_gateways.len() - instances;
     for (now, before, wanted) in [
         (&mut observed.route_table_ids, &previous.route_table_ids, plan.route_tables.len()),
-        (&mut observed.nat_gateway_ids, &previous.nat_gateway_ids, plan.nat_gateways.len()),
+        (&mut observed.nat_gateway_ids, &previous.nat_gateway_ids, gateways),
+        (&mut observed.nat_instance_ids, &previous.nat_instance_ids, instances),
         (&mut observed.vpc_endpoint_ids, &previous.vpc_endpoint_ids, plan.endpoints.len()),
     ] {
         if now.is_empty() && wanted > 0 {
@@ -391,15 +437,20 @@ mod tests {
     fn ids_of_a_type_the_spec_no_longer_wants_leave_the_status_with_it() {
         let owner = Owner { namespace: "team-a".into(), name: "web".into(), uid: "uid-1".into() };
         let zones: Vec<String> = ["us-east-1a", "us-east-1b", "us-east-1c"].map(String::from).into();
-        let plan_for = |nat: &str| {
-            let spec = serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"natGateways": nat}});
+        let plan_for = |network: serde_json::Value| {
+            let spec = serde_json::json!({"accountLinkRef": {"name": "l"}, "network": network});
             plan::plan_network(owner.clone(), &serde_json::from_value(spec).unwrap(), "us-east-1", zones.clone())
                 .unwrap()
         };
         let previous = StackStatus { nat_gateway_ids: vec!["nat-1".into(), "nat-2".into()], ..Default::default() };
         // Removed by the pass: the IDs go.
-        assert!(merged(StackStatus::default(), &previous, &plan_for("None")).nat_gateway_ids.is_empty());
+        let none = plan_for(serde_json::json!({"natGateways": "None"}));
+        assert!(merged(StackStatus::default(), &previous, &none).nat_gateway_ids.is_empty());
+        // Replaced by NAT instances: the gateways' IDs go too.
+        let instances = plan_for(serde_json::json!({"natGateways": "PerAz", "natType": "Instance"}));
+        assert!(merged(StackStatus::default(), &previous, &instances).nat_gateway_ids.is_empty());
         // Still wanted but not seen yet (a create just made): kept, as they salt the tokens.
-        assert_eq!(merged(StackStatus::default(), &previous, &plan_for("PerAz")).nat_gateway_ids.len(), 2);
+        let per_az = plan_for(serde_json::json!({"natGateways": "PerAz"}));
+        assert_eq!(merged(StackStatus::default(), &previous, &per_az).nat_gateway_ids.len(), 2);
     }
 }

@@ -1,7 +1,7 @@
 //! The security invariants that must hold in an account whatever happened to the operator (faults,
 //! crashes, restarts), checked against what moto holds rather than against the operator's status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{Filter, IpPermission, SecurityGroup};
 
@@ -33,6 +33,9 @@ const COMPONENT_TAG: &str = "tinystacks.io/component";
 ///   `ssh_cidrs` (the `allowedCidrs` of the account's SSH Bastions; empty when there are none),
 ///   and the ranges one group admits to 22 together hold at most 256 IPv4 addresses and one /56
 ///   of IPv6 (`SSH_MAX_ADDRESSES_V4`, `SSH_MAX_ADDRESSES_V6`), however they are split;
+/// - a Stack's NAT instance group (`sg/nat-instance`) admits only its Stack's private subnets'
+///   CIDRs (the traffic it forwards; this is no SSH from outside), nothing else; every NAT instance
+///   has no key pair, requires IMDSv2 and is only in such groups;
 /// - the route tables of isolated subnets (`subnet/isolated/*`) have no route out: only the local
 ///   route and gateway endpoints' routes, nothing to an internet or NAT gateway;
 /// - no KMS key that encrypts a DB instance, a DB snapshot or a Secrets Manager secret is scheduled
@@ -59,6 +62,19 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
     };
     let is_bastion = |g: &SecurityGroup| tag(g, OWNER_TAG).is_some_and(|o| o.starts_with("Bastion/"));
     let is_app = |g: &SecurityGroup| tag(g, COMPONENT_TAG).as_deref() == Some("sg/app");
+    let subnets = ec2
+        .describe_subnets()
+        .filters(Filter::builder().name("tag-key").values(OWNER_UID_TAG).build())
+        .send()
+        .await
+        .expect("describe subnets");
+    let private = private_cidrs(subnets.subnets());
+    // What a NAT instance group may admit: its own Stack's private subnets, and only those.
+    let nat_admits = |g: &SecurityGroup, range: &str| {
+        tag(g, COMPONENT_TAG).as_deref() == Some(NAT_GROUP)
+            && tag(g, OWNER_UID_TAG).and_then(|uid| private.get(&uid)).is_some_and(|c| c.contains(range))
+    };
+    violations.extend(nat_instance_violations(&ec2, &groups, &nat_admits).await);
 
     let instances = rds.describe_db_instances().send().await.expect("describe DB instances");
     for i in instances.db_instances() {
@@ -107,7 +123,7 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
                 .filter_map(|r| r.cidr_ip())
                 .chain(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()))
                 .collect();
-            for range in &ranges {
+            for range in ranges.iter().filter(|r| !nat_admits(g, r)) {
                 if !is_bastion(g) || !ssh_cidrs.contains(range) {
                     violations.push(format!("group {id} admits SSH from {range} ({:?})", tag(g, OWNER_TAG)));
                 }
@@ -123,6 +139,7 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
                     .filter_map(|r| r.cidr_ip())
                     .chain(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()))
             })
+            .filter(|r| !nat_admits(g, r))
             .collect();
         let (v4, v6) = union_sizes(&ssh_ranges);
         if v4 > SSH_MAX_ADDRESSES_V4 || v6 > SSH_MAX_ADDRESSES_V6 {
@@ -130,12 +147,6 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
         }
     }
 
-    let subnets = ec2
-        .describe_subnets()
-        .filters(Filter::builder().name("tag-key").values(OWNER_UID_TAG).build())
-        .send()
-        .await
-        .expect("describe subnets");
     let isolated: Vec<&str> = subnets
         .subnets()
         .iter()
@@ -176,6 +187,77 @@ pub async fn assert_security_invariants(account: &str, ssh_cidrs: &[&str]) {
 
     violations.extend(keys_in_use_pending_deletion(&config).await);
     assert!(violations.is_empty(), "security invariants violated in account {account}:\n{}", violations.join("\n"));
+}
+
+const NAT_GROUP: &str = "sg/nat-instance";
+
+/// The private subnets' CIDRs of each Stack, by its owner UID.
+fn private_cidrs(subnets: &[aws_sdk_ec2::types::Subnet]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in subnets {
+        let tag = |key: &str| s.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+        if let (Some(uid), Some(cidr)) = (tag(OWNER_UID_TAG), s.cidr_block())
+            && tag(COMPONENT_TAG).is_some_and(|c| c.starts_with("subnet/private/"))
+        {
+            out.entry(uid.to_string()).or_default().insert(cidr.to_string());
+        }
+    }
+    out
+}
+
+/// What is wrong with the NAT instance groups (anything admitted beyond `nat_admits`) and the NAT
+/// instances (a key pair, IMDSv1, a group that is not a NAT instance group).
+async fn nat_instance_violations(
+    ec2: &aws_sdk_ec2::Client,
+    groups: &[SecurityGroup],
+    nat_admits: &dyn Fn(&SecurityGroup, &str) -> bool,
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let component = |tags: &[aws_sdk_ec2::types::Tag]| {
+        tags.iter().find(|t| t.key() == Some(COMPONENT_TAG)).and_then(|t| t.value()).map(str::to_string)
+    };
+    let nat_groups: Vec<&SecurityGroup> =
+        groups.iter().filter(|g| component(g.tags()).as_deref() == Some(NAT_GROUP)).collect();
+    for g in &nat_groups {
+        let id = g.group_id().unwrap_or_default();
+        for p in g.ip_permissions() {
+            if !p.ipv6_ranges().is_empty() || !p.user_id_group_pairs().is_empty() || !p.prefix_list_ids().is_empty() {
+                violations.push(format!("NAT instance group {id} admits more than address ranges: {p:?}"));
+            }
+            for range in p.ip_ranges().iter().filter_map(|r| r.cidr_ip()) {
+                if !nat_admits(g, range) {
+                    violations
+                        .push(format!("NAT instance group {id} admits {range}, not a private subnet of its Stack"));
+                }
+            }
+        }
+    }
+    let nat_group_ids: Vec<&str> = nat_groups.iter().filter_map(|g| g.group_id()).collect();
+    let listed = ec2
+        .describe_instances()
+        .filters(Filter::builder().name("tag-key").values(OWNER_UID_TAG).build())
+        .send()
+        .await
+        .expect("describe instances");
+    let instances = listed.reservations().iter().flat_map(|r| r.instances());
+    let nat_instances = instances
+        .filter(|i| component(i.tags()).is_some_and(|c| c.starts_with("nat-instance/")))
+        .filter(|i| i.state().and_then(|s| s.name()).is_none_or(|n| n.as_str() != "terminated"));
+    for i in nat_instances {
+        let id = i.instance_id().unwrap_or_default();
+        if let Some(key) = i.key_name().filter(|k| !k.is_empty()) {
+            violations.push(format!("NAT instance {id} has the key pair {key}"));
+        }
+        let tokens = i.metadata_options().and_then(|m| m.http_tokens()).map(|t| t.as_str().to_string());
+        if tokens.as_deref() != Some("required") {
+            violations.push(format!("NAT instance {id} does not require IMDSv2 ({tokens:?})"));
+        }
+        let in_groups = i.network_interfaces().iter().flat_map(|n| n.groups()).filter_map(|g| g.group_id());
+        for g in in_groups.filter(|g| !nat_group_ids.contains(g)) {
+            violations.push(format!("NAT instance {id} is in group {g}, not a NAT instance group"));
+        }
+    }
+    violations
 }
 
 /// The keys scheduled for deletion while a DB instance, a DB snapshot or a secret still uses them.

@@ -73,14 +73,10 @@ pub fn route_table_of(t: &aws_sdk_ec2::types::RouteTable) -> Option<RouteTable> 
                 (Some("local"), _) => RouteTarget::Local,
                 (Some(g), _) => RouteTarget::Gateway(g.into()),
                 (None, Some(n)) => RouteTarget::Nat(n.into()),
-                _ => RouteTarget::Other(
-                    r.transit_gateway_id()
-                        .or(r.vpc_peering_connection_id())
-                        .or(r.network_interface_id())
-                        .or(r.instance_id())
-                        .unwrap_or("unknown")
-                        .into(),
-                ),
+                _ => match (r.transit_gateway_id().or(r.vpc_peering_connection_id()), r.network_interface_id()) {
+                    (None, Some(eni)) => RouteTarget::Interface(eni.into()),
+                    (other, _) => RouteTarget::Other(other.or(r.instance_id()).unwrap_or("unknown").into()),
+                },
             };
             Some(Route { destination, target })
         })
@@ -99,6 +95,33 @@ pub fn route_table_of(t: &aws_sdk_ec2::types::RouteTable) -> Option<RouteTable> 
         routes,
         associations,
         tags: Tags::from_ec2(t.tags()),
+    })
+}
+
+pub fn instance_of(i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
+    let primary = i.network_interfaces().iter().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
+    Some(Instance {
+        id: i.instance_id()?.into(),
+        vpc_id: i.vpc_id().map(Into::into),
+        subnet_id: i.subnet_id().map(Into::into),
+        state: parse_state(i.state().and_then(|s| s.name()).map_or("", |n| n.as_str()), InstanceStateName::values()),
+        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+        image_id: i.image_id().map(Into::into),
+        network_interface_id: primary
+            .or(i.network_interfaces().first())
+            .and_then(|n| n.network_interface_id())
+            .map(Into::into),
+        source_dest_check: i.source_dest_check(),
+        key_name: i.key_name().filter(|k| !k.is_empty()).map(Into::into),
+        // The instance's groups and its interfaces' (the same in EC2; some emulators fill only the
+        // latter for instances launched with an interface).
+        security_groups: i
+            .security_groups()
+            .iter()
+            .chain(i.network_interfaces().iter().flat_map(|n| n.groups()))
+            .filter_map(|g| g.group_id().map(Into::into))
+            .collect(),
+        tags: Tags::from_ec2(i.tags()),
     })
 }
 

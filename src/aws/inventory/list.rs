@@ -70,6 +70,13 @@ pub(super) async fn vpc_endpoints(c: &Clients<'_>) -> Result<Vec<VpcEndpoint>> {
     Ok(operators(pages.iter().flat_map(|p| p.vpc_endpoints()).filter_map(vpc_endpoint_of), |r| &r.tags))
 }
 
+pub(super) async fn instances(c: &Clients<'_>) -> Result<Vec<Instance>> {
+    let list = || c.ec2.describe_instances().filters(owned()).into_paginator().send().try_collect();
+    let pages: Vec<_> = c.calls.read(Service::Ec2, "ec2:DescribeInstances", list).await?;
+    let listed = pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).filter_map(instance_of);
+    Ok(operators(listed, |r| &r.tags))
+}
+
 pub(super) async fn addresses(c: &Clients<'_>) -> Result<Vec<Address>> {
     // DescribeAddresses has no pages: an account holds few Elastic IPs.
     let list = || c.ec2.describe_addresses().filters(owned()).send();
@@ -81,6 +88,7 @@ pub(super) async fn addresses(c: &Clients<'_>) -> Result<Vec<Address>> {
             Some(Address {
                 allocation_id: a.allocation_id()?.into(),
                 association_id: a.association_id().map(Into::into),
+                network_interface_id: a.network_interface_id().map(Into::into),
                 tags: Tags::from_ec2(a.tags()),
             })
         })

@@ -45,6 +45,15 @@ fn routes_are_read_with_their_targets() {
         .routes(Ec2Route::builder().destination_cidr_block("10.0.0.0/16").gateway_id("local").build())
         .routes(Ec2Route::builder().destination_cidr_block("0.0.0.0/0").nat_gateway_id("nat-1").build())
         .routes(Ec2Route::builder().destination_prefix_list_id("pl-1").gateway_id("vpce-1").build())
+        // A route through an instance's interface names both; a peering's names neither.
+        .routes(
+            Ec2Route::builder()
+                .destination_cidr_block("10.1.0.0/16")
+                .network_interface_id("eni-1")
+                .instance_id("i-1")
+                .build(),
+        )
+        .routes(Ec2Route::builder().destination_cidr_block("10.2.0.0/16").vpc_peering_connection_id("pcx-1").build())
         .associations(RouteTableAssociation::builder().route_table_association_id("a-1").subnet_id("s-1").build())
         .associations(RouteTableAssociation::builder().route_table_association_id("a-0").main(true).build())
         .build();
@@ -55,6 +64,8 @@ fn routes_are_read_with_their_targets() {
             ("10.0.0.0/16", RouteTarget::Local),
             ("0.0.0.0/0", RouteTarget::Nat("nat-1".into())),
             ("pl-1", RouteTarget::Gateway("vpce-1".into())),
+            ("10.1.0.0/16", RouteTarget::Interface("eni-1".into())),
+            ("10.2.0.0/16", RouteTarget::Other("pcx-1".into())),
         ]
     );
     assert_eq!(t.associations, vec![Association { id: "a-1".into(), subnet_id: Some("s-1".into()) }]);

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 pub use aws_sdk_apigatewayv2::types::VpcLinkStatus;
+pub use aws_sdk_ec2::types::InstanceStateName;
 pub use aws_sdk_ec2::types::NatGatewayState;
 /// A VPC endpoint's state (the SDK names it only `State`).
 pub use aws_sdk_ec2::types::State as EndpointState;
@@ -37,6 +38,8 @@ pub enum RouteTarget {
     /// An internet gateway or a gateway VPC endpoint.
     Gateway(String),
     Nat(String),
+    /// A network interface (a NAT instance's).
+    Interface(String),
     /// Anything else (peering, transit gateway, instance, ...): never one of the operator's.
     Other(String),
 }
@@ -74,6 +77,27 @@ pub struct InternetGateway {
 pub struct Address {
     pub allocation_id: String,
     pub association_id: Option<String>,
+    /// The network interface it is associated with (a NAT gateway's, a NAT instance's).
+    pub network_interface_id: Option<String>,
+    pub tags: Tags,
+}
+
+/// An EC2 instance the operator launched (a Stack's NAT instance; a Bastion's is listed too, and
+/// read by the Bastion directly).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub state: InstanceStateName,
+    pub instance_type: String,
+    pub image_id: Option<String>,
+    /// Its primary network interface: what routes through it name.
+    pub network_interface_id: Option<String>,
+    /// EC2's source/destination check, which a NAT instance must have off.
+    pub source_dest_check: Option<bool>,
+    pub key_name: Option<String>,
+    pub security_groups: BTreeSet<String>,
     pub tags: Tags,
 }
 
@@ -297,6 +321,15 @@ impl Lifecycle for NatGatewayState {
     }
     fn is_deleting(&self) -> bool {
         *self == Self::Deleting
+    }
+}
+
+impl Lifecycle for InstanceStateName {
+    fn is_gone(&self) -> bool {
+        *self == Self::Terminated
+    }
+    fn is_deleting(&self) -> bool {
+        *self == Self::ShuttingDown
     }
 }
 

@@ -47,7 +47,7 @@ macro_rules! tagged_by_id {
 
 tagged_by_id! {
     Vpc => id, Subnet => id, RouteTable => id, InternetGateway => id, Address => allocation_id,
-    NatGateway => id, SecurityGroup => id, VpcEndpoint => id, VpcLink => id, KmsKey => key_id,
+    NatGateway => id, Instance => id, SecurityGroup => id, VpcEndpoint => id, VpcLink => id, KmsKey => key_id,
 }
 
 impl Resource for KmsAlias {
@@ -207,6 +207,7 @@ resources! {
     InternetGateways, InternetGateway: InternetGateway => internet_gateways, list::internet_gateways;
     Addresses, Address: Address => addresses, list::addresses;
     NatGateways, NatGateway: NatGateway => nat_gateways, list::nat_gateways;
+    Instances, Instance: Instance => instances, list::instances;
     SecurityGroups, SecurityGroup: SecurityGroup => security_groups, list::security_groups;
     VpcEndpoints, VpcEndpoint: VpcEndpoint => vpc_endpoints, list::vpc_endpoints;
     VpcLinks, VpcLink: VpcLink => vpc_links, list::vpc_links;
@@ -263,6 +264,7 @@ impl Kind {
             "igw" => Kind::InternetGateways,
             "eipalloc" => Kind::Addresses,
             "nat" => Kind::NatGateways,
+            "i" => Kind::Instances,
             "sg" => Kind::SecurityGroups,
             _ => Kind::VpcEndpoints,
         }

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use super::{Action, Change, Deletion, Diff, NetworkPlan, Observed, Previous, Tagged, diff};
 use crate::api::{ChangeAction, PlannedChange};
 use crate::aws::inventory::{
-    Address, Association, EndpointState, InternetGateway, KeyState, KmsAlias, KmsKey, NatGateway, NatGatewayState,
-    Route, RouteTable, RouteTarget, Subnet, Vpc, VpcEndpoint, VpcLink, VpcLinkStatus, new_security_group,
+    Address, Association, EndpointState, Instance, InstanceStateName, InternetGateway, KeyState, KmsAlias, KmsKey,
+    NatGateway, NatGatewayState, Route, RouteTable, RouteTarget, Subnet, Vpc, VpcEndpoint, VpcLink, VpcLinkStatus,
+    new_security_group,
 };
 
 /// Placeholder IDs of resources the projection creates start with this; no AWS ID does.
@@ -64,6 +65,9 @@ fn describe(action: &Action) -> (ChangeAction, &'static str, Option<String>) {
         Action::DeleteRoute { route_table_id, .. } => (Delete, "ec2:Route", some(route_table_id)),
         Action::AllocateAddress { .. } => (Create, "ec2:ElasticIp", None),
         Action::CreateNatGateway { .. } => (Create, "ec2:NatGateway", None),
+        Action::RunNatInstance(_) => (Create, "ec2:Instance", None),
+        Action::DisableSourceDestCheck { instance_id } => (Update, "ec2:Instance", some(instance_id)),
+        Action::AssociateAddress { allocation_id, .. } => (Update, "ec2:ElasticIp", some(allocation_id)),
         Action::CreateSecurityGroup { .. } => (Create, "ec2:SecurityGroup", None),
         Action::Authorize { group_id, egress, .. } => (Create, rule_type(*egress), some(group_id)),
         Action::Revoke { group_id, egress, .. } => (Delete, rule_type(*egress), some(group_id)),
@@ -81,6 +85,7 @@ fn describe(action: &Action) -> (ChangeAction, &'static str, Option<String>) {
             Deletion::VpcLink(id) => (Delete, "apigateway:VpcLink", some(id)),
             Deletion::VpcEndpoints(ids) => (Delete, "ec2:VpcEndpoint", Some(ids.join(", "))),
             Deletion::NatGateway(id) => (Delete, "ec2:NatGateway", some(id)),
+            Deletion::Instance(id) => (Delete, "ec2:Instance", some(id)),
             Deletion::Address(id) => (Delete, "ec2:ElasticIp", some(id)),
             Deletion::DetachInternetGateway { gateway_id, .. } => (Update, "ec2:InternetGateway", some(gateway_id)),
             Deletion::InternetGateway(id) => (Delete, "ec2:InternetGateway", some(id)),
@@ -108,6 +113,7 @@ fn ec2_type(id: &str) -> &'static str {
         "igw" => "ec2:InternetGateway",
         "eipalloc" => "ec2:ElasticIp",
         "nat" => "ec2:NatGateway",
+        "i" => "ec2:Instance",
         "sg" => "ec2:SecurityGroup",
         _ => "ec2:VpcEndpoint",
     }
@@ -177,8 +183,38 @@ impl Observed {
                     t.routes.retain(|r| r.destination != destination);
                 }
             }
-            Action::AllocateAddress { tags } => {
-                self.addresses.push(Address { allocation_id: new, association_id: None, tags })
+            Action::AllocateAddress { tags } => self.addresses.push(Address {
+                allocation_id: new,
+                association_id: None,
+                network_interface_id: None,
+                tags,
+            }),
+            Action::RunNatInstance(spec) => {
+                let vpc_id = self.subnets.iter().find(|s| s.id == spec.subnet_id).map(|s| s.vpc_id.clone());
+                self.instances.push(Instance {
+                    id: new.clone(),
+                    vpc_id,
+                    subnet_id: Some(spec.subnet_id),
+                    state: InstanceStateName::Pending,
+                    instance_type: spec.instance_type,
+                    image_id: Some(spec.image),
+                    network_interface_id: Some(format!("{new}/eni")),
+                    source_dest_check: Some(true),
+                    key_name: None,
+                    security_groups: BTreeSet::from([spec.group_id]),
+                    tags: spec.tags,
+                });
+            }
+            Action::DisableSourceDestCheck { instance_id } => {
+                if let Some(i) = self.instances.iter_mut().find(|i| i.id == instance_id) {
+                    i.source_dest_check = Some(false);
+                }
+            }
+            Action::AssociateAddress { allocation_id, network_interface_id } => {
+                if let Some(a) = self.addresses.iter_mut().find(|a| a.allocation_id == allocation_id) {
+                    a.association_id = Some(format!("{new}/association"));
+                    a.network_interface_id = Some(network_interface_id);
+                }
             }
             Action::CreateNatGateway { subnet_id, allocation_id, tags, .. } => {
                 let vpc_id = self.subnets.iter().find(|s| s.id == subnet_id).map(|s| s.vpc_id.clone());
@@ -268,6 +304,23 @@ impl Observed {
                     a.association_id = None;
                 }
             }
+            Deletion::Instance(id) => {
+                let interfaces: Vec<String> = self
+                    .instances
+                    .iter()
+                    .filter(|i| i.id == id)
+                    .filter_map(|i| i.network_interface_id.clone())
+                    .collect();
+                for i in self.instances.iter_mut().filter(|i| i.id == id) {
+                    i.state = InstanceStateName::Terminated;
+                }
+                for a in self.addresses.iter_mut() {
+                    if a.network_interface_id.as_ref().is_some_and(|e| interfaces.contains(e)) {
+                        a.association_id = None;
+                        a.network_interface_id = None;
+                    }
+                }
+            }
             Deletion::Address(id) => self.addresses.retain(|a| a.allocation_id != id),
             Deletion::DetachInternetGateway { gateway_id, vpc_id } => {
                 if let Some(g) = self.internet_gateways.iter_mut().find(|g| g.id == gateway_id) {
@@ -308,6 +361,7 @@ impl Observed {
                     .or(self.internet_gateways.iter_mut().find(|x| x.id == id).map(|x| &mut x.tags))
                     .or(self.addresses.iter_mut().find(|x| x.allocation_id == id).map(|x| &mut x.tags))
                     .or(self.nat_gateways.iter_mut().find(|x| x.id == id).map(|x| &mut x.tags))
+                    .or(self.instances.iter_mut().find(|x| x.id == id).map(|x| &mut x.tags))
                     .or(self.security_groups.iter_mut().find(|x| x.id == id).map(|x| &mut x.tags))
                     .or(self.vpc_endpoints.iter_mut().find(|x| x.id == id).map(|x| &mut x.tags))
             }

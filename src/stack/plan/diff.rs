@@ -7,6 +7,8 @@ use super::*;
 
 /// Component name → ID of what exists.
 type Ids<'a> = BTreeMap<&'a str, String>;
+/// NAT component → where its routes go (a NAT gateway, a NAT instance's network interface).
+type NatTargets<'a> = BTreeMap<&'a str, RouteTarget>;
 
 /// The comparison: what AWS shows against the plan. Works through the resources in the order they
 /// depend on each other; a resource whose parent does not exist yet is not mentioned, since the
@@ -162,12 +164,12 @@ impl<'a> Differ<'a> {
         subnet_ids
     }
 
-    /// NAT gateways and their addresses (before the routes that point at them).
-    fn nat_gateways(&mut self, vpc_id: &str, subnet_ids: &Ids<'a>) -> Ids<'a> {
+    /// NAT gateways or instances and their addresses (before the routes that point at them).
+    fn nat_gateways(&mut self, vpc_id: &str, subnet_ids: &Ids<'a>) -> NatTargets<'a> {
         let (plan, observed, previous) = (self.plan, self.observed, self.previous);
         let in_vpc = |v: &str| v == vpc_id;
         // NAT gateways and their addresses (before the routes that point at them).
-        let mut nat_ids: Ids<'a> = BTreeMap::new();
+        let mut nat_ids: NatTargets<'a> = BTreeMap::new();
         for n in &plan.nat_gateways {
             let address = pick(&observed.addresses, &n.address, |a| &a.tags, |_| true, |a| &a.allocation_id);
             match address {
@@ -183,6 +185,12 @@ impl<'a> Differ<'a> {
                     }
                 }
             }
+            if let Some(instance_type) = &n.instance_type {
+                if let Some(target) = self.nat_instance(n, instance_type, address, subnet_ids, vpc_id) {
+                    nat_ids.insert(&n.component, target);
+                }
+                continue;
+            }
             let nat = pick(
                 &observed.nat_gateways,
                 &n.component,
@@ -195,7 +203,7 @@ impl<'a> Differ<'a> {
                     if found.state != NatGatewayState::Available {
                         self.d.waiting.push(format!("{} ({}) is {}", n.component, found.id, found.state));
                     }
-                    nat_ids.insert(&n.component, found.id.clone());
+                    nat_ids.insert(&n.component, RouteTarget::Nat(found.id.clone()));
                     if let Some((what, action)) = self.retag(&n.component, Tagged::Ec2(found.id.clone()), &found.tags) {
                         self.change(what, &n.component, action);
                     }
@@ -216,12 +224,85 @@ impl<'a> Differ<'a> {
         nat_ids
     }
 
+    /// A NAT instance of position `n`: launched once its subnet, group and image are known; one
+    /// stopped by hand, or of another type than the spec's, is terminated and launched again;
+    /// its source/destination check off and its Elastic IP on its interface. Returns where the
+    /// routes go.
+    fn nat_instance(
+        &mut self,
+        n: &'a NatPlan,
+        instance_type: &str,
+        address: Option<&Address>,
+        subnet_ids: &Ids<'a>,
+        vpc_id: &str,
+    ) -> Option<RouteTarget> {
+        let (plan, observed, previous) = (self.plan, self.observed, self.previous);
+        let live = |x: &Instance| !x.state.is_going() && x.vpc_id.as_deref() == Some(vpc_id);
+        let Some(found) = pick(&observed.instances, &n.component, |x| &x.tags, live, |x| &x.id) else {
+            let group = pick(&observed.security_groups, SG_NAT, |x| &x.tags, |x| x.vpc_id == vpc_id, |x| &x.id);
+            if let (Some(subnet_id), Some(group), Some(image)) =
+                (subnet_ids.get(n.subnet.as_str()), group, plan.nat_image.as_ref())
+            {
+                // A replacement gets a new token: the one before answers with the terminated instance.
+                let mut salt = previous.nat_instances.clone();
+                let of_component = |i: &&Instance| component(&i.tags) == Some(n.component.as_str());
+                salt.extend(observed.instances.iter().filter(of_component).map(|i| i.id.clone()));
+                self.change(
+                    format!("{} does not exist", n.component),
+                    &n.component,
+                    Action::RunNatInstance(NatInstanceSpec {
+                        subnet_id: subnet_id.clone(),
+                        group_id: group.id.clone(),
+                        image: image.clone(),
+                        instance_type: instance_type.to_string(),
+                        token: plan.owner.client_token(&n.component, &salt),
+                        tags: plan.tags_for(&n.component),
+                    }),
+                );
+            }
+            return None;
+        };
+        let what = format!("{} ({})", n.component, found.id);
+        if matches!(found.state, InstanceStateName::Stopped | InstanceStateName::Stopping) {
+            let why = format!("{what} is {}; it is replaced", found.state);
+            self.delete(why, &n.component, Deletion::Instance(found.id.clone()));
+            return None;
+        }
+        if found.instance_type != instance_type {
+            let why = format!("{what} is a {}, not a {instance_type}; it is replaced", found.instance_type);
+            self.delete(why, &n.component, Deletion::Instance(found.id.clone()));
+            return None;
+        }
+        if found.state == InstanceStateName::Pending {
+            self.d.waiting.push(format!("{what} is pending"));
+        }
+        if found.source_dest_check != Some(false) {
+            self.change(
+                format!("the source/destination check of {what} is on"),
+                &n.component,
+                Action::DisableSourceDestCheck { instance_id: found.id.clone() },
+            );
+        }
+        let eni = found.network_interface_id.clone()?;
+        if let Some(a) = address.filter(|a| a.network_interface_id.as_ref() != Some(&eni)) {
+            self.change(
+                format!("the Elastic IP {} ({}) is not on {what}", n.address, a.allocation_id),
+                &n.address,
+                Action::AssociateAddress { allocation_id: a.allocation_id.clone(), network_interface_id: eni.clone() },
+            );
+        }
+        if let Some((what, action)) = self.retag(&n.component, Tagged::Ec2(found.id.clone()), &found.tags) {
+            self.change(what, &n.component, action);
+        }
+        Some(RouteTarget::Interface(eni))
+    }
+
     fn route_tables(
         &mut self,
         vpc_id: &str,
         igw_id: Option<String>,
         subnet_ids: &Ids<'a>,
-        nat_ids: &Ids<'a>,
+        nat_ids: &NatTargets<'a>,
     ) -> Ids<'a> {
         let (plan, observed, previous) = (self.plan, self.observed, self.previous);
         let in_vpc = |v: &str| v == vpc_id;
@@ -248,7 +329,7 @@ impl<'a> Differ<'a> {
             let rtb = format!("{} ({})", t.component, table.id);
             let wanted = match &t.default_route {
                 Some(DefaultRoute::InternetGateway) => igw_id.clone().map(RouteTarget::Gateway),
-                Some(DefaultRoute::Nat(nat)) => nat_ids.get(nat.as_str()).cloned().map(RouteTarget::Nat),
+                Some(DefaultRoute::Nat(nat)) => nat_ids.get(nat.as_str()).cloned(),
                 None => None,
             };
             let current = table.routes.iter().find(|r| r.destination == DEFAULT_ROUTE);
@@ -578,6 +659,11 @@ impl<'a> Differ<'a> {
         }
 
         let planned_nats: BTreeSet<&str> = plan.nat_gateways.iter().map(|n| n.component.as_str()).collect();
+        // A NAT goes only once no route of the stack goes through it: a switch of `natType`
+        // replaces the routes first (never a moment without a default route), then removes it.
+        let routed = |target: &RouteTarget| {
+            observed.route_tables.iter().flat_map(|t| t.routes.iter()).any(|r| r.target == *target)
+        };
         let mut live_nat_addresses: BTreeSet<&str> = BTreeSet::new();
         for n in observed.nat_gateways.iter().filter(|n| !n.state.is_gone()) {
             let c = component(&n.tags).unwrap_or_default();
@@ -595,6 +681,11 @@ impl<'a> Differ<'a> {
                 live_nat_addresses.extend(n.allocation_ids.iter().map(String::as_str));
             } else if keep {
                 live_nat_addresses.extend(n.allocation_ids.iter().map(String::as_str));
+            } else if routed(&RouteTarget::Nat(n.id.clone())) {
+                self.d
+                    .waiting
+                    .push(format!("NAT gateway {} ({c}) is not in the plan; routes still go through it", n.id));
+                live_nat_addresses.extend(n.allocation_ids.iter().map(String::as_str));
             } else {
                 self.delete(
                     format!("NAT gateway {} ({c}) is not in the plan", n.id),
@@ -604,13 +695,16 @@ impl<'a> Differ<'a> {
                 live_nat_addresses.extend(n.allocation_ids.iter().map(String::as_str));
             }
         }
+        let live_interfaces = self.extra_nat_instances(vpc_id, &planned_nats, &routed);
         let planned_addresses: BTreeSet<&str> = plan.nat_gateways.iter().map(|n| n.address.as_str()).collect();
         for a in &observed.addresses {
             let c = component(&a.tags).unwrap_or_default();
             let keep = planned_addresses.contains(c)
                 && pick(&observed.addresses, c, |x| &x.tags, |_| true, |x| &x.allocation_id)
                     .is_some_and(|k| k.allocation_id == a.allocation_id);
-            if !keep && !live_nat_addresses.contains(a.allocation_id.as_str()) {
+            // EC2 refuses to release an address still on an instance's interface.
+            let on_instance = a.network_interface_id.as_ref().is_some_and(|e| live_interfaces.contains(e.as_str()));
+            if !keep && !live_nat_addresses.contains(a.allocation_id.as_str()) && !on_instance {
                 self.delete(
                     format!("Elastic IP {} ({c}) is not in the plan", a.allocation_id),
                     c,
@@ -618,6 +712,46 @@ impl<'a> Differ<'a> {
                 );
             }
         }
+    }
+
+    /// NAT instances the plan no longer has (or has twice), terminated once no route goes through
+    /// them. Returns the interfaces of the instances not terminated yet.
+    fn extra_nat_instances(
+        &mut self,
+        vpc_id: &str,
+        planned: &BTreeSet<&str>,
+        routed: &dyn Fn(&RouteTarget) -> bool,
+    ) -> BTreeSet<&'a str> {
+        let observed = self.observed;
+        let live = |x: &Instance| !x.state.is_going() && x.vpc_id.as_deref() == Some(vpc_id);
+        for i in observed.instances.iter().filter(|i| !i.state.is_going()) {
+            let c = component(&i.tags).unwrap_or_default();
+            let keep = planned.contains(c)
+                && pick(&observed.instances, c, |x| &x.tags, live, |x| &x.id).is_some_and(|k| k.id == i.id);
+            if keep {
+                continue;
+            }
+            if i.network_interface_id.clone().map(RouteTarget::Interface).is_some_and(|t| routed(&t)) {
+                self.d
+                    .waiting
+                    .push(format!("NAT instance {} ({c}) is not in the plan; routes still go through it", i.id));
+            } else {
+                self.delete(
+                    format!("NAT instance {} ({c}) is not in the plan", i.id),
+                    c,
+                    Deletion::Instance(i.id.clone()),
+                );
+            }
+        }
+        if let Some(i) = observed.instances.iter().find(|i| i.state.is_deleting()) {
+            self.d.waiting.push(format!("NAT instance {} is being terminated", i.id));
+        }
+        observed
+            .instances
+            .iter()
+            .filter(|i| !i.state.is_gone())
+            .filter_map(|i| i.network_interface_id.as_deref())
+            .collect()
     }
 
     fn extra_route_tables(&mut self, vpc_id: &str, planned_actions: &[Action]) {
@@ -752,7 +886,8 @@ impl<'a> Differ<'a> {
                 && pick(&observed.security_groups, c, |x| &x.tags, |x| x.vpc_id == vpc_id, |x| &x.id)
                     .is_some_and(|k| k.id == g.id);
             // A group goes after what uses it (the VPC Link): AWS refuses before.
-            let used = c == SG_VPCLINK && !observed.vpc_links.is_empty();
+            let used = (c == SG_VPCLINK && !observed.vpc_links.is_empty())
+                || observed.instances.iter().any(|i| !i.state.is_gone() && i.security_groups.contains(&g.id));
             if !keep && !used {
                 self.delete(
                     format!("security group {} ({c}) is not in the plan", g.id),

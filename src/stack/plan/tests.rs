@@ -34,6 +34,14 @@ fn private_isolated() -> NetworkPlan {
     )
 }
 
+/// Changes an instance as EC2 does behind the operator's back (it learns of it from a list).
+fn change_instance(view: &mut Snapshot, id: &str, how: impl Fn(&mut Instance)) {
+    let list = Arc::make_mut(&mut view.instances);
+    for i in list.iter_mut().filter(|i| i.id == id) {
+        how(Arc::make_mut(i));
+    }
+}
+
 /// An account that does what the actions say, handing out sequential IDs. Each action's effect on
 /// what the plan sees is the records the operator makes of its response, applied by the
 /// inventory's own `Snapshot::apply`; only what AWS does beyond what the response tells (and the
@@ -74,6 +82,7 @@ impl Account {
             internet_gateways: table(&o.internet_gateways),
             addresses: table(&o.addresses),
             nat_gateways: table(&o.nat_gateways),
+            instances: table(&o.instances),
             security_groups: table(&o.security_groups),
             vpc_endpoints: table(&o.vpc_endpoints),
             vpc_links: table(&o.vpc_links),
@@ -94,6 +103,7 @@ impl Account {
             internet_gateways: list(&view.internet_gateways),
             addresses: list(&view.addresses),
             nat_gateways: list(&view.nat_gateways),
+            instances: list(&view.instances),
             security_groups: list(&view.security_groups),
             vpc_endpoints: list(&view.vpc_endpoints),
             vpc_links: list(&view.vpc_links),
@@ -158,7 +168,8 @@ impl Account {
             }
             Action::AllocateAddress { tags } => {
                 let allocation_id = self.id("eipalloc");
-                vec![Recorded::Created(Created::Address(Address { allocation_id, association_id: None, tags }))]
+                let address = Address { allocation_id, association_id: None, network_interface_id: None, tags };
+                vec![Recorded::Created(Created::Address(address))]
             }
             Action::CreateNatGateway { subnet_id, allocation_id, tags, .. } => {
                 let id = self.id("nat");
@@ -171,6 +182,37 @@ impl Account {
                 let state = NatGatewayState::Available;
                 let nat = NatGateway { id, vpc_id, subnet_id, state, allocation_ids: vec![allocation_id], tags };
                 vec![Recorded::Created(Created::NatGateway(nat))]
+            }
+            Action::RunNatInstance(spec) => {
+                let id = self.id("i");
+                let eni = self.id("eni");
+                let vpc_id = self.observed.subnets.iter().find(|s| s.id == spec.subnet_id).map(|s| s.vpc_id.clone());
+                vec![Recorded::Created(Created::Instance(Instance {
+                    id,
+                    vpc_id,
+                    subnet_id: Some(spec.subnet_id),
+                    state: InstanceStateName::Running,
+                    instance_type: spec.instance_type,
+                    image_id: Some(spec.image),
+                    network_interface_id: Some(eni),
+                    source_dest_check: Some(true),
+                    key_name: None,
+                    security_groups: BTreeSet::from([spec.group_id]),
+                    tags: spec.tags,
+                }))]
+            }
+            Action::DisableSourceDestCheck { instance_id } => {
+                // The operator lists instances again.
+                let mut view = self.view();
+                change_instance(&mut view, &instance_id, |i| i.source_dest_check = Some(false));
+                self.see(view);
+                vec![Recorded::Changed(Kind::Instances)]
+            }
+            Action::AssociateAddress { allocation_id, network_interface_id } => {
+                let a = o.addresses.iter_mut().find(|a| a.allocation_id == allocation_id).unwrap();
+                a.association_id = Some(format!("eipassoc-{network_interface_id}"));
+                a.network_interface_id = Some(network_interface_id);
+                vec![Recorded::Changed(Kind::Addresses)]
             }
             Action::CreateSecurityGroup { vpc_id, name, tags, .. } => {
                 let id = self.id("sg");
@@ -257,6 +299,18 @@ impl Account {
                 }
                 vec![Recorded::Deleted(Kind::NatGateways, id)]
             }
+            Deletion::Instance(id) => {
+                // EC2 takes the address off the interface as the instance terminates.
+                let eni = o.instances.iter().find(|i| i.id == id).unwrap().network_interface_id.clone();
+                for a in o.addresses.iter_mut().filter(|a| a.network_interface_id == eni) {
+                    a.association_id = None;
+                    a.network_interface_id = None;
+                }
+                let mut view = self.view();
+                change_instance(&mut view, &id, |i| i.state = InstanceStateName::Terminated);
+                self.see(view);
+                vec![Recorded::Changed(Kind::Instances)]
+            }
             Deletion::Address(id) => {
                 assert!(o.addresses.iter().any(|a| a.allocation_id == id && a.association_id.is_none()), "in use");
                 vec![Recorded::Deleted(Kind::Addresses, id)]
@@ -274,6 +328,10 @@ impl Account {
                 vec![Recorded::Deleted(Kind::RouteTables, id)]
             }
             Deletion::SecurityGroup(id) => {
+                assert!(
+                    !o.instances.iter().any(|i| i.security_groups.contains(&id) && !i.state.is_gone()),
+                    "group in use by an instance"
+                );
                 assert!(!o.vpc_links.iter().any(|l| l.group_ids.contains(&id)), "group in use by a VPC Link");
                 assert!(
                     !o.vpc_endpoints.iter().any(|e| e.group_ids.contains(&id) && !e.state.is_gone()),
@@ -283,6 +341,10 @@ impl Account {
             }
             Deletion::Subnet(id) => {
                 assert!(!o.nat_gateways.iter().any(|n| n.subnet_id == id && !n.state.is_gone()), "subnet in use");
+                assert!(
+                    !o.instances.iter().any(|i| i.subnet_id.as_ref() == Some(&id) && !i.state.is_gone()),
+                    "subnet in use by an instance"
+                );
                 vec![Recorded::Deleted(Kind::Subnets, id)]
             }
             Deletion::Vpc(id) => {
@@ -1060,4 +1122,124 @@ fn an_approved_plan_is_applied_batch_by_batch_to_the_end_and_a_change_outside_it
         diff(&plan, &account.observed, &Previous::default()).changes.iter().map(planned_change).collect();
     assert_eq!(crate::runtime::plan::key(&outside[0]), "Delete ec2:SecurityGroupIngress sg/app");
     assert!(matches!(gate(manual(Some(&held.id)), Some(2), outside, Some(&approved)).1, Gate::Hold(_)));
+}
+
+fn nat_instances(nat_gateways: &str) -> NetworkPlan {
+    let mut plan = plan_of(serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {
+        "cidr": "10.20.0.0/16", "natGateways": nat_gateways, "natType": "Instance"}}));
+    plan.nat_image = Some("ami-0123".into());
+    plan
+}
+
+/// Each private table's default route, in table order.
+fn private_defaults(o: &Observed) -> Vec<Option<RouteTarget>> {
+    let private = o.route_tables.iter().filter(|t| component(&t.tags).is_some_and(|c| c.starts_with("rtb/private/")));
+    private.map(|t| t.routes.iter().find(|r| r.destination == DEFAULT_ROUTE).map(|r| r.target.clone())).collect()
+}
+
+fn live_instances(o: &Observed) -> Vec<&Instance> {
+    o.instances.iter().filter(|i| !i.state.is_going()).collect()
+}
+
+#[test]
+fn nat_instances_route_the_private_side_through_their_interfaces_and_tear_down() {
+    for (layout, count) in [("Single", 1), ("PerAz", 2)] {
+        let plan = nat_instances(layout);
+        let mut account = Account::default();
+        let reasons = account.converge(&plan);
+        assert_eq!(reasons.iter().filter(|r| **r == "LaunchedNatInstance").count(), count);
+        let o = &account.observed;
+        let instances = live_instances(o);
+        assert_eq!(instances.len(), count, "{layout}");
+        assert!(o.nat_gateways.is_empty());
+        let group = o.security_groups.iter().find(|g| component(&g.tags) == Some(SG_NAT)).unwrap();
+        let private: BTreeSet<Source> = plan
+            .subnets
+            .iter()
+            .filter(|s| s.tier == SubnetTier::Private)
+            .map(|s| Source::Cidr(s.cidr.clone()))
+            .collect();
+        assert_eq!(group.ingress.iter().map(|r| r.source.clone()).collect::<BTreeSet<_>>(), private);
+        assert!(group.ingress.iter().all(|r| r.protocol == "-1"));
+        for (n, i) in plan.nat_gateways.iter().zip(&instances) {
+            assert_eq!(i.source_dest_check, Some(false));
+            assert_eq!(i.key_name, None);
+            assert!(i.security_groups.contains(&group.id));
+            let public = o.subnets.iter().find(|s| component(&s.tags) == Some(n.subnet.as_str())).unwrap();
+            assert_eq!(i.subnet_id.as_ref(), Some(&public.id));
+            let address = o.addresses.iter().find(|a| component(&a.tags) == Some(n.address.as_str())).unwrap();
+            assert_eq!(address.network_interface_id, i.network_interface_id);
+        }
+        let eni = |k: usize| Some(RouteTarget::Interface(instances[k].network_interface_id.clone().unwrap()));
+        let expected = if count == 1 { vec![eni(0), eni(0)] } else { vec![eni(0), eni(1)] };
+        assert_eq!(private_defaults(o), expected);
+        assert_eq!(status_of(&plan, o).nat_instance_ids.len(), count);
+
+        account.tear_down(&owner().kms_alias());
+        assert!(account.observed.is_empty(), "{:?}", account.observed);
+    }
+}
+
+#[test]
+fn a_nat_instance_terminated_or_stopped_by_hand_is_replaced_and_the_routes_follow() {
+    let plan = nat_instances("Single");
+    for (state, first) in
+        [(InstanceStateName::Terminated, "LaunchedNatInstance"), (InstanceStateName::Stopped, "TerminatedNatInstance")]
+    {
+        let mut account = Account::default();
+        account.converge(&plan);
+        let old = live_instances(&account.observed)[0].id.clone();
+        let mut view = account.view();
+        change_instance(&mut view, &old, |i| i.state = state.clone());
+        account.see(view);
+        let d = diff(&plan, &account.observed, &Previous::default());
+        assert_eq!(d.changes[0].action.reason(), first, "{:?}", d.changes);
+        account.converge(&plan);
+        let now = live_instances(&account.observed);
+        assert_eq!(now.len(), 1);
+        assert_ne!(now[0].id, old);
+        let eni = now[0].network_interface_id.clone().map(RouteTarget::Interface);
+        assert_eq!(private_defaults(&account.observed), vec![eni.clone(), eni]);
+        let address = account.observed.addresses.iter().find(|a| a.network_interface_id.is_some()).unwrap();
+        assert_eq!(address.network_interface_id, now[0].network_interface_id);
+    }
+}
+
+#[test]
+fn a_switch_of_nat_type_moves_the_routes_before_it_removes_the_other_type() {
+    let gateway = plan_of(serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"cidr": "10.20.0.0/16"}}));
+    let instance = nat_instances("Single");
+    let mut account = Account::default();
+    account.converge(&gateway);
+    for (to, nat) in [(&instance, "nat-instance/0"), (&gateway, "nat/0")] {
+        // Step by step: every private table keeps a default route throughout.
+        for _ in 0..100 {
+            let d = diff(to, &account.observed, &Previous::default());
+            let Some(first) = d.changes.first() else { break };
+            account.apply(&first.action);
+            assert!(private_defaults(&account.observed).iter().all(Option::is_some), "after {first:?}");
+        }
+        let o = &account.observed;
+        assert!(diff(to, o, &Previous::default()).changes.is_empty());
+        let live_gateways = o.nat_gateways.iter().filter(|n| !n.state.is_going()).count();
+        let addresses: Vec<&str> = o.addresses.iter().filter_map(|a| component(&a.tags)).collect();
+        assert_eq!(addresses, vec![format!("eip/{nat}").as_str()]);
+        if nat == "nat/0" {
+            assert_eq!((live_gateways, live_instances(o).len()), (1, 0));
+            assert!(!o.security_groups.iter().any(|g| component(&g.tags) == Some(SG_NAT)));
+            assert!(private_defaults(o).iter().all(|t| matches!(t, Some(RouteTarget::Nat(_)))));
+        } else {
+            assert_eq!((live_gateways, live_instances(o).len()), (0, 1));
+            assert!(private_defaults(o).iter().all(|t| matches!(t, Some(RouteTarget::Interface(_)))));
+        }
+    }
+}
+
+#[test]
+fn nat_instances_without_an_image_yet_are_not_launched() {
+    let mut plan = nat_instances("Single");
+    plan.nat_image = None;
+    let mut account = Account::default();
+    account.converge(&plan);
+    assert!(account.observed.instances.is_empty());
 }
