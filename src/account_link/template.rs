@@ -658,6 +658,7 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::bounded("s3:PutEncryptionConfiguration").on(TRAIL_BUCKETS),
             Rule::bounded("s3:PutBucketPolicy").on(TRAIL_BUCKETS),
             Rule::bounded("s3:PutLifecycleConfiguration").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:DeleteBucketPolicy").on(TRAIL_BUCKETS),
             Rule::bounded("s3:DeleteObject").on(TRAIL_LOG_FILES),
             Rule::bounded("s3:DeleteBucket").on(TRAIL_BUCKETS),
         ],

@@ -218,6 +218,10 @@ impl Clients {
                 calls.mutate(Service::S3, "s3:PutBucketPolicy", &[], put).await?;
             }
             Change::ExpireLogs => self.expire_logs(ctx, d).await?,
+            Change::DeleteBucketPolicy => {
+                let delete = || s3.delete_bucket_policy().bucket(bucket).send();
+                calls.mutate(Service::S3, "s3:DeleteBucketPolicy", &[], delete).await?;
+            }
             Change::EmptyBucket => self.empty_page(ctx, d).await?,
             Change::DeleteBucket => {
                 let delete = || s3.delete_bucket().bucket(bucket).send();
@@ -258,8 +262,21 @@ impl Clients {
         }
         let delete = built(Delete::builder().set_objects(Some(objects)).quiet(true).build())?;
         let remove = || s3.delete_objects().bucket(&d.bucket).delete(delete).send();
-        calls.mutate(Service::S3, "s3:DeleteObject", &[], remove).await?;
-        Ok(())
+        let out = calls.mutate(Service::S3, "s3:DeleteObject", &[], remove).await?;
+        // DeleteObjects answers 200 and lists the objects it could not delete.
+        match out.as_ref().and_then(|o| o.errors().first()) {
+            Some(refused) => Err(Error::AccessDenied {
+                action: "s3:DeleteObject".into(),
+                message: format!(
+                    "S3 did not delete {} of the log files of {} ({}: {})",
+                    out.as_ref().map_or(0, |o| o.errors().len()),
+                    d.bucket,
+                    refused.code().unwrap_or("no code"),
+                    refused.message().unwrap_or("no message")
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn apply_to_trail(&self, ctx: &Context, d: &Desired, change: &Change) -> Result<()> {

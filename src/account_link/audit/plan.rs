@@ -165,6 +165,9 @@ pub enum Change {
     UpdateTrail,
     StartLogging,
     DeleteTrail,
+    /// Removes the bucket's policy before it is emptied: it names the deleted trail, and its
+    /// deny of plain-HTTP requests must not stand between the deletion and the log files.
+    DeleteBucketPolicy,
     /// Deletes a page of the bucket's objects (before the bucket can go).
     EmptyBucket,
     DeleteBucket,
@@ -179,6 +182,7 @@ impl Change {
             Change::UpdateTrail => "UpdatedTrail",
             Change::StartLogging => "StartedTrailLogging",
             Change::DeleteTrail => "DeletedTrail",
+            Change::DeleteBucketPolicy => "DeletedTrailBucketPolicy",
             Change::EmptyBucket => "EmptiedTrailBucket",
             Change::DeleteBucket => "DeletedTrailBucket",
             _ => "ConfiguredTrailBucket",
@@ -206,6 +210,7 @@ impl Change {
             ),
             Change::StartLogging => format!("started logging of trail {trail}"),
             Change::DeleteTrail => format!("deleted CloudTrail trail {trail}"),
+            Change::DeleteBucketPolicy => format!("deleted the bucket policy of {bucket} before deleting the bucket"),
             Change::EmptyBucket => format!("deleted a page of log files from S3 bucket {bucket}"),
             Change::DeleteBucket => format!("deleted S3 bucket {bucket}"),
         }
@@ -291,7 +296,11 @@ pub fn teardown(d: &Desired, o: &Observed, delete_bucket: bool) -> Result<Option
     match &o.bucket {
         Some(b) if delete_bucket => {
             check_owner("S3 bucket", &d.bucket, &b.tags, &d.uid)?;
-            Ok(Some(if b.has_objects { Change::EmptyBucket } else { Change::DeleteBucket }))
+            Ok(Some(match b {
+                Bucket { policy: Some(_), .. } => Change::DeleteBucketPolicy,
+                Bucket { has_objects: true, .. } => Change::EmptyBucket,
+                _ => Change::DeleteBucket,
+            }))
         }
         _ => Ok(None),
     }
@@ -335,6 +344,7 @@ impl Observed {
                         Change::EncryptBucket => b.encrypted = true,
                         Change::PutBucketPolicy => b.policy = Some(d.bucket_policy()),
                         Change::ExpireLogs => b.expiry_days = Some(d.retention_days),
+                        Change::DeleteBucketPolicy => b.policy = None,
                         _ => {}
                     }
                 }
@@ -436,14 +446,18 @@ mod tests {
     #[test]
     fn teardown_deletes_the_trail_then_empties_and_deletes_the_bucket_only_if_asked() {
         let d = desired();
-        let bucket = Bucket { tags: d.tags.clone(), has_objects: true, ..Bucket::default() };
+        let bucket =
+            Bucket { tags: d.tags.clone(), has_objects: true, policy: Some(d.bucket_policy()), ..Bucket::default() };
         let trail = Trail { tags: d.tags.clone(), ..Trail::default() };
         let o = Observed { bucket: Some(bucket.clone()), trail: Some(trail) };
         assert_eq!(teardown(&d, &o, false).unwrap(), Some(Change::DeleteTrail));
         let o = Observed { bucket: Some(bucket.clone()), trail: None };
         assert_eq!(teardown(&d, &o, false).unwrap(), None);
+        assert_eq!(teardown(&d, &o, true).unwrap(), Some(Change::DeleteBucketPolicy));
+        let mut o = o;
+        o.apply(&Change::DeleteBucketPolicy, &d);
         assert_eq!(teardown(&d, &o, true).unwrap(), Some(Change::EmptyBucket));
-        let o = Observed { bucket: Some(Bucket { has_objects: false, ..bucket }), trail: None };
+        let o = Observed { bucket: Some(Bucket { has_objects: false, policy: None, ..bucket }), trail: None };
         assert_eq!(teardown(&d, &o, true).unwrap(), Some(Change::DeleteBucket));
         assert_eq!(teardown(&d, &Observed::default(), true).unwrap(), None);
     }
