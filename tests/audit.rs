@@ -14,14 +14,16 @@ use serde_json::{Value, json};
 use tinystacks_operator::api::AwsAccountLink;
 
 use common::invariants::assert_trail_buckets_private;
-use common::{Operator, TestNamespace, client, eventually, install_crds, suffix, verified_link_spec};
+use common::{Operator, TestNamespace, client, crash_until_done, eventually, install_crds, suffix, verified_link_spec};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The prefix of the operator's trail and bucket names.
+const PREFIX: &str = "tinystacks-trail-";
 
 struct World {
     client: Client,
     ns: TestNamespace,
-    _operator: Operator,
+    _operator: Option<Operator>,
     /// The links made, force-deleted (finalizer removed) when the test ends, so that a failed
     /// test leaves nothing for another operator to reconcile.
     links: std::sync::Mutex<Vec<String>>,
@@ -47,12 +49,19 @@ impl Drop for World {
 }
 
 impl World {
-    async fn new(prefix: &str) -> Self {
+    /// A namespace for the links' Secrets, with an operator unless `crashing` (the test starts
+    /// its own, armed to crash).
+    async fn new(prefix: &str, crashing: bool) -> Self {
         let client = client().await;
         install_crds(&client).await;
         let ns = TestNamespace::new(&client, prefix).await;
-        let operator = Operator::in_namespace(&ns.name, "3s", &[]);
+        let operator = (!crashing).then(|| Operator::in_namespace(&ns.name, "3s", &[]));
         Self { client, ns, _operator: operator, links: Default::default() }
+    }
+
+    /// An operator that exits right after its first mutating AWS call.
+    fn crashing_operator(&self) -> Operator {
+        Operator::in_namespace(&self.ns.name, "2s", &[("TINYSTACKS_FAILPOINT_EXIT_AFTER_MUTATIONS", "1")])
     }
 
     fn links(&self) -> Api<AwsAccountLink> {
@@ -84,24 +93,25 @@ impl World {
         (name, account)
     }
 
+    /// The link's status once it is Ready for its generation with its audit trail.
+    async fn trail_status(&self, name: &str) -> Result<Value, String> {
+        let link = self.links().get(name).await.map_err(|e| e.to_string())?;
+        let value = serde_json::to_value(&link).map_err(|e| e.to_string())?;
+        let ready = common::condition(&value, "Ready");
+        let current = ready
+            .as_ref()
+            .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == value["metadata"]["generation"]);
+        let message = ready.as_ref().and_then(|c| c["message"].as_str().map(str::to_string)).unwrap_or_default();
+        if current && message.contains("audit trail") {
+            Ok(value["status"].clone())
+        } else {
+            Err(format!("{:?}", value.pointer("/status")))
+        }
+    }
+
     /// Waits until the link is Ready for its generation with the trail recorded; returns its status.
     async fn trail_ready(&self, name: &str) -> Value {
-        let api = self.links();
-        eventually(&format!("{name} Ready with its audit trail"), TIMEOUT, || async {
-            let link = api.get(name).await.map_err(|e| e.to_string())?;
-            let value = serde_json::to_value(&link).map_err(|e| e.to_string())?;
-            let ready = common::condition(&value, "Ready");
-            let current = ready
-                .as_ref()
-                .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == value["metadata"]["generation"]);
-            let message = ready.as_ref().and_then(|c| c["message"].as_str().map(str::to_string)).unwrap_or_default();
-            if current && message.contains("audit trail") {
-                Ok(value["status"].clone())
-            } else {
-                Err(format!("{:?}", value.pointer("/status")))
-            }
-        })
-        .await
+        eventually(&format!("{name} Ready with its audit trail"), TIMEOUT, || self.trail_status(name)).await
     }
 
     async fn events(&self, name: &str) -> Vec<(String, String, String)> {
@@ -201,6 +211,15 @@ impl Aws {
             .expect("put a log file");
     }
 
+    /// The operator's trails and trail buckets in the account.
+    async fn owned(&self) -> (Vec<String>, Vec<String>) {
+        let trails = self.cloudtrail.describe_trails().send().await.expect("describe trails");
+        let trails = trails.trail_list().iter().filter_map(|t| t.name()).filter(|n| n.starts_with(PREFIX));
+        let buckets = self.s3.list_buckets().send().await.expect("list buckets");
+        let buckets = buckets.buckets().iter().filter_map(|b| b.name()).filter(|n| n.starts_with(PREFIX));
+        (trails.map(str::to_string).collect(), buckets.map(str::to_string).collect())
+    }
+
     async fn objects(&self, bucket: &str) -> usize {
         let out = self.s3.list_objects_v2().bucket(bucket).send().await.expect("list objects");
         out.contents().len()
@@ -240,7 +259,8 @@ fn trail_name(trail_arn: &str) -> String {
 /// One operator for the whole file: links are cluster-wide, and the first install to see one claims it.
 #[tokio::test]
 async fn audit_trails_are_made_private_kept_so_and_removed_per_the_link_s_policy() {
-    let world = World::new("audit").await;
+    let _serial = common::OPERATOR_LOCK.lock().await;
+    let world = World::new("audit", false).await;
     let drifting = world.link(json!({"cloudTrail": {"enabled": true, "retentionDays": 30}}), "Delete").await;
     let audit = json!({"cloudTrail": {"enabled": true}});
     let deleted = world.link(audit.clone(), "Delete").await;
@@ -355,4 +375,32 @@ async fn disabled_then_deleted(
     assert!(retained_aws.bucket_exists(&bucket).await);
     assert_eq!(retained_aws.objects(&bucket).await, 1);
     world.wait_event(&retained, "Normal", "Retained", &bucket).await;
+}
+
+#[tokio::test]
+async fn a_crash_after_every_mutating_call_makes_one_trail_and_one_bucket_and_deletion_leaves_nothing() {
+    let _serial = common::OPERATOR_LOCK.lock().await;
+    let world = World::new("audit-crash", true).await;
+    let (name, account) = world.link(json!({"cloudTrail": {"enabled": true}}), "Delete").await;
+    let aws = Aws::new(&account).await;
+    let ready = || async { world.trail_status(&name).await.is_ok() };
+    let what = "the audit trail, the operator crashing after each mutation";
+    let crashes = crash_until_done(|| world.crashing_operator(), what, 40, TIMEOUT, ready).await;
+    // The stack, then the bucket and its settings (S3, and moto, encrypt a new bucket with SSE-S3
+    // already), the trail and its logging.
+    assert!(crashes >= 9, "only {crashes} crashes");
+    let status = world.trail_status(&name).await.expect("Ready");
+    let (bucket, trail_arn) =
+        (status["trailBucket"].as_str().expect("bucket"), status["trailArn"].as_str().expect("arn"));
+    assert_eq!(aws.owned().await, (vec![trail_name(trail_arn)], vec![bucket.to_string()]), "one of each");
+    assert!(aws.logging(&trail_name(trail_arn)).await);
+    assert_eq!(aws.policy(bucket).await, expected_policy(bucket, &account, trail_arn));
+    let tags = aws.s3.get_bucket_tagging().bucket(bucket).send().await.expect("bucket tags");
+    assert!(tags.tag_set().iter().any(|t| t.key() == "tinystacks.io/managed-by"), "tagged after a crash");
+    assert_trail_buckets_private(&account).await;
+
+    world.links().delete(&name, &DeleteParams::default()).await.expect("delete link");
+    let gone = || async { matches!(world.links().get_opt(&name).await, Ok(None)) };
+    crash_until_done(|| world.crashing_operator(), "the link's deletion under crashes", 40, TIMEOUT, gone).await;
+    assert_eq!(aws.owned().await, (vec![], vec![]), "nothing left");
 }
