@@ -217,12 +217,12 @@ impl Change {
     }
 }
 
-/// Whether what was found under the bucket's or the trail's name is this link's. A bucket
-/// without any operator tag is taken for the link's own: its name holds the account and the
-/// hash of the link's UID, and only a crash between `CreateBucket` and its tagging leaves it so
-/// (tagging it is the next change).
-fn check_owner(what: &str, name: &str, tags: &Tags, uid: &str) -> Result<()> {
-    if what == "S3 bucket" && !tags.contains_key(MANAGED_BY_TAG) && !tags.contains_key(OWNER_UID_TAG) {
+/// Whether what was found under the bucket's or the trail's name is this link's. With
+/// `untagged_is_ours` (the bucket), one without any operator tag is taken for the link's own: its
+/// name holds the account and the hash of the link's UID, and only a crash between `CreateBucket`
+/// and its tagging leaves it so (tagging it is the next change). A trail is tagged at creation.
+fn check_owner(what: &str, name: &str, tags: &Tags, uid: &str, untagged_is_ours: bool) -> Result<()> {
+    if untagged_is_ours && !tags.contains_key(MANAGED_BY_TAG) && !tags.contains_key(OWNER_UID_TAG) {
         return Ok(());
     }
     match ownership::claimed_by_other(tags, uid) {
@@ -246,7 +246,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Result<Vec<Change>> {
             Change::ExpireLogs,
         ]),
         Some(b) => {
-            check_owner("S3 bucket", &d.bucket, &b.tags, &d.uid)?;
+            check_owner("S3 bucket", &d.bucket, &b.tags, &d.uid, true)?;
             let mut tags = b.tags.clone();
             for (k, v) in d.tags.iter() {
                 tags.insert(k, v);
@@ -274,7 +274,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Result<Vec<Change>> {
     match &o.trail {
         None => changes.extend([Change::CreateTrail, Change::StartLogging]),
         Some(t) => {
-            check_owner("CloudTrail trail", &d.trail, &t.tags, &d.uid)?;
+            check_owner("CloudTrail trail", &d.trail, &t.tags, &d.uid, false)?;
             if !t.settings_match(d) {
                 changes.push(Change::UpdateTrail);
             }
@@ -290,12 +290,12 @@ pub fn plan(d: &Desired, o: &Observed) -> Result<Vec<Change>> {
 /// `delete_bucket`, emptied first, else it stays with its logs.
 pub fn teardown(d: &Desired, o: &Observed, delete_bucket: bool) -> Result<Option<Change>> {
     if let Some(t) = &o.trail {
-        check_owner("CloudTrail trail", &d.trail, &t.tags, &d.uid)?;
+        check_owner("CloudTrail trail", &d.trail, &t.tags, &d.uid, false)?;
         return Ok(Some(Change::DeleteTrail));
     }
     match &o.bucket {
         Some(b) if delete_bucket => {
-            check_owner("S3 bucket", &d.bucket, &b.tags, &d.uid)?;
+            check_owner("S3 bucket", &d.bucket, &b.tags, &d.uid, true)?;
             Ok(Some(match b {
                 Bucket { policy: Some(_), .. } => Change::DeleteBucketPolicy,
                 Bucket { has_objects: true, .. } => Change::EmptyBucket,
