@@ -29,15 +29,21 @@ pub enum Outcome {
     Done(Option<String>),
 }
 
-/// What the link wants of its trail (names depend only on the link).
+/// What the link wants of its trail (names depend only on the link). The trail's home region is
+/// the one its recorded ARN names: a trail covers every region, so a later change of
+/// `spec.region` does not move it (nor make a second one); a trail not recorded yet goes into
+/// `spec.region`.
 fn desired(link: &AwsAccountLink) -> Result<Desired> {
     let uid = ownership::owner_uid(link)?;
     let trail = &link.spec.audit.cloud_trail;
-    Ok(Desired::new(&link.name_any(), &uid, &link.spec.account_id, &link.spec.region, trail.retention_days))
+    let recorded = link.status.as_ref().and_then(|s| s.trail_arn.as_deref());
+    let region = recorded.and_then(|arn| arn.split(':').nth(3)).filter(|r| !r.is_empty());
+    let region = region.unwrap_or(&link.spec.region);
+    Ok(Desired::new(&link.name_any(), &uid, &link.spec.account_id, region, trail.retention_days))
 }
 
-async fn connect(ctx: &Context, link: &AwsAccountLink, role: &LinkRole) -> Result<Clients> {
-    let config = ctx.aws.role_config(role, &link.spec.region).await?;
+async fn connect(ctx: &Context, link: &AwsAccountLink, role: &LinkRole, d: &Desired) -> Result<Clients> {
+    let config = ctx.aws.role_config(role, &d.region).await?;
     Ok(Clients::new(ctx, &config, role.role_arn.clone(), link.spec.account_id.clone()))
 }
 
@@ -55,7 +61,7 @@ pub async fn reconcile(
         if status.trail_arn.is_none() {
             return Ok(Outcome::Done(None));
         }
-        let clients = connect(ctx, link, role).await?;
+        let clients = connect(ctx, link, role, &d).await?;
         teardown(ctx, link, &clients, &d, false).await?;
         status.trail_arn = None;
         return Ok(Outcome::Done(None));
@@ -65,7 +71,7 @@ pub async fn reconcile(
         status.trail_arn = Some(d.trail_arn.clone());
         return Ok(Outcome::Recorded(format!("creating audit trail {} into S3 bucket {}", d.trail, d.bucket)));
     }
-    let clients = connect(ctx, link, role).await?;
+    let clients = connect(ctx, link, role, &d).await?;
     let mut observed = clients.observe(ctx, &d, false).await?;
     let reference = link.object_ref(&());
     for _ in 0..MAX_CHANGES {
@@ -129,6 +135,26 @@ pub async fn cleanup(ctx: &Context, link: &AwsAccountLink) -> Result<()> {
     let recorded = link.status.as_ref().is_some_and(|s| s.trail_arn.is_some() || s.trail_bucket.is_some());
     let Some(role) = crate::aws::link_role(link).filter(|_| recorded) else { return Ok(()) };
     let d = desired(link)?;
-    let clients = connect(ctx, link, &role).await?;
+    let clients = connect(ctx, link, &role, &d).await?;
     teardown(ctx, link, &clients, &d, link.spec.deletion_policy == DeletionPolicy::Delete).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_trail_keeps_its_home_region_when_the_link_s_region_changes() {
+        let spec = serde_json::from_value(serde_json::json!({"accountId": "123456789012", "region": "us-east-1"}));
+        let mut link = AwsAccountLink::new("l", spec.unwrap());
+        link.metadata.uid = Some("uid-1".into());
+        assert_eq!(desired(&link).unwrap().region, "us-east-1");
+        let made_in_ireland = Desired::new("l", "uid-1", "123456789012", "eu-west-1", 365);
+        link.status = Some(AwsAccountLinkStatus {
+            trail_arn: Some(made_in_ireland.trail_arn.clone()),
+            trail_bucket: Some(made_in_ireland.bucket.clone()),
+            ..Default::default()
+        });
+        assert_eq!(desired(&link).unwrap(), made_in_ireland);
+    }
 }
