@@ -29,6 +29,8 @@ fn service_of(receiver: &str) -> Option<&'static str> {
         "ssm" => "ssm",
         "apigateway" | "apigw" => "apigateway",
         "tagging" => "tag",
+        "cloudtrail" => "cloudtrail",
+        "s3" => "s3",
         _ => return None,
     })
 }
@@ -43,6 +45,23 @@ fn action_of(service: &str, operation: &str) -> String {
             c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
         })
         .collect();
+    // S3's IAM actions are not named after its operations.
+    if service == "s3" {
+        let action = match operation {
+            "head_bucket" | "list_objects_v2" => "ListBucket",
+            "get_public_access_block" => "GetBucketPublicAccessBlock",
+            "put_public_access_block" => "PutBucketPublicAccessBlock",
+            "get_bucket_encryption" => "GetEncryptionConfiguration",
+            "put_bucket_encryption" => "PutEncryptionConfiguration",
+            "get_bucket_lifecycle_configuration" => "GetLifecycleConfiguration",
+            "put_bucket_lifecycle_configuration" => "PutLifecycleConfiguration",
+            "delete_objects" => "DeleteObject",
+            _ => "",
+        };
+        if !action.is_empty() {
+            return format!("s3:{action}");
+        }
+    }
     if service == "apigateway" {
         let verb = match operation.split('_').next() {
             Some("get") => "GET",
@@ -309,4 +328,6 @@ fn the_scanner_reads_chains_across_lines_and_ignores_strings_and_comments() {
     );
     assert_eq!(action_of("ec2", "describe_availability_zones"), "ec2:DescribeAvailabilityZones");
     assert_eq!(action_of("apigateway", "create_vpc_link"), "apigateway:POST");
+    assert_eq!(action_of("s3", "put_public_access_block"), "s3:PutBucketPublicAccessBlock");
+    assert_eq!(action_of("s3", "put_bucket_policy"), "s3:PutBucketPolicy");
 }

@@ -1,6 +1,7 @@
 //! `AwsAccountLink`: the operator's access to a customer's AWS account. Other kinds reach AWS
 //! only through a link resolved here, which also enforces `allowedNamespaces`.
 
+mod audit;
 mod cloudformation;
 #[cfg(test)]
 mod least_privilege;

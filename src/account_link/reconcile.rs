@@ -16,6 +16,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
 use tracing::info;
 
+use super::audit;
 use super::cloudformation::{Bootstrap, ObservedStack};
 use super::plan::{self, StackPhase};
 use super::template::{self, MANAGED_BY_TAG, MANAGED_BY_VALUE, OWNER_TAG, TemplateInput};
@@ -113,10 +114,16 @@ impl Managed for AwsAccountLink {
                 remedy: "deploy the role into the account named by spec.accountId".into(),
             });
         }
+        // Ready for this generation before this pass: whatever the audit trail needs now is drift.
+        let drift = conditions::is_ready(&status.conditions, self.metadata.generation);
         status.verified_identity = Some(who.arn.clone());
         status.last_verified_time = Some(Time(Timestamp::now()));
+        let audit = match audit::reconcile(ctx, self, &role, &mut status, drift).await? {
+            audit::Outcome::Recorded(message) => return Ok(next(status, "CreatingAuditTrail", message)),
+            audit::Outcome::Done(note) => note.map(|n| format!("; {n}")).unwrap_or_default(),
+        };
         let message = format!(
-            "assumed {role_arn} with the link's external ID as {}; account {}, {} availability zones in {}",
+            "assumed {role_arn} with the link's external ID as {}; account {}, {} availability zones in {}{audit}",
             who.arn, who.account, who.zones, self.spec.region
         );
         Ok(Step { status, health: Health::ready("Verified", message), requeue_after: None })
@@ -140,6 +147,8 @@ impl Managed for AwsAccountLink {
         }
         ctx.aws.forget(&self.uid().unwrap_or_default());
         if self.spec.bootstrap.mode == BootstrapMode::Manual || self.spec.deletion_policy == DeletionPolicy::Retain {
+            audit::cleanup(ctx, self).await?;
+            ctx.aws.forget(&self.uid().unwrap_or_default());
             return Ok(Cleanup::Done);
         }
         let bootstrap = match Bootstrap::connect(ctx, self).await {
@@ -168,6 +177,9 @@ impl Managed for AwsAccountLink {
             }),
             _ if stack.status == "DELETE_FAILED" => Err(stack_failed(ctx, &bootstrap, &stack, stack_name).await),
             _ => {
+                // The audit trail goes through the role, so before the stack that holds the role.
+                audit::cleanup(ctx, self).await?;
+                ctx.aws.forget(&self.uid().unwrap_or_default());
                 bootstrap.delete(ctx, &stack.id).await?;
                 let note = format!("deleting CloudFormation stack {stack_name} ({}), which revokes the role", stack.id);
                 ctx.event(&self.object_ref(&()), EventType::Normal, "DeletedCloudFormationStack", note).await;

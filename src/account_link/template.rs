@@ -396,6 +396,11 @@ const IAM_LOOKUPS: &[&str] = &[
 const IAM_ROLES: &[&str] = &["arn:aws:iam::*:role/tinystacks/*"];
 /// Where service-linked roles live.
 const SERVICE_LINKED_ROLES: &[&str] = &["arn:aws:iam::*:role/aws-service-role/*"];
+/// The audit trail's bucket, its log files, and the trail: only under the operator's name prefix
+/// (`account_link::audit::plan::NAME_PREFIX`). S3 bucket calls take no tag conditions.
+const TRAIL_BUCKETS: &[&str] = &["arn:aws:s3:::tinystacks-trail-*"];
+const TRAIL_LOG_FILES: &[&str] = &["arn:aws:s3:::tinystacks-trail-*/*"];
+const TRAILS: &[&str] = &["arn:aws:cloudtrail:*:*:trail/tinystacks-trail-*"];
 
 /// Every call the operator makes, and the grant that allows it. Later features add rows here; the
 /// unit tests check the rendered policy against this table, and a source scan checks the table against
@@ -618,6 +623,48 @@ pub const SCOPED_ACTIONS: &[ServiceRules] = &[
             Rule::bounded("iam:PassRole").on(IAM_ROLES).when(PASSED_TO_EC2).implied(),
             // First VPC link / first DB instance in an account creates the service's linked role.
             Rule::bounded("iam:CreateServiceLinkedRole").on(SERVICE_LINKED_ROLES).when(LINKED_SERVICES).implied(),
+        ],
+    },
+    ServiceRules {
+        service: "AWS CloudTrail",
+        sid: "CloudTrail",
+        // The link's audit trail (`spec.audit.cloudTrail`), by name.
+        rules: &[
+            Rule::bounded("cloudtrail:CreateTrail").on(TRAILS),
+            // CreateTrail with tags is also authorized as AddTags.
+            Rule::bounded("cloudtrail:AddTags").on(TRAILS).implied(),
+            Rule::read("cloudtrail:GetTrail").on(TRAILS),
+            Rule::read("cloudtrail:GetTrailStatus").on(TRAILS),
+            Rule::read("cloudtrail:ListTags").on(TRAILS),
+            Rule::bounded("cloudtrail:UpdateTrail").on(TRAILS),
+            Rule::bounded("cloudtrail:StartLogging").on(TRAILS),
+            Rule::bounded("cloudtrail:DeleteTrail").on(TRAILS),
+        ],
+    },
+    ServiceRules {
+        service: "Amazon S3",
+        sid: "S3",
+        // The audit trail's bucket, by name: made private, encrypted and expiring; emptied and
+        // deleted only when the link is deleted with deletionPolicy Delete.
+        rules: &[
+            Rule::bounded("s3:CreateBucket").on(TRAIL_BUCKETS),
+            // HeadBucket and ListObjectsV2.
+            Rule::read("s3:ListBucket").on(TRAIL_BUCKETS),
+            Rule::read("s3:GetBucketTagging").on(TRAIL_BUCKETS),
+            Rule::read("s3:GetBucketOwnershipControls").on(TRAIL_BUCKETS),
+            Rule::read("s3:GetBucketPublicAccessBlock").on(TRAIL_BUCKETS),
+            Rule::read("s3:GetEncryptionConfiguration").on(TRAIL_BUCKETS),
+            Rule::read("s3:GetBucketPolicy").on(TRAIL_BUCKETS),
+            Rule::read("s3:GetLifecycleConfiguration").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:PutBucketTagging").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:PutBucketOwnershipControls").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:PutBucketPublicAccessBlock").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:PutEncryptionConfiguration").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:PutBucketPolicy").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:PutLifecycleConfiguration").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:DeleteBucketPolicy").on(TRAIL_BUCKETS),
+            Rule::bounded("s3:DeleteObject").on(TRAIL_LOG_FILES),
+            Rule::bounded("s3:DeleteBucket").on(TRAIL_BUCKETS),
         ],
     },
     ServiceRules {

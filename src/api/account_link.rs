@@ -73,10 +73,55 @@ pub struct AwsAccountLinkSpec {
     #[x_kube(validation = kube::core::Rule::new("self.all(n, n == '*' || n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("allowedNamespaces holds namespace names or \"*\""))]
     pub allowed_namespaces: Vec<NamespaceName>,
 
-    /// On deletion: `Delete` removes the CloudFormation stack (revoking access), `Retain` leaves it.
-    /// Deletion waits while any Stack still uses the link.
+    /// On deletion: `Delete` removes the CloudFormation stack (revoking access) and the audit
+    /// trail's bucket with its logs; `Retain` leaves both. The audit trail itself is deleted
+    /// either way. Deletion waits while any Stack still uses the link.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Account-wide auditing the operator sets up through the link's role.
+    #[serde(default, skip_serializing_if = "Audit::is_default")]
+    pub audit: Audit,
+}
+
+/// Account-wide auditing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Audit {
+    /// A multi-region CloudTrail trail into an encrypted, non-public S3 bucket the operator makes.
+    #[serde(default)]
+    pub cloud_trail: CloudTrail,
+}
+
+impl Audit {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The account's audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudTrail {
+    /// `true`: a multi-region trail (global service events, log file validation) logging into the
+    /// operator's bucket. Set back to `false`: the trail is deleted and the bucket is kept with
+    /// its logs (they still expire after `retentionDays`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Days after which the bucket's lifecycle rule expires a log file.
+    #[serde(default = "default_retention_days")]
+    #[schemars(range(min = 1, max = 36500))]
+    pub retention_days: i32,
+}
+
+impl Default for CloudTrail {
+    fn default() -> Self {
+        Self { enabled: false, retention_days: default_retention_days() }
+    }
+}
+
+fn default_retention_days() -> i32 {
+    365
 }
 
 /// A namespace name or `*`.
@@ -167,4 +212,11 @@ pub struct AwsAccountLinkStatus {
     /// When the role was last assumed and verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified_time: Option<Time>,
+    /// ARN of the audit trail (`spec.audit.cloudTrail`), recorded before the trail is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail_arn: Option<String>,
+    /// Name of the audit trail's S3 bucket, recorded before the bucket is created; kept while the
+    /// bucket is (after the trail is disabled, it still holds the logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail_bucket: Option<String>,
 }

@@ -52,6 +52,10 @@ pub enum Service {
     CloudFormation,
     /// The account link's checks of whose credentials it holds (reads only).
     Sts,
+    /// The account link's audit trail.
+    CloudTrail,
+    /// The audit trail's bucket.
+    S3,
 }
 
 impl Service {
@@ -75,6 +79,8 @@ impl Service {
             Service::Iam => (2.0, 10.0),
             // A link writes its stack a few times in its life.
             Service::CloudFormation => (1.0, 5.0),
+            // The audit trail and its bucket: a handful of writes when enabled, then drift repairs.
+            Service::CloudTrail | Service::S3 => (2.0, 10.0),
             // Only read (GetCallerIdentity), so only the adaptive limit applies, from this ceiling.
             Service::Sts => (5.0, 20.0),
         }

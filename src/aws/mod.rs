@@ -69,6 +69,23 @@ service_clients!(aws_sdk_apigatewayv2, aws_sdk_kms, aws_sdk_resourcegroupstaggin
 service_clients!(aws_sdk_rds, aws_sdk_secretsmanager);
 // The Bastion's instance role and profile, and the public Amazon Linux image parameter.
 service_clients!(aws_sdk_iam, aws_sdk_ssm);
+// The link's audit trail.
+service_clients!(aws_sdk_cloudtrail);
+
+/// The audit trail's bucket. S3 names a bucket in the host name (virtual-hosted style) by
+/// default, which needs DNS for `<bucket>.<endpoint>`: AWS's endpoints have it, an endpoint
+/// override (`AWS_ENDPOINT_URL`, such as a local S3-compatible server on 127.0.0.1) does not. So
+/// the bucket goes in the path only when an endpoint is given, and AWS keeps its default.
+impl ServiceClient for aws_sdk_s3::Client {
+    fn build(config: &SdkConfig, counter: CallCounter) -> Self {
+        let s3 = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(config.endpoint_url().is_some())
+            .interceptor(counter)
+            .interceptor(retry::NoBlindRetry)
+            .build();
+        aws_sdk_s3::Client::from_conf(s3)
+    }
+}
 
 /// The AWS client factory held by the reconcile [`crate::runtime::context::Context`].
 #[derive(Clone)]

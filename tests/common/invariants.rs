@@ -360,3 +360,46 @@ pub async fn assert_secrets_owned(client: &kube::Client, namespace: &str, foreig
     }
     assert!(violations.is_empty(), "Secrets of namespace {namespace}:\n{}", violations.join("\n"));
 }
+
+/// The prefix of the audit trails' buckets (`account_link::audit::plan::NAME_PREFIX`).
+const TRAIL_BUCKET_PREFIX: &str = "tinystacks-trail-";
+
+/// Asserts, for every audit trail bucket in moto's `account`: all four public access block
+/// settings are on, and its policy allows nobody but the CloudTrail service, and that only under
+/// an `aws:SourceArn` condition (a `*` principal may appear only in a Deny).
+pub async fn assert_trail_buckets_private(account: &str) {
+    let config = account_config(account).await;
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+    let buckets = s3.list_buckets().send().await.expect("list buckets");
+    let mut violations = Vec::new();
+    for name in buckets.buckets().iter().filter_map(|b| b.name()).filter(|n| n.starts_with(TRAIL_BUCKET_PREFIX)) {
+        let block = s3.get_public_access_block().bucket(name).send().await.ok();
+        let c = block.as_ref().and_then(|b| b.public_access_block_configuration());
+        let all_on = c.is_some_and(|c| {
+            [c.block_public_acls(), c.ignore_public_acls(), c.block_public_policy(), c.restrict_public_buckets()]
+                .iter()
+                .all(|v| *v == Some(true))
+        });
+        if !all_on {
+            violations.push(format!("bucket {name}: public access block not fully on: {c:?}"));
+        }
+        let policy = s3.get_bucket_policy().bucket(name).send().await.ok();
+        let policy: serde_json::Value =
+            policy.and_then(|p| p.policy().and_then(|p| serde_json::from_str(p).ok())).unwrap_or_default();
+        for statement in policy["Statement"].as_array().into_iter().flatten() {
+            if statement["Effect"] != "Allow" {
+                continue;
+            }
+            let principal = &statement["Principal"];
+            let cloudtrail_only = *principal == serde_json::json!({"Service": "cloudtrail.amazonaws.com"});
+            let conditioned = statement["Condition"]["StringEquals"]["aws:SourceArn"].is_string();
+            if !cloudtrail_only || !conditioned {
+                violations.push(format!(
+                    "bucket {name}: a statement allows {principal} (conditions {})",
+                    statement["Condition"]
+                ));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "trail bucket invariants violated:\n{}", violations.join("\n"));
+}
