@@ -288,27 +288,9 @@ impl Network {
                 self.create_nat_gateway(ctx, subnet_id, allocation_id, token, tags).await?
             }
             Action::RunNatInstance(spec) => self.run_nat_instance(ctx, spec).await?,
-            Action::DisableSourceDestCheck { instance_id } => {
-                let off = AttributeBooleanValue::builder().value(false).build();
-                calls
-                    .mutate(Service::Ec2, "ec2:ModifyInstanceAttribute", &[], || {
-                        ec2.modify_instance_attribute().instance_id(instance_id).source_dest_check(off).send()
-                    })
-                    .await?;
-                (instance_id.clone(), vec![Recorded::Changed(Kind::Instances)])
-            }
+            Action::DisableSourceDestCheck { instance_id } => self.disable_source_dest_check(ctx, instance_id).await?,
             Action::AssociateAddress { allocation_id, network_interface_id } => {
-                // Reassociation takes the address from a terminated instance's interface at once.
-                calls
-                    .mutate(Service::Ec2, "ec2:AssociateAddress", &[], || {
-                        ec2.associate_address()
-                            .allocation_id(allocation_id)
-                            .network_interface_id(network_interface_id)
-                            .allow_reassociation(true)
-                            .send()
-                    })
-                    .await?;
-                (format!("{allocation_id} to {network_interface_id}"), vec![Recorded::Changed(Kind::Addresses)])
+                self.associate_address(ctx, allocation_id, network_interface_id).await?
             }
             Action::CreateSecurityGroup { vpc_id, name, description, tags } => {
                 self.create_security_group(ctx, vpc_id, name, description, tags).await?
@@ -398,6 +380,37 @@ impl Network {
                 .await?;
             (format!("{destination} in {route_table_id}"), vec![route(route_table_id, destination, None)])
         })
+    }
+
+    /// A NAT instance forwards what is not addressed to it.
+    async fn disable_source_dest_check(&self, ctx: &Context, instance_id: &str) -> Result<(String, Vec<Recorded>)> {
+        let (ec2, off) = (&self.ec2, AttributeBooleanValue::builder().value(false).build());
+        self.calls(ctx)
+            .mutate(Service::Ec2, "ec2:ModifyInstanceAttribute", &[], || {
+                ec2.modify_instance_attribute().instance_id(instance_id).source_dest_check(off).send()
+            })
+            .await?;
+        Ok((instance_id.to_string(), vec![Recorded::Changed(Kind::Instances)]))
+    }
+
+    /// Reassociation takes the address from a terminated instance's interface at once.
+    async fn associate_address(
+        &self,
+        ctx: &Context,
+        allocation_id: &str,
+        network_interface_id: &str,
+    ) -> Result<(String, Vec<Recorded>)> {
+        let ec2 = &self.ec2;
+        self.calls(ctx)
+            .mutate(Service::Ec2, "ec2:AssociateAddress", &[], || {
+                ec2.associate_address()
+                    .allocation_id(allocation_id)
+                    .network_interface_id(network_interface_id)
+                    .allow_reassociation(true)
+                    .send()
+            })
+            .await?;
+        Ok((format!("{allocation_id} to {network_interface_id}"), vec![Recorded::Changed(Kind::Addresses)]))
     }
 
     async fn allocate_address(&self, ctx: &Context, tags: &Tags) -> Result<(String, Vec<Recorded>)> {

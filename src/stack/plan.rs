@@ -345,29 +345,7 @@ pub fn plan_network(owner: Owner, spec: &StackSpec, region: &str, zones: Vec<Str
             }]),
             egress: BTreeSet::new(),
         });
-        let private_tables: Vec<String> = route_tables
-            .iter()
-            .filter(|t| t.component.starts_with("rtb/private/"))
-            .map(|t| t.component.clone())
-            .collect();
-        endpoints.push(EndpointPlan {
-            component: "vpce/s3".into(),
-            service: format!("com.amazonaws.{region}.s3"),
-            gateway: true,
-            route_tables: private_tables,
-            subnets: vec![],
-            groups: vec![],
-        });
-        for service in INTERFACE_ENDPOINTS {
-            endpoints.push(EndpointPlan {
-                component: format!("vpce/{service}"),
-                service: format!("com.amazonaws.{region}.{service}"),
-                gateway: false,
-                route_tables: vec![],
-                subnets: private.clone(),
-                groups: vec![SG_ENDPOINTS.into()],
-            });
-        }
+        endpoints = private_endpoints(region, &route_tables, &private);
     }
     let vpc_link = network.vpc_link.then(|| VpcLinkPlan {
         component: VPCLINK.into(),
@@ -400,6 +378,30 @@ pub fn plan_network(owner: Owner, spec: &StackSpec, region: &str, zones: Vec<Str
         endpoints,
         vpc_link,
     })
+}
+
+/// `PrivateIsolated`'s way to AWS without a route out: the S3 gateway endpoint on the private
+/// route tables, and the interface endpoints in the private subnets behind the endpoints' group.
+fn private_endpoints(region: &str, route_tables: &[RouteTablePlan], private: &[String]) -> Vec<EndpointPlan> {
+    let private_tables: Vec<String> =
+        route_tables.iter().filter(|t| t.component.starts_with("rtb/private/")).map(|t| t.component.clone()).collect();
+    let s3 = EndpointPlan {
+        component: "vpce/s3".into(),
+        service: format!("com.amazonaws.{region}.s3"),
+        gateway: true,
+        route_tables: private_tables,
+        subnets: vec![],
+        groups: vec![],
+    };
+    let interfaces = INTERFACE_ENDPOINTS.iter().map(|service| EndpointPlan {
+        component: format!("vpce/{service}"),
+        service: format!("com.amazonaws.{region}.{service}"),
+        gateway: false,
+        route_tables: vec![],
+        subnets: private.to_vec(),
+        groups: vec![SG_ENDPOINTS.into()],
+    });
+    std::iter::once(s3).chain(interfaces).collect()
 }
 
 impl NetworkPlan {

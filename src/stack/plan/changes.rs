@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Action, Change, Deletion, Diff, NetworkPlan, Observed, Previous, Tagged, diff};
+use super::{Action, Change, Deletion, Diff, NatInstanceSpec, NetworkPlan, Observed, Previous, Tagged, diff};
 use crate::api::{ChangeAction, PlannedChange};
 use crate::aws::inventory::{
     Address, Association, EndpointState, Instance, InstanceStateName, InternetGateway, KeyState, KmsAlias, KmsKey,
@@ -189,22 +189,7 @@ impl Observed {
                 network_interface_id: None,
                 tags,
             }),
-            Action::RunNatInstance(spec) => {
-                let vpc_id = self.subnets.iter().find(|s| s.id == spec.subnet_id).map(|s| s.vpc_id.clone());
-                self.instances.push(Instance {
-                    id: new.clone(),
-                    vpc_id,
-                    subnet_id: Some(spec.subnet_id),
-                    state: InstanceStateName::Pending,
-                    instance_type: spec.instance_type,
-                    image_id: Some(spec.image),
-                    network_interface_id: Some(format!("{new}/eni")),
-                    source_dest_check: Some(true),
-                    key_name: None,
-                    security_groups: BTreeSet::from([spec.group_id]),
-                    tags: spec.tags,
-                });
-            }
+            Action::RunNatInstance(spec) => self.project_nat_instance(new, spec),
             Action::DisableSourceDestCheck { instance_id } => {
                 if let Some(i) = self.instances.iter_mut().find(|i| i.id == instance_id) {
                     i.source_dest_check = Some(false);
@@ -290,6 +275,24 @@ impl Observed {
             }
             Action::Delete(deletion) => self.project_deletion(deletion),
         }
+    }
+
+    /// A NAT instance as EC2 starts it: pending, source/dest check on until it is turned off.
+    fn project_nat_instance(&mut self, id: String, spec: NatInstanceSpec) {
+        let vpc_id = self.subnets.iter().find(|s| s.id == spec.subnet_id).map(|s| s.vpc_id.clone());
+        self.instances.push(Instance {
+            network_interface_id: Some(format!("{id}/eni")),
+            id,
+            vpc_id,
+            subnet_id: Some(spec.subnet_id),
+            state: InstanceStateName::Pending,
+            instance_type: spec.instance_type,
+            image_id: Some(spec.image),
+            source_dest_check: Some(true),
+            key_name: None,
+            security_groups: BTreeSet::from([spec.group_id]),
+            tags: spec.tags,
+        });
     }
 
     fn project_deletion(&mut self, deletion: Deletion) {
