@@ -1,12 +1,37 @@
 //! The Amazon Linux 2023 image an instance the operator launches boots (a Bastion, a Stack's NAT
 //! instances): the public SSM parameter of the instance type's architecture, read once and then
 //! pinned by the caller, so that a replacement boots the same image rather than whatever is newest
-//! that day. Knows no kind.
+//! that day; and the launch settings every such instance shares. Knows no kind.
+
+use aws_sdk_ec2::types::{
+    HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceNetworkInterfaceSpecification,
+};
 
 use super::call::Calls;
 use super::inventory::missing;
 use super::limiter::Service;
 use crate::error::Result;
+
+/// The instance's one network interface: in `subnet`, behind `group`, a public IP of its own only
+/// when `public_ip`, gone with the instance.
+pub fn primary_interface(subnet: &str, group: &str, public_ip: bool) -> InstanceNetworkInterfaceSpecification {
+    InstanceNetworkInterfaceSpecification::builder()
+        .device_index(0)
+        .subnet_id(subnet)
+        .groups(group)
+        .associate_public_ip_address(public_ip)
+        .delete_on_termination(true)
+        .build()
+}
+
+/// IMDSv2 only: a request forged through the instance cannot read its role's credentials.
+pub fn imds_v2_only() -> InstanceMetadataOptionsRequest {
+    InstanceMetadataOptionsRequest::builder()
+        .http_tokens(HttpTokensState::Required)
+        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+        .build()
+}
 
 /// The CPU architecture of an instance type, as the Amazon Linux parameters name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

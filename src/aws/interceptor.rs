@@ -23,6 +23,11 @@ impl std::fmt::Debug for CallCounter {
     }
 }
 
+/// The IAM service prefix and the operation of the call an interceptor sees.
+pub(super) fn operation(cfg: &ConfigBag) -> Option<(String, String)> {
+    cfg.load::<Metadata>().map(|m| (iam_prefix(m.service()), m.name().to_string()))
+}
+
 impl CallCounter {
     pub fn new(metrics: Metrics) -> Self {
         Self { metrics }
@@ -42,10 +47,7 @@ impl Intercept for CallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let (service, operation) = match cfg.load::<Metadata>() {
-            Some(m) => (iam_prefix(m.service()), m.name().to_string()),
-            None => ("unknown".to_string(), "unknown".to_string()),
-        };
+        let (service, operation) = operation(cfg).unwrap_or_else(|| ("unknown".into(), "unknown".into()));
         let result = match context.response() {
             Some(response) => {
                 let status = response.status().as_u16();

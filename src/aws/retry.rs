@@ -9,12 +9,11 @@
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::retry::RetryConfig;
 
-use super::errors::iam_action;
+use super::interceptor::operation;
 
 /// The creates that make a new resource each time they are sent: no idempotency token, no unique
 /// name.
@@ -44,7 +43,7 @@ impl Intercept for NoBlindRetry {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let untokened = cfg.load::<Metadata>().is_some_and(|m| is_untokened_create(m.service(), m.name()));
+        let untokened = operation(cfg).is_some_and(|(service, op)| is_untokened_create(&service, &op));
         let status = context.response().map(|r| r.status().as_u16());
         if untokened && context.output_or_error().is_some_and(|o| o.is_err()) && may_have_taken_effect(status) {
             cfg.interceptor_state().store_put(RetryConfig::standard().with_max_attempts(1));
@@ -53,8 +52,9 @@ impl Intercept for NoBlindRetry {
     }
 }
 
+/// `service` is IAM's prefix (`ec2`, `kms`, `apigateway`).
 fn is_untokened_create(service: &str, operation: &str) -> bool {
-    UNTOKENED_CREATES.contains(&iam_action(service, operation).as_str())
+    UNTOKENED_CREATES.contains(&format!("{service}:{operation}").as_str())
 }
 
 /// Whether a failed attempt with this HTTP status (`None`: no answer at all) may have been carried
@@ -69,14 +69,14 @@ mod tests {
 
     #[test]
     fn only_creates_without_a_token_or_a_name_are_held_back() {
-        assert!(is_untokened_create("EC2", "CreateVpc"));
-        assert!(is_untokened_create("KMS", "CreateKey"));
-        assert!(is_untokened_create("ApiGatewayV2", "CreateVpcLink"));
+        assert!(is_untokened_create("ec2", "CreateVpc"));
+        assert!(is_untokened_create("kms", "CreateKey"));
+        assert!(is_untokened_create("apigateway", "CreateVpcLink"));
         // A client token, a unique name, or not a create: the SDK's retry is safe.
-        assert!(!is_untokened_create("EC2", "CreateNatGateway"));
-        assert!(!is_untokened_create("EC2", "RunInstances"));
-        assert!(!is_untokened_create("RDS", "CreateDBInstance"));
-        assert!(!is_untokened_create("EC2", "DescribeVpcs"));
+        assert!(!is_untokened_create("ec2", "CreateNatGateway"));
+        assert!(!is_untokened_create("ec2", "RunInstances"));
+        assert!(!is_untokened_create("rds", "CreateDBInstance"));
+        assert!(!is_untokened_create("ec2", "DescribeVpcs"));
     }
 
     #[test]

@@ -6,15 +6,13 @@ use std::collections::BTreeSet;
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::primitives::Blob;
-use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
-    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType,
-};
+use aws_sdk_ec2::types::{Filter, IamInstanceProfileSpecification, InstanceType, ResourceType};
 
 use super::plan::{InstanceStateName, ObservedInstance};
 use crate::account_link::template::{IAM_PATH, OWNER_UID_TAG};
 use crate::aws::call::Calls;
 use crate::aws::errors::Caller;
+use crate::aws::image;
 use crate::aws::inventory::{missing, parse_state};
 use crate::aws::limiter::{Limiter, Service};
 pub use crate::aws::security_group::Deleted;
@@ -118,7 +116,7 @@ impl<'a> BastionAws<'a> {
 
     /// The image ID the public parameter names today.
     pub async fn latest_image(&self, parameter: &str) -> Result<String> {
-        crate::aws::image::latest_image(&self.ssm, self.calls(), parameter).await
+        image::latest_image(&self.ssm, self.calls(), parameter).await
     }
 
     // ----- EC2: instances -----
@@ -175,18 +173,8 @@ impl<'a> BastionAws<'a> {
     /// Launches the instance; returns its ID. The client token makes a retry after a crash answer
     /// with the instance the first call launched.
     pub async fn run_instance(&self, l: &Launch<'_>) -> Result<String> {
-        let interface = InstanceNetworkInterfaceSpecification::builder()
-            .device_index(0)
-            .subnet_id(l.subnet)
-            .groups(l.security_group)
-            .associate_public_ip_address(l.public_ip)
-            .delete_on_termination(true)
-            .build();
-        // IMDSv2 only: a request forged through the instance cannot read its role's credentials.
-        let metadata = InstanceMetadataOptionsRequest::builder()
-            .http_tokens(HttpTokensState::Required)
-            .http_endpoint(InstanceMetadataEndpointState::Enabled)
-            .build();
+        let interface = image::primary_interface(l.subnet, l.security_group, l.public_ip);
+        let metadata = image::imds_v2_only();
         let run = || {
             self.ec2
                 .run_instances()

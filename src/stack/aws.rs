@@ -2,10 +2,7 @@
 //! through the rate limiter and written back into the shared inventory. Calls that find their work
 //! already done (a retry after a crash, a resource someone else removed) count as done.
 
-use aws_sdk_ec2::types::{
-    AttributeBooleanValue, DomainType, HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceNetworkInterfaceSpecification, InstanceType, ResourceType, Tag, VpcEndpointType,
-};
+use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, InstanceType, ResourceType, Tag, VpcEndpointType};
 
 use super::plan::{
     Action, Deletion, Dependant, EndpointChange, EndpointSpec, KEY_DELETION_WINDOW_DAYS, NatInstanceSpec, Tagged,
@@ -13,6 +10,7 @@ use super::plan::{
 use crate::api::AwsAccountLink;
 use crate::aws::account::Account;
 use crate::aws::call::{NOT_FOUND, is_not_found};
+use crate::aws::image;
 use crate::aws::inventory::{
     self, Address, Created, InternetGateway, KeyState, Kind, KmsKey, Recorded, RouteTarget, Rule, Tags, VpcEndpoint,
     VpcLink, VpcLinkStatus, missing, parse_state,
@@ -473,17 +471,8 @@ impl Network {
     /// IMDSv2 only, no public IP of its own (its Elastic IP follows), and the instance, its volume
     /// and its interface tagged from the call (the `Scoped` policy requires it).
     async fn run_nat_instance(&self, ctx: &Context, l: &NatInstanceSpec) -> Result<(String, Vec<Recorded>)> {
-        let interface = InstanceNetworkInterfaceSpecification::builder()
-            .device_index(0)
-            .subnet_id(&l.subnet_id)
-            .groups(&l.group_id)
-            .associate_public_ip_address(false)
-            .delete_on_termination(true)
-            .build();
-        let metadata = InstanceMetadataOptionsRequest::builder()
-            .http_tokens(HttpTokensState::Required)
-            .http_endpoint(InstanceMetadataEndpointState::Enabled)
-            .build();
+        let interface = image::primary_interface(&l.subnet_id, &l.group_id, false);
+        let metadata = image::imds_v2_only();
         let ec2 = &self.ec2;
         let out = self
             .calls(ctx)

@@ -112,6 +112,34 @@ impl Account {
         };
     }
 
+    /// EC2 starts the instance with source/dest check on; the response names it.
+    fn run_nat_instance(&mut self, spec: NatInstanceSpec) -> Vec<Recorded> {
+        let id = self.id("i");
+        let eni = self.id("eni");
+        let vpc_id = self.observed.subnets.iter().find(|s| s.id == spec.subnet_id).map(|s| s.vpc_id.clone());
+        vec![Recorded::Created(Created::Instance(Instance {
+            id,
+            vpc_id,
+            subnet_id: Some(spec.subnet_id),
+            state: InstanceStateName::Running,
+            instance_type: spec.instance_type,
+            image_id: Some(spec.image),
+            network_interface_id: Some(eni),
+            source_dest_check: Some(true),
+            key_name: None,
+            security_groups: BTreeSet::from([spec.group_id]),
+            tags: spec.tags,
+        }))]
+    }
+
+    /// The response tells nothing: the operator lists instances again.
+    fn disable_source_dest_check(&mut self, instance_id: &str) -> Vec<Recorded> {
+        let mut view = self.view();
+        change_instance(&mut view, instance_id, |i| i.source_dest_check = Some(false));
+        self.see(view);
+        vec![Recorded::Changed(Kind::Instances)]
+    }
+
     /// Makes the call: checks what AWS would refuse, does what AWS does beyond what its response
     /// tells, and returns the records the operator makes of the response (as `stack::aws` does).
     fn call(&mut self, action: &Action) -> Vec<Recorded> {
@@ -183,31 +211,8 @@ impl Account {
                 let nat = NatGateway { id, vpc_id, subnet_id, state, allocation_ids: vec![allocation_id], tags };
                 vec![Recorded::Created(Created::NatGateway(nat))]
             }
-            Action::RunNatInstance(spec) => {
-                let id = self.id("i");
-                let eni = self.id("eni");
-                let vpc_id = self.observed.subnets.iter().find(|s| s.id == spec.subnet_id).map(|s| s.vpc_id.clone());
-                vec![Recorded::Created(Created::Instance(Instance {
-                    id,
-                    vpc_id,
-                    subnet_id: Some(spec.subnet_id),
-                    state: InstanceStateName::Running,
-                    instance_type: spec.instance_type,
-                    image_id: Some(spec.image),
-                    network_interface_id: Some(eni),
-                    source_dest_check: Some(true),
-                    key_name: None,
-                    security_groups: BTreeSet::from([spec.group_id]),
-                    tags: spec.tags,
-                }))]
-            }
-            Action::DisableSourceDestCheck { instance_id } => {
-                // The operator lists instances again.
-                let mut view = self.view();
-                change_instance(&mut view, &instance_id, |i| i.source_dest_check = Some(false));
-                self.see(view);
-                vec![Recorded::Changed(Kind::Instances)]
-            }
+            Action::RunNatInstance(spec) => self.run_nat_instance(spec),
+            Action::DisableSourceDestCheck { instance_id } => self.disable_source_dest_check(&instance_id),
             Action::AssociateAddress { allocation_id, network_interface_id } => {
                 let a = o.addresses.iter_mut().find(|a| a.allocation_id == allocation_id).unwrap();
                 a.association_id = Some(format!("eipassoc-{network_interface_id}"));
