@@ -804,6 +804,18 @@ impl ScopedLink {
         let role = &template["Resources"]["Role"]["Properties"];
         let trust = role["AssumeRolePolicyDocument"].clone();
         assert_eq!(trust["Statement"][0]["Principal"]["AWS"], "arn:aws:iam::123456789012:user/tinystacks-operator");
+        // The external ID in the first template a person could deploy is the one the link keeps:
+        // a pass that read the link from before its own status write must not make a second one.
+        let first_id = trust["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"].clone();
+        let links = Api::<AwsAccountLink>::all(client.clone());
+        let kept = eventually("the link's status to name the template", Duration::from_secs(30), || async {
+            let link = links.get(&name).await.map_err(|e| e.to_string())?;
+            let status = link.status.ok_or("no status yet")?;
+            status.template_config_map.as_ref().ok_or("no template ConfigMap in status yet")?;
+            status.external_id.ok_or_else(|| "no external ID in status".to_string())
+        })
+        .await;
+        assert_eq!(json!(kept), first_id, "the external ID changed after the template was written");
         let inline = role["Policies"][0].clone();
         let policy_name =
             inline["PolicyName"].as_str().expect("the Scoped permissions are one inline policy").to_string();

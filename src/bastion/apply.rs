@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::ObjectMeta;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
@@ -23,8 +23,9 @@ use crate::api::{Bastion, BastionAccess};
 use crate::aws::inventory::new_security_group;
 use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
-use crate::runtime::context::{Context, FIELD_MANAGER};
+use crate::runtime::context::Context;
 use crate::runtime::owned_secrets::{Created, OwnedSecrets};
+use crate::runtime::reconciler;
 
 /// What a change left to do.
 pub enum Applied {
@@ -113,11 +114,7 @@ impl Applier<'_> {
     }
 
     pub async fn annotate(&self, key: &str, value: Option<&str>) -> Result<()> {
-        let patch = json!({"metadata": {"annotations": {key: value}}});
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        let api = Api::<Bastion>::namespaced(self.ctx.client.clone(), &self.bastion.namespace().unwrap_or_default());
-        api.patch(&self.bastion.name_any(), &params, &Patch::Merge(&patch)).await?;
-        Ok(())
+        reconciler::annotate(self.bastion, self.ctx, json!({key: value})).await
     }
 
     fn group_id(&self) -> Result<String> {

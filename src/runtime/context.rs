@@ -98,6 +98,39 @@ pub struct Context {
     /// Per object (by UID), the generation whose request AWS refused as invalid: that spec is not
     /// sent again; its next generation is.
     refused: Mutex<HashMap<String, i64>>,
+    /// Per object (by UID), what this install's own writes to it left behind.
+    written: Mutex<HashMap<String, OwnWrites>>,
+}
+
+/// The resourceVersions of one object that this install's own writes replaced, and the newest
+/// it wrote. The watch brings a write a moment after it is made, so a pass that starts at once
+/// (a requeue without delay) can read the object from before it; such a pass would act on what
+/// it already changed: generate a second external ID, rotate a password twice, write back a
+/// status it has just moved past.
+#[derive(Default)]
+struct OwnWrites {
+    superseded: Vec<String>,
+    newest: Option<String>,
+}
+
+impl OwnWrites {
+    /// A write that moved the object from `before` (as the pass read it) to `after`; the
+    /// version an earlier write of the same pass left is superseded too.
+    fn record(&mut self, before: &str, after: &str) {
+        if before == after {
+            return; // the write changed nothing: no watch event follows
+        }
+        let replaced = self.newest.replace(after.to_string());
+        for version in [Some(before.to_string()), replaced].into_iter().flatten() {
+            if version != after && !self.superseded.contains(&version) {
+                self.superseded.push(version);
+            }
+        }
+    }
+
+    fn predates(&self, version: &str) -> bool {
+        self.superseded.iter().any(|s| s == version)
+    }
 }
 
 impl Context {
@@ -113,6 +146,7 @@ impl Context {
             events: Mutex::default(),
             failures: Mutex::default(),
             refused: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -180,11 +214,56 @@ impl Context {
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         generation.is_some() && refused.get(uid).copied() == generation
     }
+
+    /// Records that this install wrote the object read at `before`, which is now at `after`.
+    pub(crate) fn wrote(&self, uid: &str, before: Option<&str>, after: Option<&str>) {
+        let (Some(before), Some(after)) = (before, after) else { return };
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.entry(uid.to_string()).or_default().record(before, after);
+    }
+
+    /// Whether the object, read at `version`, is from before one of this install's own writes:
+    /// the write's watch event is still on its way and starts the next pass. Reading a newer
+    /// version forgets the older ones (the watch only moves forward).
+    pub(crate) fn predates_own_write(&self, uid: &str, version: Option<&str>) -> bool {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(own) = written.get(uid) else { return false };
+        if version.is_some_and(|v| own.predates(v)) {
+            return true;
+        }
+        written.remove(uid);
+        false
+    }
+
+    /// Forgets what was recorded about an object that is gone or no longer this install's.
+    pub(crate) fn forget(&self, uid: &str) {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::SecretNamespaces;
+    use super::{OwnWrites, SecretNamespaces};
+
+    #[test]
+    fn every_version_an_own_write_replaced_predates_it_and_the_newest_does_not() {
+        let mut own = OwnWrites::default();
+        // A pass read version 10, claimed the object (11), then wrote its status (12).
+        own.record("10", "11");
+        own.record("10", "12");
+        assert!(own.predates("10") && own.predates("11"), "both are from before the status write");
+        assert!(!own.predates("12"), "the newest write is what the next pass should read");
+        assert!(!own.predates("13"), "someone else's later change is read as it comes");
+    }
+
+    #[test]
+    fn a_write_that_changed_nothing_leaves_no_version_behind() {
+        let mut own = OwnWrites::default();
+        own.record("10", "10");
+        assert!(!own.predates("10"), "no watch event follows a write that changed nothing");
+    }
 
     #[test]
     fn bootstrap_secrets_are_read_from_the_operators_namespace_unless_configured() {

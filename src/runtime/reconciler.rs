@@ -87,6 +87,11 @@ async fn reconcile_once<K: Managed>(guard: &DeserializeGuard<K>, ctx: &Arc<Conte
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.meta().generation;
     // A pause, or a deletion, is acted on (the pause's pass forgets the refusal).
+    if ctx.predates_own_write(&uid, obj.resource_version().as_deref()) {
+        debug!(%kind, namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(),
+            "read from before this install's own write; its watch event starts the next pass");
+        return Ok(None);
+    }
     let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
     if obj.meta().deletion_timestamp.is_none() && !paused && ctx.refused(&uid, generation) {
         debug!(%kind, namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(),
@@ -107,7 +112,7 @@ async fn reconcile_once<K: Managed>(guard: &DeserializeGuard<K>, ctx: &Arc<Conte
         }
         Ok(None) => {
             ctx.events_written(&uid).await;
-            ctx.record_success(&uid);
+            ctx.forget(&uid);
             ctx.metrics.forget_object(&uid);
             Ok(None)
         }
@@ -280,8 +285,18 @@ async fn patch<K: Managed, P: Serialize + Debug>(
         None => request.patch(&name, params, patch),
     }
     .map_err(kube::Error::BuildRequest)?;
-    ctx.client.request::<serde_json::Value>(request).await?;
+    let written = ctx.client.request::<serde_json::Value>(request).await?;
+    let after = written.pointer("/metadata/resourceVersion").and_then(|v| v.as_str());
+    ctx.wrote(&obj.uid().unwrap_or_default(), obj.resource_version().as_deref(), after);
     Ok(())
+}
+
+/// Sets (or, with `null`, removes) annotations of the object: what a kind records on its own
+/// object beside the status (a pinned image, a rotation carried out).
+pub async fn annotate<K: Managed>(obj: &K, ctx: &Context, annotations: serde_json::Value) -> Result<()> {
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let body = json!({"metadata": {"annotations": annotations}});
+    patch(obj, ctx, None, &params, &Patch::Merge(&body)).await
 }
 
 async fn remove_finalizer<K: Managed>(obj: &K, ctx: &Context) -> Result<()> {

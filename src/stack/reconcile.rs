@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::info;
@@ -24,9 +24,9 @@ use crate::aws::inventory::KmsKey;
 use crate::aws::ownership::owner_uid;
 use crate::error::{Error, Result};
 use crate::runtime::conditions::{self, Health};
-use crate::runtime::context::{Context, FIELD_MANAGER};
+use crate::runtime::context::Context;
 use crate::runtime::plan::{DRIFT_DETECTED, Gate, Governance, gate, is_new};
-use crate::runtime::reconciler::{Cleanup, Managed, Step};
+use crate::runtime::reconciler::{self, Cleanup, Managed, Step};
 
 /// How often a stack waiting for AWS (a NAT gateway becoming available, a deletion) looks again.
 const AWS_POLL: Duration = Duration::from_secs(1);
@@ -315,12 +315,8 @@ async fn nat_image(ctx: &Context, stack: &Stack, network: &Network) -> Result<Op
     }
     let parameter = arch.image_parameter();
     let chosen = image::latest_image(&network.ssm, network.calls(ctx), &parameter).await?;
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        NAT_IMAGE_ANNOTATION: image::image_annotation(arch, &chosen)
-    }}});
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let api = Api::<Stack>::namespaced(ctx.client.clone(), &stack.namespace().unwrap_or_default());
-    api.patch(&stack.name_any(), &params, &Patch::Merge(&patch)).await?;
+    let pin = serde_json::json!({NAT_IMAGE_ANNOTATION: image::image_annotation(arch, &chosen)});
+    reconciler::annotate(stack, ctx, pin).await?;
     let note = format!("chose image {chosen} ({parameter}) for NAT instances");
     ctx.event(&stack.object_ref(&()), EventType::Normal, "ChoseImage", note).await;
     Ok(Some(chosen))

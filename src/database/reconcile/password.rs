@@ -18,20 +18,18 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::Converge;
-use crate::api::{Database, DatabaseStatus};
+use crate::api::DatabaseStatus;
 use crate::aws::inventory::SecretInfo;
 use crate::database::credentials::SecretDocument;
 use crate::database::plan::{RDS_VERSION_TAG, ROTATE_ANNOTATION};
 use crate::error::{Error, Result};
 use crate::runtime::conditions::Health;
-use crate::runtime::context::FIELD_MANAGER;
-use crate::runtime::reconciler::Step;
+use crate::runtime::reconciler::{self, Step};
 
 /// The value of `ROTATE_ANNOTATION` last carried out, written by the operator.
 const ROTATED_ANNOTATION: &str = "tinystacks.io/password-rotated";
@@ -117,10 +115,7 @@ impl Converge<'_> {
             self.aws.put_secret_value(&secret.arn, &document, Some(token)).await?;
         }
         let value = self.db.annotations().get(ROTATE_ANNOTATION).cloned().unwrap_or_default();
-        let patch = json!({"metadata": {"annotations": {ROTATED_ANNOTATION: value}}});
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        let databases = Api::<Database>::namespaced(self.ctx.client.clone(), &self.db.namespace().unwrap_or_default());
-        databases.patch(&self.db.name_any(), &params, &Patch::Merge(&patch)).await?;
+        reconciler::annotate(self.db, self.ctx, json!({ROTATED_ANNOTATION: value})).await?;
         let note = format!(
             "wrote a new master password into the secret {} (annotation {ROTATE_ANNOTATION}); the DB instance {} follows",
             self.names.secret, self.names.instance
