@@ -127,6 +127,12 @@ impl FaultProxy {
         self.state.lock().unwrap().rewrites.push(rewrite);
     }
 
+    /// Ends every rewrite of the answers to `action` (a resource held in its in-between state
+    /// until the test has seen what it wanted is let go).
+    pub fn release(&self, action: &str) {
+        self.state.lock().unwrap().rewrites.iter_mut().filter(|r| r.action == action).for_each(|r| r.times = 0);
+    }
+
     /// Answers every `CreateDBInstance` with the instance `creating`, as RDS does (moto answers
     /// `available`, so an operator that believed the answer would never look again).
     pub fn answer_db_creates_as_creating(&self) {
