@@ -855,6 +855,51 @@ async fn the_database_and_bastion_start_on_the_stack_parts_they_need_not_its_nat
     wait_gone_within(&stacks, &world.stack, READY).await;
 }
 
+/// The schedule against a double that waits like AWS (`common/aws_waits.rs`: each resource in its
+/// in-between state for AWS's typical time, scaled by 1/20), proven by the order and overlap of the
+/// waits the proxy recorded, not by how long anything took: the Database's instance is created
+/// while the Stack's NAT gateway and VPC Link are still being made, and the Stack waits for those
+/// two at once (the second was created before the first was done). Every wait's end is noticed.
+#[tokio::test]
+async fn against_aws_like_waits_the_database_starts_while_the_stack_waits_and_the_stack_waits_for_all_at_once() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::linked().await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    proxy.wait_like_aws(1.0 / 20.0);
+    let stack: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": world.stack},
+        "spec": {"accountLinkRef": {"name": world.link}, "network": {"pattern": "PublicPrivate", "natGateways": "Single", "vpcLink": true}},
+    }))
+    .expect("stack");
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    stacks.create(&PostParams::default(), &stack).await.expect("create stack");
+    world.database("orders", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    world.wait_ready("orders").await;
+    wait_ready_within(&stacks, &world.stack, READY).await;
+    let waits = proxy.waits();
+    let one = |kind: &str| {
+        let of: Vec<_> = waits.iter().filter(|w| w.kind == kind).collect();
+        assert_eq!(of.len(), 1, "one {kind} wait: {waits:?}");
+        of[0].clone()
+    };
+    let (nat, link, rds) = (one("ec2:NatGateway"), one("apigateway:VpcLink"), one("rds:DBInstance"));
+    assert!(rds.started < nat.ends, "the DB instance was created after the NAT gateway was done: {waits:?}");
+    assert!(rds.started < link.ends, "the DB instance was created after the VPC Link was done: {waits:?}");
+    assert!(
+        nat.started < link.ends && link.started < nat.ends,
+        "the Stack waited for its NAT gateway and VPC Link one after the other: {waits:?}"
+    );
+    assert!(waits.iter().all(|w| w.seen.is_some()), "a wait's end was never seen: {waits:?}");
+
+    world.delete("orders").await;
+    world.wait_gone("orders").await;
+    stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
+    wait_gone_within(&stacks, &world.stack, READY).await;
+}
+
 /// Throttling, 500s, 503s, answers lost after the change was made, latency, and an instance RDS
 /// keeps `creating`: one instance, one secret, one subnet group, one security group; the security
 /// invariants hold; nothing is left after deletion.
