@@ -268,10 +268,10 @@ async fn event(db: &Database, ctx: &Context, type_: EventType, reason: &str, not
     ctx.event(&db.object_ref(&()), type_, reason, note).await;
 }
 
-/// How soon to look again while RDS is working: soon enough to notice `available` quickly, never
-/// later than the resync period.
+/// How soon to look again while RDS is working (one DescribeDBInstances of the instance): soon
+/// enough to notice `available` within seconds, never later than the resync period.
 fn poll(ctx: &Context) -> Duration {
-    ctx.settings.resync_period.min(Duration::from_secs(15))
+    ctx.settings.resync_period.min(ctx.settings.aws_poll)
 }
 
 /// The AWS clients of the Stack's account and region, acting as its link's role.

@@ -251,3 +251,8 @@ fn enclosing(text: &str, at: usize, element: &str) -> Option<(usize, usize)> {
     }
     None
 }
+
+/// AWS's typical time for `kind` in [`AWS_WAITS`] (zero for a kind AWS makes at once).
+pub fn typical(kind: &str) -> Duration {
+    AWS_WAITS.iter().find(|w| w.kind == kind).map_or(Duration::ZERO, |w| w.typical)
+}
