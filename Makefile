@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers around them.
-.PHONY: dev dev-down test test-long bench testenv testenv-down crds
+.PHONY: dev dev-down test test-long bench bench-waits testenv testenv-down crds
 
 ## Build what is missing, start a local control plane and moto, run the operator, apply the
 ## examples and show them settle. Stop everything with `make dev-down`.
@@ -35,3 +35,7 @@ test-long:
 ## start-up and time to Ready against a fresh environment, written to docs/BENCHMARKS.md.
 bench:
 	hack/bench.sh
+
+## Only the time to Ready against AWS's waits (a few minutes), spliced into docs/BENCHMARKS.md.
+bench-waits:
+	BENCH_ONLY=waits hack/bench.sh

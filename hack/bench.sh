@@ -8,7 +8,10 @@
 # TINYSTACKS_BENCH_SIZES (default 1,100,1000), TINYSTACKS_BENCH_REPEATS (default 3),
 # TINYSTACKS_BENCH_RESYNC (default 30s), BENCH_MINUTES (default 45: sizes that cannot be reached
 # and measured in that time are skipped, and the document says so), TINYSTACKS_BENCH_TRACE (any
-# value: print every AWS call of each full-stack run, with its start and latency).
+# value: print every AWS call and wait of each full-stack run, with its start and latency),
+# TINYSTACKS_BENCH_WAIT_SCALE (default 1/30: the factor on AWS's typical waits for the time-to-Ready
+# runs against them), BENCH_ONLY=waits (`make bench-waits`: only those runs, in a few minutes; the
+# rest of the document is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +47,7 @@ export TINYSTACKS_BENCH_PROFILE=$PROFILE
 export TINYSTACKS_BENCH_RELEASE_OPERATOR=$CARGO_TARGET_DIR/release/tinystacks-operator
 export TINYSTACKS_BENCH_OUT=$PWD/docs/BENCHMARKS.md
 export TINYSTACKS_BENCH_DEADLINE=$(($(date +%s) + ${BENCH_MINUTES:-45} * 60))
+export TINYSTACKS_BENCH_ONLY=${BENCH_ONLY:-}
 
 step "running the benchmark (writes $TINYSTACKS_BENCH_OUT)"
 cargo test --locked --test bench -- --ignored --nocapture bench

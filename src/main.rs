@@ -51,6 +51,9 @@ struct RunArgs {
     /// Upper bound of the per-object retry backoff.
     #[arg(long, env = "TINYSTACKS_MAX_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
     max_backoff: Duration,
+    /// How often an object waiting for AWS (a resource in an in-between state) looks again.
+    #[arg(long, env = "TINYSTACKS_AWS_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    aws_poll_interval: Duration,
     /// How many objects of each kind are reconciled at once.
     #[arg(long, env = "TINYSTACKS_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
@@ -167,6 +170,7 @@ fn options(args: RunArgs) -> runtime::Options {
         settings: Settings {
             resync_period: args.resync_period,
             max_backoff: args.max_backoff,
+            aws_poll: args.aws_poll_interval,
             bootstrap_secret_namespaces: SecretNamespaces::parse(&args.bootstrap_secret_namespaces, &args.namespace),
             claim: format!("{}/{}", args.namespace, args.lease_name),
             namespace: args.namespace,

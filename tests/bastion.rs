@@ -729,10 +729,10 @@ async fn with_the_real_stack_and_no_nat_an_ssm_bastion_is_public_without_inbound
     world.assert_nothing_left().await;
 }
 
-/// Issue 25, point 4: while the Stack is not Ready (its link being deleted, a Stack failing) the
-/// Bastion makes nothing new, but as long as the link's role is verified its group keeps only the
-/// spec's rules (22 opened to the internet is revoked) and the TTL still ends: the instance is
-/// terminated at `expiresAt`, reason `Expired`.
+/// Issue 25, point 4: while the Stack lacks what the Bastion needs (a Stack failing before its
+/// subnets are made; likewise its link being deleted) the Bastion makes nothing new, but as long
+/// as the link's role is verified its group keeps only the spec's rules (22 opened to the internet
+/// is revoked) and the TTL still ends: the instance is terminated at `expiresAt`, reason `Expired`.
 #[tokio::test]
 async fn ttl_and_ingress_hold_while_the_stack_is_not_ready() {
     let _lock = OPERATOR_LOCK.lock().await;
@@ -747,7 +747,7 @@ async fn ttl_and_ingress_hold_while_the_stack_is_not_ready() {
     let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
     let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
         "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
-    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    write_status(&stacks, &world.stack, &json!({"status": {"subnets": null, "conditions": [not_ready]}})).await;
     wait_condition(&world.bastions(), "guarded", "Ready", "False", "WaitingForStack").await;
 
     let open = aws_sdk_ec2::types::IpPermission::builder()
@@ -935,16 +935,19 @@ async fn an_observe_only_bastion_reports_a_rule_opened_by_hand_and_changes_nothi
     assert!(world.ingress(&group).await.contains(&open_rule), "the rule opened by hand is still there");
     assert!(!world.event_notes().await.iter().any(|(_, reason, _)| reason == "DriftRepaired"), "nothing was repaired");
 
-    // Nor while the Stack is not Ready (where a Full Bastion still revokes such a rule).
+    // Nor while the Stack lacks its subnets (where a Full Bastion still revokes such a rule).
     let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
     let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
         "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
-    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
-    eventually("the Bastion holding while its Stack is not Ready", READY, || async {
+    write_status(&stacks, &world.stack, &json!({"status": {"subnets": null, "conditions": [not_ready]}})).await;
+    eventually("the Bastion holding while its Stack lacks its subnets", READY, || async {
         let b = world.bastions().get("jump").await.map_err(|e| e.to_string())?;
         let ready = condition(&serde_json::to_value(&b).map_err(|e| e.to_string())?, "Ready");
         match ready {
-            Some(c) if c["reason"] == "Drifted" && c["message"].as_str().is_some_and(|m| m.contains("not Ready")) => {
+            Some(c)
+                if c["reason"] == "Drifted"
+                    && c["message"].as_str().is_some_and(|m| m.contains("waiting for Stack")) =>
+            {
                 Ok(())
             }
             other => Err(format!("{other:?}")),
@@ -952,7 +955,7 @@ async fn an_observe_only_bastion_reports_a_rule_opened_by_hand_and_changes_nothi
     })
     .await;
     wait_passes(&proxy, 2).await;
-    assert_eq!(proxy.mutations(), before, "ObserveOnly made an AWS mutation while the Stack was not Ready");
+    assert_eq!(proxy.mutations(), before, "ObserveOnly made an AWS mutation while the Stack lacked its subnets");
     assert!(world.ingress(&group).await.contains(&open_rule), "the rule opened by hand is still there");
 
     world.delete("jump").await;

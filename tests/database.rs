@@ -1,7 +1,8 @@
 //! The Database against the real API server and moto, with the real operator binary: placement and
 //! guarantees in RDS and EC2, both secrets, `envFrom`, the password kept out of every log line,
 //! event and status, drift repair, in-place changes, the three deletion policies, a crash after
-//! every mutating call, and an instance that RDS (through a fault-injecting proxy) keeps `creating`.
+//! every mutating call, an instance that RDS (through a fault-injecting proxy) keeps `creating`,
+//! and a Database made while its real Stack still waits for its NAT gateway.
 //!
 //! Each test gets a namespace and an AWS account of its own. The Stack and the AwsAccountLink are
 //! fixtures: paused (the operator makes no AWS call for them and keeps their `Ready`), with the
@@ -787,6 +788,118 @@ async fn with_the_real_stack_the_database_lands_in_its_private_side_and_the_stac
     );
 }
 
+/// API.md "Order and references": a Database (and a Bastion) starts on what it needs of its
+/// Stack, not on the whole Stack being Ready. With the proxy holding the Stack's NAT gateway
+/// `pending` (the Stack waits for it to route the private side), the Database's instance is made
+/// in RDS and the Database and the Bastion reach Ready while the Stack is still `Ready=False`,
+/// reason `WaitingForAws`.
+#[tokio::test]
+async fn the_database_and_bastion_start_on_the_stack_parts_they_need_not_its_nat_gateway() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::linked().await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    let pending = ("<state>pending</state>", "<state>available</state>");
+    proxy.rewrite("CreateNatGateway", pending.1, pending.0, usize::MAX);
+    proxy.rewrite("DescribeNatGateways", pending.1, pending.0, usize::MAX);
+    let stack: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": world.stack},
+        "spec": {"accountLinkRef": {"name": world.link}, "network": {"pattern": "PublicPrivate", "natGateways": "Single", "vpcLink": false}},
+    }))
+    .expect("stack");
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    stacks.create(&PostParams::default(), &stack).await.expect("create stack");
+    world.database("orders", json!({"deletionPolicy": "Delete"})).await;
+    let bastion: Bastion = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Bastion", "metadata": {"name": "ops"},
+        "spec": {"stackRef": {"name": world.stack}},
+    }))
+    .expect("bastion");
+    let bastions = Api::<Bastion>::namespaced(world.client.clone(), &world.ns.name);
+    bastions.create(&PostParams::default(), &bastion).await.expect("create bastion");
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    let db = world.wait_ready("orders").await;
+    let ops = wait_ready_within(&bastions, "ops", READY).await;
+    // Observed, not timed: the NAT gateway is still held, so the Stack cannot be Ready.
+    let waiting =
+        condition(&serde_json::to_value(stacks.get(&world.stack).await.expect("stack")).expect("json"), "Ready")
+            .expect("the Stack's Ready");
+    assert_eq!((waiting["status"].as_str(), waiting["reason"].as_str()), (Some("False"), Some("WaitingForAws")));
+    assert!(waiting["message"].as_str().is_some_and(|m| m.contains("nat")), "{waiting}");
+    let id = db.status.as_ref().and_then(|s| s.db_instance_identifier.clone()).expect("identifier");
+    let instance = world.instance(&id).await.expect("the instance in RDS");
+    let stack_status = stacks.get(&world.stack).await.expect("stack").status.expect("stack status");
+    assert!(stack_status.nat_gateway_ids.len() == 1, "{stack_status:?}");
+    assert_eq!(instance.kms_key_id(), stack_status.kms_key_arn.as_deref(), "the Stack's key");
+    let instance_id = ops.status.as_ref().and_then(|s| s.instance_id.clone()).expect("the Bastion's instance");
+    let private: BTreeSet<&str> = stack_status
+        .subnets
+        .iter()
+        .filter(|s| s.tier == tinystacks_operator::api::SubnetTier::Private)
+        .map(|s| s.id.as_str())
+        .collect();
+    let reservations =
+        world.ec2().describe_instances().instance_ids(&instance_id).send().await.expect("the Bastion's instance");
+    let subnet = reservations.reservations().iter().flat_map(|r| r.instances()).find_map(|i| i.subnet_id());
+    assert!(subnet.is_some_and(|s| private.contains(s)), "{subnet:?} is not one of {private:?}");
+
+    // Once the NAT gateway is available, the Stack is Ready too; then everything goes.
+    proxy.release("DescribeNatGateways");
+    wait_ready_within(&stacks, &world.stack, READY).await;
+    world.delete("orders").await;
+    bastions.delete("ops", &DeleteParams::default()).await.expect("delete bastion");
+    world.wait_gone("orders").await;
+    wait_gone_within(&bastions, "ops", READY).await;
+    stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
+    wait_gone_within(&stacks, &world.stack, READY).await;
+}
+
+/// The schedule against a double that waits like AWS (`common/aws_waits.rs`: each resource in its
+/// in-between state for AWS's typical time, scaled by 1/20), proven by the order and overlap of the
+/// waits the proxy recorded, not by how long anything took: the Database's instance is created
+/// while the Stack's NAT gateway and VPC Link are still being made, and the Stack waits for those
+/// two at once (the second was created before the first was done). Every wait's end is noticed.
+#[tokio::test]
+async fn against_aws_like_waits_the_database_starts_while_the_stack_waits_and_the_stack_waits_for_all_at_once() {
+    let _lock = OPERATOR_LOCK.lock().await;
+    let world = World::linked().await;
+    let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let proxy = FaultProxy::start(&moto).await;
+    proxy.wait_like_aws(1.0 / 20.0);
+    let stack: Stack = serde_json::from_value(json!({
+        "apiVersion": "tinystacks.io/v1alpha1", "kind": "Stack", "metadata": {"name": world.stack},
+        "spec": {"accountLinkRef": {"name": world.link}, "network": {"pattern": "PublicPrivate", "natGateways": "Single", "vpcLink": true}},
+    }))
+    .expect("stack");
+    let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
+    stacks.create(&PostParams::default(), &stack).await.expect("create stack");
+    world.database("orders", json!({"deletionPolicy": "Delete"})).await;
+    let _operator = world.operator(&[("AWS_ENDPOINT_URL", proxy.url.as_str())]);
+
+    world.wait_ready("orders").await;
+    wait_ready_within(&stacks, &world.stack, READY).await;
+    let waits = proxy.waits();
+    let one = |kind: &str| {
+        let of: Vec<_> = waits.iter().filter(|w| w.kind == kind).collect();
+        assert_eq!(of.len(), 1, "one {kind} wait: {waits:?}");
+        of[0].clone()
+    };
+    let (nat, link, rds) = (one("ec2:NatGateway"), one("apigateway:VpcLink"), one("rds:DBInstance"));
+    assert!(rds.started < nat.ends, "the DB instance was created after the NAT gateway was done: {waits:?}");
+    assert!(rds.started < link.ends, "the DB instance was created after the VPC Link was done: {waits:?}");
+    assert!(
+        nat.started < link.ends && link.started < nat.ends,
+        "the Stack waited for its NAT gateway and VPC Link one after the other: {waits:?}"
+    );
+    assert!(waits.iter().all(|w| w.seen.is_some()), "a wait's end was never seen: {waits:?}");
+
+    world.delete("orders").await;
+    world.wait_gone("orders").await;
+    stacks.delete(&world.stack, &DeleteParams::default()).await.expect("delete stack");
+    wait_gone_within(&stacks, &world.stack, READY).await;
+}
+
 /// Throttling, 500s, 503s, answers lost after the change was made, latency, and an instance RDS
 /// keeps `creating`: one instance, one secret, one subnet group, one security group; the security
 /// invariants hold; nothing is left after deletion.
@@ -856,10 +969,10 @@ async fn tag_app_group(world: &World) {
         .expect("tag the app group");
 }
 
-/// Issue 25, point 4: while the Stack is not Ready (its link being deleted, a Stack failing) the
-/// Database makes nothing new, but its guarantees hold as long as the link's role is verified: an
-/// instance made public and 5432 opened to the internet are both closed again, and the Database
-/// stays `Ready=False`, reason `WaitingForStack`.
+/// Issue 25, point 4: while the Stack lacks what the Database needs (a Stack failing before its key
+/// is made; likewise its link being deleted) the Database makes nothing new, but its guarantees
+/// hold as long as the link's role is verified: an instance made public and 5432 opened to the
+/// internet are both closed again, and the Database stays `Ready=False`, reason `WaitingForStack`.
 #[tokio::test]
 async fn guarantees_hold_while_the_stack_is_not_ready() {
     let _lock = OPERATOR_LOCK.lock().await;
@@ -874,7 +987,7 @@ async fn guarantees_hold_while_the_stack_is_not_ready() {
     let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
     let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
         "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
-    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    write_status(&stacks, &world.stack, &json!({"status": {"kmsKeyArn": null, "conditions": [not_ready]}})).await;
     wait_condition(&world.databases(), "guarded", "Ready", "False", "WaitingForStack").await;
 
     world
@@ -1478,7 +1591,7 @@ async fn an_observe_only_database_reports_drift_and_changes_nothing() {
     assert!(groups.contains(&group), "the security group is left: {groups:?}");
 }
 
-/// The guarded wait goes through the same gate: with the Stack not Ready and the Database
+/// The guarded wait goes through the same gate: with the Stack lacking its key and the Database
 /// `ObserveOnly`, an instance made public is reported (`Drifted`) and left alone, with no AWS
 /// mutation over two resyncs; back to `Full`, it is repaired while the Stack still waits.
 #[tokio::test]
@@ -1503,7 +1616,7 @@ async fn the_guarded_wait_repairs_nothing_under_observe_only() {
     let stacks = Api::<Stack>::namespaced(world.client.clone(), &world.ns.name);
     let not_ready = json!({"type": "Ready", "status": "False", "reason": "Fixture", "message": "failing, as a test",
         "lastTransitionTime": Timestamp::now().to_string(), "observedGeneration": 1});
-    write_status(&stacks, &world.stack, &json!({"status": {"conditions": [not_ready]}})).await;
+    write_status(&stacks, &world.stack, &json!({"status": {"kmsKeyArn": null, "conditions": [not_ready]}})).await;
     wait_condition(&world.databases(), "hands-off", "Ready", "False", "WaitingForStack").await;
     let before = proxy.mutations();
     world

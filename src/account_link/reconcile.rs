@@ -31,9 +31,6 @@ use crate::runtime::reconciler::{Cleanup, Managed, Step};
 
 /// Length of a generated external ID; AWS recommends at least 32 characters of entropy.
 const EXTERNAL_ID_LEN: usize = 40;
-/// How often a stack that CloudFormation is still working on is looked at: one DescribeStacks
-/// per link each time, only while a deployment or deletion is under way.
-const STACK_POLL: Duration = Duration::from_secs(1);
 /// The key of the template in its ConfigMap.
 pub const TEMPLATE_KEY: &str = "template.json";
 /// The key of the trusted principal in the template's ConfigMap (read by `account-template`).
@@ -173,7 +170,7 @@ impl Managed for AwsAccountLink {
             StackPhase::Deleting => Ok(Cleanup::Pending {
                 reason: "DeletingStack",
                 message: format!("CloudFormation is deleting the stack {stack_name}"),
-                requeue_after: STACK_POLL,
+                requeue_after: ctx.settings.aws_poll,
             }),
             _ if stack.status == "DELETE_FAILED" => Err(stack_failed(ctx, &bootstrap, &stack, stack_name).await),
             _ => {
@@ -186,7 +183,7 @@ impl Managed for AwsAccountLink {
                 Ok(Cleanup::Pending {
                     reason: "DeletingStack",
                     message: format!("CloudFormation is deleting the stack {stack_name}"),
-                    requeue_after: STACK_POLL,
+                    requeue_after: ctx.settings.aws_poll,
                 })
             }
         }
@@ -316,7 +313,7 @@ async fn deploy(
         Ok(Deployment::Progressing(Box::new(Step {
             status,
             health: Health::progressing(reason, message),
-            requeue_after: Some(STACK_POLL),
+            requeue_after: Some(ctx.settings.aws_poll),
         })))
     };
 

@@ -428,7 +428,7 @@ impl Applier<'_> {
 
 /// How soon to look again while EC2 is working.
 pub fn poll(ctx: &Context) -> Duration {
-    ctx.settings.resync_period.min(Duration::from_secs(5))
+    ctx.settings.resync_period.min(ctx.settings.aws_poll)
 }
 
 /// Every change the Bastion's reconcile or cleanup makes (each has its Event) is logged at info,

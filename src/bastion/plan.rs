@@ -147,13 +147,15 @@ pub struct Placement {
 pub enum NoPlacement {
     /// `Ssh` on a `PrivateIsolated` stack: a person's mistake.
     SshNeedsPublicSubnet,
-    /// The Stack's status lacks something (it says Ready, so this passes).
-    Incomplete(String),
+    /// The Stack's status does not list these parts yet: the Bastion waits for them.
+    Incomplete(Vec<String>),
 }
 
 /// Ssm: the private side, reached through NAT (`PublicPrivate`) or the stack's SSM endpoints
 /// (`PrivateIsolated`); with no NAT gateway, a public subnet and a public IP, still without any
-/// inbound rule. Ssh: a public subnet and a public IP.
+/// inbound rule. Ssh: a public subnet and a public IP. Only the VPC and the subnet are needed of
+/// the Stack's status: the instance starts while the NAT or the endpoints are still being made
+/// (its SSM agent registers once they are).
 pub fn placement(stack: &Stack, access: BastionAccess) -> Result<Placement, NoPlacement> {
     let pattern = stack.spec.network.pattern;
     let (tier, public_ip) = match (access, pattern) {
@@ -165,14 +167,16 @@ pub fn placement(stack: &Stack, access: BastionAccess) -> Result<Placement, NoPl
             _ => (SubnetTier::Private, false),
         },
     };
-    let status = stack.status.as_ref().ok_or_else(|| NoPlacement::Incomplete("the Stack has no status yet".into()))?;
-    let vpc_id =
-        status.vpc_id.clone().ok_or_else(|| NoPlacement::Incomplete("the Stack's status has no vpcId".into()))?;
+    let status = stack.status.clone().unwrap_or_default();
     let mut subnets: Vec<_> = status.subnets.iter().filter(|s| s.tier == tier).collect();
     subnets.sort_by(|a, b| (&a.availability_zone, &a.id).cmp(&(&b.availability_zone, &b.id)));
-    let first = subnets
-        .first()
-        .ok_or_else(|| NoPlacement::Incomplete(format!("the Stack's status lists no {tier:?} subnet")))?;
+    let (Some(vpc_id), Some(first)) = (status.vpc_id.clone(), subnets.first()) else {
+        let missing = [
+            status.vpc_id.is_none().then(|| "its VPC (vpcId)".to_string()),
+            subnets.is_empty().then(|| format!("a {tier:?} subnet (subnets)")),
+        ];
+        return Err(NoPlacement::Incomplete(missing.into_iter().flatten().collect()));
+    };
     Ok(Placement {
         vpc_id,
         subnet_id: first.id.clone(),
@@ -491,6 +495,27 @@ mod tests {
             placement(&stack("PrivateIsolated", None), BastionAccess::Ssh),
             Err(NoPlacement::SshNeedsPublicSubnet)
         );
+    }
+
+    #[test]
+    fn placement_needs_only_the_vpc_and_a_subnet_of_its_tier() {
+        // The Stack still making its NAT gateway (no natGatewayIds, not Ready): enough.
+        let p = placement(&stack("PublicPrivate", None), BastionAccess::Ssm).unwrap();
+        assert_eq!(p.vpc_id, "vpc-1");
+        let mut no_private = stack("PublicPrivate", None);
+        if let Some(s) = no_private.status.as_mut() {
+            s.subnets.retain(|s| s.tier != SubnetTier::Private);
+        }
+        let Err(NoPlacement::Incomplete(missing)) = placement(&no_private, BastionAccess::Ssm) else {
+            panic!("placed without a private subnet")
+        };
+        assert_eq!(missing, ["a Private subnet (subnets)"]);
+        let mut nothing = stack("PublicPrivate", None);
+        nothing.status = None;
+        let Err(NoPlacement::Incomplete(missing)) = placement(&nothing, BastionAccess::Ssh) else {
+            panic!("placed without a status")
+        };
+        assert_eq!(missing, ["its VPC (vpcId)", "a Public subnet (subnets)"]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! The Bastion's reconcile, which only sequences: wait for the Stack (no AWS mutation but the
-//! guarded ones until it is Ready), refuse `Ssh` on an isolated Stack, then observe (`apply::observe`),
-//! plan (`plan::plan`, pure), pass the gate (`status.plan`, `changePolicy`, `management`), apply
-//! one change (`Applier::apply`) and plan again from its recorded effect. Deletion follows
-//! `plan::teardown` one change per pass.
+//! The Bastion's reconcile, which only sequences: wait for what it needs of the Stack (its VPC
+//! and subnet in the Stack's status; no AWS mutation but the guarded ones until then), refuse
+//! `Ssh` on an isolated Stack, then observe (`apply::observe`), plan (`plan::plan`, pure), pass
+//! the gate (`status.plan`, `changePolicy`, `management`), apply one change (`Applier::apply`)
+//! and plan again from its recorded effect. Deletion follows `plan::teardown` one change per pass.
 
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ impl Managed for Bastion {
         let namespace = self.namespace().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
         let stack = match stack::resolve(ctx, &namespace, &self.spec.stack_ref.name).await? {
-            StackFor::NotReady { stack, message } => return guarded_wait(self, ctx, &stack, status, message).await,
+            StackFor::Deleting { stack, message } => return guarded_wait(self, ctx, &stack, status, message).await,
             StackFor::Usable(stack) => stack,
         };
         let placement = match plan::placement(&stack, self.spec.access) {
@@ -56,8 +56,8 @@ impl Managed for Bastion {
             Err(NoPlacement::SshNeedsPublicSubnet) => {
                 return Err(Error::SshNeedsPublicSubnet { stack: stack.name_any() });
             }
-            Err(NoPlacement::Incomplete(why)) => {
-                let message = format!("Stack {:?} is Ready, but {why}", stack.name_any());
+            Err(NoPlacement::Incomplete(missing)) => {
+                let message = stack::missing_message(&stack, &missing);
                 return guarded_wait(self, ctx, &stack, status, message).await;
             }
         };

@@ -117,7 +117,7 @@ pub fn claimed_by_other(tags: &Tags, uid: &str) -> Option<String> {
     crate::aws::ownership::claimed_by_other(tags, uid)
 }
 
-/// Where the instance goes, read from a Ready Stack's status.
+/// Where the instance goes, read from the Stack's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     pub vpc_id: String,
@@ -127,27 +127,36 @@ pub struct Placement {
     pub kms_key_arn: String,
 }
 
-/// The placement from the Stack's status, or what is still missing from it.
-pub fn placement(stack: &Stack) -> Result<Placement, String> {
-    let status = stack.status.as_ref().ok_or("the Stack has no status yet")?;
+/// The placement from the Stack's status, or the parts still missing from it: the subnets of
+/// the private side (at least two, RDS wants two zones; both patterns give two or three), the app
+/// security group and the KMS key. Nothing else of the Stack (NAT, endpoints, the VPC Link) is
+/// needed, so a Database does not wait for it.
+pub fn placement(stack: &Stack) -> Result<Placement, Vec<String>> {
+    let status = stack.status.clone().unwrap_or_default();
     let tier = match stack.spec.network.pattern {
         NetworkPattern::PublicPrivate => SubnetTier::Private,
         NetworkPattern::PrivateIsolated => SubnetTier::Isolated,
     };
     let subnet_ids: BTreeSet<String> = status.subnets.iter().filter(|s| s.tier == tier).map(|s| s.id.clone()).collect();
-    // RDS wants subnets in at least two zones; both patterns give two or three.
-    if subnet_ids.len() < 2 {
-        return Err(format!("the Stack's status lists fewer than two {tier:?} subnets"));
+    let mut missing = Vec::new();
+    if status.vpc_id.is_none() {
+        missing.push("its VPC (vpcId)".to_string());
     }
-    Ok(Placement {
-        vpc_id: status.vpc_id.clone().ok_or("the Stack's status has no vpcId")?,
-        subnet_ids,
-        app_security_group: status
-            .app_security_group_id
-            .clone()
-            .ok_or("the Stack's status has no appSecurityGroupId")?,
-        kms_key_arn: status.kms_key_arn.clone().ok_or("the Stack's status has no kmsKeyArn")?,
-    })
+    if subnet_ids.len() < 2 {
+        missing.push(format!("its {tier:?} subnets (subnets: {} of at least 2)", subnet_ids.len()));
+    }
+    if status.app_security_group_id.is_none() {
+        missing.push("its app security group (appSecurityGroupId)".to_string());
+    }
+    if status.kms_key_arn.is_none() {
+        missing.push("its KMS key (kmsKeyArn)".to_string());
+    }
+    match (status.vpc_id, status.app_security_group_id, status.kms_key_arn) {
+        (Some(vpc_id), Some(app_security_group), Some(kms_key_arn)) if missing.is_empty() => {
+            Ok(Placement { vpc_id, subnet_ids, app_security_group, kms_key_arn })
+        }
+        _ => Err(missing),
+    }
 }
 
 /// The ingress the database's security group must have, exactly: 5432 from the app group and
@@ -355,6 +364,36 @@ mod tests {
 
     fn spec() -> DatabaseSpec {
         serde_json::from_value(serde_json::json!({"stackRef": {"name": "web"}})).unwrap()
+    }
+
+    #[test]
+    fn placement_needs_the_private_subnets_the_app_group_and_the_key_and_nothing_else() {
+        let spec = serde_json::json!({"accountLinkRef": {"name": "l"}, "network": {"pattern": "PublicPrivate"}});
+        let mut stack = Stack::new("web", serde_json::from_value(spec).unwrap());
+        let subnet = |id: &str, tier: &str| serde_json::json!({"id": id, "tier": tier, "availabilityZone": "us-east-1a", "cidr": "10.0.0.0/24"});
+        // Mid-create: the VPC and subnets, no group, no key, no NAT gateway, no VPC Link.
+        let status = serde_json::json!({"vpcId": "vpc-1", "subnets": [
+            subnet("subnet-pub", "Public"), subnet("subnet-a", "Private"), subnet("subnet-b", "Private"),
+        ]});
+        stack.status = Some(serde_json::from_value(status).unwrap());
+        assert_eq!(
+            placement(&stack).unwrap_err(),
+            ["its app security group (appSecurityGroupId)", "its KMS key (kmsKeyArn)"]
+        );
+        if let Some(s) = stack.status.as_mut() {
+            s.app_security_group_id = Some("sg-app".into());
+            s.kms_key_arn = Some("arn:aws:kms:us-east-1:123456789012:key/k".into());
+        }
+        // Enough, although the Stack is not Ready and lists no NAT gateway nor VPC Link.
+        let p = placement(&stack).unwrap();
+        assert_eq!(p.subnet_ids, ["subnet-a".to_string(), "subnet-b".to_string()].into());
+        assert_eq!(p.app_security_group, "sg-app");
+        if let Some(s) = stack.status.as_mut() {
+            s.subnets.truncate(2);
+        }
+        assert_eq!(placement(&stack).unwrap_err(), ["its Private subnets (subnets: 1 of at least 2)"]);
+        stack.status = None;
+        assert_eq!(placement(&stack).unwrap_err().len(), 4);
     }
 
     fn valid_identifier(id: &str) -> bool {

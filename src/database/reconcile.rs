@@ -1,5 +1,6 @@
-//! The Database's reconcile, which only sequences: wait for the Stack (no AWS call until it is
-//! Ready but the guarded repairs), then observe (`View`), plan (`plan::plan`, pure), put the plan
+//! The Database's reconcile, which only sequences: wait for what it needs of the Stack (its
+//! subnets, app security group and key in the Stack's status; no AWS call until then but the
+//! guarded repairs), then observe (`View`), plan (`plan::plan`, pure), put the plan
 //! through `runtime::plan::gate` (written to `status.plan` every pass), apply its first change
 //! (`apply.rs`), and plan again from the view that change's response updated, as many in one pass
 //! as can be made. Deletion (`teardown.rs`) follows `deletionPolicy`, and leaves AWS alone under
@@ -53,13 +54,14 @@ impl Managed for Database {
         let namespace = self.namespace().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
         let stack = match stack::resolve(ctx, &namespace, &self.spec.stack_ref.name).await? {
-            StackFor::NotReady { stack, message } => return guarded_wait(self, ctx, &stack, status, message).await,
+            StackFor::Deleting { stack, message } => return guarded_wait(self, ctx, &stack, status, message).await,
             StackFor::Usable(stack) => stack,
         };
+        // What the Database needs of its Stack, not the whole Stack being Ready.
         let placement = match plan::placement(&stack) {
             Ok(p) => p,
-            Err(why) => {
-                let message = format!("Stack {:?} is Ready, but {why}", stack.name_any());
+            Err(missing) => {
+                let message = stack::missing_message(&stack, &missing);
                 return guarded_wait(self, ctx, &stack, status, message).await;
             }
         };
@@ -266,10 +268,10 @@ async fn event(db: &Database, ctx: &Context, type_: EventType, reason: &str, not
     ctx.event(&db.object_ref(&()), type_, reason, note).await;
 }
 
-/// How soon to look again while RDS is working: soon enough to notice `available` quickly, never
-/// later than the resync period.
+/// How soon to look again while RDS is working (one DescribeDBInstances of the instance): soon
+/// enough to notice `available` within seconds, never later than the resync period.
 fn poll(ctx: &Context) -> Duration {
-    ctx.settings.resync_period.min(Duration::from_secs(15))
+    ctx.settings.resync_period.min(ctx.settings.aws_poll)
 }
 
 /// The AWS clients of the Stack's account and region, acting as its link's role.

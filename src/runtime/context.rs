@@ -30,6 +30,11 @@ pub struct Settings {
     pub resync_period: Duration,
     /// Upper bound of the per-object retry backoff.
     pub max_backoff: Duration,
+    /// How often an object waiting for AWS (a CloudFormation stack, a NAT gateway, a VPC Link, an
+    /// RDS instance, an EC2 instance in between states) looks again: AWS's waits take from
+    /// seconds to minutes, and this bounds how late their end is noticed. Only objects that wait
+    /// poll; the calls at steady state do not depend on it.
+    pub aws_poll: Duration,
     /// The operator's own namespace (template ConfigMaps, the leader Lease).
     pub namespace: String,
     /// Where an AwsAccountLink's bootstrap Secret may be.

@@ -1123,6 +1123,15 @@ pub fn teardown(observed: &Observed, alias: &str, kept: &Kept) -> Teardown {
     Teardown::Done
 }
 
+/// Whether a status lists what Databases and Bastions need of their Stack: the VPC, its subnets,
+/// the app security group and the key (the diff makes them first).
+pub fn lists_what_dependents_need(status: &StackStatus) -> bool {
+    status.vpc_id.is_some()
+        && !status.subnets.is_empty()
+        && status.app_security_group_id.is_some()
+        && status.kms_key_arn.is_some()
+}
+
 /// The status fields of what exists, in the plan's order.
 pub fn status_of(plan: &NetworkPlan, observed: &Observed) -> StackStatus {
     let vpc = observed.vpcs.iter().filter(|v| component(&v.tags) == Some(VPC)).max_by(|a, b| {

@@ -3,7 +3,8 @@
 //! pass the whole plan through the gate (`spec.changePolicy`, `spec.management`), make the change
 //! the diff names first, look again from the view its response updated, and so on until nothing
 //! is left or AWS must be waited for; then report every ID and the plan in status (written once
-//! per pass). Deletion waits for the Stack's Databases and Bastions, then tears the network down
+//! per pass; a pass also ends as soon as what Databases and Bastions need exists, so that they
+//! start on it while the Stack goes on). Deletion waits for the Stack's Databases and Bastions, then tears the network down
 //! in dependency order (an `ObserveOnly` Stack's is left as it is).
 
 use std::time::{Duration, Instant};
@@ -28,8 +29,6 @@ use crate::runtime::context::Context;
 use crate::runtime::plan::{DRIFT_DETECTED, Gate, Governance, gate, is_new};
 use crate::runtime::reconciler::{self, Cleanup, Managed, Step};
 
-/// How often a stack waiting for AWS (a NAT gateway becoming available, a deletion) looks again.
-const AWS_POLL: Duration = Duration::from_secs(1);
 /// One pass makes the changes it can, one after another, each planned from the view the previous
 /// one's response updated; it writes the status and yields after this many mutations or this long.
 const PASS_MUTATIONS: usize = 64;
@@ -170,7 +169,11 @@ impl<'a> Pass<'a> {
             if made > 0 {
                 status = merged(status, self.status, &view.plan);
             }
-            let spent = made >= PASS_MUTATIONS || started.elapsed() >= PASS_TIME;
+            // A pass that has just made the last of what the Stack's Databases and Bastions need
+            // ends here, so that the status publishes it now and they start while the Stack
+            // goes on (its NAT gateways, endpoints and VPC Link).
+            let publish = !plan::lists_what_dependents_need(self.status) && plan::lists_what_dependents_need(&status);
+            let spent = made >= PASS_MUTATIONS || started.elapsed() >= PASS_TIME || publish;
             let fresh = allowed.is_none() || view.diff.changes.is_empty() || spent;
             if fresh {
                 let (plan_status, gate) = self.gate(ctx, &view, allowed.as_ref().or(self.status.plan.as_ref())).await;
@@ -272,7 +275,7 @@ impl<'a> Pass<'a> {
             self.network.look_again(ctx).await;
             let message = format!("waiting for AWS: {}", view.diff.waiting.join("; "));
             let health = Health::progressing("WaitingForAws", message);
-            return Step { status, health, requeue_after: Some(AWS_POLL) };
+            return Step { status, health, requeue_after: Some(ctx.settings.aws_poll) };
         }
         let message = format!(
             "the {:?} network matches the spec: VPC {}, {} subnets, KMS key {}",
@@ -359,7 +362,11 @@ async fn teardown(stack: &Stack, ctx: &Context, link: &AwsAccountLink) -> Result
         }
         Teardown::Waiting(message) => {
             network.look_again(ctx).await;
-            Ok(Cleanup::Pending { reason: "WaitingForAws", message: with_kept(message), requeue_after: AWS_POLL })
+            Ok(Cleanup::Pending {
+                reason: "WaitingForAws",
+                message: with_kept(message),
+                requeue_after: ctx.settings.aws_poll,
+            })
         }
         Teardown::Step(change) => {
             let id = network.apply(ctx, &change.action).await?;

@@ -3,12 +3,16 @@
 //! does not do (an RDS instance that stays `creating` for minutes). With [`Faults`] it also
 //! answers some requests as a throttled, failing or unavailable AWS would (each service's own
 //! error codes and protocol), delays answers, and drops connections after the request took
-//! effect, so that the answer is lost but the change is made.
+//! effect, so that the answer is lost but the change is made. With
+//! [`FaultProxy::wait_like_aws`] it keeps resources in their in-between states for as long as AWS
+//! would (`aws_waits.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::aws_waits::{Wait, Waits};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A rewrite of `from` into `to` in the responses to `action`, for the next `times` responses
@@ -79,6 +83,8 @@ struct State {
     /// token: AWS answers a retry with the same token as the first call rather than acting again,
     /// which moto does not do; the proxy does it for moto.
     idempotent: HashMap<(String, String), Vec<u8>>,
+    /// AWS's waits, once [`FaultProxy::wait_like_aws`] is called.
+    waits: Waits,
 }
 
 /// One call through the proxy: its action (or `METHOD /path` for REST APIs), when the proxy
@@ -125,6 +131,24 @@ impl FaultProxy {
     pub fn rewrite(&self, action: &str, from: &str, to: &str, times: usize) {
         let rewrite = Rewrite { action: action.into(), from: from.into(), to: to.into(), times };
         self.state.lock().unwrap().rewrites.push(rewrite);
+    }
+
+    /// Ends every rewrite of the answers to `action` (a resource held in its in-between state
+    /// until the test has seen what it wanted is let go).
+    pub fn release(&self, action: &str) {
+        self.state.lock().unwrap().rewrites.iter_mut().filter(|r| r.action == action).for_each(|r| r.times = 0);
+    }
+
+    /// Waits like AWS from now on: each resource of the types in
+    /// [`super::aws_waits::AWS_WAITS`] stays in its in-between state for its type's typical time
+    /// × `factor` after its create call (a NAT gateway `pending` for 90 s × `factor`, ...).
+    pub fn wait_like_aws(&self, factor: f64) {
+        self.state.lock().unwrap().waits.enable(factor);
+    }
+
+    /// The waits so far, in the order of their create calls.
+    pub fn waits(&self) -> Vec<Wait> {
+        self.state.lock().unwrap().waits.waits.clone()
     }
 
     /// Answers every `CreateDBInstance` with the instance `creating`, as RDS does (moto answers
@@ -281,6 +305,7 @@ async fn serve(mut client: TcpStream, upstream: String, state: Arc<Mutex<State>>
             let mut state = state.lock().unwrap();
             let latency = start.elapsed();
             let timed = if action == "unknown" { request_line(&request) } else { action.clone() };
+            body = state.waits.answer(&timed, start, body);
             state.timings.push(Timing { action: timed, start, latency });
             let text = String::from_utf8_lossy(&body).to_string();
             let found = state.rewrites.iter_mut().find(|r| r.action == action && r.times > 0 && text.contains(&r.from));

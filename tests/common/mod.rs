@@ -289,6 +289,7 @@ pub async fn verified_link_spec(client: &Client, ns: &str, allowed: &[&str]) -> 
            "bootstrap": {"mode": "CloudFormation", "credentialsSecretRef": {"namespace": ns, "name": "bootstrap"}}})
 }
 
+pub mod aws_waits;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod invariants;

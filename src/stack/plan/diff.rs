@@ -12,18 +12,20 @@ type NatTargets<'a> = BTreeMap<&'a str, RouteTarget>;
 
 /// The comparison: what AWS shows against the plan. Works through the resources in the order they
 /// depend on each other; a resource whose parent does not exist yet is not mentioned, since the
-/// parent's creation comes first.
+/// parent's creation comes first. What Databases and Bastions need of the Stack (the key, the
+/// subnets, the security groups) comes before the rest, so that they can start while the
+/// Stack's NAT gateways, endpoints and VPC Link are still being made.
 pub fn diff(plan: &NetworkPlan, observed: &Observed, previous: &Previous) -> Diff {
     let mut differ = Differ { plan, observed, previous, d: Diff::default() };
     if let Some(vpc_id) = differ.vpc() {
+        differ.kms();
         let igw_id = differ.internet_gateway(&vpc_id);
         let subnet_ids = differ.subnets(&vpc_id);
+        let group_ids = differ.security_groups(&vpc_id);
         let nat_ids = differ.nat_gateways(&vpc_id, &subnet_ids);
         let table_ids = differ.route_tables(&vpc_id, igw_id, &subnet_ids, &nat_ids);
-        let group_ids = differ.security_groups(&vpc_id);
         differ.endpoints(&vpc_id, &table_ids, &subnet_ids, &group_ids);
         differ.vpc_link(&subnet_ids, &group_ids);
-        differ.kms();
         differ.extras(&vpc_id);
     } else {
         differ.kms();

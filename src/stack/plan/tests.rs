@@ -534,6 +534,12 @@ fn public_private_converges_one_step_at_a_time_and_tears_down() {
     let mut account = Account::default();
     let reasons = account.converge(&plan);
     assert_eq!(reasons[0], "CreatedVpc");
+    // What Databases and Bastions need (the key, the subnets, the groups) before what AWS takes
+    // minutes to make, so that they can start while the Stack waits for it.
+    let at = |reason: &str| reasons.iter().position(|r| *r == reason).unwrap_or(usize::MAX);
+    let last = |reason: &str| reasons.iter().rposition(|r| *r == reason).unwrap_or(usize::MAX);
+    let slow = at("CreatedNatGateway").min(at("CreatedVpcLink"));
+    assert!(last("CreatedKmsAlias").max(last("CreatedSubnet")).max(last("CreatedSecurityGroup")) < slow, "{reasons:?}");
     assert_eq!(reasons.iter().filter(|r| **r == "CreatedSubnet").count(), 5);
     assert_eq!(reasons.iter().filter(|r| **r == "AssociatedRouteTable").count(), 5);
     assert_eq!(reasons.iter().filter(|r| **r == "CreatedRoute").count(), 3);
