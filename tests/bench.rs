@@ -676,16 +676,16 @@ const WAITS_SECTION: &str = "## Time to Ready against AWS's waits";
 const WAITS_ROW: &str = "| Time to all Ready ≤ 1.1 × critical path of AWS's waits";
 
 impl Results {
+    /// The runs of one pattern against AWS's waits, with the waits each recorded.
+    fn wait_runs(&self, pattern: &str) -> Vec<(&FullRun, &WaitRun)> {
+        self.waits.iter().filter(|r| r.pattern == pattern).filter_map(|r| Some((r, r.waits.as_ref()?))).collect()
+    }
+
     /// The summary's rows for time to Ready against AWS's waits, one per pattern measured.
     fn waits_rows(&self) -> Vec<String> {
         let mut rows = Vec::new();
         for pattern in ["PublicPrivate", "PrivateIsolated"] {
-            let runs: Vec<(&FullRun, &WaitRun)> = self
-                .waits
-                .iter()
-                .filter(|r| r.pattern == pattern)
-                .filter_map(|r| Some((r, r.waits.as_ref()?)))
-                .collect();
+            let runs = self.wait_runs(pattern);
             if runs.is_empty() {
                 continue;
             }
@@ -737,12 +737,7 @@ impl Results {
         );
         let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
         for pattern in ["PublicPrivate", "PrivateIsolated"] {
-            let runs: Vec<(&FullRun, &WaitRun)> = self
-                .waits
-                .iter()
-                .filter(|r| r.pattern == pattern)
-                .filter_map(|r| Some((r, r.waits.as_ref()?)))
-                .collect();
+            let runs = self.wait_runs(pattern);
             if runs.is_empty() {
                 continue;
             }
