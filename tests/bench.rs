@@ -863,12 +863,6 @@ fn machine(profile: &str) -> Vec<(String, String)> {
         ("OS".into(), format!("{os}, Linux {kernel}")),
         ("rustc".into(), run("rustc", &["-V"])),
         ("Operator build profile".into(), profile.to_string()),
-        // The binary measured is this machine's glibc build; the image's is static musl. Both
-        // allocate through the same global allocator, so memory figures carry over.
-        (
-            "Operator build".into(),
-            "x86_64-unknown-linux-gnu; global allocator mimalloc, as in the static musl image".into(),
-        ),
         ("Kubernetes (kube-apiserver, etcd)".into(), format!("{}, etcd {}", env("K8S_VERSION"), env("ETCD_VERSION"))),
         ("moto".into(), env("MOTO_VERSION")),
     ]
