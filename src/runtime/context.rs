@@ -242,9 +242,8 @@ impl Context {
 
     /// Forgets what was recorded about an object that is gone or no longer this install's.
     pub(crate) fn forget(&self, uid: &str) {
+        self.record_success(uid);
         self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
-        self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
 }
 

@@ -4,8 +4,8 @@
 //! the diff names first, look again from the view its response updated, and so on until nothing
 //! is left or AWS must be waited for; then report every ID and the plan in status (written once
 //! per pass; a pass also ends as soon as what Databases and Bastions need exists, so that they
-//! start on it while the Stack goes on). Deletion waits for the Stack's Databases and Bastions, then tears the network down
-//! in dependency order (an `ObserveOnly` Stack's is left as it is).
+//! start on it while the Stack goes on). Deletion waits for the Stack's Databases and Bastions,
+//! then tears the network down in dependency order (an `ObserveOnly` Stack's is left as it is).
 
 use std::time::{Duration, Instant};
 
